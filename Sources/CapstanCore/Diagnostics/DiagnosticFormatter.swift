@@ -1,0 +1,83 @@
+import Foundation
+
+/// Renders diagnostics for people (compiler style with a caret snippet), for machines (JSON) and
+/// for GitHub Actions (workflow commands). Pure: source lines come from a closure.
+public struct DiagnosticFormatter: Sendable {
+    public enum Style: Sendable { case plain, color }
+
+    public var style: Style
+
+    public init(style: Style = .plain) {
+        self.style = style
+    }
+
+    /// `FILE:LINE:COL: error: MESSAGE [code]`, the source line, a caret line, then the hint and
+    /// related locations.
+    public func text(_ diagnostic: Diagnostic, sourceLine: (String, Int) -> String?) -> String {
+        let d = diagnostic
+        let severityWord = d.severity.rawValue
+        let coloredSeverity: String
+        switch (style, d.severity) {
+        case (.plain, _): coloredSeverity = severityWord
+        case (.color, .error): coloredSeverity = "\u{1B}[1;31m\(severityWord)\u{1B}[0m"
+        case (.color, .warning): coloredSeverity = "\u{1B}[1;33m\(severityWord)\u{1B}[0m"
+        }
+        var out = "\(d.location): \(coloredSeverity): \(d.message) [\(d.code.rawValue)]\n"
+        if let line = sourceLine(d.location.file, d.location.line) {
+            let shown = d.redactSource ? redacted(line, from: d.location.column) : line
+            let expanded = shown.replacingTabs()
+            out += "    \(expanded)\n"
+            let prefix = String(shown.unicodeScalars.prefix(max(0, d.location.column - 1)))
+            let pad = String(repeating: " ", count: prefix.replacingTabs().unicodeScalars.count)
+            let available = max(1, expanded.unicodeScalars.count - pad.count)
+            let underline = "^" + String(repeating: "~", count: max(0, min(d.length, available) - 1))
+            out += "    \(pad)\(style == .color ? "\u{1B}[1;32m\(underline)\u{1B}[0m" : underline)\n"
+        }
+        if let hint = d.hint {
+            out += "    hint: \(hint)\n"
+        }
+        for related in d.related {
+            out += "    note: \(related.location): \(related.message)\n"
+        }
+        return out
+    }
+
+    /// One GitHub Actions workflow command per diagnostic.
+    public func github(_ diagnostic: Diagnostic) -> String {
+        let d = diagnostic
+        var message = "\(d.message) [\(d.code.rawValue)]"
+        if let hint = d.hint { message += "\nhint: \(hint)" }
+        for related in d.related { message += "\nnote: \(related.location): \(related.message)" }
+        let properties = [
+            "file=\(Self.escapeProperty(d.location.file))",
+            "line=\(d.location.line)",
+            "col=\(d.location.column)",
+            "title=\(Self.escapeProperty("capstan \(d.code.rawValue)"))",
+        ].joined(separator: ",")
+        return "::\(d.severity.rawValue) \(properties)::\(Self.escapeData(message))"
+    }
+
+    /// Replaces everything from the value's column on with a marker, so a secret-looking value
+    /// is never echoed.
+    private func redacted(_ line: String, from column: Int) -> String {
+        String(line.unicodeScalars.prefix(max(0, column - 1))) + "<redacted>"
+    }
+
+    static func escapeData(_ s: String) -> String {
+        s.replacingOccurrences(of: "%", with: "%25")
+            .replacingOccurrences(of: "\r", with: "%0D")
+            .replacingOccurrences(of: "\n", with: "%0A")
+    }
+
+    static func escapeProperty(_ s: String) -> String {
+        escapeData(s)
+            .replacingOccurrences(of: ":", with: "%3A")
+            .replacingOccurrences(of: ",", with: "%2C")
+    }
+}
+
+extension String {
+    func replacingTabs() -> String {
+        replacingOccurrences(of: "\t", with: "    ")
+    }
+}

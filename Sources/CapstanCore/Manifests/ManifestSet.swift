@@ -1,0 +1,90 @@
+/// The desired state at one source revision: every valid object, by kind.
+public struct ManifestSet: Sendable, Hashable {
+    public var config: ConfigManifest?
+    public var models: [ModelManifest]
+    public var deployments: [DeploymentManifest]
+
+    public init(config: ConfigManifest? = nil, models: [ModelManifest] = [], deployments: [DeploymentManifest] = []) {
+        self.config = config
+        self.models = models
+        self.deployments = deployments
+    }
+
+    /// The effective configuration: the Config manifest's spec, or the defaults.
+    public var configSpec: ConfigSpec { config?.spec ?? ConfigSpec() }
+
+    public func model(named name: String) -> ModelManifest? {
+        models.first { $0.metadata.name == name }
+    }
+
+    public var objectCount: Int { models.count + deployments.count + (config == nil ? 0 : 1) }
+}
+
+/// Checks that need more than one document: duplicate names and references between objects.
+public enum ReferenceChecker {
+    /// Builds the set from decoded documents and returns it with the problems found. An object
+    /// defined twice is reported at both places; the first definition is kept.
+    public static func assemble(_ manifests: [Manifest]) -> (ManifestSet, [Diagnostic]) {
+        var diagnostics: [Diagnostic] = []
+        var set = ManifestSet()
+        var seen: [String: ManifestOrigin] = [:]
+
+        for manifest in manifests {
+            let key = "\(manifest.kind.rawValue)/\(manifest.metadata.name)"
+            let origin = manifest.origin
+            if let first = seen[key] {
+                let name = manifest.metadata.name
+                let here = origin.location(of: "metadata.name")
+                let there = first.location(of: "metadata.name")
+                diagnostics.append(.error(
+                    .duplicateObject, "\(manifest.kind.rawValue) '\(name)' is defined more than once",
+                    at: here, length: name.count,
+                    hint: "rename one of them or delete the copy; names are unique per kind",
+                    related: [RelatedLocation(there, "'\(name)' is first defined here")]))
+                diagnostics.append(.error(
+                    .duplicateObject, "\(manifest.kind.rawValue) '\(name)' is defined more than once",
+                    at: there, length: name.count,
+                    hint: "rename one of them or delete the copy; names are unique per kind",
+                    related: [RelatedLocation(here, "'\(name)' is defined again here")]))
+                continue
+            }
+            seen[key] = origin
+            switch manifest {
+            case .config(let c): set.config = c
+            case .model(let m): set.models.append(m)
+            case .deployment(let d): set.deployments.append(d)
+            }
+        }
+
+        var modelsByName: [String: ModelManifest] = [:]
+        for m in set.models { modelsByName[m.metadata.name] = m }
+        let modelNames = set.models.map(\.metadata.name)
+
+        for deployment in set.deployments {
+            let origin = deployment.origin
+            let modelName = deployment.spec.model
+            guard !modelName.isEmpty else { continue }
+            guard let model = modelsByName[modelName] else {
+                let suggestion = Suggest.closest(to: modelName, among: modelNames)
+                diagnostics.append(.error(
+                    .unknownModel, "Deployment '\(deployment.metadata.name)' refers to model '\(modelName)', which no manifest defines",
+                    at: origin.location(of: "spec.model"), length: modelName.count,
+                    hint: suggestion.map { "did you mean '\($0)'?" }
+                        ?? "add a Model manifest named '\(modelName)' or correct spec.model"))
+                continue
+            }
+            if case .alias(let alias)? = deployment.spec.target, model.spec.alias(named: alias) == nil {
+                let declared = model.spec.aliases.map(\.name)
+                let suggestion = Suggest.closest(to: alias, among: declared)
+                let list = declared.isEmpty ? "it declares no aliases" : "it declares " + declared.map { "'\($0)'" }.joined(separator: ", ")
+                diagnostics.append(.error(
+                    .undeclaredAlias, "alias '\(alias)' is not declared by model '\(modelName)' (\(list))",
+                    at: origin.location(of: "spec.alias"), length: alias.count,
+                    hint: suggestion.map { "did you mean '\($0)'?" }
+                        ?? "declare it under spec.aliases of Model '\(modelName)' (\(model.origin.file)), or use `version: N`",
+                    related: [RelatedLocation(model.origin.location(of: "metadata.name"), "model '\(modelName)' is defined here")]))
+            }
+        }
+        return (set, diagnostics)
+    }
+}

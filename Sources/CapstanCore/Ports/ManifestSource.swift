@@ -1,0 +1,60 @@
+/// A file a manifest source offers: its path relative to the source root (`/`-separated), its size,
+/// and an identity that changes whenever its content does (a Git blob id, or size+mtime for a
+/// folder). The loader keys its parse cache by identity.
+public struct ManifestFile: Hashable, Sendable {
+    public var path: String
+    public var size: Int
+    public var identity: String
+
+    public init(path: String, size: Int, identity: String) {
+        self.path = path
+        self.size = size
+        self.identity = identity
+    }
+}
+
+public enum PathKind: Sendable, Equatable {
+    case file
+    case directory
+    case missing
+    /// A symlink, socket or anything else that is neither a plain file nor a folder.
+    case other
+}
+
+/// Where desired state is read from: a folder on disk, or (next) a commit in a Git repository.
+/// Paths are always relative to the source root, `/`-separated, without `.` or `..` parts.
+public protocol ManifestSource: Sendable {
+    /// How diagnostics and logs name this source ("folder examples/quickstart", "repo@1a2b3c4").
+    var displayName: String { get }
+
+    /// Every `*.yaml` / `*.yml` file below `folder` (`""` is the root), sorted by path. Hidden
+    /// folders (`.git`, `.github`, …) are skipped.
+    func yamlFiles(under folder: String) async throws -> [ManifestFile]
+
+    /// The file at `path`, or nil when there is none.
+    func file(at path: String) async throws -> ManifestFile?
+
+    /// The bytes of a file listed by this source.
+    func read(_ file: ManifestFile) async throws -> [UInt8]
+
+    /// What is at `path` (used to check that inputs and working folders exist).
+    func kind(of path: String) async throws -> PathKind
+}
+
+/// A failure of the source itself (not of the manifests in it).
+public struct ManifestSourceError: Error, Sendable, CustomStringConvertible {
+    public var source: String
+    public var path: String?
+    public var message: String
+
+    public init(source: String, path: String? = nil, message: String) {
+        self.source = source
+        self.path = path
+        self.message = message
+    }
+
+    public var description: String {
+        if let path { return "\(source): \(path): \(message)" }
+        return "\(source): \(message)"
+    }
+}

@@ -1,0 +1,2 @@
+import CapstanCLI
+@main struct Main { static func main() async { await CapstanMain.main() } }
