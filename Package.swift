@@ -29,7 +29,7 @@ let package = Package(
         .testTarget(name: "CapstanCoreTests", dependencies: ["CapstanCore"]),
         .testTarget(name: "CapstanManifestsTests", dependencies: ["CapstanManifests", "CapstanCore"],
                     resources: [.copy("Fixtures")]),
-        .testTarget(name: "CapstanCLITests", dependencies: ["CapstanCLI"]),
+        .testTarget(name: "CapstanCLITests", dependencies: ["CapstanCLI", "capstan"]),
     ],
     swiftLanguageModes: [.v6]
 )

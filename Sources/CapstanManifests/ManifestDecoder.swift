@@ -22,8 +22,9 @@ public struct ManifestDecoder: Sendable {
         let read = reader.read(bytes, file: file, declaredSize: declaredSize)
         var diagnostics = read.diagnostics
         var manifests: [Manifest] = []
+        let paths = PathInterner()
         for document in read.documents where !(document.root.isNull && document.root.tag == nil) {
-            var ctx = ValidationContext(file: file)
+            var ctx = ValidationContext(file: file, paths: paths)
             if let manifest = decodeDocument(document, ctx: &ctx) { manifests.append(manifest) }
             diagnostics += ctx.diagnostics
         }
@@ -132,6 +133,12 @@ enum Read {
         string(n).flatMap { try? ManifestDuration.parse($0).get() }
     }
 
+    /// A relative path inside the repository, normalized; nil for absolute or escaping paths.
+    static func repoPath(_ n: YAMLNode?) -> String? {
+        guard let s = string(n), !s.hasPrefix("/"), !s.trimmingWhitespace().isEmpty else { return nil }
+        return RepoPath.normalize(s)
+    }
+
     static func stringList(_ n: YAMLNode?) -> [String] {
         n?.sequenceItems?.compactMap(string) ?? []
     }
@@ -176,7 +183,8 @@ enum Build {
     static func config(_ n: YAMLNode?) -> ConfigSpec {
         var spec = ConfigSpec()
         guard let n else { return spec }
-        spec.manifests = Read.stringList(n["manifests"]).compactMap(RepoPath.normalize)
+        // Kept as written and in place, so the loader can point at entry i.
+        spec.manifests = n["manifests"]?.sequenceItems?.map { Read.string($0) ?? "" } ?? []
         spec.exclude = Read.stringList(n["exclude"])
         spec.dataRoots = Read.stringList(n["dataRoots"]).compactMap(HostPath.normalize)
         if let mlflow = n["registry"]?["mlflow"], let url = Read.string(mlflow["url"]) {
@@ -199,7 +207,7 @@ enum Build {
     static func model(_ n: YAMLNode?) -> ModelSpec {
         let t = n?["train"]
         var train = TrainSpec(command: Read.argv(t?["command"]) ?? [])
-        train.workdir = Read.string(t?["workdir"]).flatMap(RepoPath.normalize) ?? ""
+        train.workdir = Read.repoPath(t?["workdir"]) ?? ""
         train.inputs = (t?["inputs"]?.sequenceItems ?? []).compactMap(input)
         for (k, v) in t?["params"]?.mappingPairs ?? [] {
             if let key = k.scalar { train.params[key] = Read.param(v) }
@@ -220,13 +228,13 @@ enum Build {
                 if let metric = k.scalar, let d = Read.double(tol) { validate.tolerance[metric] = d }
             }
             validate.command = Read.argv(v["command"])
-            validate.workdir = Read.string(v["workdir"]).flatMap(RepoPath.normalize)
+            validate.workdir = Read.repoPath(v["workdir"])
             validate.timeout = Read.duration(v["timeout"]) ?? ValidateSpec.defaultTimeout
             spec.validate = validate
         }
         if let s = n?["serve"], let command = Read.argv(s["command"]) {
             var serve = ServeSpec(command: command)
-            serve.workdir = Read.string(s["workdir"]).flatMap(RepoPath.normalize) ?? ""
+            serve.workdir = Read.repoPath(s["workdir"]) ?? ""
             serve.env = Read.stringMap(s["env"])
             if let r = s["readiness"] {
                 serve.readiness.path = Read.string(r["path"]) ?? serve.readiness.path

@@ -38,19 +38,15 @@ public struct LoadResult: Sendable {
     /// Files actually parsed in this load (the rest came from the cache).
     public var parsedFileCount: Int
 
+    /// Line `line` (1-based) of a file with diagnostics, without its line break. Works on bytes,
+    /// so CRLF files (where Swift sees "\r\n" as one Character) split correctly.
     public func sourceLine(file: String, line: Int) -> String? {
         guard let text = sources[file], line >= 1 else { return nil }
-        var current = 1
-        var start = text.startIndex
-        while current < line {
-            guard let nl = text[start...].firstIndex(of: "\n") else { return nil }
-            start = text.index(after: nl)
-            current += 1
-        }
-        let end = text[start...].firstIndex(of: "\n") ?? text.endIndex
-        var s = String(text[start..<end])
-        if s.hasSuffix("\r") { s.removeLast() }
-        return s
+        let lines = text.utf8.split(separator: UInt8(ascii: "\n"), omittingEmptySubsequences: false)
+        guard line <= lines.count else { return nil }
+        var bytes = lines[line - 1]
+        if bytes.last == UInt8(ascii: "\r") { bytes = bytes.dropLast() }
+        return String(decoding: bytes, as: UTF8.self)
     }
 }
 
@@ -103,18 +99,21 @@ public struct ManifestLoader: Sendable {
         let config = configManifest?.spec ?? ConfigSpec()
 
         // 2. Folders to load and the files in them
-        var folders = config.manifests.isEmpty ? [""] : config.manifests
-        var missingFolders = Set<String>()
-        for (i, folder) in folders.enumerated() where !folder.isEmpty {
-            if try await source.kind(of: folder) != .directory {
-                missingFolders.insert(folder)
-                let location = configManifest?.origin.location(of: "spec.manifests[\(i)]")
-                    ?? SourceLocation(file: display(configFile?.path ?? "capstan.yaml"), line: 1, column: 1)
-                diagnostics.append(.error(.pathNotFound, "manifest folder '\(folder)' does not exist", at: location,
-                                          length: folder.count, hint: "create it, or correct spec.manifests in capstan.yaml"))
+        var folders: [String] = []
+        if config.manifests.isEmpty { folders = [""] }
+        for (i, written) in config.manifests.enumerated() {
+            guard !written.hasPrefix("/"), let folder = RepoPath.normalize(written), !written.isEmpty else { continue }
+            let kind = folder.isEmpty ? PathKind.directory : try await source.kind(of: folder)
+            if kind == .directory {
+                folders.append(folder)
+                continue
             }
+            let location = configManifest?.origin.location(of: "spec.manifests[\(i)]")
+                ?? SourceLocation(file: display(configFile?.path ?? "capstan.yaml"), line: 1, column: 1)
+            diagnostics.append(.error(
+                .pathNotFound, kind == .missing ? "manifest folder '\(written)' does not exist" : "manifest folder '\(written)' is not a folder",
+                at: location, length: written.count, hint: "create it, or correct spec.manifests in capstan.yaml"))
         }
-        folders.removeAll { missingFolders.contains($0) }
         let excludes = config.exclude.map(Glob.init)
         var seenPaths = Set<String>()
         var files: [ManifestFile] = []
@@ -244,10 +243,11 @@ public struct ManifestLoader: Sendable {
                     break
                 }
             }
+            // Only workdirs that were written and valid (the others were reported already).
             let workdirs: [(String, String?)] = [
-                ("spec.train.workdir", origin.fields["spec.train.workdir"] == nil ? nil : train.workdir),
+                ("spec.train.workdir", origin.fields["spec.train.workdir"] == nil || train.workdir.isEmpty ? nil : train.workdir),
                 ("spec.validate.workdir", model.spec.validate?.workdir),
-                ("spec.serve.workdir", origin.fields["spec.serve.workdir"] == nil ? nil : model.spec.serve?.workdir),
+                ("spec.serve.workdir", origin.fields["spec.serve.workdir"] == nil || model.spec.serve?.workdir.isEmpty != false ? nil : model.spec.serve?.workdir),
             ]
             for (field, dir) in workdirs {
                 guard let dir else { continue }

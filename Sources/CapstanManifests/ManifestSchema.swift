@@ -47,9 +47,9 @@ public enum ManifestSchema {
     ], exactlyOneOf: ["local"])
 
     static let retry = ObjectSchema(id: "RetryPolicy", doc: "Backoff for a training fingerprint that failed.", fields: [
-        FieldSpec("initial", .duration, default: "1m", doc: "Wait after the first failure; doubles after each further failure.", example: "1m"),
-        FieldSpec("max", .duration, default: "1h", doc: "Longest wait between retries.", example: "1h"),
-    ], check: { node, ctx, path in
+        FieldSpec("initial", .duration(allowZero: false), default: "1m", doc: "Wait after the first failure; doubles after each further failure.", example: "1m"),
+        FieldSpec("max", .duration(allowZero: false), default: "1h", doc: "Longest wait between retries.", example: "1h"),
+    ], check: { node, owner, ctx, path in
         if let i = node["initial"]?.scalar.flatMap({ try? ManifestDuration.parse($0).get() }),
            let m = node["max"]?.scalar.flatMap({ try? ManifestDuration.parse($0).get() }), i > m {
             ctx.error(.invalidValue, "\(path).initial (\(i)) is longer than \(path).max (\(m))", node["initial"]!)
@@ -109,15 +109,15 @@ public enum ManifestSchema {
         FieldSpec("secretEnv", .map(keys: .envName, values: .string(.envName)), default: "{}",
                   doc: "Variables the step sees → names of variables in the reconciler's environment that hold the values. Only names are stored, logged or fingerprinted.",
                   example: "{API_TOKEN: CAPSTAN_SECRET_API_TOKEN}"),
-        FieldSpec("timeout", .duration, default: "1h", doc: "Longest a training run may take; then its process group is terminated.", example: "30m"),
-    ], check: { node, ctx, path in
+        FieldSpec("timeout", .duration(allowZero: false), default: "1h", doc: "Longest a training run may take; then its process group is terminated.", example: "30m"),
+    ], check: { node, owner, ctx, path in
         Checks.credentialsInEnv(node["env"], path: "\(path).env", ctx: &ctx)
     })
 
     static let gate = ObjectSchema(id: "MetricGate", doc: "Bounds a metric must meet.", fields: [
         FieldSpec("min", .number(min: nil, max: nil), doc: "The metric must be at least this.", example: "0.9"),
         FieldSpec("max", .number(min: nil, max: nil), doc: "The metric must be at most this.", example: "50"),
-    ], check: { node, ctx, path in
+    ], check: { node, owner, ctx, path in
         guard node.mappingPairs != nil else { return }
         let min = node["min"], max = node["max"]
         if min == nil && max == nil {
@@ -144,8 +144,8 @@ public enum ManifestSchema {
                   doc: "An extra validation program (argv, no shell), run with the training environment plus `CAPSTAN_MODEL_DIR`; a non-zero exit rejects the version.",
                   example: "[python3, evaluate.py]"),
         FieldSpec("workdir", .string(.repoPath), default: "the training workdir", doc: "Working folder of the validation command.", example: "models/churn"),
-        FieldSpec("timeout", .duration, default: "10m", doc: "Longest the validation command may take.", example: "10m"),
-    ], check: { node, ctx, path in
+        FieldSpec("timeout", .duration(allowZero: false), default: "10m", doc: "Longest the validation command may take.", example: "10m"),
+    ], check: { node, owner, ctx, path in
         guard let tolerance = node["tolerance"]?.mappingPairs else { return }
         let gated = Set(node["metrics"]?.mappingPairs?.compactMap { $0.key.scalar } ?? [])
         for (k, _) in tolerance {
@@ -158,7 +158,7 @@ public enum ManifestSchema {
 
     static let readiness = ObjectSchema(id: "Readiness", doc: "How to tell a model server is ready.", fields: [
         FieldSpec("path", .string(.urlPath), default: "/healthz", doc: "HTTP path that answers 2xx once the server is ready.", example: "/healthz"),
-        FieldSpec("timeout", .duration, default: "60s", doc: "How long to wait for readiness before the start counts as failed.", example: "60s"),
+        FieldSpec("timeout", .duration(allowZero: false), default: "60s", doc: "How long to wait for readiness before the start counts as failed.", example: "60s"),
     ])
 
     static let serve = ObjectSchema(id: "ServeSpec", doc: "How a deployment runs a version of this model.", fields: [
@@ -168,7 +168,7 @@ public enum ManifestSchema {
         FieldSpec("workdir", .string(.repoPath), default: ".", doc: "Working folder, relative to the repository root.", example: "models/churn"),
         FieldSpec("env", .map(keys: .envName, values: .string(.any)), default: "{}", doc: "Extra environment for the server.", example: "{WORKERS: \"2\"}"),
         FieldSpec("readiness", .object(readiness), default: "{path: /healthz, timeout: 60s}", doc: "Readiness check.", example: "{path: /healthz, timeout: 60s}"),
-    ], check: { node, ctx, path in
+    ], check: { node, owner, ctx, path in
         Checks.credentialsInEnv(node["env"], path: "\(path).env", ctx: &ctx)
     })
 
@@ -186,7 +186,7 @@ public enum ManifestSchema {
                   doc: "Alias → a version number (promotion by pull request) or `latest` (the newest validated version). Never part of the fingerprint.",
                   example: "{champion: 7, candidate: latest}"),
         FieldSpec("retention", .object(retention), doc: "Version retention. Without it, nothing is archived.", example: "{keepVersions: 10}"),
-    ], check: { node, ctx, path in
+    ], check: { node, owner, ctx, path in
         guard let against = node["validate"]?["noRegressionAgainst"], let alias = against.scalar else { return }
         let declared = node["aliases"]?.mappingPairs?.compactMap { $0.key.scalar } ?? []
         if !declared.contains(alias) {
@@ -201,14 +201,14 @@ public enum ManifestSchema {
 
     static let canaryStep = ObjectSchema(id: "CanaryStep", doc: "One canary step.", fields: [
         FieldSpec("weight", .integer(min: 1, max: 99), required: true, doc: "Percent of traffic the new version gets in this step (1–99).", example: "10"),
-        FieldSpec("pause", .duration, required: true, doc: "How long the step lasts while analysis runs.", example: "2m"),
+        FieldSpec("pause", .duration(allowZero: true), required: true, doc: "How long the step lasts while analysis runs.", example: "2m"),
     ])
 
     static let analysis = ObjectSchema(id: "CanaryAnalysis", doc: "How the canary is judged during each step.", fields: [
-        FieldSpec("interval", .duration, default: "15s", doc: "How often live stats are read.", example: "15s"),
+        FieldSpec("interval", .duration(allowZero: false), default: "15s", doc: "How often live stats are read.", example: "15s"),
         FieldSpec("minRequests", .integer(min: 0, max: nil), default: "50", doc: "Requests the canary must have served before it can fail the step.", example: "50"),
         FieldSpec("maxErrorRate", .number(min: 0, max: 1), default: "0.01", doc: "Highest share of 5xx answers and connection errors (0–1).", example: "0.01"),
-        FieldSpec("maxLatencyP95", .duration, doc: "Highest 95th-percentile latency. Unset: latency is not judged.", example: "250ms"),
+        FieldSpec("maxLatencyP95", .duration(allowZero: false), doc: "Highest 95th-percentile latency. Unset: latency is not judged.", example: "250ms"),
     ])
 
     static let canary = ObjectSchema(id: "Canary", doc: "Progressive rollout with analysis and automatic rollback.", fields: [
@@ -217,7 +217,7 @@ public enum ManifestSchema {
                   example: "[{weight: 10, pause: 2m}, {weight: 50, pause: 5m}]"),
         FieldSpec("analysis", .object(analysis), default: "{interval: 15s, minRequests: 50, maxErrorRate: 0.01}",
                   doc: "Analysis settings.", example: "{maxErrorRate: 0.01, maxLatencyP95: 250ms}"),
-    ], check: { node, ctx, path in
+    ], check: { node, owner, ctx, path in
         guard let steps = node["steps"]?.sequenceItems else { return }
         if steps.isEmpty {
             ctx.error(.canaryWeights, "\(path).steps is empty", node["steps"]!, hint: "add at least one step, or use strategy: {replace: {}}")
@@ -247,14 +247,15 @@ public enum ManifestSchema {
         FieldSpec("version", .integer(min: 1, max: nil), doc: "Serve this exact version number. Set `alias` or `version`, not both.", example: "7"),
         FieldSpec("replicas", .integer(min: 1, max: 64), default: "1", doc: "Model server processes per version.", example: "1"),
         FieldSpec("strategy", .object(strategy), default: "{replace: {}}", doc: "Rollout strategy.", example: "{canary: {steps: [{weight: 10, pause: 2m}]}}"),
-    ], check: { node, ctx, path in
+    ], check: { node, owner, ctx, path in
         guard node.mappingPairs != nil else { return }
         let alias = node["alias"], version = node["version"]
-        if alias != nil && version != nil {
-            ctx.error(.versionOrAlias, "\(path) sets both 'alias' and 'version'; set only one", version!,
+        if let alias, let version {
+            let second = (alias.line, alias.column) > (version.line, version.column) ? alias : version
+            ctx.error(.versionOrAlias, "\(path) sets both 'alias' and 'version'; set only one", second,
                       hint: "keep alias to follow promotions, or version to pin one version")
         } else if alias == nil && version == nil {
-            ctx.error(.versionOrAlias, "\(path) must set 'alias' or 'version'", node, length: 1,
+            ctx.error(.versionOrAlias, "\(path) must set 'alias' or 'version'", owner ?? node, length: owner?.scalar?.count ?? 1,
                       hint: "add alias: champion (follow an alias) or version: 7 (pin a version)")
         }
     })
@@ -320,12 +321,16 @@ enum Checks {
 
 /// Heuristics for values that should not be in plain `env`.
 public enum SecretHeuristics {
-    static let secretWords = ["TOKEN", "SECRET", "PASSWORD", "PASSWD", "PASSPHRASE", "API_KEY", "APIKEY", "ACCESS_KEY",
-                              "PRIVATE_KEY", "CREDENTIAL", "AUTH"]
+    static let secretWords: Set<String> = ["TOKEN", "SECRET", "PASSWORD", "PASSWD", "PASSPHRASE", "APIKEY", "CREDENTIAL",
+                                           "CREDENTIALS", "AUTH"]
+    static let secretPairs: Set<String> = ["API_KEY", "ACCESS_KEY", "PRIVATE_KEY", "SECRET_KEY", "CLIENT_SECRET"]
 
+    /// Whole `_`-separated words only: `HF_TOKEN` and `DB_PASSWORD` count, `MAX_NEW_TOKENS`,
+    /// `TOKENIZERS_PARALLELISM` and `GIT_AUTHOR_NAME` do not.
     public static func nameSuggestsSecret(_ name: String) -> Bool {
-        let upper = name.uppercased()
-        return secretWords.contains { upper.contains($0) }
+        let words = name.uppercased().split(separator: "_").map(String.init)
+        if words.contains(where: secretWords.contains) { return true }
+        return zip(words, words.dropFirst()).contains { secretPairs.contains("\($0)_\($1)") }
     }
 
     public static func valueLooksLikeSecret(_ value: String) -> Bool {

@@ -37,7 +37,8 @@ public indirect enum FieldType: Sendable {
     case integer(min: Int64?, max: Int64?)
     case number(min: Double?, max: Double?)
     case boolean
-    case duration
+    /// A duration; `allowZero: false` refuses `0s` (timeouts, intervals).
+    case duration(allowZero: Bool)
     case enumeration([String])
     case list(FieldType)
     case map(keys: StringRule, values: FieldType)
@@ -82,10 +83,11 @@ public final class ObjectSchema: Sendable {
     /// Exactly one of these fields must be set (a tagged union such as `strategy`).
     public let exactlyOneOf: [String]?
     /// Checks across fields of this object, run after the fields themselves.
-    let check: (@Sendable (YAMLNode, inout ValidationContext, String) -> Void)?
+    /// Arguments: the mapping, the key that holds it (if any), the context and the field path.
+    let check: (@Sendable (YAMLNode, YAMLNode?, inout ValidationContext, String) -> Void)?
 
     init(id: String, doc: String, fields: [FieldSpec], exactlyOneOf: [String]? = nil,
-         check: (@Sendable (YAMLNode, inout ValidationContext, String) -> Void)? = nil) {
+         check: (@Sendable (YAMLNode, YAMLNode?, inout ValidationContext, String) -> Void)? = nil) {
         self.id = id
         self.doc = doc
         self.fields = fields

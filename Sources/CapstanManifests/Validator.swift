@@ -1,14 +1,22 @@
+import Foundation
 import CapstanCore
 
 /// Collects diagnostics and field locations while one document is checked against its schema.
-public struct ValidationContext: Sendable {
+public struct ValidationContext {
     public let file: String
     public var diagnostics: [Diagnostic] = []
-    /// Field path → location of its value.
-    public var fields: [String: SourceLocation] = [:]
+    /// Field path → position of its value.
+    public var fields: [String: FieldPosition] = [:]
+    /// Shares path strings between the documents of a file (they repeat in every document).
+    let paths: PathInterner
 
-    public init(file: String) {
+    init(file: String, paths: PathInterner = PathInterner()) {
         self.file = file
+        self.paths = paths
+    }
+
+    mutating func record(_ path: String, _ node: YAMLNode) {
+        fields[paths.intern(path)] = FieldPosition(line: node.line, column: node.column)
     }
 
     func loc(_ node: YAMLNode) -> SourceLocation { node.location(in: file) }
@@ -30,8 +38,9 @@ enum Validator {
     /// Validates `node` as `type`. `path` names the field (`spec.train.timeout`) for messages.
     /// `key` is the mapping key that holds the value, where one does: problems with the value as a
     /// whole ("missing field") point at it.
-    static func check(_ node: YAMLNode, as type: FieldType, path: String, ctx: inout ValidationContext, key: YAMLNode? = nil) {
-        ctx.fields[path] = ctx.loc(node)
+    static func check(_ node: YAMLNode, as type: FieldType, path: String, ctx: inout ValidationContext, key: YAMLNode? = nil,
+                      record: Bool = true) {
+        if record { ctx.record(path, node) }
         switch type {
         case .string(let rule):
             guard let s = stringValue(node, path: path, ctx: &ctx) else { return }
@@ -48,12 +57,15 @@ enum Validator {
             if let min, d < min {
                 ctx.error(.invalidValue, "\(path) must be at least \(fmt(min)), found \(node.scalar ?? "")", node)
             } else if let max, d > max {
-                ctx.error(.invalidValue, "\(path) must be at most \(fmt(max)), found \(node.scalar ?? "")", node)
+                let hint = max == 1 && d <= 100 ? "rates are fractions between 0 and 1: \(fmt(d))% is \(fmt(d / 100))" : nil
+                ctx.error(.invalidValue, "\(path) must be at most \(fmt(max)), found \(node.scalar ?? "")", node, hint: hint)
             }
         case .boolean:
             _ = boolValue(node, path: path, ctx: &ctx)
-        case .duration:
-            _ = durationValue(node, path: path, ctx: &ctx)
+        case .duration(let allowZero):
+            if let d = durationValue(node, path: path, ctx: &ctx), d.milliseconds == 0, !allowZero {
+                ctx.error(.invalidValue, "\(path) must be longer than zero", node, hint: "give a positive duration, for example 30s or 10m")
+            }
         case .enumeration(let allowed):
             guard let s = stringValue(node, path: path, ctx: &ctx) else { return }
             if !allowed.contains(s) {
@@ -81,7 +93,7 @@ enum Validator {
                     continue
                 }
                 checkString(k, rule: keyRule, node: key, path: "\(path) key", ctx: &ctx)
-                check(value, as: valueType, path: "\(path).\(k)", ctx: &ctx, key: key)
+                check(value, as: valueType, path: "\(path).\(k)", ctx: &ctx, key: key, record: keyRule != .labelKey && keyRule != .any)
             }
         case .object(let schema):
             checkObject(node, schema: schema, path: path, ctx: &ctx, owner: key)
@@ -103,6 +115,7 @@ enum Validator {
             return
         }
         var present: Set<String> = []
+        var suggested: Set<String> = []
         for (key, value) in pairs {
             guard let k = key.scalar else {
                 ctx.error(.wrongType, "keys of \(path.isEmpty ? "a manifest" : path) must be strings", key)
@@ -111,7 +124,9 @@ enum Validator {
             let fieldPath = path.isEmpty ? k : "\(path).\(k)"
             guard let field = schema.field(k) else {
                 let names = schema.fields.map(\.name)
-                let suggestion = Suggest.closest(to: k, among: names)
+                let written = Set(pairs.compactMap { $0.key.scalar })
+                let suggestion = Suggest.closest(to: k, among: names.filter { !written.contains($0) })
+                if let suggestion { suggested.insert(suggestion) }
                 let within = path.isEmpty ? "" : " in \(path)"
                 ctx.error(.unknownField,
                           "unknown field '\(k)'\(within)" + (suggestion.map { " (did you mean '\($0)'?)" } ?? ""),
@@ -122,22 +137,27 @@ enum Validator {
             present.insert(k)
             check(value, as: field.type, path: fieldPath, ctx: &ctx, key: key)
         }
-        for field in schema.fields where field.required && !present.contains(field.name) {
+        // A required field that a misspelt key was taken for is reported once, as the typo.
+        for field in schema.fields where field.required && !present.contains(field.name) && !suggested.contains(field.name) {
             let anchor = node.mappingPairs?.isEmpty == false ? (owner ?? node) : node
             let subject = path.isEmpty ? "manifest" : path
             ctx.error(.missingField, "\(subject) is missing required field '\(field.name)'", anchor,
                       length: 1, hint: field.example.map { "add it, for example: \(field.name): \($0)" })
         }
         if let choices = schema.exactlyOneOf {
-            let set = choices.filter(present.contains)
-            if set.count != 1 {
-                let list = choices.map { "'\($0)'" }.joined(separator: " or ")
+            let setKeys = pairs.map(\.key).filter { $0.scalar.map(choices.contains) ?? false }
+            let list = choices.map { "'\($0)'" }.joined(separator: " or ")
+            if setKeys.isEmpty {
+                let anchor = pairs.isEmpty ? node : (owner ?? node)
+                ctx.error(.invalidValue, "\(path) must set one of \(list)", anchor, length: anchor === owner ? owner?.scalar?.count : 1)
+            } else if setKeys.count > 1 {
+                let second = setKeys[1]
                 ctx.error(.invalidValue,
-                          set.isEmpty ? "\(path) must set one of \(list)" : "\(path) sets \(set.map { "'\($0)'" }.joined(separator: " and ")); set only one of \(list)",
-                          node, length: 1)
+                          "\(path) sets \(setKeys.compactMap(\.scalar).map { "'\($0)'" }.joined(separator: " and ")); set only one of \(list)",
+                          second, length: second.scalar?.count)
             }
         }
-        schema.check?(node, &ctx, path)
+        schema.check?(node, owner, &ctx, path)
     }
 
     // MARK: Scalars
@@ -208,6 +228,10 @@ enum Validator {
             switch e {
             case .missingUnit where ScalarSyntax.integer(s) != nil:
                 hint = "add a unit: \(s)s, \(s)m or \(s)h"
+            case .unknownUnit(let u) where u.hasPrefix(" ") || s.contains(" "):
+                hint = "remove the space: \(s.replacingOccurrences(of: " ", with: ""))"
+            case .unknownUnit(let u) where u.hasPrefix("."):
+                hint = Self.wholeNumberHint(s)
             case .unknownUnit(let u):
                 hint = "'\(u)' is not a unit; use ms, s, m, h or d (for example 90s, 30m, 2h, 1d)"
             default:
@@ -239,8 +263,20 @@ enum Validator {
             }
         case .envName:
             if !Names.isEnvName(s) {
-                ctx.error(.invalidEnvName, "\(path) '\(s)' is not an environment variable name", node,
-                          hint: "use letters, digits and '_', not starting with a digit (for example API_TOKEN)")
+                if path.contains(".secretEnv.") {
+                    // The value may be the secret itself, pasted by mistake: never echo it.
+                    ctx.diagnostics.append(Diagnostic(
+                        .error, .invalidEnvName, "\(path) must name an environment variable of the reconciler, not hold a value",
+                        at: ctx.loc(node), length: 1,
+                        hint: "write the name of the variable that holds the secret (for example CAPSTAN_SECRET_API_TOKEN) and set that variable where Capstan runs",
+                        redactSource: true))
+                } else if s.hasPrefix("$"), Names.isEnvName(String(s.dropFirst())) {
+                    ctx.error(.invalidEnvName, "\(path) '\(s)' is not an environment variable name", node,
+                              hint: "write the name without '$': \(s.dropFirst())")
+                } else {
+                    ctx.error(.invalidEnvName, "\(path) '\(s)' is not an environment variable name", node,
+                              hint: "use letters, digits and '_', not starting with a digit (for example API_TOKEN)")
+                }
             }
         case .aliasName:
             if let problem = Names.aliasNameProblem(s) {
@@ -269,11 +305,14 @@ enum Validator {
             if s.isEmpty { ctx.error(.emptyPath, "\(path) is an empty pattern", node) }
             else if s.hasPrefix("/") { ctx.error(.invalidValue, "\(path) must be relative to the repository root", node) }
         case .httpURL:
-            if !(s.hasPrefix("http://") || s.hasPrefix("https://")) || s.count < 10 {
-                ctx.error(.invalidValue, "\(path) must be an http:// or https:// URL, found '\(s)'", node)
-            } else if s.contains("@") {
-                ctx.error(.invalidValue, "\(path) must not carry credentials", node,
-                          hint: "put the token in an environment variable and name it with tokenEnv")
+            if s.contains("@"), let scheme = s.range(of: "://"), s[scheme.upperBound...].split(separator: "/").first?.contains("@") == true {
+                ctx.diagnostics.append(Diagnostic(
+                    .error, .invalidValue, "\(path) must not carry credentials", at: ctx.loc(node), length: 1,
+                    hint: "remove the user and password from the URL; put the token in an environment variable and name it with tokenEnv",
+                    redactSource: true))
+            } else if !(s.hasPrefix("http://") || s.hasPrefix("https://")) || s.count < 10 {
+                ctx.error(.invalidValue, "\(path) must be an http:// or https:// URL, found '\(s)'", node,
+                          hint: s.contains("://") ? "only http and https are supported" : "write it with its scheme, for example http://\(s)")
             }
         case .urlPath:
             if !s.hasPrefix("/") { ctx.error(.invalidValue, "\(path) must start with '/', found '\(s)'", node) }
@@ -291,7 +330,7 @@ enum Validator {
         }
         if s.hasPrefix("/") {
             if !allowAbsolute {
-                ctx.error(.pathOutsideDataRoots, "\(path) must be relative to the repository root, found absolute path '\(s)'", node,
+                ctx.error(.pathEscapesRepository, "\(path) must be relative to the repository root, found absolute path '\(s)'", node,
                           hint: "write it relative to the repository root (for example models/churn)")
             }
             return
@@ -314,7 +353,6 @@ enum Validator {
         case .sequence(let items):
             argv = []
             for (i, item) in items.enumerated() {
-                ctx.fields["\(path)[\(i)]"] = ctx.loc(item)
                 guard case .scalar(let s, _) = item.value, !item.isNull else {
                     wrongType(item, expected: "a string", path: "\(path)[\(i)]", ctx: &ctx)
                     return
@@ -330,7 +368,7 @@ enum Validator {
             return
         }
         if argv.isEmpty || argv == [""] {
-            ctx.error(.emptyCommand, "\(path) is empty", node, length: 1, hint: "give the program and its arguments, for example [python3, train.py]")
+            ctx.error(.emptyCommand, "\(path) is empty", node, length: 1, hint: "give the program and its arguments as a list, for example [python3, script.py]")
             return
         }
         if argv.count == 1, argv[0].contains(where: { $0 == " " || $0 == "\t" }) {
@@ -352,7 +390,6 @@ enum Validator {
                     ctx.error(.wrongType, "keys of \(path) must be strings", k)
                     continue
                 }
-                ctx.fields["\(path).\(key)"] = ctx.loc(v)
                 checkAny(v, path: "\(path).\(key)", ctx: &ctx)
             }
         }
@@ -401,6 +438,18 @@ enum Validator {
         }
     }
 
+    /// `1.5h` → "durations take whole numbers: write 1h30m".
+    static func wholeNumberHint(_ s: String) -> String {
+        let units: [(String, Double)] = [("ms", 1), ("s", 1000), ("m", 60_000), ("h", 3_600_000), ("d", 86_400_000)]
+        for (unit, factor) in units.reversed() where s.hasSuffix(unit) {
+            if let value = Double(s.dropLast(unit.count)), value > 0 {
+                let ms = Int64((value * factor).rounded())
+                return "durations take whole numbers: write \(ManifestDuration.format(ms))"
+            }
+        }
+        return "durations take whole numbers and a unit, for example 90s, 30m, 1h30m"
+    }
+
     static func fmt(_ d: Double) -> String {
         d == d.rounded() && abs(d) < 1e15 ? String(Int64(d)) : String(d)
     }
@@ -412,5 +461,16 @@ extension String {
         while let f = s.first, f.isWhitespace { s = s.dropFirst() }
         while let l = s.last, l.isWhitespace { s = s.dropLast() }
         return String(s)
+    }
+}
+
+/// Hands out one shared copy of each path string. Used by one decode call at a time.
+final class PathInterner {
+    private var table: [String: String] = [:]
+
+    func intern(_ s: String) -> String {
+        if let existing = table[s] { return existing }
+        table[s] = s
+        return s
     }
 }

@@ -59,6 +59,12 @@ public struct YAMLReader: Sendable {
                                hint: "exclude it in capstan.yaml (spec.exclude) or give it another extension"), text: text)
         }
 
+        if let (line, column) = AliasKeyScanner.firstAliasInKey(text) {
+            return fail(.error(
+                .aliasExpansion, "YAML alias used in a mapping key",
+                at: SourceLocation(file: file, line: line, column: column),
+                hint: "Capstan does not accept aliases (*name) in keys; write the key out"), text: text)
+        }
         var documents: [YAMLDocument] = []
         var diagnostics: [Diagnostic] = []
         do {
@@ -78,7 +84,7 @@ public struct YAMLReader: Sendable {
                     if node.isNull, node.tag == nil {
                         diagnostics.append(.warning(
                             .emptyDocument, "document \(index + 1) is empty and is ignored",
-                            at: SourceLocation(file: file, line: node.line, column: node.column),
+                            at: SourceLocation(file: file, line: Self.separatorLine(before: node.line, in: text), column: 1),
                             hint: "remove the extra `---` separator"))
                     }
                     documents.append(YAMLDocument(index: index, root: node))
@@ -109,6 +115,9 @@ public struct YAMLReader: Sendable {
         var nodes = 0
         var sawAlias = false
         var anchored = Set<ObjectIdentifier>()
+        /// Where the document starts: expansion problems are reported there, since the node being
+        /// expanded stands where its anchor was defined, not where the alias is.
+        var documentStart: SourceLocation?
 
         init(file: String, limits: YAMLLimits) {
             self.file = file
@@ -118,6 +127,7 @@ public struct YAMLReader: Sendable {
         mutating func convert(_ node: Node, depth: Int) -> Swift.Result<YAMLNode, Diagnostic> {
             let mark = (line: node.mark?.line ?? 1, column: node.mark?.column ?? 1)
             let location = SourceLocation(file: file, line: mark.line, column: mark.column)
+            if documentStart == nil { documentStart = location }
             if depth > limits.maxDepth {
                 return .failure(.error(
                     .nestingTooDeep, "value is nested more than \(limits.maxDepth) levels deep",
@@ -133,7 +143,7 @@ public struct YAMLReader: Sendable {
                 if sawAlias {
                     return .failure(.error(
                         .aliasExpansion, "YAML aliases expand this document to more than \(limits.maxNodesPerDocument) values",
-                        at: location, hint: "this looks like an alias bomb (\"billion laughs\"); write the values out or use fewer aliases"))
+                        at: documentStart ?? location, hint: "this looks like an alias bomb (\"billion laughs\"); write the values out or use fewer aliases"))
                 }
                 return .failure(.error(
                     .fileTooLarge, "document has more than \(limits.maxNodesPerDocument) values", at: location,
@@ -199,14 +209,27 @@ public struct YAMLReader: Sendable {
     // MARK: - Errors
 
     static func diagnostic(for error: YamlError, file: String, text: String) -> Diagnostic {
+        let lineCount = max(1, text.utf8.split(separator: UInt8(ascii: "\n"), omittingEmptySubsequences: false).count
+            - (text.hasSuffix("\n") ? 1 : 0))
         func at(_ mark: Mark) -> SourceLocation {
-            SourceLocation(file: file, line: max(1, mark.line), column: max(1, mark.column))
+            // libyaml reports end-of-input problems one line past the end; keep carets on a real line.
+            if mark.line > lineCount { return SourceLocation(file: file, line: lineCount, column: 1) }
+            return SourceLocation(file: file, line: max(1, mark.line), column: max(1, mark.column))
         }
         switch error {
-        case .scanner(let context, let problem, let mark, _), .parser(let context, let problem, let mark, _),
-             .composer(let context, let problem, let mark, _):
+        case .scanner(let context, let problem, var mark, _), .parser(let context, let problem, var mark, _),
+             .composer(let context, let problem, var mark, _):
             var message = problem
-            if let context { message = "\(problem) (\(context.text) at line \(context.mark.line))" }
+            if let context {
+                message = "\(problem) (\(context.text) at line \(context.mark.line))"
+                // An unclosed quote or bracket is best shown where it opens.
+                if problem.contains("found unexpected end of stream") || problem.contains("did not find expected ','") {
+                    let construct = context.text.replacingOccurrences(of: "while scanning ", with: "")
+                        .replacingOccurrences(of: "while parsing ", with: "")
+                    message = "\(construct) opened here is never closed (\(problem) at line \(min(lineCount, mark.line)))"
+                    mark = context.mark
+                }
+            }
             if problem.contains("Maximum nesting level") {
                 return .error(.nestingTooDeep, "value is nested more than 64 levels deep", at: at(mark),
                               hint: "manifests need only a few levels; flatten this value")
@@ -233,6 +256,17 @@ public struct YAMLReader: Sendable {
         }
     }
 
+    /// The line of the `---` that opens the document whose content starts at `line`.
+    static func separatorLine(before line: Int, in text: String) -> Int {
+        let lines = text.utf8.split(separator: UInt8(ascii: "\n"), omittingEmptySubsequences: false)
+        var n = min(line, lines.count)
+        while n >= 1 {
+            if lines[n - 1].starts(with: "---".utf8) { return n }
+            n -= 1
+        }
+        return max(1, min(line, lines.count))
+    }
+
     static func syntaxHint(problem: String, mark: Mark, text: String) -> String? {
         let line = text.split(separator: "\n", omittingEmptySubsequences: false).dropFirst(mark.line - 1).first ?? ""
         if line.unicodeScalars.dropFirst(max(0, mark.column - 1)).first == "\t" || (problem.contains("cannot start any token") && line.contains("\t")) {
@@ -256,6 +290,20 @@ public struct YAMLReader: Sendable {
     static func findRepeatedKey(_ key: String, after first: Mark, in text: String) -> (Int, Int)? {
         let lines = text.split(separator: "\n", omittingEmptySubsequences: false)
         let candidates = [key + ":", "\"" + key + "\":", "'" + key + "':"]
+        // Flow mapping ({a: 1, a: 2}): the repeat is later on the same line, after `,` or `{`.
+        if first.line >= 1, first.line <= lines.count {
+            let scalars = Array(lines[first.line - 1].unicodeScalars)
+            var i = first.column  // just after the first key's first character
+            while i < scalars.count {
+                if scalars[i - 1] == "," || scalars[i - 1] == "{" || scalars[i - 1] == " " {
+                    let rest = String(String.UnicodeScalarView(scalars[i...]))
+                    if i > first.column + key.unicodeScalars.count - 1, candidates.contains(where: { rest.hasPrefix($0) }) {
+                        return (first.line, i + 1)
+                    }
+                }
+                i += 1
+            }
+        }
         var lineNumber = first.line + 1
         for line in lines.dropFirst(first.line) {
             let scalars = Array(line.unicodeScalars)

@@ -24,7 +24,7 @@ public struct DiagnosticFormatter: Sendable {
         }
         var out = "\(d.location): \(coloredSeverity): \(d.message) [\(d.code.rawValue)]\n"
         if let line = sourceLine(d.location.file, d.location.line) {
-            let shown = d.redactSource ? redacted(line, from: d.location.column) : line
+            let shown = Self.printable(d.redactSource ? redacted(line, from: d.location.column) : line)
             let expanded = shown.replacingTabs()
             out += "    \(expanded)\n"
             let prefix = String(shown.unicodeScalars.prefix(max(0, d.location.column - 1)))
@@ -61,6 +61,17 @@ public struct DiagnosticFormatter: Sendable {
     /// is never echoed.
     private func redacted(_ line: String, from column: Int) -> String {
         String(line.unicodeScalars.prefix(max(0, column - 1))) + "<redacted>"
+    }
+
+    /// Control characters (a NUL in a binary file, an escape sequence) are shown as U+FFFD, never
+    /// sent to the terminal. Each stays one column wide, so the caret still lines up.
+    static func printable(_ line: String) -> String {
+        guard line.unicodeScalars.contains(where: { ($0.value < 0x20 && $0 != "\t") || $0.value == 0x7F }) else { return line }
+        var out = String.UnicodeScalarView()
+        for c in line.unicodeScalars {
+            out.append((c.value < 0x20 && c != "\t") || c.value == 0x7F ? "\u{FFFD}" : c)
+        }
+        return String(out)
     }
 
     static func escapeData(_ s: String) -> String {

@@ -32,6 +32,13 @@ public enum ReferenceChecker {
         for manifest in manifests {
             let key = "\(manifest.kind.rawValue)/\(manifest.metadata.name)"
             let origin = manifest.origin
+            if case .config = manifest, let first = set.config, first.metadata.name != manifest.metadata.name {
+                diagnostics.append(.error(
+                    .duplicateObject, "only one Config manifest is allowed; '\(first.metadata.name)' is already defined",
+                    at: origin.location, hint: "merge the two into one Config document",
+                    related: [RelatedLocation(first.origin.location, "the Config in force is defined here")]))
+                continue
+            }
             if let first = seen[key] {
                 let name = manifest.metadata.name
                 let here = origin.location(of: "metadata.name")
@@ -63,7 +70,8 @@ public enum ReferenceChecker {
         for deployment in set.deployments {
             let origin = deployment.origin
             let modelName = deployment.spec.model
-            guard !modelName.isEmpty else { continue }
+            // An invalid name was reported where it is written; do not pile a lookup failure on it.
+            guard !modelName.isEmpty, Names.dnsLabelProblem(modelName) == nil else { continue }
             guard let model = modelsByName[modelName] else {
                 let suggestion = Suggest.closest(to: modelName, among: modelNames)
                 diagnostics.append(.error(
@@ -73,7 +81,16 @@ public enum ReferenceChecker {
                         ?? "add a Model manifest named '\(modelName)' or correct spec.model"))
                 continue
             }
-            if case .alias(let alias)? = deployment.spec.target, model.spec.alias(named: alias) == nil {
+            if model.spec.serve == nil {
+                diagnostics.append(.error(
+                    .missingField, "Deployment '\(deployment.metadata.name)' serves model '\(modelName)', which has no spec.serve",
+                    at: origin.location(of: "spec.model"), length: modelName.count,
+                    hint: "add spec.serve (the command that serves a version) to Model '\(modelName)' in \(model.origin.file)",
+                    related: [RelatedLocation(model.origin.location(of: "metadata.name"), "model '\(modelName)' is defined here")]))
+            }
+            // An alias written with an invalid target is still declared (its target was reported).
+            if case .alias(let alias)? = deployment.spec.target, model.spec.alias(named: alias) == nil,
+               model.origin.fields["spec.aliases.\(alias)"] == nil {
                 let declared = model.spec.aliases.map(\.name)
                 let suggestion = Suggest.closest(to: alias, among: declared)
                 let list = declared.isEmpty ? "it declares no aliases" : "it declares " + declared.map { "'\($0)'" }.joined(separator: ", ")

@@ -30,11 +30,11 @@ public struct ManifestOrigin: Hashable, Sendable {
     public var documentIndex: Int
     /// Where the document starts.
     public var location: SourceLocation
-    /// Field path (`metadata.name`, `spec.aliases.champion`, `spec.train.inputs[1]`) → location of
-    /// its value.
-    public var fields: [String: SourceLocation]
+    /// Field path (`metadata.name`, `spec.aliases.champion`, `spec.train.inputs[1]`) → position of
+    /// its value in `file`. Kept compact: there is one of these per document.
+    public var fields: [String: FieldPosition]
 
-    public init(file: String, documentIndex: Int, location: SourceLocation, fields: [String: SourceLocation] = [:]) {
+    public init(file: String, documentIndex: Int, location: SourceLocation, fields: [String: FieldPosition] = [:]) {
         self.file = file
         self.documentIndex = documentIndex
         self.location = location
@@ -43,7 +43,19 @@ public struct ManifestOrigin: Hashable, Sendable {
 
     /// The location of a field's value, or of the document when the field was not written.
     public func location(of path: String) -> SourceLocation {
-        fields[path] ?? location
+        guard let p = fields[path] else { return location }
+        return SourceLocation(file: file, line: Int(p.line), column: Int(p.column))
+    }
+}
+
+/// A line and column within a known file.
+public struct FieldPosition: Hashable, Sendable {
+    public var line: Int32
+    public var column: Int32
+
+    public init(line: Int, column: Int) {
+        self.line = Int32(clamping: line)
+        self.column = Int32(clamping: column)
     }
 }
 
@@ -94,7 +106,8 @@ public struct ConfigManifest: Hashable, Sendable {
 }
 
 public struct ConfigSpec: Hashable, Sendable, Codable {
-    /// Folders (relative to the root) whose manifests are loaded; empty means the whole root.
+    /// Folders (relative to the root) whose manifests are loaded, as written; empty means the
+    /// whole root. Use `manifestFolders` for the normalized, valid ones.
     public var manifests: [String]
     /// Glob patterns (relative to the root) of YAML files that are not Capstan manifests.
     public var exclude: [String]
@@ -103,6 +116,13 @@ public struct ConfigSpec: Hashable, Sendable, Codable {
     public var registry: RegistryConfig
     public var serving: ServingConfig
     public var policy: Policy
+
+    /// The manifest folders, normalized, with invalid entries (reported when loading) left out.
+    /// `[""]` (the root) when none are listed.
+    public var manifestFolders: [String] {
+        if manifests.isEmpty { return [""] }
+        return manifests.compactMap { $0.hasPrefix("/") || $0.isEmpty ? nil : RepoPath.normalize($0) }
+    }
 
     public init(
         manifests: [String] = [], exclude: [String] = [], dataRoots: [String] = [],

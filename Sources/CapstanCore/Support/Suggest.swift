@@ -6,6 +6,11 @@ public enum Suggest {
         let w = Array(word.lowercased().unicodeScalars)
         let limit = max(1, w.count / 3)
         var best: (String, Int)?
+        let candidates = Array(candidates)
+        // A word that is a prefix of a field (`alias` for `aliases`) is a likely slip too.
+        if w.count >= 4, let extended = candidates.first(where: { $0.lowercased().hasPrefix(word.lowercased()) && $0.count - word.count <= 3 && $0 != word }) {
+            return extended
+        }
         for candidate in candidates where candidate != word {
             let c = Array(candidate.lowercased().unicodeScalars)
             if abs(c.count - w.count) > limit { continue }

@@ -1,0 +1,212 @@
+import Foundation
+import Testing
+
+struct ValidateCommandTests {
+    static let brokenModel = """
+        apiVersion: capstan/v1
+        kind: Model
+        metadata:
+          name: churn
+        spec:
+          train:
+            comand: [python3, train.py]
+            timeout: 30
+        """
+
+    @Test func theQuickstartExampleIsValid() throws {
+        let r = try CLI.run(["validate", "examples/quickstart"])
+        #expect(r.status == 0, "\(r.stdout)\(r.stderr)")
+        #expect(r.stdout == "examples/quickstart: valid (1 model, 1 deployment in 3 files)\n")
+        #expect(r.stderr == "")
+    }
+
+    @Test func errorsAreReportedCompilerStyleWithExitOne() throws {
+        let dir = try TemporaryDirectory()
+        try dir.write("models/churn.yaml", Self.brokenModel)
+        let r = try CLI.run(["validate", "."], in: dir.url)
+        #expect(r.status == 1)
+        #expect(r.stdout.contains("""
+            models/churn.yaml:7:5: error: unknown field 'comand' in spec.train (did you mean 'command'?) [unknown-field]
+                    comand: [python3, train.py]
+                    ^~~~~~
+            """))
+        // The typo is reported once: not also as a missing 'command'.
+        #expect(!r.stdout.contains("missing-field"))
+        #expect(r.stdout.contains("models/churn.yaml:8:14: error: spec.train.timeout is not a valid duration: '30' [invalid-duration]"))
+        #expect(r.stdout.contains("    hint: add a unit: 30s, 30m or 30h"))
+        #expect(r.stdout.hasSuffix(".: invalid: 2 errors (1 model, 0 deployments in 1 file)\n"))
+    }
+
+    @Test func pathsAreShownAsGivenOnTheCommandLine() throws {
+        let dir = try TemporaryDirectory()
+        try dir.write("repo/models/churn.yaml", Self.brokenModel)
+        let r = try CLI.run(["validate", "repo/"], in: dir.url)
+        #expect(r.stdout.contains("repo/models/churn.yaml:7:5: error:"))
+    }
+
+    @Test func jsonFormatIsAnArrayOfDiagnostics() throws {
+        let dir = try TemporaryDirectory()
+        try dir.write("models/churn.yaml", Self.brokenModel)
+        let r = try CLI.run(["validate", ".", "--format", "json"], in: dir.url)
+        #expect(r.status == 1)
+        let items = try #require(try JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [[String: Any]])
+        #expect(items.count == 2)
+        let first = items[0]
+        #expect(first["file"] as? String == "models/churn.yaml")
+        #expect(first["line"] as? Int == 7)
+        #expect(first["column"] as? Int == 5)
+        #expect(first["severity"] as? String == "error")
+        #expect(first["code"] as? String == "unknown-field")
+        #expect(first["message"] as? String == "unknown field 'comand' in spec.train (did you mean 'command'?)")
+        #expect((first["hint"] as? String)?.hasPrefix("allowed fields: command, workdir") == true)
+        #expect((first["related"] as? [Any])?.isEmpty == true)
+        #expect(items.compactMap { $0["code"] as? String } == ["unknown-field", "invalid-duration"])
+    }
+
+    @Test func githubFormatPrintsWorkflowCommands() throws {
+        let dir = try TemporaryDirectory()
+        try dir.write("models/churn.yaml", Self.brokenModel)
+        let r = try CLI.run(["validate", "--format", "github"], in: dir.url)
+        #expect(r.status == 1)
+        let lines = r.stdout.split(separator: "\n")
+        #expect(lines.count == 2)
+        #expect(lines.allSatisfy { $0.hasPrefix("::error file=models/churn.yaml,line=") })
+        #expect(lines.contains { $0.hasPrefix("::error file=models/churn.yaml,line=7,col=5,title=capstan unknown-field::unknown field 'comand'") })
+        #expect(r.stderr.contains("invalid: 2 errors"))
+    }
+
+    @Test func warningsPassUnlessStrict() throws {
+        let dir = try TemporaryDirectory()
+        try dir.write("models/churn.yaml", """
+            apiVersion: capstan/v1
+            kind: Model
+            metadata: {name: churn}
+            spec:
+              train:
+                command: "python3 train.py"
+            """)
+        let lenient = try CLI.run(["validate", "."], in: dir.url)
+        #expect(lenient.status == 0)
+        #expect(lenient.stdout.contains("models/churn.yaml:6:14: warning: spec.train.command is a single string with spaces"))
+        #expect(lenient.stdout.contains("hint: did you mean [python3, train.py]?"))
+        #expect(lenient.stdout.contains(".: valid: 1 warning"))
+        let strict = try CLI.run(["validate", ".", "--strict"], in: dir.url)
+        #expect(strict.status == 1)
+        #expect(strict.stdout.contains(".: invalid: 1 warning"))
+    }
+
+    @Test func secretsNeverReachTheOutput() throws {
+        let dir = try TemporaryDirectory()
+        let secret = "ghp_s3cr3tT0k3nV4lu3ThatMustNotLeak"
+        try dir.write("models/m.yaml", """
+            apiVersion: capstan/v1
+            kind: Model
+            metadata: {name: m}
+            spec:
+              train:
+                command: [python3, train.py]
+                env: {GITHUB_TOKEN: \(secret)}
+            """)
+        for format in ["text", "json", "github"] {
+            let r = try CLI.run(["validate", ".", "--format", format], in: dir.url)
+            #expect(r.status == 0)
+            #expect(r.stdout.contains("credential-in-env"))
+            #expect(!r.stdout.contains(secret) && !r.stderr.contains(secret), "\(format) leaked the secret")
+        }
+    }
+
+    @Test func usageErrorsExitSixtyFour() throws {
+        #expect(try CLI.run(["validate", "--format", "yaml"]).status == 64)
+        #expect(try CLI.run(["validate", "--no-such-flag"]).status == 64)
+        let missing = try CLI.run(["validate", "/nonexistent/capstan-repo"])
+        #expect(missing.status == 64)
+        #expect(missing.stderr == "capstan: error: '/nonexistent/capstan-repo' does not exist; give the repository folder to validate\n")
+    }
+
+    @Test func anEmptyFolderSaysSo() throws {
+        let dir = try TemporaryDirectory()
+        let r = try CLI.run(["validate", "."], in: dir.url)
+        #expect(r.status == 0)
+        #expect(r.stdout == ".: no manifest files found (looked for *.yaml and *.yml)\n")
+    }
+}
+
+struct SchemaCommandTests {
+    @Test func printsADraft202012SchemaForAllKinds() throws {
+        let r = try CLI.run(["schema"])
+        #expect(r.status == 0)
+        let schema = try #require(try JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [String: Any])
+        #expect(schema["$schema"] as? String == "https://json-schema.org/draft/2020-12/schema")
+        let defs = try #require(schema["$defs"] as? [String: Any])
+        for name in ["Config", "Model", "Deployment", "TrainSpec", "Canary", "MetricGate"] {
+            #expect(defs[name] != nil, "missing $defs/\(name)")
+        }
+        let train = try #require(defs["TrainSpec"] as? [String: Any])
+        #expect(train["additionalProperties"] as? Bool == false)
+        #expect((train["required"] as? [String]) == ["command"])
+    }
+
+    @Test func theManifestReferenceInDocsIsCurrent() throws {
+        let r = try CLI.run(["schema", "--format", "markdown"])
+        #expect(r.status == 0)
+        let docs = try String(contentsOf: CLI.packageRoot.appendingPathComponent("docs/manifests.md"), encoding: .utf8)
+        let begin = "<!-- BEGIN GENERATED: capstan schema --format markdown -->\n"
+        let end = "<!-- END GENERATED -->"
+        let start = try #require(docs.range(of: begin)).upperBound
+        let stop = try #require(docs.range(of: end)).lowerBound
+        #expect(String(docs[start..<stop]) == r.stdout, "docs/manifests.md is stale: run scripts/update-docs.sh")
+    }
+}
+
+struct InitCommandTests {
+    @Test func scaffoldsTheQuickstartExampleAndItValidates() throws {
+        let dir = try TemporaryDirectory()
+        let target = dir.url.appendingPathComponent("repo")
+        let r = try CLI.run(["init", target.path])
+        #expect(r.status == 0, "\(r.stderr)")
+        // The scaffold is exactly examples/quickstart.
+        let example = CLI.packageRoot.appendingPathComponent("examples/quickstart")
+        let files = try FileManager.default.subpathsOfDirectory(atPath: example.path).filter {
+            var isDir: ObjCBool = false
+            let exists = FileManager.default.fileExists(atPath: example.appendingPathComponent($0).path, isDirectory: &isDir)
+            return exists && !isDir.boolValue
+        }.sorted()
+        #expect(!files.isEmpty)
+        for file in files {
+            let a = try Data(contentsOf: example.appendingPathComponent(file))
+            let b = try Data(contentsOf: target.appendingPathComponent(file))
+            #expect(a == b, "\(file) differs from examples/quickstart: run scripts/generate-scaffold.py")
+        }
+        let v = try CLI.run(["validate", target.path])
+        #expect(v.status == 0, "\(v.stdout)")
+    }
+
+    @Test func refusesToOverwrite() throws {
+        let dir = try TemporaryDirectory()
+        try dir.write("capstan.yaml", "# mine\n")
+        let r = try CLI.run(["init", "."], in: dir.url)
+        #expect(r.status == 1)
+        #expect(r.stderr.contains("already has 'capstan.yaml'; nothing was written"))
+        #expect(try String(contentsOf: dir.url.appendingPathComponent("capstan.yaml"), encoding: .utf8) == "# mine\n")
+        #expect(!FileManager.default.fileExists(atPath: dir.url.appendingPathComponent("models").path))
+    }
+
+    @Test func theTrainingScriptRunsWithTheStandardLibrary() throws {
+        let dir = try TemporaryDirectory()
+        #expect(try CLI.run(["init", dir.url.path]).status == 0)
+        let out = dir.url.appendingPathComponent("out")
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        process.arguments = ["python3", "train.py"]
+        process.currentDirectoryURL = dir.url.appendingPathComponent("models/churn")
+        process.environment = ["PATH": ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin",
+                               "CAPSTAN_OUTPUT_DIR": out.path, "CAPSTAN_METRICS_FILE": out.appendingPathComponent("metrics.json").path]
+        process.standardOutput = FileHandle.nullDevice
+        try process.run()
+        process.waitUntilExit()
+        #expect(process.terminationStatus == 0)
+        let metrics = try JSONSerialization.jsonObject(with: Data(contentsOf: out.appendingPathComponent("metrics.json"))) as? [String: Double]
+        #expect((metrics?["accuracy"] ?? 0) >= 0.65)
+        #expect(FileManager.default.fileExists(atPath: out.appendingPathComponent("model.json").path))
+    }
+}
