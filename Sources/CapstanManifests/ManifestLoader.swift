@@ -156,7 +156,7 @@ public struct ManifestLoader: Sendable {
         // Make sure every file with diagnostics has its text for snippets.
         for d in diagnostics where sources[d.location.file] == nil {
             if let f = files.first(where: { display($0.path) == d.location.file }) ?? (configFile.map { display($0.path) == d.location.file } == true ? configFile : nil),
-               let bytes = try? await source.read(f), bytes.count <= decoder.reader.limits.maxFileBytes,
+               f.size <= decoder.reader.limits.maxFileBytes, let bytes = try? await source.read(f),
                let text = String(validating: bytes, as: UTF8.self) {
                 sources[d.location.file] = text
             }

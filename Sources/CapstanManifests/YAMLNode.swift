@@ -110,18 +110,25 @@ public enum ScalarSyntax {
     }
 
     public static func integer(_ s: String) -> Int64? {
-        var scalars = Substring(s)
-        if scalars.first == "-" || scalars.first == "+" { scalars = scalars.dropFirst() }
-        guard !scalars.isEmpty, scalars.allSatisfy({ $0.isASCII && $0.isNumber }) else { return nil }
-        if scalars.count > 1 && scalars.first == "0" { return nil }
-        return Int64(s.first == "+" ? String(s.dropFirst()) : s)
+        var digits = s.utf8[...]
+        if let first = digits.first, first == UInt8(ascii: "-") || first == UInt8(ascii: "+") { digits = digits.dropFirst() }
+        guard !digits.isEmpty, digits.allSatisfy({ $0 >= UInt8(ascii: "0") && $0 <= UInt8(ascii: "9") }) else { return nil }
+        if digits.count > 1 && digits.first == UInt8(ascii: "0") { return nil }
+        return Int64(s.utf8.first == UInt8(ascii: "+") ? String(s.dropFirst()) : s)
     }
 
     public static func number(_ s: String) -> Double? {
         if let i = integer(s) { return Double(i) }
-        let allowed = Set("0123456789+-.eE")
-        guard !s.isEmpty, s.allSatisfy({ allowed.contains($0) }), s.contains(where: { $0.isNumber }) else { return nil }
-        guard let d = Double(s), d.isFinite else { return nil }
+        // Digits, sign, point and exponent only: no `inf`, `nan`, hex or `1_000`.
+        var sawDigit = false
+        for b in s.utf8 {
+            switch b {
+            case UInt8(ascii: "0")...UInt8(ascii: "9"): sawDigit = true
+            case UInt8(ascii: "+"), UInt8(ascii: "-"), UInt8(ascii: "."), UInt8(ascii: "e"), UInt8(ascii: "E"): continue
+            default: return nil
+            }
+        }
+        guard sawDigit, let d = Double(s), d.isFinite else { return nil }
         return d
     }
 }

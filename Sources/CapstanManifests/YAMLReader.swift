@@ -54,7 +54,7 @@ public struct YAMLReader: Sendable {
                 at: SourceLocation(file: file, line: line, column: column),
                 hint: "save the file as UTF-8; manifests must be UTF-8 text"))
         }
-        if text.unicodeScalars.contains("\0") {
+        if body.contains(0) {
             return fail(.error(.notUTF8, "file contains NUL bytes; it looks binary, not like YAML text", at: start,
                                hint: "exclude it in capstan.yaml (spec.exclude) or give it another extension"), text: text)
         }
