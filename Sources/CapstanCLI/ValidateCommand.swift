@@ -46,6 +46,10 @@ struct ValidateCommand: AsyncParsableCommand {
         } catch {
             throw Self.fail(CommandFailure(message: "\(error)"))
         }
+        if result.fileCount == 0 {
+            // Nothing to check is almost always a wrong path: fail rather than pass silently.
+            throw Self.fail(CommandFailure(message: "no manifest files found in '\(path)' (looked for capstan.yaml, *.yaml and *.yml); give the repository root"))
+        }
         let terminal = Terminal(noColor: noColor)
         let diagnostics = result.diagnostics
         switch format {
@@ -76,9 +80,6 @@ struct ValidateCommand: AsyncParsableCommand {
         var counts: [String] = []
         if d.errorCount > 0 { counts.append("\(d.errorCount) error\(d.errorCount == 1 ? "" : "s")") }
         if d.warningCount > 0 { counts.append("\(d.warningCount) warning\(d.warningCount == 1 ? "" : "s")") }
-        if result.fileCount == 0 {
-            return "\(path): no manifest files found (looked for *.yaml and *.yml)\n"
-        }
         if counts.isEmpty { return "\(path): valid (\(objects) in \(files))\n" }
         let verdict = d.hasErrors || (strict && d.warningCount > 0) ? "invalid" : "valid"
         return "\(path): \(verdict): \(counts.joined(separator: ", ")) (\(objects) in \(files))\n"

@@ -54,6 +54,13 @@ public enum JSONSchemaGenerator {
         ]
         let required = object.fields.filter(\.required).map(\.name)
         if !required.isEmpty { s["required"] = required }
+        if object.id == ManifestSchema.inputObject.id {
+            // {path} alone, or {uri, version}: the same rule the validator applies.
+            s["oneOf"] = [
+                ["required": ["path"], "not": ["anyOf": [["required": ["uri"]], ["required": ["version"]]]]],
+                ["required": ["uri", "version"], "not": ["required": ["path"]]],
+            ]
+        }
         if let choices = object.exactlyOneOf {
             s["oneOf"] = choices.map { ["required": [$0]] }
         }
@@ -172,7 +179,7 @@ public enum JSONSchemaGenerator {
             return "number"
         case .boolean: return "boolean"
         case .duration: return "duration"
-        case .enumeration(let values): return values.map { "`\($0)`" }.joined(separator: " \\| ")
+        case .enumeration(let values): return values.map { "`\($0)`" }.joined(separator: " | ")
         case .list(let e): return "list of \(typeName(e))"
         case .map(_, let v): return "map of \(typeName(v))"
         case .object(let o): return "[`\(o.id)`](#\(o.id.lowercased()))"

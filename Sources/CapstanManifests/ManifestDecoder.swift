@@ -91,7 +91,7 @@ public struct ManifestDecoder: Sendable {
         Validator.checkObject(root, schema: Self.documentSchema(kind), path: "", ctx: &ctx)
 
         guard let name = root["metadata"]?["name"]?.scalar, !name.isEmpty else { return nil }
-        let origin = ManifestOrigin(file: ctx.file, documentIndex: document.index, location: root.location(in: ctx.file), fields: ctx.fields)
+        var origin = ManifestOrigin(file: ctx.file, documentIndex: document.index, location: root.location(in: ctx.file), fields: ctx.fields)
         let metadata = ObjectMeta(name: name, labels: Read.stringMap(root["metadata"]?["labels"]),
                                   annotations: Read.stringMap(root["metadata"]?["annotations"]))
         let spec = root["spec"]
@@ -99,7 +99,9 @@ public struct ManifestDecoder: Sendable {
         case .config:
             return .config(ConfigManifest(metadata: metadata, spec: Build.config(spec), origin: origin))
         case .model:
-            return .model(ModelManifest(metadata: metadata, spec: Build.model(spec), origin: origin))
+            let (model, inputIndices) = Build.model(spec)
+            origin.writtenIndices["spec.train.inputs"] = inputIndices
+            return .model(ModelManifest(metadata: metadata, spec: model, origin: origin))
         case .deployment:
             return .deployment(DeploymentManifest(metadata: metadata, spec: Build.deployment(spec), origin: origin))
         }
@@ -204,11 +206,18 @@ enum Build {
         return spec
     }
 
-    static func model(_ n: YAMLNode?) -> ModelSpec {
+    /// The spec, and for each typed input the index it was written at.
+    static func model(_ n: YAMLNode?) -> (ModelSpec, [Int]) {
         let t = n?["train"]
         var train = TrainSpec(command: Read.argv(t?["command"]) ?? [])
         train.workdir = Read.repoPath(t?["workdir"]) ?? ""
-        train.inputs = (t?["inputs"]?.sequenceItems ?? []).compactMap(input)
+        var inputIndices: [Int] = []
+        for (i, item) in (t?["inputs"]?.sequenceItems ?? []).enumerated() {
+            if let typed = input(item) {
+                train.inputs.append(typed)
+                inputIndices.append(i)
+            }
+        }
         for (k, v) in t?["params"]?.mappingPairs ?? [] {
             if let key = k.scalar { train.params[key] = Read.param(v) }
         }
@@ -236,6 +245,7 @@ enum Build {
             var serve = ServeSpec(command: command)
             serve.workdir = Read.repoPath(s["workdir"]) ?? ""
             serve.env = Read.stringMap(s["env"])
+            serve.secretEnv = Read.stringMap(s["secretEnv"])
             if let r = s["readiness"] {
                 serve.readiness.path = Read.string(r["path"]) ?? serve.readiness.path
                 serve.readiness.timeout = Read.duration(r["timeout"]) ?? serve.readiness.timeout
@@ -253,7 +263,7 @@ enum Build {
         if let keep = Read.int(n?["retention"]?["keepVersions"]), keep >= 1 {
             spec.retention = RetentionSpec(keepVersions: keep)
         }
-        return spec
+        return (spec, inputIndices)
     }
 
     static func input(_ n: YAMLNode) -> TrainInput? {
@@ -264,6 +274,7 @@ enum Build {
     }
 
     static func pathInput(_ s: String) -> TrainInput? {
+        if s.trimmingWhitespace().isEmpty { return nil }
         if s.hasPrefix("/") { return HostPath.normalize(s).map(TrainInput.external) }
         return RepoPath.normalize(s).map(TrainInput.repository)
     }

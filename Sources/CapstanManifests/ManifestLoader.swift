@@ -161,7 +161,7 @@ public struct ManifestLoader: Sendable {
                 sources[d.location.file] = text
             }
         }
-        return LoadResult(manifests: set, diagnostics: diagnostics.sortedForDisplay(), sources: sources,
+        return LoadResult(manifests: set, diagnostics: diagnostics.redactingSharedLines().sortedForDisplay(), sources: sources,
                           fileCount: files.count + (configFile == nil ? 0 : 1), parsedFileCount: parsed)
     }
 
@@ -182,7 +182,15 @@ public struct ManifestLoader: Sendable {
             // Refuse before reading a byte.
             return decoder.decode([UInt8](repeating: 0, count: 0), file: shown, declaredSize: file.size)
         }
-        let bytes = try await source.read(file)
+        let bytes: [UInt8]
+        do {
+            bytes = try await source.read(file)
+        } catch let error as ManifestSourceError {
+            // One unreadable file is one problem among others, not the end of the run.
+            return ManifestDecoder.FileResult(manifests: [], diagnostics: [.error(
+                .fileUnreadable, "cannot read the file: \(error.message)", at: SourceLocation(file: shown, line: 1, column: 1),
+                hint: "check its permissions, or exclude it in capstan.yaml (spec.exclude)")], text: nil)
+        }
         return decoder.decode(bytes, file: shown)
     }
 
@@ -224,7 +232,8 @@ public struct ManifestLoader: Sendable {
             let origin = model.origin
             let train = model.spec.train
             for (i, input) in train.inputs.enumerated() {
-                let field = origin.fields["spec.train.inputs[\(i)].path"] != nil ? "spec.train.inputs[\(i)].path" : "spec.train.inputs[\(i)]"
+                let item = origin.itemPath("spec.train.inputs", i)
+                let field = origin.fields[item + ".path"] != nil ? item + ".path" : item
                 switch input {
                 case .external(let path):
                     if !config.dataRoots.contains(where: { HostPath.isUnder(path, root: $0) }) {
@@ -254,8 +263,8 @@ public struct ManifestLoader: Sendable {
                 let k = try await kind(dir)
                 if k != .directory {
                     out.append(.error(.pathNotFound,
-                                      k == .missing ? "\(field.split(separator: ".").last!) '\(dir)' does not exist in the repository"
-                                                    : "\(field.split(separator: ".").last!) '\(dir)' is not a folder",
+                                      k == .missing ? "\(field) '\(dir)' does not exist in the repository"
+                                                    : "\(field) '\(dir)' is not a folder",
                                       at: origin.location(of: field), length: dir.count,
                                       hint: "give a folder relative to the repository root"))
                 }

@@ -92,7 +92,7 @@ public enum ManifestSchema {
         FieldSpec("version", .string(.nonEmpty), doc: "The version of a `uri` input; change it to retrain on new data.", example: "\"2026-11-01\""),
     ])
 
-    static let train = ObjectSchema(id: "TrainSpec", doc: "How to produce a version. Everything here is part of the fingerprint, except secret values.", fields: [
+    static let train = ObjectSchema(id: "TrainSpec", doc: "How to produce a version. The command, workdir, inputs, params, env and the names in secretEnv make up the fingerprint (same fingerprint: no retraining); timeout does not.", fields: [
         FieldSpec("command", .argv, required: true,
                   doc: "The program and its arguments (argv), run without a shell. It writes the model to `$CAPSTAN_OUTPUT_DIR` and metrics to `$CAPSTAN_METRICS_FILE`.",
                   example: "[python3, train.py]"),
@@ -111,7 +111,7 @@ public enum ManifestSchema {
                   example: "{API_TOKEN: CAPSTAN_SECRET_API_TOKEN}"),
         FieldSpec("timeout", .duration(allowZero: false), default: "1h", doc: "Longest a training run may take; then its process group is terminated.", example: "30m"),
     ], check: { node, owner, ctx, path in
-        Checks.credentialsInEnv(node["env"], path: "\(path).env", ctx: &ctx)
+        Checks.credentialsInEnv(node["env"], path: "\(path).env", fingerprinted: true, ctx: &ctx)
     })
 
     static let gate = ObjectSchema(id: "MetricGate", doc: "Bounds a metric must meet.", fields: [
@@ -147,6 +147,10 @@ public enum ManifestSchema {
         FieldSpec("timeout", .duration(allowZero: false), default: "10m", doc: "Longest the validation command may take.", example: "10m"),
     ], check: { node, owner, ctx, path in
         guard let tolerance = node["tolerance"]?.mappingPairs else { return }
+        if node["noRegressionAgainst"] == nil, let key = node.mappingPairs?.first(where: { $0.key.scalar == "tolerance" })?.key {
+            ctx.warning(.unknownGateMetric, "\(path).tolerance has no effect without \(path).noRegressionAgainst", key,
+                        length: key.scalar?.count, hint: "add noRegressionAgainst: <alias> or remove the tolerance")
+        }
         let gated = Set(node["metrics"]?.mappingPairs?.compactMap { $0.key.scalar } ?? [])
         for (k, _) in tolerance {
             guard let name = k.scalar, !gated.contains(name) else { continue }
@@ -166,10 +170,14 @@ public enum ManifestSchema {
                   doc: "The model server (argv, no shell). It gets `PORT` to listen on (127.0.0.1) and `CAPSTAN_MODEL_DIR` with the version's artifact.",
                   example: "[python3, serve.py]"),
         FieldSpec("workdir", .string(.repoPath), default: ".", doc: "Working folder, relative to the repository root.", example: "models/churn"),
-        FieldSpec("env", .map(keys: .envName, values: .string(.any)), default: "{}", doc: "Extra environment for the server.", example: "{WORKERS: \"2\"}"),
+        FieldSpec("env", .map(keys: .envName, values: .string(.any)), default: "{}",
+                  doc: "Extra environment for the server. Values are stored and shown in plans: no secrets here.", example: "{WORKERS: \"2\"}"),
+        FieldSpec("secretEnv", .map(keys: .envName, values: .string(.envName)), default: "{}",
+                  doc: "Variables the server sees → names of variables in the serving agent's environment that hold the values.",
+                  example: "{FEATURE_STORE_TOKEN: CAPSTAN_SECRET_FEATURE_STORE}"),
         FieldSpec("readiness", .object(readiness), default: "{path: /healthz, timeout: 60s}", doc: "Readiness check.", example: "{path: /healthz, timeout: 60s}"),
     ], check: { node, owner, ctx, path in
-        Checks.credentialsInEnv(node["env"], path: "\(path).env", ctx: &ctx)
+        Checks.credentialsInEnv(node["env"], path: "\(path).env", fingerprinted: false, ctx: &ctx)
     })
 
     static let retention = ObjectSchema(id: "Retention", doc: "How many versions to keep.", fields: [
@@ -304,13 +312,13 @@ public enum ManifestSchema {
 
 enum Checks {
     /// Warns about `env` values that look like credentials, without ever echoing them.
-    static func credentialsInEnv(_ env: YAMLNode?, path: String, ctx: inout ValidationContext) {
+    static func credentialsInEnv(_ env: YAMLNode?, path: String, fingerprinted: Bool, ctx: inout ValidationContext) {
         guard let pairs = env?.mappingPairs else { return }
         for (k, v) in pairs {
             guard let name = k.scalar, let value = v.scalar, !value.isEmpty else { continue }
             if SecretHeuristics.nameSuggestsSecret(name) || SecretHeuristics.valueLooksLikeSecret(value) {
                 ctx.warning(.credentialInEnv,
-                            "\(path).\(name) looks like a credential; env values are stored, shown in plans and part of the fingerprint",
+                            "\(path).\(name) looks like a credential; env values are stored\(fingerprinted ? ", shown in plans and part of the fingerprint" : " and shown in plans")",
                             v, length: 1,
                             hint: "move it to secretEnv: {\(name): SOME_VARIABLE} and set SOME_VARIABLE in the reconciler's environment",
                             redact: true)

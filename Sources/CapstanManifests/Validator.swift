@@ -234,6 +234,8 @@ enum Validator {
                 hint = Self.wholeNumberHint(s)
             case .unknownUnit(let u):
                 hint = "'\(u)' is not a unit; use ms, s, m, h or d (for example 90s, 30m, 2h, 1d)"
+            case .unitOrder:
+                hint = "write units from largest to smallest, each once (for example 1h30m)"
             default:
                 hint = "write a whole number and a unit: ms, s, m, h or d (for example 90s, 30m, 2h, 1d, 1h30m)"
             }
@@ -262,17 +264,23 @@ enum Validator {
                             ?? "names are DNS labels: lowercase letters, digits and '-', at most 63 characters")
             }
         case .envName:
-            if !Names.isEnvName(s) {
-                if path.contains(".secretEnv.") {
+            if path.contains(".secretEnv."), !s.hasPrefix("$"), SecretHeuristics.valueLooksLikeSecret(s) {
+                ctx.diagnostics.append(Diagnostic(
+                    .error, .invalidEnvName, "\(path) looks like a secret value; secretEnv maps to the name of a variable that holds it",
+                    at: ctx.loc(node), length: 1,
+                    hint: "put the value in a variable where Capstan runs (for example CAPSTAN_SECRET_API_TOKEN) and write that name here; rotate the value, it is now in Git",
+                    redactSource: true))
+            } else if !Names.isEnvName(s) {
+                if s.hasPrefix("$"), Names.isEnvName(String(s.dropFirst())) {
+                    ctx.error(.invalidEnvName, "\(path) '\(s)' is not an environment variable name", node,
+                              hint: "write the name without '$': \(s.dropFirst())")
+                } else if path.contains(".secretEnv.") {
                     // The value may be the secret itself, pasted by mistake: never echo it.
                     ctx.diagnostics.append(Diagnostic(
                         .error, .invalidEnvName, "\(path) must name an environment variable of the reconciler, not hold a value",
                         at: ctx.loc(node), length: 1,
                         hint: "write the name of the variable that holds the secret (for example CAPSTAN_SECRET_API_TOKEN) and set that variable where Capstan runs",
                         redactSource: true))
-                } else if s.hasPrefix("$"), Names.isEnvName(String(s.dropFirst())) {
-                    ctx.error(.invalidEnvName, "\(path) '\(s)' is not an environment variable name", node,
-                              hint: "write the name without '$': \(s.dropFirst())")
                 } else {
                     ctx.error(.invalidEnvName, "\(path) '\(s)' is not an environment variable name", node,
                               hint: "use letters, digits and '_', not starting with a digit (for example API_TOKEN)")

@@ -353,6 +353,9 @@ public struct YAMLReader: Sendable {
     }
 
     static func formatSize(_ bytes: Int) -> String {
+        if bytes >= 1 << 20, bytes % 1024 != 0 || bytes % (1 << 20) != 0, bytes < 2 << 20 {
+            return "\(bytes) bytes"
+        }
         if bytes >= 1 << 20 {
             let mib = Double(bytes) / Double(1 << 20)
             return mib == mib.rounded() ? "\(Int(mib)) MiB" : "\((mib * 10).rounded() / 10) MiB"

@@ -123,11 +123,33 @@ struct ValidateCommandTests {
         #expect(missing.stderr == "capstan: error: '/nonexistent/capstan-repo' does not exist; give the repository folder to validate\n")
     }
 
-    @Test func anEmptyFolderSaysSo() throws {
+    @Test func aFolderWithoutManifestsFails() throws {
         let dir = try TemporaryDirectory()
+        try dir.write("README.md", "not yaml\n")
         let r = try CLI.run(["validate", "."], in: dir.url)
-        #expect(r.status == 0)
-        #expect(r.stdout == ".: no manifest files found (looked for *.yaml and *.yml)\n")
+        #expect(r.status == 1)
+        #expect(r.stdout == "")
+        #expect(r.stderr == "capstan: error: no manifest files found in '.' (looked for capstan.yaml, *.yaml and *.yml); give the repository root\n")
+    }
+
+    @Test func anUnreadableFileIsOneDiagnosticAmongOthers() throws {
+        let dir = try TemporaryDirectory()
+        try dir.write("models/a.yaml", Self.brokenModel)
+        try dir.write("models/b.yaml", "apiVersion: capstan/v1\n")
+        // A folder named like a manifest cannot be read as a file.
+        try FileManager.default.createDirectory(at: dir.url.appendingPathComponent("models/c.yaml/inner"), withIntermediateDirectories: true)
+        try dir.write("models/d.yaml", "x: 1\n")
+        chmod(dir.url.appendingPathComponent("models/d.yaml").path, 0)
+        defer { chmod(dir.url.appendingPathComponent("models/d.yaml").path, 0o644) }
+        let r = try CLI.run(["validate", "--format", "json", "."], in: dir.url)
+        #expect(r.status == 1)
+        let items = try #require(try JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [[String: Any]])
+        let files = Set(items.compactMap { $0["file"] as? String })
+        #expect(files.contains("models/a.yaml"))
+        #expect(files.contains("models/b.yaml"))
+        if getuid() != 0 {  // root reads any file regardless of its mode
+            #expect(items.contains { $0["file"] as? String == "models/d.yaml" && $0["code"] as? String == "file-unreadable" })
+        }
     }
 }
 
@@ -208,5 +230,26 @@ struct InitCommandTests {
         let metrics = try JSONSerialization.jsonObject(with: Data(contentsOf: out.appendingPathComponent("metrics.json"))) as? [String: Double]
         #expect((metrics?["accuracy"] ?? 0) >= 0.65)
         #expect(FileManager.default.fileExists(atPath: out.appendingPathComponent("model.json").path))
+    }
+}
+
+struct RedactionTests {
+    @Test func aSecretOnALineIsWithheldFromEveryDiagnosticOnThatLine() throws {
+        let dir = try TemporaryDirectory()
+        try dir.write("models/m.yaml", """
+            apiVersion: capstan/v1
+            kind: Model
+            metadata: {name: m}
+            spec:
+              train:
+                command: [python3, train.py]
+                env: {DB_PASSWORD: hunter2-prod, 1BAD: x, API_TOKEN: xyz-other-secret}
+            """)
+        let r = try CLI.run(["validate", "."], in: dir.url)
+        #expect(r.status == 1)
+        #expect(r.stdout.contains("invalid-env-name"))
+        #expect(r.stdout.components(separatedBy: "credential-in-env").count == 3)
+        #expect(!r.stdout.contains("hunter2"))
+        #expect(!r.stdout.contains("xyz-other-secret"))
     }
 }

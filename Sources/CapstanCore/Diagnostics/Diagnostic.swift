@@ -38,8 +38,15 @@ public struct Diagnostic: Hashable, Sendable, Codable, Error {
     public var length: Int
     public var hint: String?
     public var related: [RelatedLocation]
-    /// When true the source line is never echoed (it holds something that looks like a secret).
-    public var redactSource: Bool
+    /// When set, the source line is echoed only up to this column: from there on it may hold
+    /// something that looks like a secret.
+    public var redactFromColumn: Int?
+
+    /// True when part of the source line is withheld.
+    public var redactSource: Bool {
+        get { redactFromColumn != nil }
+        set { redactFromColumn = newValue ? min(redactFromColumn ?? location.column, location.column) : nil }
+    }
 
     public init(
         _ severity: Severity,
@@ -58,7 +65,7 @@ public struct Diagnostic: Hashable, Sendable, Codable, Error {
         self.length = max(1, length)
         self.hint = hint
         self.related = related
-        self.redactSource = redactSource
+        self.redactFromColumn = redactSource ? location.column : nil
     }
 
     public static func error(
@@ -89,6 +96,24 @@ public struct RelatedLocation: Hashable, Sendable, Codable {
 }
 
 extension Array where Element == Diagnostic {
+    /// Withholds every secret-looking value from every diagnostic's source line: a line that
+    /// one diagnostic redacts is redacted (from the same column) in all diagnostics on it.
+    public func redactingSharedLines() -> [Diagnostic] {
+        var sensitive: [String: Int] = [:]
+        for d in self {
+            guard let column = d.redactFromColumn else { continue }
+            let key = "\(d.location.file):\(d.location.line)"
+            sensitive[key] = Swift.min(sensitive[key] ?? column, column)
+        }
+        guard !sensitive.isEmpty else { return self }
+        return map { d in
+            guard let column = sensitive["\(d.location.file):\(d.location.line)"] else { return d }
+            var copy = d
+            copy.redactFromColumn = Swift.min(d.redactFromColumn ?? column, column)
+            return copy
+        }
+    }
+
     public var errorCount: Int { lazy.filter { $0.severity == .error }.count }
     public var warningCount: Int { lazy.filter { $0.severity == .warning }.count }
     public var hasErrors: Bool { contains { $0.severity == .error } }

@@ -11,7 +11,6 @@ public enum DiagnosticCode: String, Sendable, Codable, CaseIterable {
     case tooManyDocuments = "too-many-documents"
     case aliasExpansion = "alias-expansion"
     case nestingTooDeep = "nesting-too-deep"
-    case noManifests = "no-manifests"
 
     // Shape
     case unknownAPIVersion = "unknown-api-version"

@@ -24,7 +24,7 @@ public struct DiagnosticFormatter: Sendable {
         }
         var out = "\(d.location): \(coloredSeverity): \(d.message) [\(d.code.rawValue)]\n"
         if let line = sourceLine(d.location.file, d.location.line) {
-            let shown = Self.printable(d.redactSource ? redacted(line, from: d.location.column) : line)
+            let shown = Self.printable(d.redactFromColumn.map { redacted(line, from: $0) } ?? line)
             let expanded = shown.replacingTabs()
             out += "    \(expanded)\n"
             let prefix = String(shown.unicodeScalars.prefix(max(0, d.location.column - 1)))

@@ -22,6 +22,8 @@ public struct ManifestDuration: Hashable, Sendable, Codable, Comparable, CustomS
         case unknownUnit(String)
         case missingNumber
         case tooLarge
+        /// Units must go from largest to smallest, each at most once (`1h30m`, not `30m1h`).
+        case unitOrder
     }
 
     /// Parses `90s`, `30m`, `2h`, `1d`, `250ms`, `1h30m`. Rejects bare numbers, negative values,
@@ -29,6 +31,7 @@ public struct ManifestDuration: Hashable, Sendable, Codable, Comparable, CustomS
     public static func parse(_ text: String) -> Result<ManifestDuration, ParseError> {
         guard !text.isEmpty else { return .failure(.empty) }
         var total: Int64 = 0
+        var lastFactor = Int64.max
         var scalars = Array(text.unicodeScalars)[...]
         while !scalars.isEmpty {
             var number: Int64 = 0
@@ -57,6 +60,8 @@ public struct ManifestDuration: Hashable, Sendable, Codable, Comparable, CustomS
             case "d": factor = 86_400_000
             default: return .failure(.unknownUnit(unit))
             }
+            if factor >= lastFactor { return .failure(.unitOrder) }
+            lastFactor = factor
             let (part, o3) = number.multipliedReportingOverflow(by: factor)
             let (sum, o4) = total.addingReportingOverflow(part)
             if o3 || o4 { return .failure(.tooLarge) }

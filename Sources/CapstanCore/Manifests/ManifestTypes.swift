@@ -33,12 +33,22 @@ public struct ManifestOrigin: Hashable, Sendable {
     /// Field path (`metadata.name`, `spec.aliases.champion`, `spec.train.inputs[1]`) → position of
     /// its value in `file`. Kept compact: there is one of these per document.
     public var fields: [String: FieldPosition]
+    /// For typed lists that leave invalid entries out (`spec.train.inputs`): typed index → the
+    /// index as written, so `fields["spec.train.inputs[N]"]` can be found for a typed item.
+    public var writtenIndices: [String: [Int]]
 
-    public init(file: String, documentIndex: Int, location: SourceLocation, fields: [String: FieldPosition] = [:]) {
+    public init(file: String, documentIndex: Int, location: SourceLocation, fields: [String: FieldPosition] = [:],
+                writtenIndices: [String: [Int]] = [:]) {
         self.file = file
         self.documentIndex = documentIndex
         self.location = location
         self.fields = fields
+        self.writtenIndices = writtenIndices
+    }
+
+    /// The field path of item `index` of the typed list at `path` (`spec.train.inputs[2]`).
+    public func itemPath(_ path: String, _ index: Int) -> String {
+        "\(path)[\(writtenIndices[path]?[index] ?? index)]"
     }
 
     /// The location of a field's value, or of the document when the field was not written.
@@ -334,12 +344,16 @@ public struct ServeSpec: Hashable, Sendable, Codable {
     public var command: [String]
     public var workdir: String
     public var env: [String: String]
+    /// Variable name the server sees → variable name in the serving agent's environment.
+    public var secretEnv: [String: String]
     public var readiness: ReadinessSpec
 
-    public init(command: [String], workdir: String = ".", env: [String: String] = [:], readiness: ReadinessSpec = ReadinessSpec()) {
+    public init(command: [String], workdir: String = ".", env: [String: String] = [:], secretEnv: [String: String] = [:],
+                readiness: ReadinessSpec = ReadinessSpec()) {
         self.command = command
         self.workdir = workdir
         self.env = env
+        self.secretEnv = secretEnv
         self.readiness = readiness
     }
 }
