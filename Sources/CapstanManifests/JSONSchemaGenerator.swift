@@ -82,7 +82,9 @@ public enum JSONSchemaGenerator {
             return s
         case .boolean: return ["type": "boolean"]
         case .duration:
-            return ["type": "string", "pattern": "^([0-9]+(ms|s|m|h|d))+$", "examples": ["90s", "30m", "2h", "1d"]]
+            // Units from largest to smallest, each at most once: 1h30m, 250ms, 1d.
+            return ["type": "string", "pattern": "^(?=[0-9])([0-9]+d)?([0-9]+h)?([0-9]+m(?!s))?([0-9]+s)?([0-9]+ms)?$",
+                    "examples": ["90s", "30m", "2h", "1d", "1h30m", "250ms"]]
         case .enumeration(let values): return ["enum": values]
         case .list(let element): return ["type": "array", "items": typeSchema(element)]
         case .map(let keys, let values):
