@@ -10,6 +10,7 @@ let package = Package(
     dependencies: [
         .package(url: "https://github.com/jpsim/Yams.git", from: "6.2.2"),
         .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-crypto.git", from: "3.12.3"),
     ],
     targets: [
         // Functional core: manifest types, diagnostics, ports. No I/O.
@@ -19,16 +20,30 @@ let package = Package(
             "CapstanCore",
             .product(name: "Yams", package: "Yams"),
         ]),
+        // libgit2, found through pkg-config (apt: libgit2-dev).
+        .systemLibrary(name: "CLibGit2", pkgConfig: "libgit2", providers: [.apt(["libgit2-dev"])]),
+        // A socket stream for libgit2 with connect/read/write timeouts (libgit2 1.5 has none).
+        .target(name: "CCapstanGitStream", dependencies: ["CLibGit2"]),
+        // Git: repositories, mirrors and fetches, trees and blobs, diffs, materialized trees, and
+        // the ManifestSource over a commit.
+        .target(name: "CapstanGit", dependencies: [
+            "CapstanCore",
+            "CLibGit2",
+            "CCapstanGitStream",
+            .product(name: "Crypto", package: "swift-crypto"),
+        ]),
         // Commands; the only layer that wires adapters together.
         .target(name: "CapstanCLI", dependencies: [
             "CapstanCore",
             "CapstanManifests",
+            "CapstanGit",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
         .executableTarget(name: "capstan", dependencies: ["CapstanCLI"]),
         .testTarget(name: "CapstanCoreTests", dependencies: ["CapstanCore"]),
         .testTarget(name: "CapstanManifestsTests", dependencies: ["CapstanManifests", "CapstanCore"],
                     resources: [.copy("Fixtures")]),
+        .testTarget(name: "CapstanGitTests", dependencies: ["CapstanGit", "CapstanManifests", "CapstanCore"]),
         .testTarget(name: "CapstanCLITests", dependencies: ["CapstanCLI", "capstan"]),
     ],
     swiftLanguageModes: [.v6]

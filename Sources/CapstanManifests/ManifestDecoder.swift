@@ -4,14 +4,19 @@ import CapstanCore
 /// always give the same result, which is what makes the parse cache (keyed by blob id) sound.
 public struct ManifestDecoder: Sendable {
     public var reader: YAMLReader
+    /// Also keep each manifest's fields as written (for `capstan diff`).
+    public var keepFields: Bool
 
-    public init(reader: YAMLReader = YAMLReader()) {
+    public init(reader: YAMLReader = YAMLReader(), keepFields: Bool = false) {
         self.reader = reader
+        self.keepFields = keepFields
     }
 
     /// The outcome for one file.
     public struct FileResult: Sendable {
         public var manifests: [Manifest]
+        /// With `keepFields`: each manifest's fields as written, aligned with `manifests`.
+        public var fields: [[String: String]] = []
         public var diagnostics: [Diagnostic]
         /// The text, kept when there are diagnostics (for caret snippets).
         public var text: String?
@@ -22,13 +27,17 @@ public struct ManifestDecoder: Sendable {
         let read = reader.read(bytes, file: file, declaredSize: declaredSize)
         var diagnostics = read.diagnostics
         var manifests: [Manifest] = []
+        var fields: [[String: String]] = []
         let paths = PathInterner()
         for document in read.documents where !(document.root.isNull && document.root.tag == nil) {
             var ctx = ValidationContext(file: file, paths: paths)
-            if let manifest = decodeDocument(document, ctx: &ctx) { manifests.append(manifest) }
+            if let manifest = decodeDocument(document, ctx: &ctx) {
+                manifests.append(manifest)
+                if keepFields { fields.append(Flatten.document(document.root)) }
+            }
             diagnostics += ctx.diagnostics
         }
-        return FileResult(manifests: manifests, diagnostics: diagnostics, text: diagnostics.isEmpty ? nil : read.text)
+        return FileResult(manifests: manifests, fields: fields, diagnostics: diagnostics, text: diagnostics.isEmpty ? nil : read.text)
     }
 
     static let documentFields = ["apiVersion", "kind", "metadata", "spec"]

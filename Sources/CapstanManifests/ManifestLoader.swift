@@ -7,8 +7,18 @@ import Synchronization
 public final class ParseCache: Sendable {
     private let entries = Mutex<[String: ManifestDecoder.FileResult]>([:])
     private let counters = Mutex<(hits: Int, misses: Int)>((0, 0))
+    /// The last whole result, by snapshot identity and display prefix.
+    private let lastLoad = Mutex<(key: String, result: LoadResult)?>(nil)
 
     public init() {}
+
+    func snapshot(_ key: String) -> LoadResult? {
+        lastLoad.withLock { $0?.key == key ? $0?.result : nil }
+    }
+
+    func remember(_ key: String, _ result: LoadResult) {
+        lastLoad.withLock { $0 = (key, result) }
+    }
 
     func get(_ key: String) -> ManifestDecoder.FileResult? {
         let hit = entries.withLock { $0[key] }
@@ -37,6 +47,10 @@ public struct LoadResult: Sendable {
     public var fileCount: Int
     /// Files actually parsed in this load (the rest came from the cache).
     public var parsedFileCount: Int
+    /// With a decoder that keeps fields: every object as written (for `capstan diff`).
+    public var snapshots: [ObjectSnapshot] = []
+    /// The manifest files that were loaded.
+    public var manifestFiles: Set<String> = []
 
     /// Line `line` (1-based) of a file with diagnostics, without its line break. Works on bytes,
     /// so CRLF files (where Swift sees "\r\n" as one Character) split correctly.
@@ -75,6 +89,18 @@ public struct ManifestLoader: Sendable {
     func display(_ path: String) -> String { displayPrefix + path }
 
     public func load() async throws -> LoadResult {
+        let snapshotKey = source.snapshotIdentity.map { "\($0)\u{0}\(displayPrefix)\(decoder.keepFields ? "\u{0}fields" : "")" }
+        if let snapshotKey, let cached = cache?.snapshot(snapshotKey) {
+            var result = cached
+            result.parsedFileCount = 0
+            return result
+        }
+        let result = try await loadUncached()
+        if let snapshotKey { cache?.remember(snapshotKey, result) }
+        return result
+    }
+
+    private func loadUncached() async throws -> LoadResult {
         var diagnostics: [Diagnostic] = []
         var sources: [String: String] = [:]
         var usedKeys = Set<String>()
@@ -128,7 +154,18 @@ public struct ManifestLoader: Sendable {
         // 3. Decode, in parallel
         let results = try await decodeAll(files)
         var manifests: [Manifest] = configResult?.manifests ?? []
+        var snapshots: [ObjectSnapshot] = []
+        var manifestFiles = Set(files.map(\.path))
+        if let configFile { manifestFiles.insert(configFile.path) }
+        if let configResult {
+            for (m, f) in zip(configResult.manifests, configResult.fields) {
+                snapshots.append(ObjectSnapshot(kind: m.kind, name: m.metadata.name, file: m.origin.file, fields: f))
+            }
+        }
         for (file, result, key, didParse) in results {
+            for (m, f) in zip(result.manifests, result.fields) where m.kind != .config {
+                snapshots.append(ObjectSnapshot(kind: m.kind, name: m.metadata.name, file: m.origin.file, fields: f))
+            }
             usedKeys.insert(key)
             parsed += didParse ? 1 : 0
             diagnostics += result.diagnostics
@@ -162,10 +199,13 @@ public struct ManifestLoader: Sendable {
             }
         }
         return LoadResult(manifests: set, diagnostics: diagnostics.redactingSharedLines().sortedForDisplay(), sources: sources,
-                          fileCount: files.count + (configFile == nil ? 0 : 1), parsedFileCount: parsed)
+                          fileCount: files.count + (configFile == nil ? 0 : 1), parsedFileCount: parsed,
+                          snapshots: snapshots, manifestFiles: manifestFiles)
     }
 
-    private func cacheKey(_ file: ManifestFile) -> String { "\(file.identity)\u{0}\(display(file.path))" }
+    private func cacheKey(_ file: ManifestFile) -> String {
+        "\(file.identity)\u{0}\(display(file.path))\(decoder.keepFields ? "\u{0}fields" : "")"
+    }
 
     private func decode(_ file: ManifestFile, usedKeys: inout Set<String>) async throws -> (ManifestDecoder.FileResult, Bool) {
         let key = cacheKey(file)

@@ -39,6 +39,14 @@ public protocol ManifestSource: Sendable {
 
     /// What is at `path` (used to check that inputs and working folders exist).
     func kind(of path: String) async throws -> PathKind
+
+    /// An identity of the whole snapshot (a Git tree id) when the source has one: two loads of
+    /// the same identity yield the same desired state, so the loader may reuse its last result.
+    var snapshotIdentity: String? { get }
+}
+
+extension ManifestSource {
+    public var snapshotIdentity: String? { nil }
 }
 
 /// A failure of the source itself (not of the manifests in it).

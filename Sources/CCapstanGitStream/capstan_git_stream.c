@@ -1,0 +1,147 @@
+#define _GNU_SOURCE
+#include "capstan_git_stream.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <poll.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <unistd.h>
+
+#include <git2.h>
+#include <git2/sys/stream.h>
+
+static atomic_int timeout_ms = 60000;
+
+void capstan_git_stream_set_timeout_ms(int ms) { atomic_store(&timeout_ms, ms > 0 ? ms : 60000); }
+int capstan_git_stream_timeout_ms(void) { return atomic_load(&timeout_ms); }
+
+typedef struct {
+    git_stream parent;
+    char *host;
+    char *port;
+    int fd;
+} capstan_stream;
+
+static void set_error(const char *what, const char *host, const char *port, int err) {
+    char message[512];
+    if (err == ETIMEDOUT || err == EAGAIN || err == EWOULDBLOCK)
+        snprintf(message, sizeof message, "%s %s:%s timed out after %d ms", what, host, port, atomic_load(&timeout_ms));
+    else
+        snprintf(message, sizeof message, "%s %s:%s failed: %s", what, host, port, strerror(err));
+    git_error_set_str(GIT_ERROR_NET, message);
+}
+
+static int connect_with_deadline(int fd, const struct sockaddr *addr, socklen_t len, int ms) {
+    int flags = fcntl(fd, F_GETFL, 0);
+    if (flags < 0 || fcntl(fd, F_SETFL, flags | O_NONBLOCK) < 0) return errno;
+    int rc = connect(fd, addr, len);
+    if (rc < 0 && errno != EINPROGRESS) return errno;
+    if (rc < 0) {
+        struct pollfd p = {.fd = fd, .events = POLLOUT};
+        int ready;
+        do { ready = poll(&p, 1, ms); } while (ready < 0 && errno == EINTR);
+        if (ready == 0) return ETIMEDOUT;
+        if (ready < 0) return errno;
+        int soerr = 0;
+        socklen_t l = sizeof soerr;
+        if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &soerr, &l) < 0) return errno;
+        if (soerr != 0) return soerr;
+    }
+    if (fcntl(fd, F_SETFL, flags) < 0) return errno;
+    return 0;
+}
+
+static int stream_connect(git_stream *s) {
+    capstan_stream *st = (capstan_stream *)s;
+    int ms = atomic_load(&timeout_ms);
+    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM}, *res = NULL, *ai;
+    int gai = getaddrinfo(st->host, st->port, &hints, &res);
+    if (gai != 0) {
+        char message[512];
+        snprintf(message, sizeof message, "cannot resolve host %s: %s", st->host, gai_strerror(gai));
+        git_error_set_str(GIT_ERROR_NET, message);
+        return -1;
+    }
+    int last = ECONNREFUSED;
+    for (ai = res; ai; ai = ai->ai_next) {
+        int fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC, ai->ai_protocol);
+        if (fd < 0) { last = errno; continue; }
+        int err = connect_with_deadline(fd, ai->ai_addr, ai->ai_addrlen, ms);
+        if (err == 0) {
+            struct timeval tv = {.tv_sec = ms / 1000, .tv_usec = (ms % 1000) * 1000};
+            setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+            setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+            st->fd = fd;
+            freeaddrinfo(res);
+            return 0;
+        }
+        last = err;
+        close(fd);
+    }
+    freeaddrinfo(res);
+    set_error("connecting to", st->host, st->port, last);
+    return -1;
+}
+
+static ssize_t stream_read(git_stream *s, void *data, size_t len) {
+    capstan_stream *st = (capstan_stream *)s;
+    ssize_t n;
+    do { n = recv(st->fd, data, len, 0); } while (n < 0 && errno == EINTR);
+    if (n < 0) { set_error("reading from", st->host, st->port, errno); return -1; }
+    return n;
+}
+
+static ssize_t stream_write(git_stream *s, const char *data, size_t len, int flags) {
+    capstan_stream *st = (capstan_stream *)s;
+    (void)flags;
+    size_t off = 0;
+    while (off < len) {
+        ssize_t n = send(st->fd, data + off, len - off, MSG_NOSIGNAL);
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0) { set_error("writing to", st->host, st->port, errno); return -1; }
+        off += (size_t)n;
+    }
+    return (ssize_t)len;
+}
+
+static int stream_close(git_stream *s) {
+    capstan_stream *st = (capstan_stream *)s;
+    if (st->fd >= 0) { close(st->fd); st->fd = -1; }
+    return 0;
+}
+
+static void stream_free(git_stream *s) {
+    capstan_stream *st = (capstan_stream *)s;
+    stream_close(s);
+    free(st->host);
+    free(st->port);
+    free(st);
+}
+
+static int stream_init(git_stream **out, const char *host, const char *port) {
+    capstan_stream *st = calloc(1, sizeof *st);
+    if (!st) return -1;
+    st->parent.version = GIT_STREAM_VERSION;
+    st->parent.connect = stream_connect;
+    st->parent.read = stream_read;
+    st->parent.write = stream_write;
+    st->parent.close = stream_close;
+    st->parent.free = stream_free;
+    st->host = strdup(host);
+    st->port = strdup(port);
+    st->fd = -1;
+    if (!st->host || !st->port) { stream_free(&st->parent); return -1; }
+    *out = &st->parent;
+    return 0;
+}
+
+int capstan_git_stream_install(void) {
+    static git_stream_registration registration = {.version = GIT_STREAM_VERSION, .init = stream_init, .wrap = NULL};
+    return git_stream_register(GIT_STREAM_STANDARD, &registration);
+}

@@ -1,0 +1,110 @@
+import ArgumentParser
+import CapstanCore
+import CapstanGit
+import CapstanManifests
+import Foundation
+
+/// Options shared by the commands that read desired state from Git.
+struct RepositoryOptions: ParsableArguments {
+    @Option(name: .long, help: ArgumentHelp(
+        "The Git repository: a local path (work tree or bare), file://, git://, http(s)://, ssh:// or user@host:path.",
+        valueName: "path-or-url"))
+    var repo: String?
+
+    @Option(name: .long, help: ArgumentHelp("Branch, tag or full commit id to read (default: the remote's HEAD).", valueName: "ref"))
+    var ref: String?
+
+    @Option(name: .customLong("state-dir"), help: ArgumentHelp(
+        "Capstan's state directory; remote mirrors live here (default: $CAPSTAN_STATE_DIR or .capstan).", valueName: "dir"))
+    var stateDir: String?
+
+    @Option(name: .customLong("fetch-timeout"), help: ArgumentHelp("Give up on a fetch after this long (default 60s).", valueName: "duration"))
+    var fetchTimeout: String = "60s"
+
+    @Option(name: .customLong("git-token-env"), help: ArgumentHelp("Environment variable holding an HTTPS token.", valueName: "name"))
+    var gitTokenEnv = "CAPSTAN_GIT_TOKEN"
+
+    @Option(name: .customLong("git-username-env"), help: ArgumentHelp("Environment variable holding the HTTPS user name.", valueName: "name"))
+    var gitUsernameEnv = "CAPSTAN_GIT_USERNAME"
+
+    @Option(name: .customLong("git-password-env"), help: ArgumentHelp("Environment variable holding the HTTPS password.", valueName: "name"))
+    var gitPasswordEnv = "CAPSTAN_GIT_PASSWORD"
+
+    @Option(name: .customLong("ssh-key"), help: ArgumentHelp("SSH private key file (default: the SSH agent).", valueName: "file"))
+    var sshKey: String?
+
+    @Option(name: .customLong("known-hosts"), help: ArgumentHelp("known_hosts file for SSH host keys (default ~/.ssh/known_hosts).", valueName: "file"))
+    var knownHosts: String?
+
+    var stateDirectory: String {
+        stateDir ?? ProcessInfo.processInfo.environment["CAPSTAN_STATE_DIR"].flatMap { $0.isEmpty ? nil : $0 } ?? ".capstan"
+    }
+
+    func validate() throws {
+        if case .failure = ManifestDuration.parse(fetchTimeout) {
+            throw ValidationError("--fetch-timeout '\(fetchTimeout)' is not a duration such as 30s or 2m")
+        }
+        for name in [gitTokenEnv, gitUsernameEnv, gitPasswordEnv] where !Names.isEnvName(name) {
+            throw ValidationError("'\(name)' is not an environment variable name")
+        }
+    }
+
+    func source(for repository: String) throws -> GitSource {
+        let location: RepositoryLocation
+        do {
+            location = try RepositoryLocation.parse(repository)
+        } catch {
+            throw CommandFailure(message: error.description, exitCode: ExitStatus.usage)
+        }
+        var credentials = GitCredentials()
+        credentials.tokenEnv = gitTokenEnv
+        credentials.usernameEnv = gitUsernameEnv
+        credentials.passwordEnv = gitPasswordEnv
+        credentials.sshKeyPath = sshKey
+        credentials.knownHostsPath = knownHosts
+        let timeout = (try? ManifestDuration.parse(fetchTimeout).get()).map { Double($0.milliseconds) / 1000 } ?? 60
+        return GitSource(location: location, options: GitSourceOptions(stateDirectory: stateDirectory, credentials: credentials,
+                                                                       fetchTimeout: max(1, timeout)))
+    }
+}
+
+/// Desired state read from one commit.
+struct GitDesiredState {
+    var opened: OpenedRepository
+    var revision: ResolvedRevision
+    var result: LoadResult
+}
+
+enum GitDesiredStateReader {
+    /// Opens (and fetches) the repository once; loads each ref's desired state.
+    static func open(_ source: GitSource) async throws -> OpenedRepository {
+        let opened: OpenedRepository
+        do {
+            opened = try await source.open()
+        } catch {
+            throw CommandFailure(message: error.description)
+        }
+        for forced in opened.forcedUpdates {
+            Terminal.err("capstan: note: \(forced.ref) was force-pushed (\(forced.from.short) → \(forced.to.short), not a fast-forward); following the new commit\n")
+        }
+        return opened
+    }
+
+    static func load(_ opened: OpenedRepository, ref: String?, keepFields: Bool = false, cache: ParseCache? = nil) async throws -> GitDesiredState {
+        let revision: ResolvedRevision
+        do {
+            revision = try await opened.resolve(ref)
+        } catch {
+            throw CommandFailure(message: error.description)
+        }
+        do {
+            let source = try await GitManifestSource(repository: opened.repository, revision: revision, repositoryName: opened.location.description)
+            let loader = ManifestLoader(source: source, decoder: ManifestDecoder(keepFields: keepFields), cache: cache)
+            return GitDesiredState(opened: opened, revision: revision, result: try await loader.load())
+        } catch let failure as CommandFailure {
+            throw failure
+        } catch {
+            throw CommandFailure(message: "\(opened.location) @ \(revision.ref) (\(revision.commit.short)): \(error)")
+        }
+    }
+}

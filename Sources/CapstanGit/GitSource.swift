@@ -1,0 +1,278 @@
+import Foundation
+
+/// Options for reading a repository.
+public struct GitSourceOptions: Sendable {
+    /// Capstan's state directory; remote mirrors live in `<stateDir>/sources/`.
+    public var stateDirectory: String
+    public var credentials: GitCredentials
+    /// Connect/read/write timeout of a fetch, and the longest a transfer may run.
+    public var fetchTimeout: TimeInterval
+
+    public init(stateDirectory: String, credentials: GitCredentials = GitCredentials(), fetchTimeout: TimeInterval = 60) {
+        self.stateDirectory = stateDirectory
+        self.credentials = credentials
+        self.fetchTimeout = fetchTimeout
+    }
+}
+
+/// A branch that moved to a commit that does not descend from where it was: a force-push.
+public struct ForcedUpdate: Sendable, Equatable, Codable {
+    public var ref: String
+    public var from: ObjectID
+    public var to: ObjectID
+    public var at: Date
+}
+
+/// A repository ready to read: opened in place (a local path) or mirrored and fetched (a remote).
+public struct OpenedRepository: Sendable {
+    public var repository: GitRepository
+    public var location: RepositoryLocation
+    /// The bare mirror under the state directory, for remotes.
+    public var mirrorPath: String?
+    /// Branches that were force-pushed since the last fetch (already recorded in the state directory).
+    public var forcedUpdates: [ForcedUpdate]
+}
+
+/// A ref resolved to one exact commit.
+public struct ResolvedRevision: Sendable, Equatable {
+    /// What was asked for (`main`, `v1.2`, a commit id, or `HEAD` for the default).
+    public var ref: String
+    public var commit: ObjectID
+    public var tree: ObjectID
+    public var summary: String
+}
+
+/// Why a repository could not be read. Messages name the repository (without credentials) and
+/// the ref, and say what to do.
+public struct GitSourceError: Error, Sendable, CustomStringConvertible {
+    public var repository: String
+    public var ref: String?
+    public var kind: GitError.Kind
+    public var message: String
+
+    public var description: String {
+        "\(repository)\(ref.map { " @ \($0)" } ?? ""): \(message)"
+    }
+}
+
+/// Reads desired state from Git: opens local repositories in place; mirrors remotes into the state
+/// directory (a bare repository per remote, written atomically, re-created when found broken) and
+/// fetches them on every `open`.
+public struct GitSource: Sendable {
+    public let location: RepositoryLocation
+    public let options: GitSourceOptions
+
+    public init(location: RepositoryLocation, options: GitSourceOptions) {
+        self.location = location
+        self.options = options
+    }
+
+    static let mirrorMarker = "capstan-mirror.json"
+    static let refspecs = ["+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*"]
+
+    var mirrorPath: String {
+        (options.stateDirectory as NSString).appendingPathComponent("sources/\(location.mirrorName).git")
+    }
+
+    func error(_ kind: GitError.Kind, _ message: String, ref: String? = nil) -> GitSourceError {
+        GitSourceError(repository: location.description, ref: ref, kind: kind, message: message)
+    }
+
+    /// Opens the repository; for a remote, brings the mirror up to date first.
+    public func open(fetch: Bool = true) async throws(GitSourceError) -> OpenedRepository {
+        switch location {
+        case .local(let path):
+            do {
+                let repo = try await GitRepository.open(at: path)
+                return OpenedRepository(repository: repo, location: location, mirrorPath: nil, forcedUpdates: [])
+            } catch {
+                throw self.error(.notFound, "not a Git repository (\(describe(error))); give the root of a work tree or a bare repository")
+            }
+        case .remote(let url):
+            return try await openMirror(url: url, fetch: fetch)
+        }
+    }
+
+    private func describe(_ error: any Error) -> String {
+        (error as? GitError)?.message ?? "\(error)"
+    }
+
+    private func openMirror(url: String, fetch: Bool) async throws(GitSourceError) -> OpenedRepository {
+        let path = mirrorPath
+        let fm = FileManager.default
+        if fm.fileExists(atPath: path), !fm.fileExists(atPath: path + "/" + Self.mirrorMarker) {
+            // Left half-written by an interrupted first clone, or not ours: never trust it.
+            discard(path)
+        }
+        if !fm.fileExists(atPath: path) {
+            try await createMirror(url: url, at: path)
+            let repo = try await openExisting(path)
+            return OpenedRepository(repository: repo, location: location, mirrorPath: path, forcedUpdates: [])
+        }
+        var repo: GitRepository
+        do {
+            repo = try await GitRepository.open(at: path)
+        } catch {
+            discard(path)
+            try await createMirror(url: url, at: path)
+            return OpenedRepository(repository: try await openExisting(path), location: location, mirrorPath: path, forcedUpdates: [])
+        }
+        guard fetch else { return OpenedRepository(repository: repo, location: location, mirrorPath: path, forcedUpdates: []) }
+        let forced: [ForcedUpdate]
+        do {
+            forced = try await self.fetch(repo, url: url)
+        } catch let e where e.kind == .corrupt {
+            // A damaged mirror is re-created from the remote, not repaired in place.
+            discard(path)
+            try await createMirror(url: url, at: path)
+            repo = try await openExisting(path)
+            forced = []
+        }
+        if !forced.isEmpty { record(forced, mirror: path) }
+        return OpenedRepository(repository: repo, location: location, mirrorPath: path, forcedUpdates: forced)
+    }
+
+    private func openExisting(_ path: String) async throws(GitSourceError) -> GitRepository {
+        do { return try await GitRepository.open(at: path) } catch {
+            throw self.error(.corrupt, "the mirror at \(path) cannot be opened: \(describe(error))")
+        }
+    }
+
+    /// Fetches into an existing mirror; returns the branches that were force-pushed.
+    private func fetch(_ repo: GitRepository, url: String) async throws(GitSourceError) -> [ForcedUpdate] {
+        let credentials = options.credentials, timeout = options.fetchTimeout
+        do {
+            return try await repo.withRepository { r throws -> [ForcedUpdate] in
+                let before = try r.references(under: "refs/heads/")
+                let head = try r.fetch(url: url, refspecs: Self.refspecs, credentials: credentials, timeout: timeout)
+                if let head { try r.setSymbolicReference("HEAD", to: head) }
+                let after = try r.references(under: "refs/heads/")
+                var forced: [ForcedUpdate] = []
+                for (name, old) in before.sorted(by: { $0.key < $1.key }) {
+                    guard let new = after[name], new != old else { continue }
+                    if try !r.isDescendant(new, of: old) {
+                        forced.append(ForcedUpdate(ref: name, from: old, to: new, at: Date()))
+                    }
+                }
+                return forced
+            }
+        } catch let e as GitError {
+            throw self.error(e.kind, fetchAdvice(e))
+        } catch {
+            throw self.error(.other, "\(error)")
+        }
+    }
+
+    private func fetchAdvice(_ e: GitError) -> String {
+        switch e.kind {
+        case .network: return "cannot fetch: \(e.message); check that the remote is reachable (the last fetched state is kept)"
+        case .authentication: return "cannot fetch: \(e.message)"
+        case .hostKey: return "cannot fetch: \(e.message)"
+        case .notFound: return "cannot fetch: \(e.message); check the repository URL"
+        case .corrupt: return "the mirror is damaged: \(e.message)"
+        case .other: return "cannot fetch: \(e.message)"
+        }
+    }
+
+    private func createMirror(url: String, at path: String) async throws(GitSourceError) {
+        let fm = FileManager.default
+        let parent = (path as NSString).deletingLastPathComponent
+        let temporary = "\(path).tmp-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        do {
+            try fm.createDirectory(atPath: parent, withIntermediateDirectories: true)
+        } catch {
+            throw self.error(.other, "cannot create \(parent): \(error.localizedDescription)")
+        }
+        let credentials = options.credentials, timeout = options.fetchTimeout
+        let executor = DispatchQueueExecutor(label: "capstan.git.clone")
+        let result: Result<Void, GitError> = await withCheckedContinuation { continuation in
+            executor.queue.async {
+                do {
+                    let r = try Repository.initBare(at: temporary)
+                    let head = try r.fetch(url: url, refspecs: Self.refspecs, credentials: credentials, timeout: timeout)
+                    if let head { try r.setSymbolicReference("HEAD", to: head) }
+                    continuation.resume(returning: .success(()))
+                } catch let e as GitError {
+                    continuation.resume(returning: .failure(e))
+                } catch {
+                    continuation.resume(returning: .failure(GitError(kind: .other, function: "capstan", message: "\(error)")))
+                }
+            }
+        }
+        if case .failure(let e) = result {
+            try? fm.removeItem(atPath: temporary)
+            throw self.error(e.kind, fetchAdvice(e))
+        }
+        let marker = ["url": location.description, "created": ISO8601DateFormatter().string(from: Date())]
+        do {
+            let data = try JSONSerialization.data(withJSONObject: marker, options: [.sortedKeys])
+            try data.write(to: URL(fileURLWithPath: temporary + "/" + Self.mirrorMarker))
+        } catch {
+            try? fm.removeItem(atPath: temporary)
+            throw self.error(.other, "cannot write the mirror at \(temporary): \(error.localizedDescription)")
+        }
+        if rename(temporary, path) != 0 {
+            let code = errno
+            try? fm.removeItem(atPath: temporary)
+            // Another process finished the same mirror first: use theirs.
+            if !(code == ENOTEMPTY || code == EEXIST) || !fm.fileExists(atPath: path + "/" + Self.mirrorMarker) {
+                throw self.error(.other, "cannot move the new mirror into place at \(path): \(String(cString: strerror(code)))")
+            }
+        }
+    }
+
+    private func discard(_ path: String) {
+        let aside = "\(path).broken-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        if rename(path, aside) == 0 {
+            try? FileManager.default.removeItem(atPath: aside)
+        } else {
+            try? FileManager.default.removeItem(atPath: path)
+        }
+    }
+
+    /// Appends force-pushes to `<mirror>/capstan-events.jsonl`.
+    private func record(_ forced: [ForcedUpdate], mirror: String) {
+        let encoder = JSONEncoder()
+        encoder.dateEncodingStrategy = .iso8601
+        encoder.outputFormatting = [.sortedKeys]
+        var lines = Data()
+        for f in forced {
+            struct Event: Encodable { var event = "forced-update"; var ref: String; var from: String; var to: String; var at: Date }
+            if let data = try? encoder.encode(Event(ref: f.ref, from: f.from.hex, to: f.to.hex, at: f.at)) {
+                lines.append(data)
+                lines.append(0x0A)
+            }
+        }
+        let path = mirror + "/capstan-events.jsonl"
+        if let handle = FileHandle(forWritingAtPath: path) {
+            handle.seekToEndOfFile()
+            handle.write(lines)
+            try? handle.close()
+        } else {
+            _ = FileManager.default.createFile(atPath: path, contents: lines)
+        }
+    }
+}
+
+extension OpenedRepository {
+    /// Resolves a branch, tag, commit id or expression; `nil` means the default branch (HEAD).
+    public func resolve(_ ref: String?) async throws(GitSourceError) -> ResolvedRevision {
+        let spec = ref ?? "HEAD"
+        do {
+            let commit = try await repository.resolveCommit(spec)
+            let info = try await repository.commitInfo(commit)
+            return ResolvedRevision(ref: spec, commit: commit, tree: info.tree, summary: info.summary)
+        } catch let e as GitError where e.kind == .notFound || e.code == -3 || e.message.contains("not found") || e.message.contains("revspec") {
+            let branches = (try? await repository.withRepository { try $0.references(under: "refs/heads/") })?.keys
+                .map { $0.replacingOccurrences(of: "refs/heads/", with: "") }.sorted() ?? []
+            let hint = branches.isEmpty ? "the repository has no branches" : "branches: " + branches.prefix(10).joined(separator: ", ")
+            throw GitSourceError(repository: location.description, ref: spec, kind: .notFound,
+                                 message: ref == nil ? "the repository has no default branch (HEAD); pass --ref (\(hint))"
+                                                     : "ref '\(spec)' not found (\(hint)); pass a branch, a tag or a full commit id")
+        } catch let e as GitError {
+            throw GitSourceError(repository: location.description, ref: spec, kind: e.kind, message: e.message)
+        } catch {
+            throw GitSourceError(repository: location.description, ref: spec, kind: .other, message: "\(error)")
+        }
+    }
+}

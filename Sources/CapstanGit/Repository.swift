@@ -1,0 +1,268 @@
+import CLibGit2
+import Foundation
+
+/// What a tree entry is.
+public enum EntryKind: Sendable, Equatable {
+    case blob
+    case executable
+    case symlink
+    case tree
+    /// A submodule (a commit inside a tree).
+    case commit
+}
+
+/// One entry of a recursively walked tree.
+public struct TreeEntry: Sendable, Equatable {
+    public var path: String
+    public var kind: EntryKind
+    public var id: ObjectID
+}
+
+/// One path that differs between two trees.
+public struct PathChange: Sendable, Equatable, Hashable {
+    public enum Status: String, Sendable, Codable {
+        case added, deleted, modified, renamed, typeChanged = "type-changed"
+    }
+
+    public var status: Status
+    public var oldPath: String
+    public var newPath: String
+
+    public var path: String { status == .deleted ? oldPath : newPath }
+}
+
+/// A commit's metadata.
+public struct CommitInfo: Sendable, Equatable {
+    public var id: ObjectID
+    public var tree: ObjectID
+    public var summary: String
+    public var author: String
+    public var time: Date
+}
+
+/// One owner of a `git_repository*`. Not thread-safe and not Sendable: use it from one serial
+/// executor (`GitRepository`). Every result is copied into Swift values before returning; no
+/// libgit2 pointer escapes.
+final class Repository {
+    let pointer: OpaquePointer
+    let path: String
+
+    private init(_ pointer: OpaquePointer, path: String) {
+        self.pointer = pointer
+        self.path = path
+    }
+
+    deinit {
+        git_repository_free(pointer)
+    }
+
+    /// Opens a repository at exactly `path` (a work tree or a bare repository; no search upwards).
+    static func open(at path: String) throws(GitError) -> Repository {
+        LibGit2.ensureInitialized()
+        var repo: OpaquePointer?
+        try check(git_repository_open_ext(&repo, path, GIT_REPOSITORY_OPEN_NO_SEARCH.rawValue, nil), "git_repository_open_ext")
+        return Repository(repo!, path: path)
+    }
+
+    /// Creates an empty bare repository.
+    static func initBare(at path: String) throws(GitError) -> Repository {
+        LibGit2.ensureInitialized()
+        var repo: OpaquePointer?
+        try check(git_repository_init(&repo, path, 1), "git_repository_init")
+        return Repository(repo!, path: path)
+    }
+
+    var isBare: Bool { git_repository_is_bare(pointer) == 1 }
+
+    // MARK: References and commits
+
+    /// Resolves a branch, tag, full commit id or revision expression (`main~1`) to a commit.
+    func resolveCommit(_ spec: String) throws(GitError) -> ObjectID {
+        var object: OpaquePointer?
+        try check(git_revparse_single(&object, pointer, spec), "git_revparse_single")
+        defer { git_object_free(object) }
+        var commit: OpaquePointer?
+        try check(git_object_peel(&commit, object, GIT_OBJECT_COMMIT), "git_object_peel")
+        defer { git_object_free(commit) }
+        return ObjectID(git_object_id(commit)!)
+    }
+
+    /// The commit a reference points at, or nil when it does not exist.
+    func referenceTarget(_ name: String) throws(GitError) -> ObjectID? {
+        var oid = git_oid()
+        let rc = git_reference_name_to_id(&oid, pointer, name)
+        if rc == GIT_ENOTFOUND.rawValue { return nil }
+        try check(rc, "git_reference_name_to_id")
+        return ObjectID(oid)
+    }
+
+    /// Where a symbolic reference points (HEAD → refs/heads/main), or nil.
+    func symbolicTarget(_ name: String) -> String? {
+        var ref: OpaquePointer?
+        guard git_reference_lookup(&ref, pointer, name) == 0 else { return nil }
+        defer { git_reference_free(ref) }
+        guard git_reference_type(ref) == GIT_REFERENCE_SYMBOLIC, let t = git_reference_symbolic_target(ref) else { return nil }
+        return String(cString: t)
+    }
+
+    func setSymbolicReference(_ name: String, to target: String) throws(GitError) {
+        var ref: OpaquePointer?
+        try check(git_reference_symbolic_create(&ref, pointer, name, target, 1, "capstan: remote HEAD"), "git_reference_symbolic_create")
+        git_reference_free(ref)
+    }
+
+    func commitInfo(_ id: ObjectID) throws(GitError) -> CommitInfo {
+        var oid = id.oid
+        var commit: OpaquePointer?
+        try check(git_commit_lookup(&commit, pointer, &oid), "git_commit_lookup")
+        defer { git_commit_free(commit) }
+        let tree = ObjectID(git_commit_tree_id(commit)!)
+        let summary = git_commit_summary(commit).map { String(cString: $0) } ?? ""
+        var author = ""
+        if let sig = git_commit_author(commit) {
+            author = sig.pointee.name.map { String(cString: $0) } ?? ""
+        }
+        let time = Date(timeIntervalSince1970: TimeInterval(git_commit_time(commit)))
+        return CommitInfo(id: id, tree: tree, summary: summary, author: author, time: time)
+    }
+
+    /// True when `commit` has `ancestor` in its history (a fast-forward from `ancestor`).
+    func isDescendant(_ commit: ObjectID, of ancestor: ObjectID) throws(GitError) -> Bool {
+        if commit == ancestor { return true }
+        var c = commit.oid, a = ancestor.oid
+        let rc = git_graph_descendant_of(pointer, &c, &a)
+        try check(rc, "git_graph_descendant_of")
+        return rc == 1
+    }
+
+    // MARK: Trees and blobs
+
+    /// The id of the tree or blob at `path` inside `tree` (`""` is the tree itself), or nil.
+    func entry(at path: String, in tree: ObjectID) throws(GitError) -> (ObjectID, EntryKind)? {
+        if path.isEmpty { return (tree, .tree) }
+        var oid = tree.oid
+        var t: OpaquePointer?
+        try check(git_tree_lookup(&t, pointer, &oid), "git_tree_lookup")
+        defer { git_tree_free(t) }
+        var entry: OpaquePointer?
+        let rc = git_tree_entry_bypath(&entry, t, path)
+        if rc == GIT_ENOTFOUND.rawValue { return nil }
+        try check(rc, "git_tree_entry_bypath")
+        defer { git_tree_entry_free(entry) }
+        return (ObjectID(git_tree_entry_id(entry)!), Self.kind(git_tree_entry_filemode(entry)))
+    }
+
+    static func kind(_ mode: git_filemode_t) -> EntryKind {
+        switch mode {
+        case GIT_FILEMODE_TREE: return .tree
+        case GIT_FILEMODE_BLOB_EXECUTABLE: return .executable
+        case GIT_FILEMODE_LINK: return .symlink
+        case GIT_FILEMODE_COMMIT: return .commit
+        default: return .blob
+        }
+    }
+
+    /// Every entry below `tree`, depth first, paths relative to it.
+    func walk(_ tree: ObjectID) throws(GitError) -> [TreeEntry] {
+        var oid = tree.oid
+        var t: OpaquePointer?
+        try check(git_tree_lookup(&t, pointer, &oid), "git_tree_lookup")
+        defer { git_tree_free(t) }
+        final class Box { var entries: [TreeEntry] = [] }
+        let box = Box()
+        let rc = withExtendedLifetime(box) {
+            git_tree_walk(t, GIT_TREEWALK_PRE, { root, entry, payload in
+                let box = Unmanaged<Box>.fromOpaque(payload!).takeUnretainedValue()
+                let name = String(cString: git_tree_entry_name(entry))
+                let path = String(cString: root!) + name
+                box.entries.append(TreeEntry(path: path, kind: Repository.kind(git_tree_entry_filemode(entry)),
+                                             id: ObjectID(git_tree_entry_id(entry)!)))
+                return 0
+            }, Unmanaged.passUnretained(box).toOpaque())
+        }
+        try check(rc, "git_tree_walk")
+        return box.entries
+    }
+
+    /// The contents of a blob.
+    func blob(_ id: ObjectID) throws(GitError) -> [UInt8] {
+        var oid = id.oid
+        var blob: OpaquePointer?
+        try check(git_blob_lookup(&blob, pointer, &oid), "git_blob_lookup")
+        defer { git_blob_free(blob) }
+        let size = Int(git_blob_rawsize(blob))
+        guard size > 0, let raw = git_blob_rawcontent(blob) else { return [] }
+        return [UInt8](UnsafeRawBufferPointer(start: raw, count: size))
+    }
+
+    /// A blob's size, read from the object header without inflating it.
+    func blobSize(_ id: ObjectID) throws(GitError) -> Int {
+        var odb: OpaquePointer?
+        try check(git_repository_odb(&odb, pointer), "git_repository_odb")
+        defer { git_odb_free(odb) }
+        var oid = id.oid
+        var size = 0
+        var type = GIT_OBJECT_ANY
+        try check(git_odb_read_header(&size, &type, odb, &oid), "git_odb_read_header")
+        return size
+    }
+
+    // MARK: Diff
+
+    /// Paths that differ between two trees (renames detected).
+    func diff(from old: ObjectID?, to new: ObjectID) throws(GitError) -> [PathChange] {
+        var oldTree: OpaquePointer?, newTree: OpaquePointer?
+        if let old {
+            var o = old.oid
+            try check(git_tree_lookup(&oldTree, pointer, &o), "git_tree_lookup")
+        }
+        defer { git_tree_free(oldTree) }
+        var n = new.oid
+        try check(git_tree_lookup(&newTree, pointer, &n), "git_tree_lookup")
+        defer { git_tree_free(newTree) }
+        var diff: OpaquePointer?
+        try check(git_diff_tree_to_tree(&diff, pointer, oldTree, newTree, nil), "git_diff_tree_to_tree")
+        defer { git_diff_free(diff) }
+        var findOptions = git_diff_find_options()
+        git_diff_find_options_init(&findOptions, UInt32(GIT_DIFF_FIND_OPTIONS_VERSION))
+        findOptions.flags = GIT_DIFF_FIND_RENAMES.rawValue
+        try check(git_diff_find_similar(diff, &findOptions), "git_diff_find_similar")
+        var changes: [PathChange] = []
+        for i in 0..<git_diff_num_deltas(diff) {
+            guard let delta = git_diff_get_delta(diff, i)?.pointee else { continue }
+            let oldPath = delta.old_file.path.map { String(cString: $0) } ?? ""
+            let newPath = delta.new_file.path.map { String(cString: $0) } ?? oldPath
+            let status: PathChange.Status
+            switch delta.status {
+            case GIT_DELTA_ADDED: status = .added
+            case GIT_DELTA_DELETED: status = .deleted
+            case GIT_DELTA_RENAMED: status = .renamed
+            case GIT_DELTA_TYPECHANGE: status = .typeChanged
+            default: status = .modified
+            }
+            changes.append(PathChange(status: status, oldPath: oldPath, newPath: newPath))
+        }
+        return changes
+    }
+}
+
+extension Repository {
+    /// Every reference under `prefix` (`refs/`) with the commit it points at (tags peeled).
+    func references(under prefix: String = "refs/") throws(GitError) -> [String: ObjectID] {
+        var iterator: OpaquePointer?
+        try check(git_reference_iterator_glob_new(&iterator, pointer, prefix + "*"), "git_reference_iterator_glob_new")
+        defer { git_reference_iterator_free(iterator) }
+        var out: [String: ObjectID] = [:]
+        var ref: OpaquePointer?
+        while git_reference_next(&ref, iterator) == 0 {
+            defer { git_reference_free(ref) }
+            guard let name = git_reference_name(ref).map({ String(cString: $0) }) else { continue }
+            var object: OpaquePointer?
+            if git_reference_peel(&object, ref, GIT_OBJECT_COMMIT) == 0 {
+                out[name] = ObjectID(git_object_id(object)!)
+                git_object_free(object)
+            }
+        }
+        return out
+    }
+}
