@@ -40,6 +40,8 @@ let package = Package(
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
         .executableTarget(name: "capstan", dependencies: ["CapstanCLI"]),
+        // Benchmarks that need one long-lived process (scripts/bench-*.sh drive them).
+        .executableTarget(name: "capstan-bench", dependencies: ["CapstanCore", "CapstanGit", "CapstanManifests"]),
         .testTarget(name: "CapstanCoreTests", dependencies: ["CapstanCore"]),
         .testTarget(name: "CapstanManifestsTests", dependencies: ["CapstanManifests", "CapstanCore"],
                     resources: [.copy("Fixtures")]),

@@ -43,7 +43,7 @@ struct DiffCommand: AsyncParsableCommand {
         let base: GitDesiredState, head: GitDesiredState, changedPaths: [PathChange]
         do {
             let source = try repository.source(for: repo)
-            let opened = try await GitDesiredStateReader.open(source)
+            let opened = try await GitDesiredStateReader.open(source, fetch: !repository.noFetch)
             let cache = ParseCache()
             base = try await GitDesiredStateReader.load(opened, ref: self.base, keepFields: true, cache: cache)
             head = try await GitDesiredStateReader.load(opened, ref: self.head, keepFields: true, cache: cache)

@@ -18,6 +18,9 @@ struct RepositoryOptions: ParsableArguments {
         "Capstan's state directory; remote mirrors live here (default: $CAPSTAN_STATE_DIR or .capstan).", valueName: "dir"))
     var stateDir: String?
 
+    @Flag(name: .customLong("no-fetch"), help: "Read a remote's mirror as last fetched, without contacting the remote.")
+    var noFetch = false
+
     @Option(name: .customLong("fetch-timeout"), help: ArgumentHelp("Give up on a fetch after this long (default 60s).", valueName: "duration"))
     var fetchTimeout: String = "60s"
 
@@ -77,10 +80,10 @@ struct GitDesiredState {
 
 enum GitDesiredStateReader {
     /// Opens (and fetches) the repository once; loads each ref's desired state.
-    static func open(_ source: GitSource) async throws -> OpenedRepository {
+    static func open(_ source: GitSource, fetch: Bool = true) async throws -> OpenedRepository {
         let opened: OpenedRepository
         do {
-            opened = try await source.open()
+            opened = try await source.open(fetch: fetch)
         } catch {
             throw CommandFailure(message: error.description)
         }

@@ -72,7 +72,7 @@ struct ValidateCommand: AsyncParsableCommand {
         let state: GitDesiredState
         do {
             let source = try repository.source(for: repo)
-            let opened = try await GitDesiredStateReader.open(source)
+            let opened = try await GitDesiredStateReader.open(source, fetch: !repository.noFetch)
             state = try await GitDesiredStateReader.load(opened, ref: repository.ref)
         } catch let failure as CommandFailure {
             throw Self.fail(failure)

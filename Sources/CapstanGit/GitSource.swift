@@ -105,6 +105,9 @@ public struct GitSource: Sendable {
             discard(path)
         }
         if !fm.fileExists(atPath: path) {
+            guard fetch else {
+                throw self.error(.notFound, "there is no mirror of this remote in \(options.stateDirectory) yet; run once without --no-fetch")
+            }
             try await createMirror(url: url, at: path)
             let repo = try await openExisting(path)
             return OpenedRepository(repository: repo, location: location, mirrorPath: path, forcedUpdates: [])

@@ -1,0 +1,71 @@
+import CapstanCore
+import CapstanGit
+import CapstanManifests
+import Foundation
+
+/// Measures reconcile-pass costs of the Git source in one process, the way the controller runs
+/// them: a cold pass (mirror + fetch + read + parse), a pass over an unchanged commit, and a pass
+/// after a commit that changes one manifest. Driven by scripts/bench-git-source.sh.
+///
+///     capstan-bench git-source --repo URL --state-dir DIR --change-command "sh -c '…'"
+@main
+struct CapstanBench {
+    static func main() async {
+        let args = CommandLine.arguments
+        func value(_ flag: String) -> String? {
+            guard let i = args.firstIndex(of: flag), i + 1 < args.count else { return nil }
+            return args[i + 1]
+        }
+        guard args.count > 1, args[1] == "git-source", let repo = value("--repo"), let stateDir = value("--state-dir") else {
+            FileHandle.standardError.write(Data("usage: capstan-bench git-source --repo URL --state-dir DIR [--change-command CMD] [--passes N]\n".utf8))
+            exit(64)
+        }
+        let passes = Int(value("--passes") ?? "5") ?? 5
+        do {
+            let source = GitSource(location: try RepositoryLocation.parse(repo), options: GitSourceOptions(stateDirectory: stateDir))
+            let cache = ParseCache()
+            func pass(_ label: String) async throws -> Double {
+                let start = ContinuousClock.now
+                let opened = try await source.open()
+                let revision = try await opened.resolve(nil)
+                let manifestSource = try await GitManifestSource(repository: opened.repository, revision: revision, repositoryName: repo)
+                let result = try await ManifestLoader(source: manifestSource, cache: cache).load()
+                let elapsed = ContinuousClock.now - start
+                let ms = Double(elapsed.components.seconds) * 1000 + Double(elapsed.components.attoseconds) / 1e15
+                print(String(format: "%-28@ %9.1f ms   parsed %5d of %5d files, %d models, %d deployments, %d errors",
+                             label as NSString, ms, result.parsedFileCount, result.fileCount, result.manifests.models.count,
+                             result.manifests.deployments.count, result.diagnostics.errorCount))
+                return ms
+            }
+            _ = try await pass("cold (mirror+read+parse)")
+            var unchanged: [Double] = []
+            for i in 1...passes { unchanged.append(try await pass("unchanged commit #\(i)")) }
+            var changed: [Double] = []
+            if let command = value("--change-command") {
+                for i in 1...passes {
+                    let p = Process()
+                    p.executableURL = URL(fileURLWithPath: "/bin/sh")
+                    p.arguments = ["-c", command]
+                    try p.run()
+                    p.waitUntilExit()
+                    guard p.terminationStatus == 0 else { throw BenchError(message: "change command failed") }
+                    changed.append(try await pass("one manifest changed #\(i)"))
+                }
+            }
+            func median(_ xs: [Double]) -> Double { xs.sorted()[xs.count / 2] }
+            var usage = rusage()
+            getrusage(RUSAGE_SELF, &usage)
+            print(String(format: "median unchanged pass %.1f ms", median(unchanged)))
+            if !changed.isEmpty { print(String(format: "median one-file-change pass %.1f ms", median(changed))) }
+            print("peak memory \(usage.ru_maxrss / 1024) MiB")
+        } catch {
+            FileHandle.standardError.write(Data("capstan-bench: \(error)\n".utf8))
+            exit(1)
+        }
+    }
+}
+
+struct BenchError: Error, CustomStringConvertible {
+    var message: String
+    var description: String { message }
+}
