@@ -11,7 +11,7 @@ runs=${1:-5}
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
-swift build -c release --product capstan >/dev/null
+swift build -c release --product capstan | grep -E "error|Build" | tail -2
 bin=$(swift build -c release --show-bin-path)/capstan
 echo "capstan: $bin ($(nproc) cores, $(uname -m))"
 

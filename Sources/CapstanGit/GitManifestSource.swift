@@ -31,14 +31,15 @@ public struct GitManifestSource: ManifestSource {
             guard path.hasSuffix(".yaml") || path.hasSuffix(".yml"), RepoPath.isInside(path, folder) else { continue }
             let relative = folder.isEmpty ? path : String(path.dropFirst(folder.count + 1))
             if relative.split(separator: "/").contains(where: { $0.hasPrefix(".") }) { continue }
-            out.append(ManifestFile(path: path, size: try await repository.blobSize(entry.id), identity: entry.id.hex))
+            // The size is read from the object header only when the file must be parsed.
+            out.append(ManifestFile(path: path, size: nil, identity: entry.id.hex))
         }
         return out.sorted { $0.path < $1.path }
     }
 
     public func file(at path: String) async throws -> ManifestFile? {
         guard let entry = index[path], entry.kind == .blob || entry.kind == .executable else { return nil }
-        return ManifestFile(path: path, size: try await repository.blobSize(entry.id), identity: entry.id.hex)
+        return ManifestFile(path: path, size: nil, identity: entry.id.hex)
     }
 
     public func read(_ file: ManifestFile) async throws -> [UInt8] {
@@ -52,7 +53,42 @@ public struct GitManifestSource: ManifestSource {
         }
     }
 
+    public func size(of file: ManifestFile) async throws -> Int {
+        if let size = file.size { return size }
+        guard let id = ObjectID(hex: file.identity) else { return 0 }
+        return try await repository.blobSize(id)
+    }
+
+    public func kinds(of paths: [String]) async throws -> [PathKind] {
+        paths.map(lookup)
+    }
+
     public func kind(of path: String) async throws -> PathKind {
+        lookup(path)
+    }
+
+    /// Reads many blobs in one trip to the repository's queue, refusing any over `limit` bytes
+    /// by its header before inflating it.
+    public func read(_ files: [ManifestFile], limit: Int) async throws -> [ManifestRead] {
+        let name = displayName
+        return try await repository.withRepository { r in
+            files.map { file -> ManifestRead in
+                guard let id = ObjectID(hex: file.identity) else {
+                    return .unreadable(ManifestSourceError(source: name, path: file.path, message: "not a blob of this commit"))
+                }
+                do {
+                    let size = try r.blobSize(id)
+                    if size > limit { return .tooLarge(size) }
+                    return .bytes(try r.blob(id))
+                } catch {
+                    let message = (error as? GitError)?.message ?? "\(error)"
+                    return .unreadable(ManifestSourceError(source: name, path: file.path, message: "cannot read blob \(id.short): \(message)"))
+                }
+            }
+        }
+    }
+
+    private func lookup(_ path: String) -> PathKind {
         if path.isEmpty { return .directory }
         switch index[path]?.kind {
         case .blob?, .executable?: return .file

@@ -57,8 +57,15 @@ public actor GitRepository {
         try repository.commitInfo(id)
     }
 
+    /// Subtree listings of the last walk, by tree id.
+    private var walkCache: [ObjectID: [TreeEntry]] = [:]
+
+    /// Every entry below `tree`; subtrees unchanged since the last walk are not read again.
     public func walk(_ tree: ObjectID) throws -> [TreeEntry] {
-        try repository.walk(tree)
+        var visited: [ObjectID: [TreeEntry]] = [:]
+        let entries = try repository.walk(tree, cache: walkCache, visited: &visited)
+        walkCache = visited
+        return entries
     }
 
     public func entry(at path: String, in tree: ObjectID) throws -> (ObjectID, EntryKind)? {

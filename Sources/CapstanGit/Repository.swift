@@ -162,6 +162,36 @@ final class Repository {
         }
     }
 
+    /// Every entry below `tree`, paths relative to it, reusing the listings of subtrees seen in
+    /// `cache` (a subtree with the same id has the same content): after a commit that changes one
+    /// folder, only that folder and its parents are read again. `visited` collects the subtree
+    /// ids of this walk, so the caller can drop the rest.
+    func walk(_ tree: ObjectID, cache: [ObjectID: [TreeEntry]], visited: inout [ObjectID: [TreeEntry]]) throws(GitError) -> [TreeEntry] {
+        if let hit = visited[tree] ?? cache[tree] {
+            visited[tree] = hit
+            return hit
+        }
+        var oid = tree.oid
+        var t: OpaquePointer?
+        try check(git_tree_lookup(&t, pointer, &oid), "git_tree_lookup")
+        defer { git_tree_free(t) }
+        var out: [TreeEntry] = []
+        for i in 0..<git_tree_entrycount(t) {
+            guard let entry = git_tree_entry_byindex(t, i) else { continue }
+            let name = String(cString: git_tree_entry_name(entry))
+            let kind = Repository.kind(git_tree_entry_filemode(entry))
+            let id = ObjectID(git_tree_entry_id(entry)!)
+            out.append(TreeEntry(path: name, kind: kind, id: id))
+            if kind == .tree {
+                for sub in try walk(id, cache: cache, visited: &visited) {
+                    out.append(TreeEntry(path: name + "/" + sub.path, kind: sub.kind, id: sub.id))
+                }
+            }
+        }
+        visited[tree] = out
+        return out
+    }
+
     /// Every entry below `tree`, depth first, paths relative to it.
     func walk(_ tree: ObjectID) throws(GitError) -> [TreeEntry] {
         var oid = tree.oid

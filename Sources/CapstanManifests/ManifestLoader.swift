@@ -5,8 +5,15 @@ import Synchronization
 /// Remembers decoded files by identity (a Git blob id, or size+mtime for a folder), so a pass over
 /// unchanged files parses nothing.
 public final class ParseCache: Sendable {
-    private let entries = Mutex<[String: ManifestDecoder.FileResult]>([:])
-    private let counters = Mutex<(hits: Int, misses: Int)>((0, 0))
+    /// Blob identity, path as displayed, and whether fields were kept: the same blob at another
+    /// path yields other diagnostics, so the path is part of the key.
+    struct Key: Hashable, Sendable {
+        var identity: String
+        var path: String
+        var keepFields: Bool
+    }
+
+    private let entries = Mutex<[Key: ManifestDecoder.FileResult]>([:])
     /// The last whole result, by snapshot identity and display prefix.
     private let lastLoad = Mutex<(key: String, result: LoadResult)?>(nil)
 
@@ -20,22 +27,27 @@ public final class ParseCache: Sendable {
         lastLoad.withLock { $0 = (key, result) }
     }
 
-    func get(_ key: String) -> ManifestDecoder.FileResult? {
-        let hit = entries.withLock { $0[key] }
-        counters.withLock { hit == nil ? ($0.misses += 1) : ($0.hits += 1) }
-        return hit
+    func get(_ key: Key) -> ManifestDecoder.FileResult? {
+        entries.withLock { $0[key] }
     }
 
-    func put(_ key: String, _ value: ManifestDecoder.FileResult) {
+    /// Looks up many keys under one lock.
+    func get(_ keys: [Key]) -> [ManifestDecoder.FileResult?] {
+        entries.withLock { dict in keys.map { dict[$0] } }
+    }
+
+    func put(_ key: Key, _ value: ManifestDecoder.FileResult) {
         entries.withLock { $0[key] = value }
     }
 
     /// Drops entries not used by the last load (keys are passed in).
-    func retain(only keys: Set<String>) {
-        entries.withLock { dict in dict = dict.filter { keys.contains($0.key) } }
+    func retain(only keys: Set<Key>) {
+        entries.withLock { dict in
+            if dict.count > keys.count { dict = dict.filter { keys.contains($0.key) } }
+        }
     }
 
-    public var stats: (hits: Int, misses: Int) { counters.withLock { $0 } }
+    public var count: Int { entries.withLock { $0.count } }
 }
 
 /// The outcome of loading a source: the desired state and every problem found.
@@ -103,7 +115,7 @@ public struct ManifestLoader: Sendable {
     private func loadUncached() async throws -> LoadResult {
         var diagnostics: [Diagnostic] = []
         var sources: [String: String] = [:]
-        var usedKeys = Set<String>()
+        var usedKeys = Set<ParseCache.Key>()
         var parsed = 0
 
         // 1. capstan.yaml
@@ -182,18 +194,23 @@ public struct ManifestLoader: Sendable {
         }
         cache?.retain(only: usedKeys)
 
-        // 4. References between objects
-        var (set, referenceProblems) = ReferenceChecker.assemble(manifests)
+        // 4. References between objects and 5. paths (data roots, existence), side by side.
+        let allManifests = manifests
+        async let assembled = ReferenceChecker.assemble(allManifests)
+        let models = manifests.compactMap { m -> ModelManifest? in
+            if case .model(let model) = m { return model } else { return nil }
+        }
+        let pathProblems = try await checkPaths(models, config: config)
+        var (set, referenceProblems) = await assembled
         diagnostics += referenceProblems
+        diagnostics += pathProblems
         if set.config == nil { set.config = configManifest }
-
-        // 5. Paths: data roots and existence
-        diagnostics += try await checkPaths(set, config: config)
 
         // Make sure every file with diagnostics has its text for snippets.
         for d in diagnostics where sources[d.location.file] == nil {
             if let f = files.first(where: { display($0.path) == d.location.file }) ?? (configFile.map { display($0.path) == d.location.file } == true ? configFile : nil),
-               f.size <= decoder.reader.limits.maxFileBytes, let bytes = try? await source.read(f),
+               (try? await source.size(of: f)).map({ $0 <= decoder.reader.limits.maxFileBytes }) == true,
+               let bytes = try? await source.read(f),
                let text = String(validating: bytes, as: UTF8.self) {
                 sources[d.location.file] = text
             }
@@ -203,11 +220,11 @@ public struct ManifestLoader: Sendable {
                           snapshots: snapshots, manifestFiles: manifestFiles)
     }
 
-    private func cacheKey(_ file: ManifestFile) -> String {
-        "\(file.identity)\u{0}\(display(file.path))\(decoder.keepFields ? "\u{0}fields" : "")"
+    private func cacheKey(_ file: ManifestFile) -> ParseCache.Key {
+        ParseCache.Key(identity: file.identity, path: file.path, keepFields: decoder.keepFields)
     }
 
-    private func decode(_ file: ManifestFile, usedKeys: inout Set<String>) async throws -> (ManifestDecoder.FileResult, Bool) {
+    private func decode(_ file: ManifestFile, usedKeys: inout Set<ParseCache.Key>) async throws -> (ManifestDecoder.FileResult, Bool) {
         let key = cacheKey(file)
         usedKeys.insert(key)
         if let hit = cache?.get(key) { return (hit, false) }
@@ -217,63 +234,87 @@ public struct ManifestLoader: Sendable {
     }
 
     private func decodeUncached(_ file: ManifestFile) async throws -> ManifestDecoder.FileResult {
+        try await decode(file, try await source.read([file], limit: decoder.reader.limits.maxFileBytes)[0])
+    }
+
+    private func decode(_ file: ManifestFile, _ read: ManifestRead) async throws -> ManifestDecoder.FileResult {
         let shown = display(file.path)
-        if file.size > decoder.reader.limits.maxFileBytes {
-            // Refuse before reading a byte.
-            return decoder.decode([UInt8](repeating: 0, count: 0), file: shown, declaredSize: file.size)
-        }
-        let bytes: [UInt8]
-        do {
-            bytes = try await source.read(file)
-        } catch let error as ManifestSourceError {
+        switch read {
+        case .tooLarge(let size):
+            // Refused before reading a byte.
+            return decoder.decode([], file: shown, declaredSize: size)
+        case .unreadable(let error):
             // One unreadable file is one problem among others, not the end of the run.
             return ManifestDecoder.FileResult(manifests: [], diagnostics: [.error(
                 .fileUnreadable, "cannot read the file: \(error.message)", at: SourceLocation(file: shown, line: 1, column: 1),
                 hint: "check its permissions, or exclude it in capstan.yaml (spec.exclude)")], text: nil)
+        case .bytes(let bytes):
+            return decoder.decode(bytes, file: shown)
         }
-        return decoder.decode(bytes, file: shown)
     }
 
-    private func decodeAll(_ files: [ManifestFile]) async throws -> [(ManifestFile, ManifestDecoder.FileResult, String, Bool)] {
-        var results = [(ManifestFile, ManifestDecoder.FileResult, String, Bool)?](repeating: nil, count: files.count)
-        try await withThrowingTaskGroup(of: (Int, ManifestDecoder.FileResult, String, Bool).self) { group in
+    private func decodeAll(_ files: [ManifestFile]) async throws -> [(ManifestFile, ManifestDecoder.FileResult, ParseCache.Key, Bool)] {
+        var results = [(ManifestFile, ManifestDecoder.FileResult, ParseCache.Key, Bool)?](repeating: nil, count: files.count)
+        // Cache hits are taken at once, under one lock; only misses become tasks.
+        var misses: [Int] = []
+        let keys = files.map(cacheKey)
+        let hits = cache?.get(keys) ?? Array(repeating: nil, count: files.count)
+        for (index, file) in files.enumerated() {
+            if let hit = hits[index] { results[index] = (file, hit, keys[index], false) } else { misses.append(index) }
+        }
+        // Misses are read in batches (one round trip each) and parsed in parallel.
+        let batchSize = 32
+        let batches = stride(from: 0, to: misses.count, by: batchSize).map { Array(misses[$0..<min($0 + batchSize, misses.count)]) }
+        let limit = decoder.reader.limits.maxFileBytes
+        try await withThrowingTaskGroup(of: [(Int, ManifestDecoder.FileResult)].self) { group in
             var next = 0
             func submit() {
-                let index = next
-                let file = files[index]
+                let batch = batches[next]
                 next += 1
                 group.addTask {
-                    let key = cacheKey(file)
-                    if let hit = cache?.get(key) { return (index, hit, key, false) }
-                    let result = try await decodeUncached(file)
-                    cache?.put(key, result)
-                    return (index, result, key, true)
+                    let batchFiles = batch.map { files[$0] }
+                    let reads = try await source.read(batchFiles, limit: limit)
+                    var out: [(Int, ManifestDecoder.FileResult)] = []
+                    for (index, read) in zip(batch, reads) {
+                        let result = try await decode(files[index], read)
+                        cache?.put(keys[index], result)
+                        out.append((index, result))
+                    }
+                    return out
                 }
             }
-            while next < files.count && next < concurrency * 4 { submit() }
-            while let (index, result, key, didParse) = try await group.next() {
-                results[index] = (files[index], result, key, didParse)
-                if next < files.count { submit() }
+            while next < batches.count && next < concurrency * 2 { submit() }
+            while let done = try await group.next() {
+                for (index, result) in done { results[index] = (files[index], result, keys[index], true) }
+                if next < batches.count { submit() }
             }
         }
         return results.map { $0! }
     }
 
-    private func checkPaths(_ set: ManifestSet, config: ConfigSpec) async throws -> [Diagnostic] {
+    private func checkPaths(_ models: [ModelManifest], config: ConfigSpec) async throws -> [Diagnostic] {
         var out: [Diagnostic] = []
-        var kinds: [String: PathKind] = [:]
-        func kind(_ path: String) async throws -> PathKind {
-            if let k = kinds[path] { return k }
-            let k = path.isEmpty ? PathKind.directory : try await source.kind(of: path)
-            kinds[path] = k
-            return k
+        // Ask the source about every path at once (a Git tree answers from its index).
+        var wanted = Set<String>()
+        for model in models {
+            for case .repository(let path) in model.spec.train.inputs { wanted.insert(path) }
+            wanted.insert(model.spec.train.workdir)
+            if let w = model.spec.validate?.workdir { wanted.insert(w) }
+            if let w = model.spec.serve?.workdir { wanted.insert(w) }
         }
-        for model in set.models {
+        let paths = Array(wanted)
+        var kinds: [String: PathKind] = [:]
+        for (p, k) in zip(paths, try await source.kinds(of: paths)) { kinds[p] = p.isEmpty ? .directory : k }
+        func kind(_ path: String) -> PathKind { kinds[path] ?? .missing }
+        for model in models {
             let origin = model.origin
             let train = model.spec.train
             for (i, input) in train.inputs.enumerated() {
-                let item = origin.itemPath("spec.train.inputs", i)
-                let field = origin.fields[item + ".path"] != nil ? item + ".path" : item
+                // Built only when there is something to report.
+                var field: String {
+                    let item = origin.itemPath("spec.train.inputs", i)
+                    return origin.fields[item + ".path"] != nil ? item + ".path" : item
+                }
                 switch input {
                 case .external(let path):
                     if !config.dataRoots.contains(where: { HostPath.isUnder(path, root: $0) }) {
@@ -283,7 +324,7 @@ public struct ManifestLoader: Sendable {
                                           hint: "add its folder to spec.dataRoots in capstan.yaml, or move the data under a data root"))
                     }
                 case .repository(let path):
-                    if try await kind(path) == .missing {
+                    if kind(path) == .missing {
                         out.append(.error(.pathNotFound, "input '\(path)' does not exist in the repository",
                                           at: origin.location(of: field), length: path.count,
                                           hint: "paths are relative to the repository root; commit the file or correct the path"))
@@ -292,15 +333,16 @@ public struct ManifestLoader: Sendable {
                     break
                 }
             }
-            // Only workdirs that were written and valid (the others were reported already).
+            // Only workdirs that were written and valid (the others were reported already; an
+            // empty workdir is the root).
             let workdirs: [(String, String?)] = [
-                ("spec.train.workdir", origin.fields["spec.train.workdir"] == nil || train.workdir.isEmpty ? nil : train.workdir),
+                ("spec.train.workdir", train.workdir),
                 ("spec.validate.workdir", model.spec.validate?.workdir),
-                ("spec.serve.workdir", origin.fields["spec.serve.workdir"] == nil || model.spec.serve?.workdir.isEmpty != false ? nil : model.spec.serve?.workdir),
+                ("spec.serve.workdir", model.spec.serve?.workdir),
             ]
             for (field, dir) in workdirs {
-                guard let dir else { continue }
-                let k = try await kind(dir)
+                guard let dir, !dir.isEmpty else { continue }
+                let k = kind(dir)
                 if k != .directory {
                     out.append(.error(.pathNotFound,
                                       k == .missing ? "\(field) '\(dir)' does not exist in the repository"

@@ -24,16 +24,22 @@ struct CapstanBench {
         do {
             let source = GitSource(location: try RepositoryLocation.parse(repo), options: GitSourceOptions(stateDirectory: stateDir))
             let cache = ParseCache()
+            func milliseconds(_ d: Duration) -> Double {
+                Double(d.components.seconds) * 1000 + Double(d.components.attoseconds) / 1e15
+            }
             func pass(_ label: String) async throws -> Double {
                 let start = ContinuousClock.now
                 let opened = try await source.open()
+                let fetched = ContinuousClock.now
                 let revision = try await opened.resolve(nil)
                 let manifestSource = try await GitManifestSource(repository: opened.repository, revision: revision, repositoryName: repo)
+                let indexed = ContinuousClock.now
                 let result = try await ManifestLoader(source: manifestSource, cache: cache).load()
-                let elapsed = ContinuousClock.now - start
-                let ms = Double(elapsed.components.seconds) * 1000 + Double(elapsed.components.attoseconds) / 1e15
-                print(String(format: "%-28@ %9.1f ms   parsed %5d of %5d files, %d models, %d deployments, %d errors",
-                             label as NSString, ms, result.parsedFileCount, result.fileCount, result.manifests.models.count,
+                let end = ContinuousClock.now
+                let ms = milliseconds(end - start)
+                print(String(format: "%-28@ %9.1f ms  (fetch %.1f, resolve+tree %.1f, load %.1f)  parsed %5d of %5d files, %d models, %d deployments, %d errors",
+                             label as NSString, ms, milliseconds(fetched - start), milliseconds(indexed - fetched), milliseconds(end - indexed),
+                             result.parsedFileCount, result.fileCount, result.manifests.models.count,
                              result.manifests.deployments.count, result.diagnostics.errorCount))
                 return ms
             }
@@ -54,7 +60,7 @@ struct CapstanBench {
             }
             func median(_ xs: [Double]) -> Double { xs.sorted()[xs.count / 2] }
             var usage = rusage()
-            getrusage(RUSAGE_SELF, &usage)
+            getrusage(RUSAGE_SELF.rawValue, &usage)
             print(String(format: "median unchanged pass %.1f ms", median(unchanged)))
             if !changed.isEmpty { print(String(format: "median one-file-change pass %.1f ms", median(changed))) }
             print("peak memory \(usage.ru_maxrss / 1024) MiB")

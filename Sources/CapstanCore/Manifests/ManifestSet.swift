@@ -27,10 +27,12 @@ public enum ReferenceChecker {
     public static func assemble(_ manifests: [Manifest]) -> (ManifestSet, [Diagnostic]) {
         var diagnostics: [Diagnostic] = []
         var set = ManifestSet()
-        var seen: [String: ManifestOrigin] = [:]
+        struct Key: Hashable { var kind: ManifestKind; var name: String }
+        var seen: [Key: ManifestOrigin] = [:]
+        seen.reserveCapacity(manifests.count)
 
         for manifest in manifests {
-            let key = "\(manifest.kind.rawValue)/\(manifest.metadata.name)"
+            let key = Key(kind: manifest.kind, name: manifest.metadata.name)
             let origin = manifest.origin
             if case .config = manifest, let first = set.config, first.metadata.name != manifest.metadata.name {
                 diagnostics.append(.error(
@@ -63,16 +65,18 @@ public enum ReferenceChecker {
             }
         }
 
-        var modelsByName: [String: ModelManifest] = [:]
-        for m in set.models { modelsByName[m.metadata.name] = m }
+        var modelsByName: [String: Int] = [:]
+        modelsByName.reserveCapacity(set.models.count)
+        for (i, m) in set.models.enumerated() { modelsByName[m.metadata.name] = i }
         let modelNames = set.models.map(\.metadata.name)
 
         for deployment in set.deployments {
             let origin = deployment.origin
             let modelName = deployment.spec.model
-            // An invalid name was reported where it is written; do not pile a lookup failure on it.
-            guard !modelName.isEmpty, Names.dnsLabelProblem(modelName) == nil else { continue }
-            guard let model = modelsByName[modelName] else {
+            guard !modelName.isEmpty else { continue }
+            guard let modelIndex = modelsByName[modelName] else {
+                // An invalid name was reported where it is written; do not pile a lookup failure on it.
+                if Names.dnsLabelProblem(modelName) != nil { continue }
                 let suggestion = Suggest.closest(to: modelName, among: modelNames)
                 diagnostics.append(.error(
                     .unknownModel, "Deployment '\(deployment.metadata.name)' refers to model '\(modelName)', which no manifest defines",
@@ -81,6 +85,7 @@ public enum ReferenceChecker {
                         ?? "add a Model manifest named '\(modelName)' or correct spec.model"))
                 continue
             }
+            let model = set.models[modelIndex]
             if model.spec.serve == nil {
                 diagnostics.append(.error(
                     .missingField, "Deployment '\(deployment.metadata.name)' serves model '\(modelName)', which has no spec.serve",

@@ -103,15 +103,27 @@ public enum Manifest: Hashable, Sendable {
 // MARK: - Config
 
 /// `kind: Config` — repository-level settings, read from `capstan.yaml` at the root.
-public struct ConfigManifest: Hashable, Sendable {
-    public var metadata: ObjectMeta
-    public var spec: ConfigSpec
-    public var origin: ManifestOrigin
+///
+/// Immutable and shared by reference: the desired state of a large repository holds tens of
+/// thousands of these, and passing them around must not copy their fields.
+public final class ConfigManifest: Hashable, Sendable {
+    public let metadata: ObjectMeta
+    public let spec: ConfigSpec
+    public let origin: ManifestOrigin
 
     public init(metadata: ObjectMeta, spec: ConfigSpec, origin: ManifestOrigin) {
         self.metadata = metadata
         self.spec = spec
         self.origin = origin
+    }
+
+    public static func == (a: ConfigManifest, b: ConfigManifest) -> Bool {
+        a === b || (a.metadata == b.metadata && a.spec == b.spec && a.origin == b.origin)
+    }
+
+    public func hash(into hasher: inout Hasher) {
+        hasher.combine(metadata)
+        hasher.combine(spec)
     }
 }
 
@@ -211,15 +223,27 @@ public struct Policy: Hashable, Sendable, Codable {
 // MARK: - Model
 
 /// `kind: Model` — a registered model and how to produce, check, name and serve its versions.
-public struct ModelManifest: Hashable, Sendable {
-    public var metadata: ObjectMeta
-    public var spec: ModelSpec
-    public var origin: ManifestOrigin
+///
+/// Immutable and shared by reference: the desired state of a large repository holds tens of
+/// thousands of these, and passing them around must not copy their fields.
+public final class ModelManifest: Hashable, Sendable {
+    public let metadata: ObjectMeta
+    public let spec: ModelSpec
+    public let origin: ManifestOrigin
 
     public init(metadata: ObjectMeta, spec: ModelSpec, origin: ManifestOrigin) {
         self.metadata = metadata
         self.spec = spec
         self.origin = origin
+    }
+
+    public static func == (a: ModelManifest, b: ModelManifest) -> Bool {
+        a === b || (a.metadata == b.metadata && a.spec == b.spec && a.origin == b.origin)
+    }
+
+    public func hash(into hasher: inout Hasher) {
+        hasher.combine(metadata)
+        hasher.combine(spec)
     }
 }
 
@@ -394,15 +418,27 @@ public struct RetentionSpec: Hashable, Sendable, Codable {
 // MARK: - Deployment
 
 /// `kind: Deployment` — an endpoint serving one model's version, and how to roll new ones out.
-public struct DeploymentManifest: Hashable, Sendable {
-    public var metadata: ObjectMeta
-    public var spec: DeploymentSpec
-    public var origin: ManifestOrigin
+///
+/// Immutable and shared by reference: the desired state of a large repository holds tens of
+/// thousands of these, and passing them around must not copy their fields.
+public final class DeploymentManifest: Hashable, Sendable {
+    public let metadata: ObjectMeta
+    public let spec: DeploymentSpec
+    public let origin: ManifestOrigin
 
     public init(metadata: ObjectMeta, spec: DeploymentSpec, origin: ManifestOrigin) {
         self.metadata = metadata
         self.spec = spec
         self.origin = origin
+    }
+
+    public static func == (a: DeploymentManifest, b: DeploymentManifest) -> Bool {
+        a === b || (a.metadata == b.metadata && a.spec == b.spec && a.origin == b.origin)
+    }
+
+    public func hash(into hasher: inout Hasher) {
+        hasher.combine(metadata)
+        hasher.combine(spec)
     }
 }
 

@@ -1,16 +1,25 @@
-/// A file a manifest source offers: its path relative to the source root (`/`-separated), its size,
-/// and an identity that changes whenever its content does (a Git blob id, or size+mtime for a
-/// folder). The loader keys its parse cache by identity.
+/// A file a manifest source offers: its path relative to the source root (`/`-separated), its size
+/// when it is known without extra work (nil otherwise: ask `size(of:)`), and an identity that
+/// changes whenever its content does (a Git blob id, or size+mtime for a folder). The loader keys
+/// its parse cache by identity.
 public struct ManifestFile: Hashable, Sendable {
     public var path: String
-    public var size: Int
+    public var size: Int?
     public var identity: String
 
-    public init(path: String, size: Int, identity: String) {
+    public init(path: String, size: Int?, identity: String) {
         self.path = path
         self.size = size
         self.identity = identity
     }
+}
+
+/// The outcome of reading one file.
+public enum ManifestRead: Sendable {
+    case bytes([UInt8])
+    /// Larger than the limit: not read at all.
+    case tooLarge(Int)
+    case unreadable(ManifestSourceError)
 }
 
 public enum PathKind: Sendable, Equatable {
@@ -37,8 +46,19 @@ public protocol ManifestSource: Sendable {
     /// The bytes of a file listed by this source.
     func read(_ file: ManifestFile) async throws -> [UInt8]
 
+    /// Several files, in order, each refused unread when larger than `limit` bytes. Sources with
+    /// a costly round trip per call override this to read them in one go.
+    func read(_ files: [ManifestFile], limit: Int) async throws -> [ManifestRead]
+
+    /// The size of a file in bytes (asked only before parsing it, so a huge file is refused
+    /// without being read).
+    func size(of file: ManifestFile) async throws -> Int
+
     /// What is at `path` (used to check that inputs and working folders exist).
     func kind(of path: String) async throws -> PathKind
+
+    /// What is at each path, in order; sources that can answer in bulk override this.
+    func kinds(of paths: [String]) async throws -> [PathKind]
 
     /// An identity of the whole snapshot (a Git tree id) when the source has one: two loads of
     /// the same identity yield the same desired state, so the loader may reuse its last result.
@@ -47,6 +67,25 @@ public protocol ManifestSource: Sendable {
 
 extension ManifestSource {
     public var snapshotIdentity: String? { nil }
+
+    public func size(of file: ManifestFile) async throws -> Int { file.size ?? 0 }
+
+    public func read(_ files: [ManifestFile], limit: Int) async throws -> [ManifestRead] {
+        var out: [ManifestRead] = []
+        for f in files {
+            let size = try await size(of: f)
+            if size > limit { out.append(.tooLarge(size)); continue }
+            do { out.append(.bytes(try await read(f))) } catch let e as ManifestSourceError { out.append(.unreadable(e)) }
+        }
+        return out
+    }
+
+    public func kinds(of paths: [String]) async throws -> [PathKind] {
+        var out: [PathKind] = []
+        out.reserveCapacity(paths.count)
+        for p in paths { out.append(try await kind(of: p)) }
+        return out
+    }
 }
 
 /// A failure of the source itself (not of the manifests in it).
