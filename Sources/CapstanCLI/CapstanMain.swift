@@ -48,6 +48,8 @@ struct Terminal {
 struct CommandFailure: Error, CustomStringConvertible {
     var message: String
     var exitCode: Int32 = ExitStatus.failure
+    /// The failure came from damaged Git objects (a mirror is then re-created).
+    var corrupt = false
 
     var description: String { message }
 }

@@ -93,6 +93,30 @@ enum GitDesiredStateReader {
         return opened
     }
 
+    /// Loads `ref` like `load`, but when a remote's mirror turns out to be damaged (an object that
+    /// cannot be read), throws the mirror away, clones it again and loads once more: a broken
+    /// mirror is re-created, never trusted.
+    static func openAndLoad(_ source: GitSource, fetch: Bool, ref: String?, keepFields: Bool = false) async throws -> GitDesiredState {
+        if let state = try await attempt(source, fetch: fetch, ref: ref, keepFields: keepFields) { return state }
+        // The damaged repository is closed by now: libgit2 caches pack files by path, so the
+        // new clone must not be opened while the old one is still open.
+        Terminal.err("capstan: note: the mirror of \(source.location) is damaged; cloning it again\n")
+        source.discardMirror()
+        return try await load(try await open(source, fetch: true), ref: ref, keepFields: keepFields)
+    }
+
+    /// One load; nil when the mirror proved damaged.
+    private static func attempt(_ source: GitSource, fetch: Bool, ref: String?, keepFields: Bool) async throws -> GitDesiredState? {
+        let opened = try await open(source, fetch: fetch)
+        do {
+            let state = try await load(opened, ref: ref, keepFields: keepFields)
+            let damaged = state.result.diagnostics.contains { $0.code == .fileUnreadable && $0.message.contains("cannot read blob") }
+            return opened.mirrorPath != nil && damaged ? nil : state
+        } catch let failure as CommandFailure where opened.mirrorPath != nil && failure.corrupt {
+            return nil
+        }
+    }
+
     static func load(_ opened: OpenedRepository, ref: String?, keepFields: Bool = false, cache: ParseCache? = nil) async throws -> GitDesiredState {
         let revision: ResolvedRevision
         do {
@@ -105,6 +129,10 @@ enum GitDesiredStateReader {
             let loader = ManifestLoader(source: source, decoder: ManifestDecoder(keepFields: keepFields), cache: cache)
             return GitDesiredState(opened: opened, revision: revision, result: try await loader.load())
         } catch let failure as CommandFailure {
+            throw failure
+        } catch let error as GitError where error.kind == .corrupt {
+            var failure = CommandFailure(message: "\(opened.location) @ \(revision.ref) (\(revision.commit.short)): the repository is damaged: \(error.message); check it with git fsck")
+            failure.corrupt = true
             throw failure
         } catch {
             throw CommandFailure(message: "\(opened.location) @ \(revision.ref) (\(revision.commit.short)): \(error)")

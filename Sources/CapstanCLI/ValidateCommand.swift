@@ -72,8 +72,7 @@ struct ValidateCommand: AsyncParsableCommand {
         let state: GitDesiredState
         do {
             let source = try repository.source(for: repo)
-            let opened = try await GitDesiredStateReader.open(source, fetch: !repository.noFetch)
-            state = try await GitDesiredStateReader.load(opened, ref: repository.ref)
+            state = try await GitDesiredStateReader.openAndLoad(source, fetch: !repository.noFetch, ref: repository.ref)
         } catch let failure as CommandFailure {
             throw Self.fail(failure)
         }

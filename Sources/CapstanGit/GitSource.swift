@@ -112,7 +112,7 @@ public struct GitSource: Sendable {
             let repo = try await openExisting(path)
             return OpenedRepository(repository: repo, location: location, mirrorPath: path, forcedUpdates: [])
         }
-        var repo: GitRepository
+        var repo: GitRepository?
         do {
             repo = try await GitRepository.open(at: path)
         } catch {
@@ -120,19 +120,21 @@ public struct GitSource: Sendable {
             try await createMirror(url: url, at: path)
             return OpenedRepository(repository: try await openExisting(path), location: location, mirrorPath: path, forcedUpdates: [])
         }
-        guard fetch else { return OpenedRepository(repository: repo, location: location, mirrorPath: path, forcedUpdates: []) }
+        guard fetch else { return OpenedRepository(repository: repo!, location: location, mirrorPath: path, forcedUpdates: []) }
         let forced: [ForcedUpdate]
         do {
-            forced = try await self.fetch(repo, url: url)
+            forced = try await self.fetch(repo!, url: url)
         } catch let e where e.kind == .corrupt {
-            // A damaged mirror is re-created from the remote, not repaired in place.
+            // A damaged mirror is re-created from the remote, not repaired in place. The old
+            // repository is closed first: libgit2 caches pack files by path.
+            repo = nil
             discard(path)
             try await createMirror(url: url, at: path)
             repo = try await openExisting(path)
             forced = []
         }
         if !forced.isEmpty { record(forced, mirror: path) }
-        return OpenedRepository(repository: repo, location: location, mirrorPath: path, forcedUpdates: forced)
+        return OpenedRepository(repository: repo!, location: location, mirrorPath: path, forcedUpdates: forced)
     }
 
     private func openExisting(_ path: String) async throws(GitSourceError) -> GitRepository {
@@ -222,6 +224,13 @@ public struct GitSource: Sendable {
                 throw self.error(.other, "cannot move the new mirror into place at \(path): \(String(cString: strerror(code)))")
             }
         }
+    }
+
+    /// Throws away the mirror of a remote (found damaged while reading it); the next `open`
+    /// clones it again. Does nothing for a local repository.
+    public func discardMirror() {
+        guard case .remote = location else { return }
+        discard(mirrorPath)
     }
 
     private func discard(_ path: String) {
