@@ -23,7 +23,7 @@ let package = Package(
         // libgit2, found through pkg-config (apt: libgit2-dev).
         .systemLibrary(name: "CLibGit2", pkgConfig: "libgit2", providers: [.apt(["libgit2-dev"])]),
         // A socket stream for libgit2 with connect/read/write timeouts (libgit2 1.5 has none).
-        .target(name: "CCapstanGitStream", dependencies: ["CLibGit2"]),
+        .target(name: "CCapstanGitStream", dependencies: ["CLibGit2"], linkerSettings: [.linkedLibrary("z")]),
         // Git: repositories, mirrors and fetches, trees and blobs, diffs, materialized trees, and
         // the ManifestSource over a commit.
         .target(name: "CapstanGit", dependencies: [

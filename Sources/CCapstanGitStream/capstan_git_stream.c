@@ -13,13 +13,37 @@
 #include <sys/time.h>
 #include <unistd.h>
 
+#include <time.h>
+#include <zlib.h>
+
 #include <git2.h>
 #include <git2/sys/stream.h>
 
-static atomic_int timeout_ms = 60000;
+static _Thread_local int timeout_ms = 60000;
+static _Thread_local long long deadline_ms = 0;  /* CLOCK_MONOTONIC milliseconds; 0 = none */
 
-void capstan_git_stream_set_timeout_ms(int ms) { atomic_store(&timeout_ms, ms > 0 ? ms : 60000); }
-int capstan_git_stream_timeout_ms(void) { return atomic_load(&timeout_ms); }
+static long long now_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+void capstan_git_stream_set_timeout_ms(int ms) { timeout_ms = ms > 0 ? ms : 60000; }
+int capstan_git_stream_timeout_ms(void) { return timeout_ms; }
+void capstan_git_stream_set_deadline_ms(long long ms) { deadline_ms = now_ms() + (ms > 0 ? ms : 0); }
+void capstan_git_stream_clear_deadline(void) { deadline_ms = 0; }
+
+/* How long the next wait may last: the per-operation timeout, cut by the overall deadline.
+   Returns 0 when the deadline has passed. */
+static int wait_budget_ms(void) {
+    int budget = timeout_ms;
+    if (deadline_ms > 0) {
+        long long left = deadline_ms - now_ms();
+        if (left <= 0) return 0;
+        if (left < budget) budget = (int)left;
+    }
+    return budget;
+}
 
 typedef struct {
     git_stream parent;
@@ -30,8 +54,10 @@ typedef struct {
 
 static void set_error(const char *what, const char *host, const char *port, int err) {
     char message[512];
-    if (err == ETIMEDOUT || err == EAGAIN || err == EWOULDBLOCK)
-        snprintf(message, sizeof message, "%s %s:%s timed out after %d ms", what, host, port, atomic_load(&timeout_ms));
+    if (err == ETIME)
+        snprintf(message, sizeof message, "%s %s:%s timed out: the fetch took longer than its timeout of %d ms", what, host, port, timeout_ms);
+    else if (err == ETIMEDOUT || err == EAGAIN || err == EWOULDBLOCK)
+        snprintf(message, sizeof message, "%s %s:%s timed out after %d ms", what, host, port, timeout_ms);
     else
         snprintf(message, sizeof message, "%s %s:%s failed: %s", what, host, port, strerror(err));
     git_error_set_str(GIT_ERROR_NET, message);
@@ -59,7 +85,8 @@ static int connect_with_deadline(int fd, const struct sockaddr *addr, socklen_t 
 
 static int stream_connect(git_stream *s) {
     capstan_stream *st = (capstan_stream *)s;
-    int ms = atomic_load(&timeout_ms);
+    int ms = wait_budget_ms();
+    if (ms == 0) { set_error("connecting to", st->host, st->port, ETIME); return -1; }
     struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM}, *res = NULL, *ai;
     int gai = getaddrinfo(st->host, st->port, &hints, &res);
     if (gai != 0) {
@@ -74,9 +101,6 @@ static int stream_connect(git_stream *s) {
         if (fd < 0) { last = errno; continue; }
         int err = connect_with_deadline(fd, ai->ai_addr, ai->ai_addrlen, ms);
         if (err == 0) {
-            struct timeval tv = {.tv_sec = ms / 1000, .tv_usec = (ms % 1000) * 1000};
-            setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-            setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
             st->fd = fd;
             freeaddrinfo(res);
             return 0;
@@ -89,9 +113,24 @@ static int stream_connect(git_stream *s) {
     return -1;
 }
 
+/* Waits until fd is ready for `events` within the budget; 0 ok, else an errno value. */
+static int wait_ready(int fd, short events) {
+    for (;;) {
+        int budget = wait_budget_ms();
+        if (budget == 0) return ETIME;
+        struct pollfd p = {.fd = fd, .events = events};
+        int ready = poll(&p, 1, budget);
+        if (ready > 0) return 0;
+        if (ready == 0) return wait_budget_ms() == 0 ? ETIME : ETIMEDOUT;
+        if (errno != EINTR) return errno;
+    }
+}
+
 static ssize_t stream_read(git_stream *s, void *data, size_t len) {
     capstan_stream *st = (capstan_stream *)s;
     ssize_t n;
+    int err = wait_ready(st->fd, POLLIN);
+    if (err != 0) { set_error("reading from", st->host, st->port, err); return -1; }
     do { n = recv(st->fd, data, len, 0); } while (n < 0 && errno == EINTR);
     if (n < 0) { set_error("reading from", st->host, st->port, errno); return -1; }
     return n;
@@ -102,6 +141,8 @@ static ssize_t stream_write(git_stream *s, const char *data, size_t len, int fla
     (void)flags;
     size_t off = 0;
     while (off < len) {
+        int err = wait_ready(st->fd, POLLOUT);
+        if (err != 0) { set_error("writing to", st->host, st->port, err); return -1; }
         ssize_t n = send(st->fd, data + off, len - off, MSG_NOSIGNAL);
         if (n < 0 && errno == EINTR) continue;
         if (n < 0) { set_error("writing to", st->host, st->port, errno); return -1; }
@@ -139,6 +180,31 @@ static int stream_init(git_stream **out, const char *host, const char *port) {
     if (!st->host || !st->port) { stream_free(&st->parent); return -1; }
     *out = &st->parent;
     return 0;
+}
+
+int capstan_loose_object_is_complete(const char *path) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return -1;
+    z_stream z;
+    memset(&z, 0, sizeof z);
+    if (inflateInit(&z) != Z_OK) { fclose(f); return -1; }
+    unsigned char in[16384], out[65536];
+    int rc = Z_OK;
+    while (rc != Z_STREAM_END) {
+        size_t got = fread(in, 1, sizeof in, f);
+        if (got == 0) break;  /* input ended before the stream did: truncated */
+        z.next_in = in;
+        z.avail_in = (uInt)got;
+        do {
+            z.next_out = out;
+            z.avail_out = sizeof out;
+            rc = inflate(&z, Z_NO_FLUSH);
+            if (rc != Z_OK && rc != Z_STREAM_END && rc != Z_BUF_ERROR) { inflateEnd(&z); fclose(f); return 0; }
+        } while (z.avail_in > 0 && rc != Z_STREAM_END);
+    }
+    inflateEnd(&z);
+    fclose(f);
+    return rc == Z_STREAM_END ? 1 : 0;
 }
 
 int capstan_git_stream_install(void) {

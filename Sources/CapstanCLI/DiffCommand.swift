@@ -43,11 +43,21 @@ struct DiffCommand: AsyncParsableCommand {
         let base: GitDesiredState, head: GitDesiredState, changedPaths: [PathChange]
         do {
             let source = try repository.source(for: repo)
-            let opened = try await GitDesiredStateReader.open(source, fetch: !repository.noFetch)
-            let cache = ParseCache()
-            base = try await GitDesiredStateReader.load(opened, ref: self.base, keepFields: true, cache: cache)
-            head = try await GitDesiredStateReader.load(opened, ref: self.head, keepFields: true, cache: cache)
-            changedPaths = try await opened.repository.changedPaths(from: base.revision.commit, to: head.revision.commit)
+            (base, head, changedPaths) = try await GitDesiredStateReader.withRecovery(source, fetch: !repository.noFetch) { opened in
+                let cache = ParseCache()
+                let base = try await GitDesiredStateReader.load(opened, ref: self.base, keepFields: true, cache: cache)
+                let head = try await GitDesiredStateReader.load(opened, ref: self.head, keepFields: true, cache: cache)
+                let paths: [PathChange]
+                do {
+                    paths = try await opened.repository.changedPaths(from: base.revision.commit, to: head.revision.commit)
+                } catch let e as GitError where e.kind == .corrupt {
+                    var failure = CommandFailure(message: "\(opened.location): the repository is damaged: \(e.message); check it with git fsck")
+                    failure.corrupt = true
+                    throw failure
+                }
+                let damaged = GitDesiredStateReader.isDamaged(base) || GitDesiredStateReader.isDamaged(head)
+                return ((base, head, paths), damaged)
+            }
         } catch let failure as CommandFailure {
             throw Self.fail(failure)
         } catch {

@@ -97,21 +97,35 @@ enum GitDesiredStateReader {
     /// cannot be read), throws the mirror away, clones it again and loads once more: a broken
     /// mirror is re-created, never trusted.
     static func openAndLoad(_ source: GitSource, fetch: Bool, ref: String?, keepFields: Bool = false) async throws -> GitDesiredState {
-        if let state = try await attempt(source, fetch: fetch, ref: ref, keepFields: keepFields) { return state }
+        try await withRecovery(source, fetch: fetch) { opened in
+            let state = try await load(opened, ref: ref, keepFields: keepFields)
+            return (state, isDamaged(state))
+        }
+    }
+
+    /// Runs `body` on the opened repository; when it reports (or throws) damage in a remote's
+    /// mirror, throws the mirror away, clones it again and runs `body` once more.
+    static func withRecovery<T>(_ source: GitSource, fetch: Bool,
+                                _ body: (OpenedRepository) async throws -> (T, damaged: Bool)) async throws -> T {
+        if let value = try await attempt(source, fetch: fetch, body) { return value }
         // The damaged repository is closed by now: libgit2 caches pack files by path, so the
         // new clone must not be opened while the old one is still open.
         Terminal.err("capstan: note: the mirror of \(source.location) is damaged; cloning it again\n")
         source.discardMirror()
-        return try await load(try await open(source, fetch: true), ref: ref, keepFields: keepFields)
+        return try await body(try await open(source, fetch: true)).0
     }
 
-    /// One load; nil when the mirror proved damaged.
-    private static func attempt(_ source: GitSource, fetch: Bool, ref: String?, keepFields: Bool) async throws -> GitDesiredState? {
+    static func isDamaged(_ state: GitDesiredState) -> Bool {
+        state.result.diagnostics.contains { $0.code == .fileUnreadable && $0.message.contains("cannot read blob") }
+    }
+
+    /// One try; nil when a mirror proved damaged.
+    private static func attempt<T>(_ source: GitSource, fetch: Bool,
+                                   _ body: (OpenedRepository) async throws -> (T, damaged: Bool)) async throws -> T? {
         let opened = try await open(source, fetch: fetch)
         do {
-            let state = try await load(opened, ref: ref, keepFields: keepFields)
-            let damaged = state.result.diagnostics.contains { $0.code == .fileUnreadable && $0.message.contains("cannot read blob") }
-            return opened.mirrorPath != nil && damaged ? nil : state
+            let (value, damaged) = try await body(opened)
+            return opened.mirrorPath != nil && damaged ? nil : value
         } catch let failure as CommandFailure where opened.mirrorPath != nil && failure.corrupt {
             return nil
         }

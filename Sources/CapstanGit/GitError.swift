@@ -75,3 +75,16 @@ import Foundation
 func check(_ rc: Int32, _ function: String) throws(GitError) {
     if rc < 0 { throw GitError.last(code: rc, function: function) }
 }
+
+/// Like `check`, for reading an object that something else refers to (a commit's tree, a
+/// tree's entry): when it is missing, the repository is damaged, not the request wrong.
+@inline(__always)
+func checkReferenced(_ rc: Int32, _ function: String, _ id: ObjectID) throws(GitError) {
+    guard rc < 0 else { return }
+    var error = GitError.last(code: rc, function: function)
+    if error.kind == .notFound {
+        error.kind = .corrupt
+        error.message = "object \(id.short) is missing from the repository (\(error.message))"
+    }
+    throw error
+}

@@ -75,7 +75,7 @@ public struct GitSource: Sendable {
     }
 
     func error(_ kind: GitError.Kind, _ message: String, ref: String? = nil) -> GitSourceError {
-        GitSourceError(repository: location.description, ref: ref, kind: kind, message: message)
+        GitSourceError(repository: location.description, ref: ref, kind: kind, message: location.scrub(message))
     }
 
     /// Opens the repository; for a remote, brings the mirror up to date first.
@@ -120,10 +120,19 @@ public struct GitSource: Sendable {
             try await createMirror(url: url, at: path)
             return OpenedRepository(repository: try await openExisting(path), location: location, mirrorPath: path, forcedUpdates: [])
         }
-        guard fetch else { return OpenedRepository(repository: repo!, location: location, mirrorPath: path, forcedUpdates: []) }
-        let forced: [ForcedUpdate]
-        do {
-            forced = try await self.fetch(repo!, url: url)
+        var forced: [ForcedUpdate] = []
+        do throws(GitSourceError) {
+            var fetchError: GitSourceError?
+            if fetch {
+                do throws(GitSourceError) { forced = try await self.fetch(repo!, url: url) } catch { fetchError = error }
+            }
+            // Refs that point at objects the mirror cannot read mean lost or damaged packs (a
+            // fetch over such a mirror fails in odd ways: "object not found", "no branches").
+            let broken: String?? = try? await repo!.withRepository({ $0.firstUnreadableBranch() })
+            if let name = broken ?? nil {
+                throw self.error(.corrupt, "the mirror cannot read \(name)")
+            }
+            if let fetchError { throw fetchError }
         } catch let e where e.kind == .corrupt {
             // A damaged mirror is re-created from the remote, not repaired in place. The old
             // repository is closed first: libgit2 caches pack files by path.

@@ -28,7 +28,7 @@ public struct KnownHosts: Sendable {
         for raw in text.split(whereSeparator: \.isNewline) {
             let line = raw.trimmingCharacters(in: .whitespaces)
             if line.isEmpty || line.hasPrefix("#") { continue }
-            var fields = line.split(separator: " ", omittingEmptySubsequences: true).map(String.init)
+            var fields = line.split(whereSeparator: { $0 == " " || $0 == "\t" }).map(String.init)
             var revoked = false
             if let first = fields.first, first.hasPrefix("@") {
                 if first == "@revoked" { revoked = true } else { continue }
@@ -46,12 +46,12 @@ public struct KnownHosts: Sendable {
     /// Checks the raw public key blob a server offered for `host` on `port`.
     public func verify(host: String, port: Int, key: Data) -> Verdict {
         let name = port == 22 ? host : "[\(host)]:\(port)"
+        // A revoked key is refused wherever its @revoked line stands (as OpenSSH does).
+        if entries.contains(where: { $0.revoked && $0.key == key && Self.matches($0.patterns, name) }) { return .revoked }
         var sawHost = false
-        for entry in entries where Self.matches(entry.patterns, name) {
-            if entry.key == key {
-                return entry.revoked ? .revoked : .trusted
-            }
-            if !entry.revoked { sawHost = true }
+        for entry in entries where !entry.revoked && Self.matches(entry.patterns, name) {
+            if entry.key == key { return .trusted }
+            sawHost = true
         }
         return sawHost ? .mismatch : .unknown
     }

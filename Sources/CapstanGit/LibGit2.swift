@@ -12,10 +12,16 @@ enum LibGit2 {
         _ = setUp
     }
 
-    /// Connect, read and write timeout for network operations, in milliseconds.
+    /// Connect, read and write timeout, and the overall deadline, for the network operations
+    /// that the calling thread runs next (until `clearNetworkDeadline`).
     static func setNetworkTimeout(milliseconds: Int) {
         ensureInitialized()
         capstan_git_stream_set_timeout_ms(Int32(clamping: milliseconds))
+        capstan_git_stream_set_deadline_ms(Int64(milliseconds))
+    }
+
+    static func clearNetworkDeadline() {
+        capstan_git_stream_clear_deadline()
     }
 
     static var networkTimeoutMilliseconds: Int {

@@ -23,7 +23,7 @@ public struct Materializer: Sendable {
         guard let (tree, kind) = try await repository.entry(at: folder, in: info.tree), kind == .tree else {
             throw MaterializeError(message: "commit \(commit.short) has no folder '\(folder)'")
         }
-        let target = URL(fileURLWithPath: root).appendingPathComponent(tree.hex)
+        let target = URL(fileURLWithPath: root, isDirectory: true).appendingPathComponent(tree.hex, isDirectory: true)
         let fm = FileManager.default
         if fm.fileExists(atPath: target.path) {
             // Mark as recently used for garbage collection.
@@ -56,6 +56,18 @@ public struct Materializer: Sendable {
                 case .symlink:
                     let link = String(decoding: try await repository.blob(entry.id), as: UTF8.self)
                     try fm.createSymbolicLink(atPath: path, withDestinationPath: link)
+                }
+            }
+            // Links can leave the tree through each other (a/up -> .., a/out -> up/..): resolve
+            // every link on disk, chains included, and refuse any that lands outside.
+            let base = temporary.resolvingSymlinksInPath().path
+            for entry in entries where entry.kind == .symlink {
+                let path = temporary.appendingPathComponent(entry.path).path
+                guard let resolved = realpath(path, nil) else { continue }  // dangling: checked lexically above
+                let real = String(cString: resolved)
+                free(resolved)
+                if real != base && !real.hasPrefix(base + "/") {
+                    throw MaterializeError(message: "commit \(commit.short): symlink '\(RepoPath.join(folder, entry.path))' resolves outside the tree through other links; refusing to write it")
                 }
             }
             if rename(temporary.path, target.path) != 0 {

@@ -51,7 +51,9 @@ extension Repository {
     /// of all credentials, is written to the repository's config), pruning deleted refs. Returns
     /// the remote's default branch (`refs/heads/main`) when it advertises one.
     func fetch(url: String, refspecs: [String], credentials: GitCredentials, timeout: TimeInterval) throws(GitError) -> String? {
+        // Per thread: this fetch runs on the calling thread, start to end.
         LibGit2.setNetworkTimeout(milliseconds: Int(timeout * 1000))
+        defer { LibGit2.clearNetworkDeadline() }
         let context = RemoteCallbackContext(url: url, credentials: credentials, timeout: timeout)
         var remote: OpaquePointer?
         try check(git_remote_create_anonymous(&remote, pointer, url), "git_remote_create_anonymous")

@@ -1,3 +1,4 @@
+import CCapstanGitStream
 import CLibGit2
 import Foundation
 
@@ -74,6 +75,18 @@ final class Repository {
 
     var isBare: Bool { git_repository_is_bare(pointer) == 1 }
 
+    /// Refuses a damaged loose object before libgit2 reads it: libgit2 1.5 spins forever on some
+    /// truncated loose objects (libgit2 issue 7342). Packed objects are not affected.
+    func guardLooseObject(_ id: ObjectID) throws(GitError) {
+        guard let gitdir = git_repository_path(pointer) else { return }
+        let hex = id.hex
+        let path = String(cString: gitdir) + "objects/" + hex.prefix(2) + "/" + hex.dropFirst(2)
+        if capstan_loose_object_is_complete(path) == 0 {
+            throw GitError(kind: .corrupt, function: "capstan_loose_object_is_complete",
+                           message: "object \(id.short) is damaged (its file \(path) is truncated or not zlib data)")
+        }
+    }
+
     // MARK: References and commits
 
     /// Resolves a branch, tag, full commit id or revision expression (`main~1`) to a commit.
@@ -112,9 +125,10 @@ final class Repository {
     }
 
     func commitInfo(_ id: ObjectID) throws(GitError) -> CommitInfo {
+        try guardLooseObject(id)
         var oid = id.oid
         var commit: OpaquePointer?
-        try check(git_commit_lookup(&commit, pointer, &oid), "git_commit_lookup")
+        try checkReferenced(git_commit_lookup(&commit, pointer, &oid), "git_commit_lookup", id)
         defer { git_commit_free(commit) }
         let tree = ObjectID(git_commit_tree_id(commit)!)
         let summary = git_commit_summary(commit).map { String(cString: $0) } ?? ""
@@ -140,9 +154,10 @@ final class Repository {
     /// The id of the tree or blob at `path` inside `tree` (`""` is the tree itself), or nil.
     func entry(at path: String, in tree: ObjectID) throws(GitError) -> (ObjectID, EntryKind)? {
         if path.isEmpty { return (tree, .tree) }
+        try guardLooseObject(tree)
         var oid = tree.oid
         var t: OpaquePointer?
-        try check(git_tree_lookup(&t, pointer, &oid), "git_tree_lookup")
+        try checkReferenced(git_tree_lookup(&t, pointer, &oid), "git_tree_lookup", tree)
         defer { git_tree_free(t) }
         var entry: OpaquePointer?
         let rc = git_tree_entry_bypath(&entry, t, path)
@@ -171,9 +186,10 @@ final class Repository {
             visited[tree] = hit
             return hit
         }
+        try guardLooseObject(tree)
         var oid = tree.oid
         var t: OpaquePointer?
-        try check(git_tree_lookup(&t, pointer, &oid), "git_tree_lookup")
+        try checkReferenced(git_tree_lookup(&t, pointer, &oid), "git_tree_lookup", tree)
         defer { git_tree_free(t) }
         var out: [TreeEntry] = []
         for i in 0..<git_tree_entrycount(t) {
@@ -216,9 +232,10 @@ final class Repository {
 
     /// The contents of a blob.
     func blob(_ id: ObjectID) throws(GitError) -> [UInt8] {
+        try guardLooseObject(id)
         var oid = id.oid
         var blob: OpaquePointer?
-        try check(git_blob_lookup(&blob, pointer, &oid), "git_blob_lookup")
+        try checkReferenced(git_blob_lookup(&blob, pointer, &oid), "git_blob_lookup", id)
         defer { git_blob_free(blob) }
         let size = Int(git_blob_rawsize(blob))
         guard size > 0, let raw = git_blob_rawcontent(blob) else { return [] }
@@ -227,13 +244,14 @@ final class Repository {
 
     /// A blob's size, read from the object header without inflating it.
     func blobSize(_ id: ObjectID) throws(GitError) -> Int {
+        try guardLooseObject(id)
         var odb: OpaquePointer?
         try check(git_repository_odb(&odb, pointer), "git_repository_odb")
         defer { git_odb_free(odb) }
         var oid = id.oid
         var size = 0
         var type = GIT_OBJECT_ANY
-        try check(git_odb_read_header(&size, &type, odb, &oid), "git_odb_read_header")
+        try checkReferenced(git_odb_read_header(&size, &type, odb, &oid), "git_odb_read_header", id)
         return size
     }
 
@@ -277,6 +295,27 @@ final class Repository {
 }
 
 extension Repository {
+    /// The first branch whose commit or tree cannot be read, if any: a mirror with missing or
+    /// damaged packs still has its refs, but they point at nothing.
+    func firstUnreadableBranch() -> String? {
+        var iterator: OpaquePointer?
+        guard git_reference_iterator_glob_new(&iterator, pointer, "refs/heads/*") == 0 else { return "refs/heads/*" }
+        defer { git_reference_iterator_free(iterator) }
+        var ref: OpaquePointer?
+        while git_reference_next(&ref, iterator) == 0 {
+            defer { git_reference_free(ref) }
+            let name = git_reference_name(ref).map { String(cString: $0) } ?? "?"
+            guard let target = git_reference_target(ref) else { continue }
+            let id = ObjectID(target)
+            guard let info = try? commitInfo(id), (try? entry(at: "", in: info.tree)) != nil else { return name }
+            var oid = info.tree.oid
+            var tree: OpaquePointer?
+            guard git_tree_lookup(&tree, pointer, &oid) == 0 else { return name }
+            git_tree_free(tree)
+        }
+        return nil
+    }
+
     /// Every reference under `prefix` (`refs/`) with the commit it points at (tags peeled).
     func references(under prefix: String = "refs/") throws(GitError) -> [String: ObjectID] {
         var iterator: OpaquePointer?

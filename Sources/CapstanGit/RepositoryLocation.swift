@@ -31,11 +31,10 @@ public enum RepositoryLocation: Sendable, Equatable, CustomStringConvertible {
             guard ["file", "git", "http", "https", "ssh"].contains(scheme) else { throw .unsupportedScheme(scheme) }
             if scheme == "http" || scheme == "https" {
                 let authority = text[schemeEnd.upperBound...].split(separator: "/", maxSplits: 1).first ?? ""
-                if authority.contains("@") { throw .credentialsInURL(redact(text)) }
+                if authority.contains("@") || userInfoEnd(text) != nil { throw .credentialsInURL(redact(text)) }
             }
-            if scheme == "ssh" {
-                let authority = text[schemeEnd.upperBound...].split(separator: "/", maxSplits: 1).first ?? ""
-                if let at = authority.firstIndex(of: "@"), authority[..<at].contains(":") { throw .credentialsInURL(redact(text)) }
+            if scheme == "ssh", let end = userInfoEnd(text), text[schemeEnd.upperBound..<end].contains(":") {
+                throw .credentialsInURL(redact(text))
             }
             return .remote(url: text)
         }
@@ -55,16 +54,39 @@ public enum RepositoryLocation: Sendable, Equatable, CustomStringConvertible {
         }
     }
 
+    /// Where user info ends (the `@`), when the URL has user info with a password or token:
+    /// `user:secret@` — found even when the secret contains `/` (base64 tokens do), which a
+    /// plain authority parse would take for the start of the path.
+    static func userInfoEnd(_ url: String) -> String.Index? {
+        guard let schemeEnd = url.range(of: "://") else { return nil }
+        let rest = url[schemeEnd.upperBound...]
+        guard let at = rest.lastIndex(of: "@") else { return nil }
+        let info = rest[..<at]
+        // `host/path@x` without a colon before the @ is a path, not credentials.
+        guard let colon = info.firstIndex(of: ":") else {
+            return info.contains("/") ? nil : at
+        }
+        // `host:port/path@x`: digits then a slash after the colon is a port, not a password.
+        let afterColon = info[info.index(after: colon)...]
+        if let slash = afterColon.firstIndex(of: "/"), afterColon[..<slash].allSatisfy(\.isNumber), !afterColon[..<slash].isEmpty {
+            return nil
+        }
+        return at
+    }
+
     /// `https://user:secret@host/x` → `https://host/x`; `ssh://git@host/x` keeps the user name.
     public static func redact(_ url: String) -> String {
-        guard let schemeEnd = url.range(of: "://") else { return url }
-        let rest = url[schemeEnd.upperBound...]
-        let authorityEnd = rest.firstIndex(of: "/") ?? rest.endIndex
-        let authority = rest[..<authorityEnd]
-        guard let at = authority.lastIndex(of: "@") else { return url }
-        let user = authority[..<at]
-        let keep = url.hasPrefix("ssh://") && !user.contains(":") ? String(user) + "@" : ""
-        return String(url[..<schemeEnd.upperBound]) + keep + String(authority[authority.index(after: at)...]) + String(rest[authorityEnd...])
+        guard let schemeEnd = url.range(of: "://"), let at = userInfoEnd(url) else { return url }
+        let user = url[schemeEnd.upperBound..<at]
+        let keep = url.hasPrefix("ssh://") && !user.contains(":") && !user.contains("/") ? String(user) + "@" : ""
+        return String(url[..<schemeEnd.upperBound]) + keep + String(url[url.index(after: at)...])
+    }
+
+    /// `text` with every occurrence of this location's URL replaced by its redacted form (libgit2
+    /// quotes URLs in its messages).
+    public func scrub(_ text: String) -> String {
+        guard case .remote(let url) = self, Self.redact(url) != url else { return text }
+        return text.replacingOccurrences(of: url, with: Self.redact(url))
     }
 
     /// A stable folder name for a remote's mirror: readable part + hash of the URL.

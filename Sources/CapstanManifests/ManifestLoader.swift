@@ -221,7 +221,7 @@ public struct ManifestLoader: Sendable {
     }
 
     private func cacheKey(_ file: ManifestFile) -> ParseCache.Key {
-        ParseCache.Key(identity: file.identity, path: file.path, keepFields: decoder.keepFields)
+        ParseCache.Key(identity: file.identity, path: display(file.path), keepFields: decoder.keepFields)
     }
 
     private func decode(_ file: ManifestFile, usedKeys: inout Set<ParseCache.Key>) async throws -> (ManifestDecoder.FileResult, Bool) {

@@ -8,8 +8,17 @@
 /// Returns 0 or a libgit2 error code.
 int capstan_git_stream_install(void);
 
-/// The timeout applied to connects and to each read or write, in milliseconds (process-wide).
+/// The timeout applied to connects and to each read or write, in milliseconds, and an overall
+/// deadline for the whole operation (a remote that trickles bytes forever is cut off). Both are
+/// per thread: set them on the thread that then runs the libgit2 operation.
 void capstan_git_stream_set_timeout_ms(int timeout_ms);
 int capstan_git_stream_timeout_ms(void);
+void capstan_git_stream_set_deadline_ms(long long milliseconds_from_now);
+void capstan_git_stream_clear_deadline(void);
+
+/// 1 when the loose object file at `path` inflates completely, 0 when it is damaged (truncated,
+/// not zlib), -1 when it cannot be opened. Guards libgit2 1.5, which spins forever on some
+/// truncated loose objects (libgit2 issue 7342).
+int capstan_loose_object_is_complete(const char *path);
 
 #endif
