@@ -45,8 +45,10 @@ let package = Package(
         .testTarget(name: "CapstanCoreTests", dependencies: ["CapstanCore"]),
         .testTarget(name: "CapstanManifestsTests", dependencies: ["CapstanManifests", "CapstanCore"],
                     resources: [.copy("Fixtures")]),
-        .testTarget(name: "CapstanGitTests", dependencies: ["CapstanGit", "CapstanManifests", "CapstanCore"]),
-        .testTarget(name: "CapstanCLITests", dependencies: ["CapstanCLI", "capstan"]),
+        // Real Git for tests (repositories, git daemon, HTTP and stalling servers); no Capstan code.
+        .target(name: "CapstanTestSupport", path: "Tests/CapstanTestSupport"),
+        .testTarget(name: "CapstanGitTests", dependencies: ["CapstanGit", "CapstanManifests", "CapstanCore", "CapstanTestSupport"]),
+        .testTarget(name: "CapstanCLITests", dependencies: ["CapstanCLI", "capstan", "CapstanTestSupport"]),
     ],
     swiftLanguageModes: [.v6]
 )

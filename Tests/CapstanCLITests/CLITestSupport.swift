@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+@testable import CapstanTestSupport
 
 /// Runs the built `capstan` binary as a user would and captures what it prints.
 struct CLI {

@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+@testable import CapstanTestSupport
 
 /// A work repository with the standard desired state, a bare repository it pushes to (served
 /// by `git daemon` when asked), and a state directory.

@@ -2,6 +2,7 @@ import CapstanCore
 import CapstanManifests
 import Foundation
 import Testing
+@testable import CapstanTestSupport
 
 @testable import CapstanGit
 

@@ -1,6 +1,7 @@
 import CapstanCore
 import Foundation
 import Testing
+@testable import CapstanTestSupport
 
 @testable import CapstanGit
 

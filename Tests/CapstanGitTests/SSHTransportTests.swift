@@ -1,6 +1,7 @@
 import CapstanGit
 import Foundation
 import Testing
+@testable import CapstanTestSupport
 
 /// Fetches over real SSH: an OpenSSH server (Debian's openssh-server, installed by .ci/run) on
 /// 127.0.0.1 with a throw-away host key, serving a bare repository made in the test.
@@ -173,7 +174,7 @@ struct SSHTransportTests {
     @Test func refusesAnUnknownHost() async throws {
         let server = try SSHServer()
         let empty = server.path("known_hosts-empty")
-        FileManager.default.createFile(atPath: empty, contents: Data())
+        #expect(FileManager.default.createFile(atPath: empty, contents: Data()))
         do {
             _ = try await server.source(key: "user", knownHosts: empty).open()
             Issue.record("fetch from an unknown host succeeded")

@@ -2,12 +2,11 @@
 // small Python servers (one that never answers, one that serves `git http-backend` behind Basic
 // auth). Nothing here imports Capstan.
 //
-// Tests/CapstanCLITests/GitFixtures.swift is a copy of this file (test targets cannot share
-// code); keep the two identical.
+// A library shared by the test targets (they import it with `@testable import`, since tests
+// are built with testing enabled).
 
 import Foundation
 import Synchronization
-import Testing
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Darwin)
