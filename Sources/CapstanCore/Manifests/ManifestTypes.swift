@@ -100,24 +100,24 @@ public enum Manifest: Hashable, Sendable {
     }
 }
 
-// MARK: - Config
+// MARK: - Objects
 
-/// `kind: Config` — repository-level settings, read from `capstan.yaml` at the root.
+/// One decoded object: its metadata, its spec and where it was written.
 ///
 /// Immutable and shared by reference: the desired state of a large repository holds tens of
 /// thousands of these, and passing them around must not copy their fields.
-public final class ConfigManifest: Hashable, Sendable {
+public final class ManifestObject<Spec: Hashable & Sendable>: Hashable, Sendable {
     public let metadata: ObjectMeta
-    public let spec: ConfigSpec
+    public let spec: Spec
     public let origin: ManifestOrigin
 
-    public init(metadata: ObjectMeta, spec: ConfigSpec, origin: ManifestOrigin) {
+    public init(metadata: ObjectMeta, spec: Spec, origin: ManifestOrigin) {
         self.metadata = metadata
         self.spec = spec
         self.origin = origin
     }
 
-    public static func == (a: ConfigManifest, b: ConfigManifest) -> Bool {
+    public static func == (a: ManifestObject, b: ManifestObject) -> Bool {
         a === b || (a.metadata == b.metadata && a.spec == b.spec && a.origin == b.origin)
     }
 
@@ -126,6 +126,15 @@ public final class ConfigManifest: Hashable, Sendable {
         hasher.combine(spec)
     }
 }
+
+/// `kind: Config` — repository-level settings, read from `capstan.yaml` at the root.
+public typealias ConfigManifest = ManifestObject<ConfigSpec>
+/// `kind: Model` — a registered model and how to produce, check, name and serve its versions.
+public typealias ModelManifest = ManifestObject<ModelSpec>
+/// `kind: Deployment` — an endpoint serving one model's version, and how to roll new ones out.
+public typealias DeploymentManifest = ManifestObject<DeploymentSpec>
+
+// MARK: - Config
 
 public struct ConfigSpec: Hashable, Sendable, Codable {
     /// Folders (relative to the root) whose manifests are loaded, as written; empty means the
@@ -221,31 +230,6 @@ public struct Policy: Hashable, Sendable, Codable {
 }
 
 // MARK: - Model
-
-/// `kind: Model` — a registered model and how to produce, check, name and serve its versions.
-///
-/// Immutable and shared by reference: the desired state of a large repository holds tens of
-/// thousands of these, and passing them around must not copy their fields.
-public final class ModelManifest: Hashable, Sendable {
-    public let metadata: ObjectMeta
-    public let spec: ModelSpec
-    public let origin: ManifestOrigin
-
-    public init(metadata: ObjectMeta, spec: ModelSpec, origin: ManifestOrigin) {
-        self.metadata = metadata
-        self.spec = spec
-        self.origin = origin
-    }
-
-    public static func == (a: ModelManifest, b: ModelManifest) -> Bool {
-        a === b || (a.metadata == b.metadata && a.spec == b.spec && a.origin == b.origin)
-    }
-
-    public func hash(into hasher: inout Hasher) {
-        hasher.combine(metadata)
-        hasher.combine(spec)
-    }
-}
 
 public struct ModelSpec: Hashable, Sendable, Codable {
     public var description: String?
@@ -416,31 +400,6 @@ public struct RetentionSpec: Hashable, Sendable, Codable {
 }
 
 // MARK: - Deployment
-
-/// `kind: Deployment` — an endpoint serving one model's version, and how to roll new ones out.
-///
-/// Immutable and shared by reference: the desired state of a large repository holds tens of
-/// thousands of these, and passing them around must not copy their fields.
-public final class DeploymentManifest: Hashable, Sendable {
-    public let metadata: ObjectMeta
-    public let spec: DeploymentSpec
-    public let origin: ManifestOrigin
-
-    public init(metadata: ObjectMeta, spec: DeploymentSpec, origin: ManifestOrigin) {
-        self.metadata = metadata
-        self.spec = spec
-        self.origin = origin
-    }
-
-    public static func == (a: DeploymentManifest, b: DeploymentManifest) -> Bool {
-        a === b || (a.metadata == b.metadata && a.spec == b.spec && a.origin == b.origin)
-    }
-
-    public func hash(into hasher: inout Hasher) {
-        hasher.combine(metadata)
-        hasher.combine(spec)
-    }
-}
 
 public enum DeploymentTarget: Hashable, Sendable, Codable, CustomStringConvertible {
     case alias(String)
