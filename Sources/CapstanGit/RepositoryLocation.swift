@@ -14,7 +14,7 @@ public enum RepositoryLocation: Sendable, Equatable, CustomStringConvertible {
         public var description: String {
             switch self {
             case .credentialsInURL(let shown):
-                return "'\(shown)' carries credentials; remove them from the URL and set CAPSTAN_GIT_TOKEN (or CAPSTAN_GIT_USERNAME and CAPSTAN_GIT_PASSWORD) instead"
+                return "the URL of \(shown) carries credentials (not shown here); remove them from the URL and set CAPSTAN_GIT_TOKEN (or CAPSTAN_GIT_USERNAME and CAPSTAN_GIT_PASSWORD) instead"
             case .unsupportedScheme(let scheme):
                 return "unsupported repository URL scheme '\(scheme)'; use a path, file://, git://, http(s)://, ssh:// or user@host:path"
             case .notFound(let path):
