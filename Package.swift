@@ -11,6 +11,7 @@ let package = Package(
         .package(url: "https://github.com/jpsim/Yams.git", from: "6.2.2"),
         .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
         .package(url: "https://github.com/apple/swift-crypto.git", from: "3.12.3"),
+        .package(url: "https://github.com/groue/GRDB.swift.git", from: "7.10.0"),
     ],
     targets: [
         // Functional core: manifest types, diagnostics, ports. No I/O.
@@ -32,6 +33,13 @@ let package = Package(
             "CCapstanGitStream",
             .product(name: "Crypto", package: "swift-crypto"),
         ]),
+        // SQLite (GRDB): the state database (state, embedded registry, audit log, locks) and the
+        // content-addressed artifact store.
+        .target(name: "CapstanStore", dependencies: [
+            "CapstanCore",
+            .product(name: "GRDB", package: "GRDB.swift"),
+            .product(name: "Crypto", package: "swift-crypto"),
+        ]),
         // Commands; the only layer that wires adapters together.
         .target(name: "CapstanCLI", dependencies: [
             "CapstanCore",
@@ -48,6 +56,9 @@ let package = Package(
         // Real Git for tests (repositories, git daemon, HTTP and stalling servers); no Capstan code.
         .target(name: "CapstanTestSupport", path: "Tests/CapstanTestSupport"),
         .testTarget(name: "CapstanGitTests", dependencies: ["CapstanGit", "CapstanManifests", "CapstanCore", "CapstanTestSupport"]),
+        .testTarget(name: "CapstanStoreTests", dependencies: [
+            "CapstanStore", "CapstanCore", .product(name: "GRDB", package: "GRDB.swift"),
+        ]),
         .testTarget(name: "CapstanCLITests", dependencies: ["CapstanCLI", "capstan", "CapstanTestSupport"]),
     ],
     swiftLanguageModes: [.v6]

@@ -1,0 +1,256 @@
+import Crypto
+import Foundation
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// Content-addressed storage for training outputs: `<stateDir>/artifacts/sha256/<hex>/`.
+///
+/// A folder is copied into a temporary folder under `artifacts/`, its digest computed over the
+/// copy, and the copy renamed into place; when that digest is already stored the copy is
+/// discarded and the stored one reused. Stored files are made read-only. `verify` and `open`
+/// recompute the digest, so an artifact changed in place is detected and not used.
+///
+/// The digest is `sha256:` + the SHA-256 of the folder's canonical listing: for every entry,
+/// sorted by relative path (UTF-8 bytes, `/` separated), either
+///
+///     "D <path>\0"                         a folder
+///     "F <x|-> <sha256 of contents> <path>\0"   a file, `x` when any execute bit is set
+///
+/// Ownership, times and the other mode bits are not part of it. This format NEVER changes: every
+/// stored digest depends on it. Symlinks and special files are refused.
+public struct ArtifactStore: Sendable {
+    /// `<stateDir>/artifacts`.
+    public let root: String
+
+    public init(stateDirectory: String) {
+        root = URL(fileURLWithPath: stateDirectory).appendingPathComponent("artifacts").path
+    }
+
+    public struct StoredArtifact: Hashable, Sendable {
+        /// `sha256:<64 hex digits>`.
+        public var digest: String
+        /// The stored folder.
+        public var path: String
+    }
+
+    var objects: String { root + "/sha256" }
+
+    /// The folder that holds `digest`, whether or not it exists.
+    public func path(for digest: String) throws -> String {
+        objects + "/" + (try Self.hex(of: digest))
+    }
+
+    /// Copies `directory` into the store and returns its digest and stored path.
+    public func store(directory: String) throws -> StoredArtifact {
+        let fm = FileManager.default
+        var isFolder: ObjCBool = false
+        guard fm.fileExists(atPath: directory, isDirectory: &isFolder), isFolder.boolValue else {
+            throw StoreError(code: .fileSystem, message: "training output '\(directory)' is not a folder", path: directory)
+        }
+        // Refuse before copying anything.
+        let entries = try Self.listing(of: directory)
+        try Self.make(objects)
+        let temporary = root + "/.tmp-\(getpid())-\(UInt64.random(in: 0...UInt64.max))"
+        do {
+            try Self.make(temporary)
+            for entry in entries {
+                let target = temporary + "/" + entry.path
+                if entry.isFolder {
+                    try Self.make(target)
+                } else {
+                    try Self.copyFile(from: directory + "/" + entry.path, to: target, executable: entry.executable)
+                }
+            }
+            // The digest describes what was stored, read back from the copy.
+            let digest = try Self.digest(of: temporary)
+            let target = objects + "/" + (try Self.hex(of: digest))
+            if fm.fileExists(atPath: target) {
+                try Self.remove(temporary)
+            } else if rename(temporary, target) != 0 {
+                let code = errno
+                try Self.remove(temporary)
+                // Another process stored the same contents first; theirs is identical.
+                guard fm.fileExists(atPath: target) else {
+                    throw StoreError(code: .fileSystem,
+                                     message: "cannot move the copy of '\(directory)' into '\(target)': \(String(cString: strerror(code)))",
+                                     path: target)
+                }
+            }
+            return StoredArtifact(digest: digest, path: target)
+        } catch {
+            try? Self.remove(temporary)
+            throw error
+        }
+    }
+
+    /// Recomputes the digest of a stored artifact; throws when it is missing or was changed.
+    public func verify(digest: String) throws {
+        let path = try path(for: digest)
+        var isFolder: ObjCBool = false
+        guard FileManager.default.fileExists(atPath: path, isDirectory: &isFolder), isFolder.boolValue else {
+            throw StoreError(code: .artifactMissing,
+                             message: "artifact \(digest) is not in the artifact store ('\(path)' does not exist); retrain the version to recreate it",
+                             path: path)
+        }
+        let actual: String
+        do {
+            actual = try Self.digest(of: path)
+        } catch let error as StoreError where error.code == .unsupportedEntry {
+            throw modified(digest, path: path, detail: error.message)
+        }
+        guard actual == digest else {
+            throw modified(digest, path: path, detail: "its contents now hash to \(actual)")
+        }
+    }
+
+    /// The stored folder of `digest`, after checking that its contents still match.
+    public func open(digest: String) throws -> String {
+        try verify(digest: digest)
+        return try path(for: digest)
+    }
+
+    func modified(_ digest: String, path: String, detail: String) -> StoreError {
+        StoreError(code: .artifactModified,
+                   message: "artifact \(digest) at '\(path)' was changed after it was stored (\(detail)); it will not be used. Remove the folder and retrain the version, or restore it from a backup",
+                   path: path)
+    }
+
+    // MARK: - Digest
+
+    struct Entry {
+        var path: String
+        var isFolder: Bool
+        var executable: Bool
+    }
+
+    /// Every entry below `directory`, sorted by relative path; refuses symlinks and special files.
+    static func listing(of directory: String) throws -> [Entry] {
+        var entries: [Entry] = []
+        func walk(_ relative: String) throws {
+            let folder = relative.isEmpty ? directory : directory + "/" + relative
+            let names: [String]
+            do {
+                names = try FileManager.default.contentsOfDirectory(atPath: folder)
+            } catch {
+                throw StoreError(code: .fileSystem, message: "cannot list '\(folder)'", path: folder, underlying: error)
+            }
+            for name in names {
+                let path = relative.isEmpty ? name : relative + "/" + name
+                let full = directory + "/" + path
+                var info = stat()
+                guard lstat(full, &info) == 0 else {
+                    throw StoreError(code: .fileSystem,
+                                     message: "cannot read '\(full)': \(String(cString: strerror(errno)))", path: full)
+                }
+                switch info.st_mode & S_IFMT {
+                case S_IFDIR:
+                    entries.append(Entry(path: path, isFolder: true, executable: false))
+                    try walk(path)
+                case S_IFREG:
+                    entries.append(Entry(path: path, isFolder: false, executable: info.st_mode & 0o111 != 0))
+                case S_IFLNK:
+                    throw StoreError(code: .unsupportedEntry,
+                                     message: "'\(full)' is a symlink; artifacts may hold only files and folders. Copy the file it points to instead",
+                                     path: full)
+                default:
+                    throw StoreError(code: .unsupportedEntry,
+                                     message: "'\(full)' is not a regular file or folder; artifacts may hold only files and folders",
+                                     path: full)
+                }
+            }
+        }
+        try walk("")
+        return entries.sorted { Array($0.path.utf8).lexicographicallyPrecedes(Array($1.path.utf8)) }
+    }
+
+    /// `sha256:<hex>` of `directory`'s canonical listing (see the type's documentation).
+    static func digest(of directory: String) throws -> String {
+        var hasher = SHA256()
+        for entry in try listing(of: directory) {
+            let line: String
+            if entry.isFolder {
+                line = "D \(entry.path)\0"
+            } else {
+                line = "F \(entry.executable ? "x" : "-") \(try fileDigest(directory + "/" + entry.path)) \(entry.path)\0"
+            }
+            hasher.update(data: Data(line.utf8))
+        }
+        return "sha256:" + hexString(hasher.finalize())
+    }
+
+    static func fileDigest(_ path: String) throws -> String {
+        guard let handle = FileHandle(forReadingAtPath: path) else {
+            throw StoreError(code: .fileSystem, message: "cannot read '\(path)'", path: path)
+        }
+        defer { try? handle.close() }
+        var hash = SHA256()
+        do {
+            while let chunk = try handle.read(upToCount: 1 << 20), !chunk.isEmpty {
+                hash.update(data: chunk)
+            }
+        } catch {
+            throw StoreError(code: .fileSystem, message: "cannot read '\(path)'", path: path, underlying: error)
+        }
+        return hexString(hash.finalize())
+    }
+
+    static func hexString(_ digest: SHA256.Digest) -> String {
+        digest.map { String(format: "%02x", $0) }.joined()
+    }
+
+    /// The hex part of a `sha256:<hex>` digest, checked so that it cannot name another path.
+    static func hex(of digest: String) throws -> String {
+        let hex = digest.hasPrefix("sha256:") ? String(digest.dropFirst(7)) : ""
+        guard hex.utf8.count == 64, hex.utf8.allSatisfy({ (48...57).contains($0) || (97...102).contains($0) }) else {
+            throw StoreError(code: .invalidDigest,
+                             message: "'\(digest)' is not an artifact digest (expected 'sha256:' and 64 lowercase hex digits)",
+                             path: digest)
+        }
+        return hex
+    }
+
+    // MARK: - Files
+
+    static func make(_ folder: String) throws {
+        do {
+            try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true,
+                                                    attributes: [.posixPermissions: 0o755])
+        } catch {
+            throw StoreError(code: .fileSystem, message: "cannot create '\(folder)'", path: folder, underlying: error)
+        }
+    }
+
+    /// Copies one file in chunks and makes the copy read-only (0444, or 0555 when executable).
+    static func copyFile(from source: String, to target: String, executable: Bool) throws {
+        guard let input = FileHandle(forReadingAtPath: source) else {
+            throw StoreError(code: .fileSystem, message: "cannot read '\(source)'", path: source)
+        }
+        defer { try? input.close() }
+        guard FileManager.default.createFile(atPath: target, contents: nil, attributes: [.posixPermissions: 0o644]),
+              let output = FileHandle(forWritingAtPath: target) else {
+            throw StoreError(code: .fileSystem, message: "cannot write '\(target)'", path: target)
+        }
+        defer { try? output.close() }
+        do {
+            while let chunk = try input.read(upToCount: 1 << 20), !chunk.isEmpty {
+                try output.write(contentsOf: chunk)
+            }
+            try output.synchronize()
+            try FileManager.default.setAttributes([.posixPermissions: executable ? 0o555 : 0o444], ofItemAtPath: target)
+        } catch {
+            throw StoreError(code: .fileSystem, message: "cannot copy '\(source)' to '\(target)'", path: target, underlying: error)
+        }
+    }
+
+    static func remove(_ path: String) throws {
+        do {
+            try FileManager.default.removeItem(atPath: path)
+        } catch {
+            throw StoreError(code: .fileSystem, message: "cannot remove '\(path)'", path: path, underlying: error)
+        }
+    }
+}

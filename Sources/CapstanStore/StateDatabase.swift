@@ -1,0 +1,283 @@
+import Foundation
+import GRDB
+
+/// Capstan's state database, `<stateDir>/capstan.db`: the embedded model registry (models,
+/// versions, aliases), the alias history, the audit log, the operation journal and locks.
+///
+/// One SQLite file in WAL mode, opened as a `DatabasePool` (one writer, concurrent readers),
+/// foreign keys on, a 5 s busy timeout so that two Capstan processes wait for each other rather
+/// than fail. The schema is created and upgraded by `StateDatabase.migrator`.
+///
+/// Before anything writes to an existing file it is inspected read-only, and refused, untouched,
+/// when it is not a SQLite database or is damaged, when a newer Capstan wrote it, or when it is
+/// another application's database. Capstan never resets or "repairs" a state database.
+public final class StateDatabase: Sendable {
+    public static let fileName = "capstan.db"
+    /// `PRAGMA application_id`, the ASCII bytes 'CAPS'.
+    public static let applicationID: Int32 = 0x4341_5053
+    /// The schema version this build creates and understands: the number of the last migration.
+    public static let schemaVersion = 1
+    /// Names of the migrations this build knows, in order (`v1`, `v2`…).
+    public static let knownMigrations: [String] = (1...schemaVersion).map { "v\($0)" }
+
+    /// The database file.
+    public let path: String
+    /// The connection pool. Writes go through `pool.write`, reads through `pool.read`.
+    public let pool: DatabasePool
+
+    /// Opens `<stateDirectory>/capstan.db`, creating the folder and the file when missing, and
+    /// migrates it to `schemaVersion`. Throws `StoreError` (and leaves the file as it was) when
+    /// the file cannot be used.
+    public init(stateDirectory: String) throws {
+        let fm = FileManager.default
+        do {
+            try fm.createDirectory(atPath: stateDirectory, withIntermediateDirectories: true)
+        } catch {
+            throw StoreError(code: .fileSystem,
+                             message: "cannot create the state folder '\(stateDirectory)'; check its permissions",
+                             path: stateDirectory, underlying: error)
+        }
+        let path = URL(fileURLWithPath: stateDirectory).appendingPathComponent(Self.fileName).path
+        self.path = path
+
+        try Self.inspect(path: path)
+
+        var configuration = Configuration()
+        configuration.foreignKeysEnabled = true
+        configuration.busyMode = .timeout(5)
+        configuration.label = "capstan.state"
+        // `DatabasePool` puts the file in WAL mode (a no-op when it already is).
+        let pool: DatabasePool
+        do {
+            pool = try DatabasePool(path: path, configuration: configuration)
+            try Self.migrator.migrate(pool)
+        } catch {
+            throw StoreError(code: .databaseFailure,
+                             message: "cannot open the state database '\(path)'",
+                             path: path, underlying: error)
+        }
+        self.pool = pool
+    }
+
+    /// Closes every connection. The pool cannot be used afterwards.
+    public func close() throws {
+        try pool.close()
+    }
+
+    // MARK: - Inspection (read-only)
+
+    /// What `inspect` found in an existing file.
+    struct Inspection {
+        var applicationID: Int32
+        var tableCount: Int
+        var userVersion: Int
+        var metaSchemaVersion: Int?
+        var appliedMigrations: [String]
+    }
+
+    /// Checks an existing file without writing to it. A missing or empty file passes (it is
+    /// created or initialized by the migrator).
+    static func inspect(path: String) throws {
+        let fm = FileManager.default
+        guard fm.fileExists(atPath: path) else { return }
+        let size = (try? fm.attributesOfItem(atPath: path)[.size] as? NSNumber)?.intValue ?? 0
+        if size == 0 { return }
+
+        // The 16-byte SQLite header, read directly: SQLite itself may accept odd files lazily.
+        let header = FileHandle(forReadingAtPath: path).flatMap { handle in
+            defer { try? handle.close() }
+            return try? handle.read(upToCount: 16)
+        } ?? Data()
+        guard header == Data("SQLite format 3\0".utf8) else {
+            throw damaged(path, detail: "it is not a SQLite database")
+        }
+
+        let found: Inspection
+        do {
+            var configuration = Configuration()
+            configuration.readonly = true
+            configuration.busyMode = .timeout(5)
+            configuration.label = "capstan.state.inspect"
+            let queue = try DatabaseQueue(path: path, configuration: configuration)
+            defer { try? queue.close() }
+            found = try queue.read { db in
+                let check = try String.fetchAll(db, sql: "PRAGMA quick_check")
+                if check != ["ok"] {
+                    throw damaged(path, detail: "SQLite's integrity check reports: \(check.prefix(3).joined(separator: "; "))")
+                }
+                let applicationID = try Int32.fetchOne(db, sql: "PRAGMA application_id") ?? 0
+                let tables = try String.fetchAll(db, sql: "SELECT name FROM sqlite_master WHERE type = 'table'")
+                let userVersion = try Int.fetchOne(db, sql: "PRAGMA user_version") ?? 0
+                var metaVersion: Int?
+                if tables.contains("capstan_meta") {
+                    metaVersion = try String.fetchOne(db, sql: "SELECT value FROM capstan_meta WHERE key = 'schema_version'")
+                        .flatMap { Int($0) }
+                }
+                var applied: [String] = []
+                if tables.contains("grdb_migrations") {
+                    applied = try String.fetchAll(db, sql: "SELECT identifier FROM grdb_migrations")
+                }
+                return Inspection(applicationID: applicationID, tableCount: tables.count, userVersion: userVersion,
+                                  metaSchemaVersion: metaVersion, appliedMigrations: applied)
+            }
+        } catch let error as StoreError {
+            throw error
+        } catch let error as DatabaseError where [.SQLITE_CORRUPT, .SQLITE_NOTADB].contains(error.resultCode) {
+            throw damaged(path, detail: "SQLite reports it malformed", underlying: error)
+        } catch {
+            throw StoreError(code: .databaseFailure,
+                             message: "cannot read the state database '\(path)'; check that the file is readable and not locked by another program",
+                             path: path, underlying: error)
+        }
+
+        if found.applicationID != applicationID {
+            // An empty database (no tables) is ours to initialize, whatever created it.
+            guard found.tableCount == 0 else {
+                throw StoreError(
+                    code: .foreignDatabase,
+                    message: "'\(path)' is a SQLite database of another application (application_id \(hex(found.applicationID)), \(found.tableCount) tables), not Capstan's state database; Capstan left it unchanged. Point --state-dir at another folder or move the file aside",
+                    path: path)
+            }
+            return
+        }
+
+        let unknown = found.appliedMigrations.filter { !knownMigrations.contains($0) }
+        let migrationVersions = found.appliedMigrations.compactMap { name in
+            name.first == "v" ? Int(name.dropFirst()) : nil
+        }
+        let databaseVersion = ([found.userVersion, found.metaSchemaVersion ?? 0] + migrationVersions).max() ?? 0
+        if databaseVersion > schemaVersion || !unknown.isEmpty {
+            let names = unknown.isEmpty ? "" : "; migrations unknown to this build: \(unknown.sorted().joined(separator: ", "))"
+            throw StoreError(
+                code: .newerDatabase,
+                message: "'\(path)' was written by a newer Capstan (database schema version \(databaseVersion)\(names)); this Capstan supports schema version \(schemaVersion). Capstan left it unchanged: upgrade Capstan to use this state folder",
+                path: path)
+        }
+    }
+
+    static func damaged(_ path: String, detail: String, underlying: (any Error)? = nil) -> StoreError {
+        StoreError(code: .damagedDatabase,
+                   message: "the state database '\(path)' is damaged (\(detail)); Capstan left it unchanged. Restore it from a backup, or move it aside to start with an empty state",
+                   path: path, underlying: underlying)
+    }
+
+    static func hex(_ value: Int32) -> String {
+        "0x" + String(UInt32(bitPattern: value), radix: 16, uppercase: true)
+    }
+
+    // MARK: - Schema
+
+    /// The schema's history. A migration is named `vN` and sets the schema version to N.
+    ///
+    /// Released migrations NEVER change: a database records which ones it has applied and will
+    /// not run them again, so an edit would only reach new databases. Change the schema by
+    /// appending `v2`, `v3`… and raising `schemaVersion`.
+    public static var migrator: DatabaseMigrator {
+        var migrator = DatabaseMigrator()
+        migrator.registerMigration("v1") { db in
+            try db.execute(sql: """
+                CREATE TABLE capstan_meta (
+                    key   TEXT PRIMARY KEY NOT NULL,
+                    value TEXT NOT NULL
+                );
+
+                CREATE TABLE models (
+                    name        TEXT PRIMARY KEY NOT NULL,
+                    description TEXT NOT NULL DEFAULT '',
+                    labels      TEXT NOT NULL DEFAULT '{}' CHECK (json_valid(labels)),
+                    created_at  TEXT NOT NULL,
+                    updated_at  TEXT NOT NULL
+                );
+
+                CREATE TABLE versions (
+                    model           TEXT NOT NULL REFERENCES models(name),
+                    number          INTEGER NOT NULL CHECK (number >= 1),
+                    status          TEXT NOT NULL
+                                    CHECK (status IN ('training', 'trained', 'validated', 'rejected', 'failed')),
+                    fingerprint     TEXT NOT NULL,
+                    commit_id       TEXT,
+                    params          TEXT NOT NULL DEFAULT '{}' CHECK (json_valid(params)),
+                    metrics         TEXT NOT NULL DEFAULT '{}' CHECK (json_valid(metrics)),
+                    artifact_digest TEXT,
+                    artifact_path   TEXT,
+                    gate_results    TEXT NOT NULL DEFAULT '[]' CHECK (json_valid(gate_results)),
+                    log_tail        TEXT,
+                    created_at      TEXT NOT NULL,
+                    tags            TEXT NOT NULL DEFAULT '{}' CHECK (json_valid(tags)),
+                    PRIMARY KEY (model, number),
+                    UNIQUE (model, fingerprint)
+                );
+
+                CREATE TABLE aliases (
+                    model      TEXT NOT NULL REFERENCES models(name),
+                    alias      TEXT NOT NULL,
+                    version    INTEGER NOT NULL,
+                    updated_at TEXT NOT NULL,
+                    PRIMARY KEY (model, alias),
+                    FOREIGN KEY (model, version) REFERENCES versions(model, number)
+                );
+
+                -- History outlives what it mentions: no foreign keys.
+                CREATE TABLE alias_history (
+                    id           INTEGER PRIMARY KEY AUTOINCREMENT,
+                    model        TEXT NOT NULL,
+                    alias        TEXT NOT NULL,
+                    from_version INTEGER,
+                    to_version   INTEGER,
+                    at           TEXT NOT NULL,
+                    commit_id    TEXT,
+                    reason       TEXT NOT NULL DEFAULT ''
+                );
+                CREATE INDEX alias_history_by_alias ON alias_history(model, alias, id);
+
+                CREATE TABLE audit_log (
+                    id        INTEGER PRIMARY KEY AUTOINCREMENT,
+                    at        TEXT NOT NULL,
+                    actor     TEXT NOT NULL,
+                    host      TEXT NOT NULL,
+                    commit_id TEXT,
+                    object    TEXT NOT NULL,
+                    action    TEXT NOT NULL,
+                    "before"  TEXT CHECK ("before" IS NULL OR json_valid("before")),
+                    "after"   TEXT CHECK ("after" IS NULL OR json_valid("after")),
+                    reason    TEXT NOT NULL DEFAULT ''
+                );
+                CREATE INDEX audit_log_by_object ON audit_log(object, id);
+
+                CREATE TABLE journal (
+                    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+                    operation   TEXT NOT NULL,
+                    subject     TEXT NOT NULL,
+                    state       TEXT NOT NULL CHECK (state IN ('started', 'finished', 'failed')),
+                    started_at  TEXT NOT NULL,
+                    finished_at TEXT,
+                    detail      TEXT CHECK (detail IS NULL OR json_valid(detail))
+                );
+                CREATE INDEX journal_unfinished ON journal(state) WHERE state = 'started';
+
+                CREATE TABLE locks (
+                    name       TEXT PRIMARY KEY NOT NULL,
+                    holder     TEXT NOT NULL,
+                    host       TEXT NOT NULL,
+                    pid        INTEGER NOT NULL,
+                    command    TEXT NOT NULL,
+                    started_at TEXT NOT NULL,
+                    expires_at TEXT NOT NULL
+                );
+
+                INSERT INTO capstan_meta (key, value) VALUES ('application', 'capstan');
+                """)
+            try db.execute(sql: "PRAGMA application_id = \(applicationID)")
+            try setSchemaVersion(1, in: db)
+        }
+        return migrator
+    }
+
+    /// Records the schema version in both `PRAGMA user_version` and `capstan_meta`; part of the
+    /// migration's transaction.
+    static func setSchemaVersion(_ version: Int, in db: Database) throws {
+        try db.execute(sql: "PRAGMA user_version = \(version)")
+        try db.execute(sql: "INSERT OR REPLACE INTO capstan_meta (key, value) VALUES ('schema_version', ?)",
+                       arguments: [String(version)])
+    }
+}

@@ -1,0 +1,42 @@
+/// A failure of the state database or the artifact store: what went wrong (a stable code), a
+/// message that names the file and says what to do, the file at fault, and the underlying cause.
+public struct StoreError: Error, Sendable, CustomStringConvertible {
+    public enum Code: String, Sendable, Equatable {
+        /// The file is not a SQLite database, or SQLite reports it damaged.
+        case damagedDatabase
+        /// The database was written by a newer Capstan (unknown schema version or migrations).
+        case newerDatabase
+        /// The file is another application's SQLite database.
+        case foreignDatabase
+        /// Opening, reading or migrating the database failed for another reason.
+        case databaseFailure
+        /// A stored artifact's contents no longer match its digest.
+        case artifactModified
+        /// No artifact is stored under that digest.
+        case artifactMissing
+        /// A digest string is not `sha256:` followed by 64 lowercase hex digits.
+        case invalidDigest
+        /// A training output holds a symlink or another entry that is not a file or a folder.
+        case unsupportedEntry
+        /// Reading or writing files failed.
+        case fileSystem
+    }
+
+    public var code: Code
+    public var message: String
+    /// The file or folder at fault.
+    public var path: String
+    public var underlying: (any Error)?
+
+    public init(code: Code, message: String, path: String, underlying: (any Error)? = nil) {
+        self.code = code
+        self.message = message
+        self.path = path
+        self.underlying = underlying
+    }
+
+    public var description: String {
+        guard let underlying else { return message }
+        return "\(message) (\(underlying))"
+    }
+}

@@ -1,0 +1,147 @@
+@testable import CapstanStore
+import Foundation
+import Testing
+
+@Suite struct ArtifactStoreTests {
+    /// A training output: a file, an executable, a nested file and an empty folder.
+    func makeOutput(in temp: TemporaryDirectory, at relative: String = "output") throws -> String {
+        try temp.write("\(relative)/model.bin", garbage(count: 3000))
+        try temp.write("\(relative)/predict.sh", "#!/bin/sh\necho hi\n", mode: 0o755)
+        try temp.write("\(relative)/meta/config.json", #"{"lr": 0.1}"#)
+        try FileManager.default.createDirectory(atPath: temp.path + "/\(relative)/empty", withIntermediateDirectories: true)
+        return temp.path + "/" + relative
+    }
+
+    func contents(_ path: String) throws -> [String] {
+        (try? FileManager.default.contentsOfDirectory(atPath: path))?.sorted() ?? []
+    }
+
+    @Test func storingTheSameOutputTwiceKeepsOneCopy() throws {
+        let temp = try TemporaryDirectory()
+        let store = ArtifactStore(stateDirectory: temp.path + "/state")
+        let first = try store.store(directory: try makeOutput(in: temp))
+        // The same contents elsewhere have the same address.
+        let second = try store.store(directory: try makeOutput(in: temp, at: "elsewhere/output"))
+
+        #expect(first == second)
+        #expect(first.digest.hasPrefix("sha256:") && first.digest.count == 7 + 64)
+        #expect(first.path == temp.path + "/state/artifacts/sha256/" + first.digest.dropFirst(7))
+        #expect(try contents(temp.path + "/state/artifacts/sha256") == [String(first.digest.dropFirst(7))])
+        // No temporary folder is left next to `sha256`.
+        #expect(try contents(temp.path + "/state/artifacts") == ["sha256"])
+
+        // The copy is complete, keeps the execute bit, and is read-only.
+        #expect(try contents(first.path) == ["empty", "meta", "model.bin", "predict.sh"])
+        #expect(try fileBytes(first.path + "/model.bin") == garbage(count: 3000))
+        #expect(try fileBytes(first.path + "/meta/config.json") == Data(#"{"lr": 0.1}"#.utf8))
+        let mode = { (name: String) in
+            try (FileManager.default.attributesOfItem(atPath: first.path + "/" + name)[.posixPermissions] as? NSNumber)?.intValue
+        }
+        #expect(try mode("predict.sh") == 0o555)
+        #expect(try mode("model.bin") == 0o444)
+
+        try store.verify(digest: first.digest)
+        #expect(try store.open(digest: first.digest) == first.path)
+    }
+
+    enum Variation: String, CaseIterable, CustomTestStringConvertible {
+        case contents, executableBit, fileName, emptyFolder
+        var testDescription: String { rawValue }
+    }
+
+    @Test(arguments: Variation.allCases)
+    func theDigestCoversContentsModesAndNames(_ variation: Variation) throws {
+        let temp = try TemporaryDirectory()
+        let store = ArtifactStore(stateDirectory: temp.path + "/state")
+        let output = try makeOutput(in: temp)
+        let original = try store.store(directory: output)
+        switch variation {
+        case .contents: try temp.write("output/meta/config.json", #"{"lr": 0.2}"#)
+        case .executableBit: try FileManager.default.setAttributes([.posixPermissions: 0o755], ofItemAtPath: output + "/model.bin")
+        case .fileName: try FileManager.default.moveItem(atPath: output + "/model.bin", toPath: output + "/model2.bin")
+        case .emptyFolder: try FileManager.default.removeItem(atPath: output + "/empty")
+        }
+        let changed = try store.store(directory: output)
+        #expect(changed.digest != original.digest)
+        #expect(try contents(temp.path + "/state/artifacts/sha256").count == 2)
+    }
+
+    enum Tampering: String, CaseIterable, CustomTestStringConvertible {
+        case rewriteFile, addFile, removeFile, makeExecutable, addSymlink
+        var testDescription: String { rawValue }
+    }
+
+    @Test(arguments: Tampering.allCases)
+    func anArtifactChangedInPlaceIsRefused(_ tampering: Tampering) throws {
+        let temp = try TemporaryDirectory()
+        let store = ArtifactStore(stateDirectory: temp.path + "/state")
+        let stored = try store.store(directory: try makeOutput(in: temp))
+        let fm = FileManager.default
+        switch tampering {
+        case .rewriteFile:
+            try fm.setAttributes([.posixPermissions: 0o644], ofItemAtPath: stored.path + "/model.bin")
+            var bytes = try fileBytes(stored.path + "/model.bin")
+            bytes[100] ^= 0x01
+            try bytes.write(to: URL(fileURLWithPath: stored.path + "/model.bin"))
+        case .addFile: try Data("x".utf8).write(to: URL(fileURLWithPath: stored.path + "/empty/extra"))
+        case .removeFile: try fm.removeItem(atPath: stored.path + "/meta/config.json")
+        case .makeExecutable: try fm.setAttributes([.posixPermissions: 0o555], ofItemAtPath: stored.path + "/model.bin")
+        case .addSymlink: try fm.createSymbolicLink(atPath: stored.path + "/link", withDestinationPath: "model.bin")
+        }
+        let error = #expect(throws: StoreError.self) { try store.verify(digest: stored.digest) }
+        #expect(error?.code == .artifactModified)
+        #expect(error?.message.contains("artifact \(stored.digest) at '\(stored.path)' was changed after it was stored") == true)
+        let openError = #expect(throws: StoreError.self) { try store.open(digest: stored.digest) }
+        #expect(openError?.code == .artifactModified)
+    }
+
+    @Test func aSymlinkInTheOutputIsRefusedAndNothingIsStored() throws {
+        let temp = try TemporaryDirectory()
+        let store = ArtifactStore(stateDirectory: temp.path + "/state")
+        let output = try makeOutput(in: temp)
+        try FileManager.default.createSymbolicLink(atPath: output + "/meta/weights", withDestinationPath: "../model.bin")
+        let error = #expect(throws: StoreError.self) { try store.store(directory: output) }
+        #expect(error?.code == .unsupportedEntry)
+        #expect(error?.message.contains("'\(output)/meta/weights' is a symlink") == true)
+        #expect(try contents(temp.path + "/state/artifacts/sha256") == [])
+        #expect(try contents(temp.path + "/state/artifacts").allSatisfy { !$0.hasPrefix(".tmp-") })
+    }
+
+    /// A copy that fails halfway (here: the copy's paths grow past PATH_MAX while the source's
+    /// do not, which fails even for root) leaves no temporary folder behind.
+    @Test func aFailedCopyLeavesNoTemporaryFolder() throws {
+        let temp = try TemporaryDirectory()
+        let long = String(repeating: "d", count: 200)
+        // The state folder's path is much longer than the output's.
+        let stateDir = temp.path + "/\(long)/\(long)/\(long)"
+        let store = ArtifactStore(stateDirectory: stateDir)
+        try temp.write("o/first.bin", "first")
+        // A file whose full path stays under PATH_MAX (4096) here but not inside the store.
+        var folders: [String] = []
+        while (temp.path + "/o/" + folders.joined(separator: "/")).utf8.count < 3800 {
+            folders.append(long)
+        }
+        try temp.write("o/" + folders.joined(separator: "/") + "/deep.bin", "deep")
+
+        let error = #expect(throws: StoreError.self) { try store.store(directory: temp.path + "/o") }
+        #expect(error?.code == .fileSystem)
+        #expect(try contents(stateDir + "/artifacts") == ["sha256"])
+        #expect(try contents(stateDir + "/artifacts/sha256") == [])
+    }
+
+    @Test(arguments: ["sha256:../../etc", "sha256:" + String(repeating: "A", count: 64), "md5:abc", ""])
+    func aMalformedDigestIsRefused(_ digest: String) throws {
+        let temp = try TemporaryDirectory()
+        let store = ArtifactStore(stateDirectory: temp.path)
+        let error = #expect(throws: StoreError.self) { try store.open(digest: digest) }
+        #expect(error?.code == .invalidDigest)
+    }
+
+    @Test func aMissingArtifactIsReported() throws {
+        let temp = try TemporaryDirectory()
+        let store = ArtifactStore(stateDirectory: temp.path)
+        let digest = "sha256:" + String(repeating: "0", count: 64)
+        let error = #expect(throws: StoreError.self) { try store.verify(digest: digest) }
+        #expect(error?.code == .artifactMissing)
+    }
+}
