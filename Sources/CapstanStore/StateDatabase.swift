@@ -176,6 +176,7 @@ public final class StateDatabase: Sendable {
         var migrator = DatabaseMigrator()
         migrator.registerMigration("v1") { db in
             try db.execute(sql: """
+                -- Times (*_at, at) are milliseconds since the Unix epoch.
                 CREATE TABLE capstan_meta (
                     key   TEXT PRIMARY KEY NOT NULL,
                     value TEXT NOT NULL
@@ -185,8 +186,8 @@ public final class StateDatabase: Sendable {
                     name        TEXT PRIMARY KEY NOT NULL,
                     description TEXT NOT NULL DEFAULT '',
                     labels      TEXT NOT NULL DEFAULT '{}' CHECK (json_valid(labels)),
-                    created_at  TEXT NOT NULL,
-                    updated_at  TEXT NOT NULL
+                    created_at  INTEGER NOT NULL,
+                    updated_at  INTEGER NOT NULL
                 );
 
                 CREATE TABLE versions (
@@ -202,7 +203,7 @@ public final class StateDatabase: Sendable {
                     artifact_path   TEXT,
                     gate_results    TEXT NOT NULL DEFAULT '[]' CHECK (json_valid(gate_results)),
                     log_tail        TEXT,
-                    created_at      TEXT NOT NULL,
+                    created_at      INTEGER NOT NULL,
                     tags            TEXT NOT NULL DEFAULT '{}' CHECK (json_valid(tags)),
                     PRIMARY KEY (model, number),
                     UNIQUE (model, fingerprint)
@@ -212,7 +213,7 @@ public final class StateDatabase: Sendable {
                     model      TEXT NOT NULL REFERENCES models(name),
                     alias      TEXT NOT NULL,
                     version    INTEGER NOT NULL,
-                    updated_at TEXT NOT NULL,
+                    updated_at INTEGER NOT NULL,
                     PRIMARY KEY (model, alias),
                     FOREIGN KEY (model, version) REFERENCES versions(model, number)
                 );
@@ -224,7 +225,7 @@ public final class StateDatabase: Sendable {
                     alias        TEXT NOT NULL,
                     from_version INTEGER,
                     to_version   INTEGER,
-                    at           TEXT NOT NULL,
+                    at           INTEGER NOT NULL,
                     commit_id    TEXT,
                     reason       TEXT NOT NULL DEFAULT ''
                 );
@@ -232,7 +233,7 @@ public final class StateDatabase: Sendable {
 
                 CREATE TABLE audit_log (
                     id        INTEGER PRIMARY KEY AUTOINCREMENT,
-                    at        TEXT NOT NULL,
+                    at        INTEGER NOT NULL,
                     actor     TEXT NOT NULL,
                     host      TEXT NOT NULL,
                     commit_id TEXT,
@@ -249,8 +250,8 @@ public final class StateDatabase: Sendable {
                     operation   TEXT NOT NULL,
                     subject     TEXT NOT NULL,
                     state       TEXT NOT NULL CHECK (state IN ('started', 'finished', 'failed')),
-                    started_at  TEXT NOT NULL,
-                    finished_at TEXT,
+                    started_at  INTEGER NOT NULL,
+                    finished_at INTEGER,
                     detail      TEXT CHECK (detail IS NULL OR json_valid(detail))
                 );
                 CREATE INDEX journal_unfinished ON journal(state) WHERE state = 'started';
@@ -261,8 +262,8 @@ public final class StateDatabase: Sendable {
                     host       TEXT NOT NULL,
                     pid        INTEGER NOT NULL,
                     command    TEXT NOT NULL,
-                    started_at TEXT NOT NULL,
-                    expires_at TEXT NOT NULL
+                    started_at INTEGER NOT NULL,
+                    expires_at INTEGER NOT NULL
                 );
 
                 INSERT INTO capstan_meta (key, value) VALUES ('application', 'capstan');

@@ -20,6 +20,8 @@ public struct StoreError: Error, Sendable, CustomStringConvertible {
         case unsupportedEntry
         /// Reading or writing files failed.
         case fileSystem
+        /// Another process holds the state folder's lock, or this process lost its lease.
+        case locked
     }
 
     public var code: Code

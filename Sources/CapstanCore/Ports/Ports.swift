@@ -9,39 +9,6 @@ public protocol Clock: Sendable {
     func nowMilliseconds() -> Int64
 }
 
-/// Status of a model version in the registry.
-public enum VersionStatus: String, Sendable, Codable, CaseIterable {
-    case training, trained, validated, rejected, failed
-}
-
-/// A version as the registry holds it (actual state).
-public struct RegisteredVersion: Hashable, Sendable, Codable {
-    public var model: String
-    public var number: Int
-    public var status: VersionStatus
-    public var fingerprint: String
-    public var commit: String?
-    public var metrics: [String: Double]
-
-    public init(model: String, number: Int, status: VersionStatus, fingerprint: String, commit: String? = nil, metrics: [String: Double] = [:]) {
-        self.model = model
-        self.number = number
-        self.status = status
-        self.fingerprint = fingerprint
-        self.commit = commit
-        self.metrics = metrics
-    }
-}
-
-/// The model registry: models, versions, aliases (embedded SQLite or MLflow).
-public protocol Registry: Sendable {
-    func versions(of model: String) async throws -> [RegisteredVersion]
-    func version(of model: String, fingerprint: String) async throws -> RegisteredVersion?
-    func resolveAlias(_ alias: String, of model: String) async throws -> Int?
-    func setAlias(_ alias: String, of model: String, to version: Int, reason: String) async throws
-    func deleteAlias(_ alias: String, of model: String, reason: String) async throws
-}
-
 /// What one endpoint of the serving layer serves.
 public struct EndpointState: Hashable, Sendable, Codable {
     public struct Backend: Hashable, Sendable, Codable {

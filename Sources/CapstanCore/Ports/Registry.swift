@@ -1,0 +1,194 @@
+/// Status of a model version: `training → trained → validated | rejected`, or `failed`.
+public enum VersionStatus: String, Sendable, Codable, CaseIterable {
+    case training, trained, validated, rejected, failed
+}
+
+/// A registered model as the registry holds it.
+public struct RegisteredModel: Hashable, Sendable, Codable {
+    public var name: String
+    public var description: String?
+    public var labels: [String: String]
+    /// Milliseconds since the epoch.
+    public var createdAt: Int64
+    public var updatedAt: Int64
+
+    public init(name: String, description: String?, labels: [String: String], createdAt: Int64, updatedAt: Int64) {
+        self.name = name
+        self.description = description
+        self.labels = labels
+        self.createdAt = createdAt
+        self.updatedAt = updatedAt
+    }
+}
+
+/// The outcome of one validation gate for one version.
+public struct GateResult: Hashable, Sendable, Codable {
+    /// `metric accuracy >= 0.9`, `no regression against champion`, `command`.
+    public var gate: String
+    public var passed: Bool
+    public var detail: String
+
+    public init(gate: String, passed: Bool, detail: String) {
+        self.gate = gate
+        self.passed = passed
+        self.detail = detail
+    }
+}
+
+/// An immutable output of one training run, as the registry holds it (actual state).
+public struct ModelVersion: Hashable, Sendable, Codable {
+    public var model: String
+    /// 1, 2, 3… per model, never reused.
+    public var number: Int
+    public var status: VersionStatus
+    public var fingerprint: String
+    /// The commit whose desired state produced it.
+    public var commit: String?
+    public var params: [String: ParamValue]
+    public var metrics: [String: Double]
+    public var artifactDigest: String?
+    public var artifactLocation: String?
+    public var gateResults: [GateResult]
+    /// The last lines of output of a failed run.
+    public var logTail: String?
+    public var tags: [String: String]
+    public var createdAt: Int64
+
+    public init(model: String, number: Int, status: VersionStatus, fingerprint: String, commit: String? = nil,
+                params: [String: ParamValue] = [:], metrics: [String: Double] = [:], artifactDigest: String? = nil,
+                artifactLocation: String? = nil, gateResults: [GateResult] = [], logTail: String? = nil,
+                tags: [String: String] = [:], createdAt: Int64) {
+        self.model = model
+        self.number = number
+        self.status = status
+        self.fingerprint = fingerprint
+        self.commit = commit
+        self.params = params
+        self.metrics = metrics
+        self.artifactDigest = artifactDigest
+        self.artifactLocation = artifactLocation
+        self.gateResults = gateResults
+        self.logTail = logTail
+        self.tags = tags
+        self.createdAt = createdAt
+    }
+}
+
+/// What a new version starts with; the registry assigns its number.
+public struct NewVersion: Hashable, Sendable {
+    public var model: String
+    public var fingerprint: String
+    public var commit: String?
+    public var params: [String: ParamValue]
+    public var status: VersionStatus
+    public var tags: [String: String]
+
+    public init(model: String, fingerprint: String, commit: String? = nil, params: [String: ParamValue] = [:],
+                status: VersionStatus = .training, tags: [String: String] = [:]) {
+        self.model = model
+        self.fingerprint = fingerprint
+        self.commit = commit
+        self.params = params
+        self.status = status
+        self.tags = tags
+    }
+}
+
+/// A change to a version after training or validation; nil fields are left as they are.
+public struct VersionUpdate: Hashable, Sendable {
+    public var status: VersionStatus?
+    public var metrics: [String: Double]?
+    public var artifactDigest: String?
+    public var artifactLocation: String?
+    public var gateResults: [GateResult]?
+    public var logTail: String?
+    public var tags: [String: String]?
+
+    public init(status: VersionStatus? = nil, metrics: [String: Double]? = nil, artifactDigest: String? = nil,
+                artifactLocation: String? = nil, gateResults: [GateResult]? = nil, logTail: String? = nil,
+                tags: [String: String]? = nil) {
+        self.status = status
+        self.metrics = metrics
+        self.artifactDigest = artifactDigest
+        self.artifactLocation = artifactLocation
+        self.gateResults = gateResults
+        self.logTail = logTail
+        self.tags = tags
+    }
+}
+
+/// One move of an alias, kept forever: "which version was champion at time T".
+public struct AliasMove: Hashable, Sendable, Codable {
+    public var model: String
+    public var alias: String
+    /// Nil when the alias was created by this move.
+    public var from: Int?
+    /// Nil when the alias was deleted by this move.
+    public var to: Int?
+    public var at: Int64
+    public var commit: String?
+    public var reason: String
+
+    public init(model: String, alias: String, from: Int?, to: Int?, at: Int64, commit: String?, reason: String) {
+        self.model = model
+        self.alias = alias
+        self.from = from
+        self.to = to
+        self.at = at
+        self.commit = commit
+        self.reason = reason
+    }
+}
+
+/// Why a registry call was refused. Distinct cases so callers (the planner, the CLI) can react.
+public enum RegistryError: Error, Sendable, Equatable, CustomStringConvertible {
+    case modelNotFound(String)
+    case versionNotFound(model: String, number: Int)
+    /// A version with this fingerprint already exists (one fingerprint, one version).
+    case duplicateFingerprint(model: String, fingerprint: String, existing: Int)
+    /// Aliases may point only at validated versions.
+    case notValidated(model: String, number: Int, status: VersionStatus)
+
+    public var description: String {
+        switch self {
+        case .modelNotFound(let m): return "model '\(m)' is not registered"
+        case .versionNotFound(let m, let n): return "model '\(m)' has no version \(n)"
+        case .duplicateFingerprint(let m, let f, let n):
+            return "model '\(m)' already has version \(n) for fingerprint \(f.prefix(12)); one fingerprint never trains twice"
+        case .notValidated(let m, let n, let s):
+            return "version \(n) of model '\(m)' is \(s.rawValue), not validated; aliases point only at validated versions"
+        }
+    }
+}
+
+/// The model registry: models, versions, aliases and their history. Implemented by the embedded
+/// SQLite registry (CapstanStore) and, later, by MLflow's REST registry.
+public protocol Registry: Sendable {
+    func models() async throws -> [RegisteredModel]
+    func model(named name: String) async throws -> RegisteredModel?
+    /// Creates the model, or updates its description and labels.
+    @discardableResult
+    func upsertModel(name: String, description: String?, labels: [String: String]) async throws -> RegisteredModel
+
+    /// Registers a new version with the next number (never reused). Durable when it returns.
+    func createVersion(_ version: NewVersion) async throws -> ModelVersion
+    @discardableResult
+    func updateVersion(model: String, number: Int, _ update: VersionUpdate) async throws -> ModelVersion
+    func versions(of model: String) async throws -> [ModelVersion]
+    func version(of model: String, number: Int) async throws -> ModelVersion?
+    func version(of model: String, fingerprint: String) async throws -> ModelVersion?
+    func versions(of model: String, status: VersionStatus) async throws -> [ModelVersion]
+    /// The newest validated version (what `latest` resolves to).
+    func newestValidated(of model: String) async throws -> ModelVersion?
+
+    /// Alias → version number.
+    func aliases(of model: String) async throws -> [String: Int]
+    func resolveAlias(_ alias: String, of model: String) async throws -> Int?
+    /// Points `alias` at a validated version (moving it if it exists) and records the move.
+    func setAlias(_ alias: String, of model: String, to number: Int, commit: String?, reason: String) async throws
+    func deleteAlias(_ alias: String, of model: String, commit: String?, reason: String) async throws
+    /// Every move of the model's aliases (of one alias when given), oldest first.
+    func aliasHistory(of model: String, alias: String?) async throws -> [AliasMove]
+    /// The version `alias` pointed at, at `time` (ms since the epoch), if any.
+    func aliasHolder(_ alias: String, of model: String, at time: Int64) async throws -> Int?
+}

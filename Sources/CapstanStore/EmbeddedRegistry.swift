@@ -1,0 +1,237 @@
+import CapstanCore
+import Foundation
+import GRDB
+
+/// The model registry in Capstan's state database (the default backend). Every call is one
+/// transaction; a version reported created is committed (WAL) and survives the process being
+/// killed right after.
+public struct EmbeddedRegistry: Registry {
+    public let database: StateDatabase
+    /// Milliseconds since the epoch; tests pass a manual clock.
+    let now: @Sendable () -> Int64
+
+    public init(database: StateDatabase, now: @escaping @Sendable () -> Int64 = { Int64(Date().timeIntervalSince1970 * 1000) }) {
+        self.database = database
+        self.now = now
+    }
+
+    // MARK: Models
+
+    public func models() async throws -> [RegisteredModel] {
+        try await database.pool.read { db in
+            try Row.fetchAll(db, sql: "SELECT * FROM models ORDER BY name").map(Self.model)
+        }
+    }
+
+    public func model(named name: String) async throws -> RegisteredModel? {
+        try await database.pool.read { db in
+            try Row.fetchOne(db, sql: "SELECT * FROM models WHERE name = ?", arguments: [name]).map(Self.model)
+        }
+    }
+
+    @discardableResult
+    public func upsertModel(name: String, description: String?, labels: [String: String]) async throws -> RegisteredModel {
+        let time = now()
+        let labelsJSON = try Self.json(labels)
+        return try await database.pool.write { db in
+            try db.execute(sql: """
+                INSERT INTO models (name, description, labels, created_at, updated_at) VALUES (?, ?, ?, ?, ?)
+                ON CONFLICT(name) DO UPDATE SET description = excluded.description, labels = excluded.labels,
+                    updated_at = excluded.updated_at
+                WHERE models.description IS NOT excluded.description OR models.labels IS NOT excluded.labels
+                """, arguments: [name, description ?? "", labelsJSON, time, time])
+            return try Row.fetchOne(db, sql: "SELECT * FROM models WHERE name = ?", arguments: [name]).map(Self.model)!
+        }
+    }
+
+    // MARK: Versions
+
+    public func createVersion(_ version: NewVersion) async throws -> ModelVersion {
+        let time = now()
+        let params = try Self.json(version.params)
+        let tags = try Self.json(version.tags)
+        return try await database.pool.write { db in
+            guard try Bool.fetchOne(db, sql: "SELECT 1 FROM models WHERE name = ?", arguments: [version.model]) == true else {
+                throw RegistryError.modelNotFound(version.model)
+            }
+            if let existing = try Int.fetchOne(db, sql: "SELECT number FROM versions WHERE model = ? AND fingerprint = ?",
+                                               arguments: [version.model, version.fingerprint]) {
+                throw RegistryError.duplicateFingerprint(model: version.model, fingerprint: version.fingerprint, existing: existing)
+            }
+            // Versions are never deleted, so the next number is never one used before.
+            let number = (try Int.fetchOne(db, sql: "SELECT MAX(number) FROM versions WHERE model = ?", arguments: [version.model]) ?? 0) + 1
+            try db.execute(sql: """
+                INSERT INTO versions (model, number, status, fingerprint, commit_id, params, created_at, tags)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+                """, arguments: [version.model, number, version.status.rawValue, version.fingerprint, version.commit, params, time, tags])
+            return try Self.fetchVersion(db, version.model, number)!
+        }
+    }
+
+    @discardableResult
+    public func updateVersion(model: String, number: Int, _ update: VersionUpdate) async throws -> ModelVersion {
+        var sets: [String] = []
+        var arguments: StatementArguments = []
+        if let s = update.status { sets.append("status = ?"); arguments += [s.rawValue] }
+        if let m = update.metrics { sets.append("metrics = ?"); arguments += [try Self.json(m)] }
+        if let d = update.artifactDigest { sets.append("artifact_digest = ?"); arguments += [d] }
+        if let l = update.artifactLocation { sets.append("artifact_path = ?"); arguments += [l] }
+        if let g = update.gateResults { sets.append("gate_results = ?"); arguments += [try Self.json(g)] }
+        if let t = update.logTail { sets.append("log_tail = ?"); arguments += [t] }
+        if let t = update.tags { sets.append("tags = ?"); arguments += [try Self.json(t)] }
+        let assignments = sets
+        let values = arguments
+        return try await database.pool.write { db in
+            if !assignments.isEmpty {
+                try db.execute(sql: "UPDATE versions SET \(assignments.joined(separator: ", ")) WHERE model = ? AND number = ?",
+                               arguments: values + [model, number])
+            }
+            guard let version = try Self.fetchVersion(db, model, number) else {
+                throw RegistryError.versionNotFound(model: model, number: number)
+            }
+            return version
+        }
+    }
+
+    public func versions(of model: String) async throws -> [ModelVersion] {
+        try await database.pool.read { db in
+            try Row.fetchAll(db, sql: "SELECT * FROM versions WHERE model = ? ORDER BY number", arguments: [model]).map(Self.version)
+        }
+    }
+
+    public func version(of model: String, number: Int) async throws -> ModelVersion? {
+        try await database.pool.read { db in try Self.fetchVersion(db, model, number) }
+    }
+
+    public func version(of model: String, fingerprint: String) async throws -> ModelVersion? {
+        try await database.pool.read { db in
+            try Row.fetchOne(db, sql: "SELECT * FROM versions WHERE model = ? AND fingerprint = ?", arguments: [model, fingerprint])
+                .map(Self.version)
+        }
+    }
+
+    public func versions(of model: String, status: VersionStatus) async throws -> [ModelVersion] {
+        try await database.pool.read { db in
+            try Row.fetchAll(db, sql: "SELECT * FROM versions WHERE model = ? AND status = ? ORDER BY number",
+                             arguments: [model, status.rawValue]).map(Self.version)
+        }
+    }
+
+    public func newestValidated(of model: String) async throws -> ModelVersion? {
+        try await database.pool.read { db in
+            try Row.fetchOne(db, sql: "SELECT * FROM versions WHERE model = ? AND status = 'validated' ORDER BY number DESC LIMIT 1",
+                             arguments: [model]).map(Self.version)
+        }
+    }
+
+    // MARK: Aliases
+
+    public func aliases(of model: String) async throws -> [String: Int] {
+        try await database.pool.read { db in
+            var out: [String: Int] = [:]
+            for row in try Row.fetchAll(db, sql: "SELECT alias, version FROM aliases WHERE model = ?", arguments: [model]) {
+                out[row["alias"]] = row["version"]
+            }
+            return out
+        }
+    }
+
+    public func resolveAlias(_ alias: String, of model: String) async throws -> Int? {
+        try await database.pool.read { db in
+            try Int.fetchOne(db, sql: "SELECT version FROM aliases WHERE model = ? AND alias = ?", arguments: [model, alias])
+        }
+    }
+
+    public func setAlias(_ alias: String, of model: String, to number: Int, commit: String?, reason: String) async throws {
+        let time = now()
+        try await database.pool.write { db in
+            guard let status = try String.fetchOne(db, sql: "SELECT status FROM versions WHERE model = ? AND number = ?",
+                                                   arguments: [model, number]) else {
+                throw RegistryError.versionNotFound(model: model, number: number)
+            }
+            guard status == VersionStatus.validated.rawValue else {
+                throw RegistryError.notValidated(model: model, number: number, status: VersionStatus(rawValue: status) ?? .failed)
+            }
+            let from = try Int.fetchOne(db, sql: "SELECT version FROM aliases WHERE model = ? AND alias = ?", arguments: [model, alias])
+            guard from != number else { return }
+            try db.execute(sql: """
+                INSERT INTO aliases (model, alias, version, updated_at) VALUES (?, ?, ?, ?)
+                ON CONFLICT(model, alias) DO UPDATE SET version = excluded.version, updated_at = excluded.updated_at
+                """, arguments: [model, alias, number, time])
+            try db.execute(sql: """
+                INSERT INTO alias_history (model, alias, from_version, to_version, at, commit_id, reason) VALUES (?, ?, ?, ?, ?, ?, ?)
+                """, arguments: [model, alias, from, number, time, commit, reason])
+        }
+    }
+
+    public func deleteAlias(_ alias: String, of model: String, commit: String?, reason: String) async throws {
+        let time = now()
+        try await database.pool.write { db in
+            guard let from = try Int.fetchOne(db, sql: "SELECT version FROM aliases WHERE model = ? AND alias = ?",
+                                              arguments: [model, alias]) else { return }
+            try db.execute(sql: "DELETE FROM aliases WHERE model = ? AND alias = ?", arguments: [model, alias])
+            try db.execute(sql: """
+                INSERT INTO alias_history (model, alias, from_version, to_version, at, commit_id, reason) VALUES (?, ?, ?, NULL, ?, ?, ?)
+                """, arguments: [model, alias, from, time, commit, reason])
+        }
+    }
+
+    public func aliasHistory(of model: String, alias: String?) async throws -> [AliasMove] {
+        try await database.pool.read { db in
+            let rows: [Row]
+            if let alias {
+                rows = try Row.fetchAll(db, sql: "SELECT * FROM alias_history WHERE model = ? AND alias = ? ORDER BY id",
+                                        arguments: [model, alias])
+            } else {
+                rows = try Row.fetchAll(db, sql: "SELECT * FROM alias_history WHERE model = ? ORDER BY id", arguments: [model])
+            }
+            return rows.map { row in
+                AliasMove(model: row["model"], alias: row["alias"], from: row["from_version"], to: row["to_version"],
+                          at: row["at"], commit: row["commit_id"], reason: row["reason"])
+            }
+        }
+    }
+
+    public func aliasHolder(_ alias: String, of model: String, at time: Int64) async throws -> Int? {
+        try await database.pool.read { db in
+            // The last move at or before `time` says where the alias pointed (nil: deleted).
+            guard let row = try Row.fetchOne(db, sql: """
+                SELECT to_version FROM alias_history WHERE model = ? AND alias = ? AND at <= ? ORDER BY at DESC, id DESC LIMIT 1
+                """, arguments: [model, alias, time]) else { return nil }
+            return row["to_version"]
+        }
+    }
+
+    // MARK: Rows
+
+    static func fetchVersion(_ db: Database, _ model: String, _ number: Int) throws -> ModelVersion? {
+        try Row.fetchOne(db, sql: "SELECT * FROM versions WHERE model = ? AND number = ?", arguments: [model, number]).map(version)
+    }
+
+    static func model(_ row: Row) -> RegisteredModel {
+        let description: String = row["description"]
+        return RegisteredModel(name: row["name"], description: description.isEmpty ? nil : description,
+                               labels: decode(row["labels"]) ?? [:], createdAt: row["created_at"], updatedAt: row["updated_at"])
+    }
+
+    static func version(_ row: Row) -> ModelVersion {
+        ModelVersion(
+            model: row["model"], number: row["number"],
+            status: VersionStatus(rawValue: row["status"]) ?? .failed, fingerprint: row["fingerprint"], commit: row["commit_id"],
+            params: decode(row["params"]) ?? [:], metrics: decode(row["metrics"]) ?? [:],
+            artifactDigest: row["artifact_digest"], artifactLocation: row["artifact_path"],
+            gateResults: decode(row["gate_results"]) ?? [], logTail: row["log_tail"], tags: decode(row["tags"]) ?? [:],
+            createdAt: row["created_at"])
+    }
+
+    static func json<T: Encodable>(_ value: T) throws -> String {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys]
+        return String(decoding: try encoder.encode(value), as: UTF8.self)
+    }
+
+    static func decode<T: Decodable>(_ text: String?) -> T? {
+        guard let text else { return nil }
+        return try? JSONDecoder().decode(T.self, from: Data(text.utf8))
+    }
+}
