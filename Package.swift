@@ -49,7 +49,7 @@ let package = Package(
         ]),
         .executableTarget(name: "capstan", dependencies: ["CapstanCLI"]),
         // Benchmarks that need one long-lived process (scripts/bench-*.sh drive them).
-        .executableTarget(name: "capstan-bench", dependencies: ["CapstanCore", "CapstanGit", "CapstanManifests"]),
+        .executableTarget(name: "capstan-bench", dependencies: ["CapstanCore", "CapstanGit", "CapstanManifests", "CapstanStore"]),
         .testTarget(name: "CapstanCoreTests", dependencies: ["CapstanCore"]),
         .testTarget(name: "CapstanManifestsTests", dependencies: ["CapstanManifests", "CapstanCore"],
                     resources: [.copy("Fixtures")]),

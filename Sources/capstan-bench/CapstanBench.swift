@@ -1,6 +1,7 @@
 import CapstanCore
 import CapstanGit
 import CapstanManifests
+import CapstanStore
 import Foundation
 
 /// Measures reconcile-pass costs of the Git source in one process, the way the controller runs
@@ -16,8 +17,21 @@ struct CapstanBench {
             guard let i = args.firstIndex(of: flag), i + 1 < args.count else { return nil }
             return args[i + 1]
         }
+        if args.count > 1, args[1] == "registry", let stateDir = value("--state-dir") {
+            do {
+                try await registryBenchmark(stateDirectory: stateDir, versions: Int(value("--versions") ?? "10000") ?? 10000)
+                return
+            } catch {
+                FileHandle.standardError.write(Data("capstan-bench: \(error)\n".utf8))
+                exit(1)
+            }
+        }
         guard args.count > 1, args[1] == "git-source", let repo = value("--repo"), let stateDir = value("--state-dir") else {
-            FileHandle.standardError.write(Data("usage: capstan-bench git-source --repo URL --state-dir DIR [--change-command CMD] [--passes N]\n".utf8))
+            FileHandle.standardError.write(Data("""
+                usage: capstan-bench git-source --repo URL --state-dir DIR [--change-command CMD] [--passes N]
+                       capstan-bench registry --state-dir DIR [--versions N]
+
+                """.utf8))
             exit(64)
         }
         let passes = Int(value("--passes") ?? "5") ?? 5
@@ -74,4 +88,53 @@ struct CapstanBench {
 struct BenchError: Error, CustomStringConvertible {
     var message: String
     var description: String { message }
+}
+
+/// Costs of embedded-registry operations with `versions` versions of one model already
+/// registered: create a version, move an alias, resolve an alias, list all versions.
+func registryBenchmark(stateDirectory: String, versions: Int) async throws {
+    let database = try StateDatabase(stateDirectory: stateDirectory)
+    let registry = EmbeddedRegistry(database: database)
+    try await registry.upsertModel(name: "bench", description: "registry benchmark", labels: [:])
+    func microseconds(_ d: Duration) -> Double {
+        Double(d.components.seconds) * 1e6 + Double(d.components.attoseconds) / 1e12
+    }
+    func median(_ xs: [Double]) -> Double { xs.sorted()[xs.count / 2] }
+    func p99(_ xs: [Double]) -> Double { xs.sorted()[min(xs.count - 1, Int(Double(xs.count) * 0.99))] }
+    let params: [String: ParamValue] = ["learning_rate": .double(0.05), "epochs": .int(20)]
+    var create: [Double] = []
+    for i in 1...versions {
+        let start = ContinuousClock.now
+        let v = try await registry.createVersion(NewVersion(model: "bench", fingerprint: "fp-\(i)", commit: "c\(i)", params: params))
+        create.append(microseconds(ContinuousClock.now - start))
+        if i <= 50 || i > versions - 1000 {
+            try await registry.updateVersion(model: "bench", number: v.number, VersionUpdate(status: .validated, metrics: ["accuracy": 0.9]))
+        }
+    }
+    let lastThousand = Array(create.suffix(1000))
+    var move: [Double] = []
+    var resolve: [Double] = []
+    for i in 0..<1000 {
+        let target = versions - (i % 1000)
+        var start = ContinuousClock.now
+        try await registry.setAlias("champion", of: "bench", to: target, commit: "c", reason: "bench")
+        move.append(microseconds(ContinuousClock.now - start))
+        start = ContinuousClock.now
+        _ = try await registry.resolveAlias("champion", of: "bench")
+        resolve.append(microseconds(ContinuousClock.now - start))
+    }
+    var list: [Double] = []
+    for _ in 0..<20 {
+        let start = ContinuousClock.now
+        let all = try await registry.versions(of: "bench")
+        list.append(microseconds(ContinuousClock.now - start))
+        precondition(all.count == versions)
+    }
+    print("embedded registry, \(versions) versions of one model, SQLite WAL at \(database.path)")
+    print(String(format: "create version (last 1000, at %d versions)   median %8.1f µs   p99 %8.1f µs", versions, median(lastThousand), p99(lastThousand)))
+    print(String(format: "move alias (1000 moves)                      median %8.1f µs   p99 %8.1f µs", median(move), p99(move)))
+    print(String(format: "resolve alias (1000 reads)                   median %8.1f µs   p99 %8.1f µs", median(resolve), p99(resolve)))
+    print(String(format: "list all %d versions (20 reads)           median %8.1f µs", versions, median(list)))
+    print(String(format: "vs MLflow REST (issue 4: create 19 ms, resolve 14 ms): create %.0f× faster, resolve %.0f× faster",
+                 19_000 / median(lastThousand), 14_000 / median(resolve)))
 }
