@@ -45,6 +45,7 @@ let package = Package(
             "CapstanCore",
             "CapstanManifests",
             "CapstanGit",
+            "CapstanStore",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
         .executableTarget(name: "capstan", dependencies: ["CapstanCLI"]),
@@ -59,7 +60,7 @@ let package = Package(
         .testTarget(name: "CapstanStoreTests", dependencies: [
             "CapstanStore", "CapstanCore", .product(name: "GRDB", package: "GRDB.swift"),
         ]),
-        .testTarget(name: "CapstanCLITests", dependencies: ["CapstanCLI", "capstan", "CapstanTestSupport"]),
+        .testTarget(name: "CapstanCLITests", dependencies: ["CapstanCLI", "capstan", "CapstanTestSupport", "CapstanStore", "CapstanCore"]),
     ],
     swiftLanguageModes: [.v6]
 )

@@ -1,0 +1,252 @@
+import ArgumentParser
+import CapstanCore
+import CapstanStore
+import Foundation
+
+/// `--state-dir`, for commands that read Capstan's state but no repository.
+struct StateDirectoryOption: ParsableArguments {
+    @Option(name: .customLong("state-dir"), help: ArgumentHelp(
+        "Capstan's state directory (default: $CAPSTAN_STATE_DIR or .capstan).", valueName: "dir"))
+    var stateDir: String?
+
+    var path: String {
+        stateDir ?? ProcessInfo.processInfo.environment["CAPSTAN_STATE_DIR"].flatMap { $0.isEmpty ? nil : $0 } ?? ".capstan"
+    }
+
+    var databaseExists: Bool {
+        FileManager.default.fileExists(atPath: (path as NSString).appendingPathComponent(StateDatabase.fileName))
+    }
+
+    /// Opens the state database; a command that only reads never creates one.
+    func open() throws -> StateDatabase {
+        do {
+            return try StateDatabase(stateDirectory: path)
+        } catch let error as StoreError {
+            throw CommandFailure(message: error.message)
+        }
+    }
+}
+
+struct StatusCommand: AsyncParsableCommand {
+    enum Format: String, ExpressibleByArgument, CaseIterable { case text, json }
+
+    static let configuration = CommandConfiguration(
+        commandName: "status",
+        abstract: "Show what the registry holds: models, versions with status and key metrics, aliases.")
+
+    @OptionGroup var state: StateDirectoryOption
+
+    @Option(name: .long, help: "text or json (documented in docs/status.md).")
+    var format: Format = .text
+
+    func run() async throws {
+        var models: [(RegisteredModel, [ModelVersion], [String: Int])] = []
+        if state.databaseExists {
+            let registry: EmbeddedRegistry
+            do { registry = EmbeddedRegistry(database: try state.open()) } catch let f as CommandFailure { throw Self.fail(f) }
+            for model in try await registry.models() {
+                models.append((model, try await registry.versions(of: model.name), try await registry.aliases(of: model.name)))
+            }
+        }
+        switch format {
+        case .json:
+            Terminal.out(try StatusReport.json(stateDirectory: state.path, models: models))
+        case .text:
+            if !state.databaseExists {
+                Terminal.out("No state in \(state.path) yet: nothing has been applied there.\n")
+            } else if models.isEmpty {
+                Terminal.out("\(state.path): the registry holds no models yet.\n")
+            } else {
+                Terminal.out(StatusReport.text(models: models))
+            }
+        }
+    }
+}
+
+enum StatusReport {
+    static func time(_ ms: Int64) -> String {
+        let f = ISO8601DateFormatter()
+        f.formatOptions = [.withInternetDateTime]
+        return f.string(from: Date(timeIntervalSince1970: Double(ms) / 1000))
+    }
+
+    static func metrics(_ m: [String: Double]) -> String {
+        m.keys.sorted().prefix(4).map { "\($0)=\(String(format: "%.4g", m[$0]!))" }.joined(separator: " ")
+    }
+
+    static func text(models: [(RegisteredModel, [ModelVersion], [String: Int])]) -> String {
+        var out = ""
+        for (model, versions, aliases) in models {
+            out += "Model \(model.name)" + (model.description.map { ": \($0)" } ?? "") + "\n"
+            if !aliases.isEmpty {
+                out += "  aliases: " + aliases.keys.sorted().map { "\($0) → \(aliases[$0]!)" }.joined(separator: ", ") + "\n"
+            }
+            if versions.isEmpty {
+                out += "  no versions\n"
+                continue
+            }
+            let holders = Dictionary(grouping: aliases.keys.sorted(), by: { aliases[$0]! })
+            out += "  VERSION  STATUS     COMMIT      FINGERPRINT   CREATED               METRICS\n"
+            for v in versions.reversed() {
+                let commit = String((v.commit ?? "-").prefix(10))
+                let tags = holders[v.number].map { "  [" + $0.joined(separator: ", ") + "]" } ?? ""
+                out += "  " + [
+                    String(v.number).padding(toLength: 7, withPad: " ", startingAt: 0),
+                    v.status.rawValue.padding(toLength: 9, withPad: " ", startingAt: 0),
+                    commit.padding(toLength: 10, withPad: " ", startingAt: 0),
+                    String(v.fingerprint.prefix(12)).padding(toLength: 12, withPad: " ", startingAt: 0),
+                    time(v.createdAt).padding(toLength: 20, withPad: " ", startingAt: 0),
+                    metrics(v.metrics),
+                ].joined(separator: "  ") + tags + "\n"
+            }
+        }
+        return out
+    }
+
+    static func json(stateDirectory: String, models: [(RegisteredModel, [ModelVersion], [String: Int])]) throws -> String {
+        struct Version: Encodable {
+            var version: Int
+            var status: String
+            var fingerprint: String
+            var commit: String?
+            var metrics: [String: Double]
+            var params: [String: ParamValue]
+            var artifact_digest: String?
+            var gate_results: [GateResult]
+            var created: String
+        }
+        struct Model: Encodable {
+            var name: String
+            var description: String?
+            var labels: [String: String]
+            var aliases: [String: Int]
+            var versions: [Version]
+        }
+        struct Document: Encodable {
+            var format_version = 1
+            var state_dir: String
+            var models: [Model]
+        }
+        let doc = Document(state_dir: stateDirectory, models: models.map { model, versions, aliases in
+            Model(name: model.name, description: model.description, labels: model.labels, aliases: aliases,
+                  versions: versions.map {
+                      Version(version: $0.number, status: $0.status.rawValue, fingerprint: $0.fingerprint, commit: $0.commit,
+                              metrics: $0.metrics, params: $0.params, artifact_digest: $0.artifactDigest,
+                              gate_results: $0.gateResults, created: time($0.createdAt))
+                  })
+        })
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
+        return String(decoding: try encoder.encode(doc), as: UTF8.self) + "\n"
+    }
+}
+
+struct UnlockCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "unlock",
+        abstract: "Remove a lease on the state directory by its holder id.",
+        discussion: "Use it only when the process that holds the lease is gone; the error of a refused command names the id.")
+
+    @Argument(help: "The holder id of the lease to remove.")
+    var id: String
+
+    @OptionGroup var state: StateDirectoryOption
+
+    func run() async throws {
+        guard state.databaseExists else {
+            throw Self.fail(CommandFailure(message: "no state in \(state.path): there is nothing to unlock"))
+        }
+        do {
+            let lock = StateLock(database: try state.open())
+            guard let lease = try lock.forceUnlock(id: id) else {
+                let held = try lock.current().map { "\($0.holder) (\($0.command), pid \($0.pid) on \($0.host))" }
+                throw CommandFailure(message: "no lease with id '\(id)' in \(state.path)" +
+                                     (held.isEmpty ? "; the state is not locked" : "; held: " + held.joined(separator: ", ")))
+            }
+            Terminal.out("Removed lease \(lease.holder) on '\(lease.name)' (\(lease.command), pid \(lease.pid) on \(lease.host)).\n")
+        } catch let failure as CommandFailure {
+            throw Self.fail(failure)
+        } catch {
+            throw Self.fail(CommandFailure(message: "\(error)"))
+        }
+    }
+}
+
+struct HistoryCommand: AsyncParsableCommand {
+    enum Format: String, ExpressibleByArgument, CaseIterable { case text, json }
+
+    static let configuration = CommandConfiguration(
+        commandName: "history",
+        abstract: "Show the audit log: every change Capstan made, newest first.")
+
+    @OptionGroup var state: StateDirectoryOption
+
+    @Option(name: .long, help: "Only changes to this model.")
+    var model: String?
+
+    @Option(name: .long, help: "Only changes to this deployment.")
+    var deployment: String?
+
+    @Option(name: .long, help: ArgumentHelp("Only changes since a duration ago (24h, 7d) or a time (2026-11-27T10:00:00Z).", valueName: "when"))
+    var since: String?
+
+    @Option(name: .long, help: "At most this many entries.")
+    var limit: Int = 200
+
+    @Option(name: .long, help: "text or json.")
+    var format: Format = .text
+
+    func validate() throws {
+        if model != nil && deployment != nil { throw ValidationError("give --model or --deployment, not both") }
+        if let since, Self.parseSince(since, now: Date()) == nil {
+            throw ValidationError("--since '\(since)' is neither a duration (24h, 7d) nor a time such as 2026-11-27T10:00:00Z")
+        }
+        if limit < 1 { throw ValidationError("--limit must be at least 1") }
+    }
+
+    static func parseSince(_ text: String, now: Date) -> Date? {
+        if case .success(let d) = ManifestDuration.parse(text) { return now.addingTimeInterval(-d.seconds) }
+        let f = ISO8601DateFormatter()
+        if let date = f.date(from: text) { return date }
+        f.formatOptions = [.withFullDate]
+        return f.date(from: text)
+    }
+
+    func run() async throws {
+        var events: [AuditEvent] = []
+        if state.databaseExists {
+            do {
+                let log = AuditLog(database: try state.open())
+                let filter: AuditLog.Filter = model.map { .model($0) } ?? deployment.map { .deployment($0) } ?? .all
+                events = try log.query(filter, since: since.flatMap { Self.parseSince($0, now: Date()) }, limit: limit)
+            } catch let failure as CommandFailure {
+                throw Self.fail(failure)
+            } catch {
+                throw Self.fail(CommandFailure(message: "\(error)"))
+            }
+        }
+        switch format {
+        case .json:
+            struct Document: Encodable { var format_version = 1; var events: [AuditEvent] }
+            let encoder = JSONEncoder()
+            encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
+            encoder.dateEncodingStrategy = .iso8601
+            Terminal.out(String(decoding: try encoder.encode(Document(events: events)), as: UTF8.self) + "\n")
+        case .text:
+            if events.isEmpty {
+                Terminal.out(state.databaseExists ? "No changes recorded.\n" : "No state in \(state.path) yet: nothing has been applied there.\n")
+                return
+            }
+            let f = ISO8601DateFormatter()
+            for e in events {
+                var line = "\(f.string(from: e.at))  \(e.actor)@\(e.host)  \(e.object)  \(e.action)"
+                if e.before != nil || e.after != nil {
+                    line += "  \(e.before.map { "\($0)" } ?? "∅") → \(e.after.map { "\($0)" } ?? "∅")"
+                }
+                if let commit = e.commit { line += "  commit \(commit.prefix(10))" }
+                if !e.reason.isEmpty { line += "  (\(e.reason))" }
+                Terminal.out(line + "\n")
+            }
+        }
+    }
+}

@@ -1,0 +1,108 @@
+import CapstanCore
+import CapstanStore
+import Foundation
+import Testing
+
+/// `capstan status`, `history` and `unlock` run as a user runs them, over a state directory
+/// seeded through the store (no command writes the registry yet).
+struct StateCommandTests {
+    static func seeded() async throws -> TemporaryDirectory {
+        let dir = try TemporaryDirectory()
+        let database = try StateDatabase(stateDirectory: dir.url.path)
+        let registry = EmbeddedRegistry(database: database)
+        try await registry.upsertModel(name: "churn", description: "Predicts churn.", labels: ["team": "growth"])
+        let v1 = try await registry.createVersion(NewVersion(model: "churn", fingerprint: "f1aaaaaaaaaaaaaa", commit: "c1c1c1c1c1c1"))
+        try await registry.updateVersion(model: "churn", number: v1.number, VersionUpdate(status: .validated, metrics: ["accuracy": 0.912]))
+        let v2 = try await registry.createVersion(NewVersion(model: "churn", fingerprint: "f2bbbbbbbbbbbbbb", commit: "c2c2c2c2c2c2"))
+        try await registry.updateVersion(model: "churn", number: v2.number, VersionUpdate(status: .failed, logTail: "boom"))
+        try await registry.setAlias("champion", of: "churn", to: v1.number, commit: "c1c1c1c1c1c1", reason: "first")
+        let log = AuditLog(database: database)
+        _ = try log.record(AuditEvent(at: Date(timeIntervalSinceNow: -7200), actor: "capstan", commit: "c1c1c1c1c1c1",
+                                      object: "model/churn", action: "alias.set", before: nil, after: .int(1), reason: "first champion"))
+        _ = try log.record(AuditEvent(actor: "capstan", object: "deployment/churn-prod", action: "rollout.start", reason: "new version"))
+        try database.close()
+        return dir
+    }
+
+    @Test func statusShowsModelsVersionsAndAliases() async throws {
+        let dir = try await Self.seeded()
+        let r = try CLI.run(["status", "--state-dir", dir.url.path])
+        #expect(r.status == 0, "\(r.stderr)")
+        #expect(r.stdout.contains("Model churn: Predicts churn."))
+        #expect(r.stdout.contains("aliases: champion → 1"))
+        #expect(r.stdout.contains("validated"))
+        #expect(r.stdout.contains("accuracy=0.912"))
+        #expect(r.stdout.contains("failed"))
+        #expect(r.stdout.contains("[champion]"))
+    }
+
+    @Test func statusJSONCarriesTheDocumentedFields() async throws {
+        let dir = try await Self.seeded()
+        let r = try CLI.run(["status", "--state-dir", dir.url.path, "--format", "json"])
+        #expect(r.status == 0)
+        let doc = try #require(try JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [String: Any])
+        #expect(doc["format_version"] as? Int == 1)
+        let models = try #require(doc["models"] as? [[String: Any]])
+        #expect(models.map { $0["name"] as? String } == ["churn"])
+        #expect(models[0]["aliases"] as? [String: Int] == ["champion": 1])
+        let versions = try #require(models[0]["versions"] as? [[String: Any]])
+        #expect(versions.compactMap { $0["version"] as? Int } == [1, 2])
+        #expect(versions.compactMap { $0["status"] as? String } == ["validated", "failed"])
+        #expect(versions[0]["fingerprint"] as? String == "f1aaaaaaaaaaaaaa")
+        #expect(versions[0]["commit"] as? String == "c1c1c1c1c1c1")
+        #expect((versions[0]["metrics"] as? [String: Double])?["accuracy"] == 0.912)
+    }
+
+    @Test func statusOfAnEmptyStateDirectoryCreatesNothing() throws {
+        let dir = try TemporaryDirectory()
+        let state = dir.url.appendingPathComponent("state").path
+        let r = try CLI.run(["status", "--state-dir", state])
+        #expect(r.status == 0)
+        #expect(r.stdout.contains("nothing has been applied"))
+        #expect(!FileManager.default.fileExists(atPath: state))
+    }
+
+    @Test func statusRefusesADamagedDatabaseWithoutTouchingIt() throws {
+        let dir = try TemporaryDirectory()
+        try dir.write("capstan.db", String(repeating: "not a database ", count: 500))
+        let before = try Data(contentsOf: dir.url.appendingPathComponent("capstan.db"))
+        let r = try CLI.run(["status", "--state-dir", dir.url.path])
+        #expect(r.status == 1)
+        #expect(r.stderr.hasPrefix("capstan: error: "))
+        #expect(r.stderr.contains("capstan.db"))
+        #expect(try Data(contentsOf: dir.url.appendingPathComponent("capstan.db")) == before)
+    }
+
+    @Test func historyIsNewestFirstAndFilters() async throws {
+        let dir = try await Self.seeded()
+        let all = try CLI.run(["history", "--state-dir", dir.url.path])
+        #expect(all.status == 0)
+        let lines = all.stdout.split(separator: "\n")
+        #expect(lines.count == 2)
+        #expect(lines.first?.contains("deployment/churn-prod  rollout.start") == true)
+        #expect(lines.last?.contains("model/churn  alias.set  ∅ → 1  commit c1c1c1c1c1  (first champion)") == true)
+        let model = try CLI.run(["history", "--state-dir", dir.url.path, "--model", "churn"])
+        #expect(model.stdout.split(separator: "\n").count == 1)
+        let recent = try CLI.run(["history", "--state-dir", dir.url.path, "--since", "1h", "--format", "json"])
+        let doc = try #require(try JSONSerialization.jsonObject(with: Data(recent.stdout.utf8)) as? [String: Any])
+        #expect((doc["events"] as? [[String: Any]])?.compactMap { $0["object"] as? String } == ["deployment/churn-prod"])
+        #expect(try CLI.run(["history", "--state-dir", dir.url.path, "--since", "yesterday"]).status == 64)
+    }
+
+    @Test func unlockRemovesALeaseByIdAndSaysWhenThereIsNone() async throws {
+        let dir = try TemporaryDirectory()
+        let database = try StateDatabase(stateDirectory: dir.url.path)
+        let lock = StateLock(database: database)
+        let holder = StateLock.newHolderID()
+        _ = try await lock.acquire(holder: holder, command: "capstan apply", ttl: 600)
+        try database.close()
+        let missing = try CLI.run(["unlock", "nope", "--state-dir", dir.url.path])
+        #expect(missing.status == 1)
+        #expect(missing.stderr.contains("no lease with id 'nope'"))
+        #expect(missing.stderr.contains(holder))
+        let r = try CLI.run(["unlock", holder, "--state-dir", dir.url.path])
+        #expect(r.status == 0, "\(r.stderr)")
+        #expect(r.stdout.contains("Removed lease \(holder)"))
+        #expect(try StateLock(database: try StateDatabase(stateDirectory: dir.url.path)).current().isEmpty)
+    }
+}
