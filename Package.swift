@@ -60,7 +60,9 @@ let package = Package(
         .testTarget(name: "CapstanStoreTests", dependencies: [
             "CapstanStore", "CapstanCore", .product(name: "GRDB", package: "GRDB.swift"),
         ]),
-        .testTarget(name: "CapstanCLITests", dependencies: ["CapstanCLI", "capstan", "CapstanTestSupport", "CapstanStore", "CapstanCore"]),
+        .testTarget(name: "CapstanCLITests", dependencies: [
+            "CapstanCLI", "capstan", "capstan-bench", "CapstanTestSupport", "CapstanStore", "CapstanCore",
+        ]),
     ],
     swiftLanguageModes: [.v6]
 )

@@ -17,6 +17,19 @@ struct CapstanBench {
             guard let i = args.firstIndex(of: flag), i + 1 < args.count else { return nil }
             return args[i + 1]
         }
+        if args.count > 1, args[1] == "registry-create-then-wait", let stateDir = value("--state-dir") {
+            // For the durability test: report a created version, then wait to be killed.
+            do {
+                let registry = EmbeddedRegistry(database: try StateDatabase(stateDirectory: stateDir))
+                try await registry.upsertModel(name: "durable", description: nil, labels: [:])
+                let v = try await registry.createVersion(NewVersion(model: "durable", fingerprint: "fp-\(getpid())"))
+                FileHandle.standardOutput.write(Data("created \(v.number)\n".utf8))
+                while true { try await Task.sleep(for: .seconds(60)) }
+            } catch {
+                FileHandle.standardError.write(Data("capstan-bench: \(error)\n".utf8))
+                exit(1)
+            }
+        }
         if args.count > 1, args[1] == "registry", let stateDir = value("--state-dir") {
             do {
                 try await registryBenchmark(stateDirectory: stateDir, versions: Int(value("--versions") ?? "10000") ?? 10000)

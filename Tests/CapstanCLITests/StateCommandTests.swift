@@ -106,3 +106,35 @@ struct StateCommandTests {
         #expect(try StateLock(database: try StateDatabase(stateDirectory: dir.url.path)).current().isEmpty)
     }
 }
+
+struct RegistryDurabilityTests {
+    /// A process reports a version created and is killed with SIGKILL at once: the version is
+    /// there when the state is opened again, and `capstan status` shows it.
+    @Test func aVersionReportedCreatedSurvivesSIGKILL() async throws {
+        let dir = try TemporaryDirectory()
+        let bench = CLI.binary.deletingLastPathComponent().appendingPathComponent("capstan-bench")
+        let process = Process()
+        process.executableURL = bench
+        process.arguments = ["registry-create-then-wait", "--state-dir", dir.url.path]
+        let out = Pipe()
+        process.standardOutput = out
+        process.standardError = FileHandle.nullDevice
+        try process.run()
+        // Read until the child says it created the version.
+        var received = Data()
+        while !String(decoding: received, as: UTF8.self).contains("\n") {
+            let chunk = out.fileHandleForReading.availableData
+            if chunk.isEmpty { break }
+            received.append(chunk)
+        }
+        kill(process.processIdentifier, SIGKILL)
+        process.waitUntilExit()
+        #expect(process.terminationReason == .uncaughtSignal && process.terminationStatus == SIGKILL)
+        #expect(String(decoding: received, as: UTF8.self) == "created 1\n")
+
+        let registry = EmbeddedRegistry(database: try StateDatabase(stateDirectory: dir.url.path))
+        #expect(try await registry.version(of: "durable", number: 1)?.status == .training)
+        let status = try CLI.run(["status", "--state-dir", dir.url.path, "--format", "json"])
+        #expect(status.stdout.contains("\"name\" : \"durable\""))
+    }
+}
