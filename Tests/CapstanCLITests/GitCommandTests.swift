@@ -100,24 +100,7 @@ struct GitValidateCommandTests {
     static func damageMirror(_ state: String, _ damage: String) throws {
         let sources = state + "/sources"
         let mirror = try #require(try FileManager.default.contentsOfDirectory(atPath: sources).first { $0.hasSuffix(".git") })
-        let packDir = sources + "/" + mirror + "/objects/pack"
-        let packs = try FileManager.default.contentsOfDirectory(atPath: packDir).filter { $0.hasSuffix(".pack") }
-        try #require(!packs.isEmpty)
-        for pack in packs.map({ packDir + "/" + $0 }) {
-            switch damage {
-            case "truncated":
-                let h = try #require(FileHandle(forWritingAtPath: pack))
-                try h.truncate(atOffset: 100)
-                try h.close()
-            case "deleted":
-                try FileManager.default.removeItem(atPath: pack)
-            default:
-                let h = try #require(FileHandle(forWritingAtPath: pack))
-                try h.seek(toOffset: 200)
-                h.write(Data(repeating: 0x41, count: 400))
-                try h.close()
-            }
-        }
+        try #require(try damagePacks(inMirror: sources + "/" + mirror, damage) > 0)
     }
 
     /// docs/git.md: a mirror whose objects are damaged is cloned again, never trusted.

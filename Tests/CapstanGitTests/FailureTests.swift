@@ -148,24 +148,7 @@ extension Remote {
             let f = try RemoteFixture()
             let source = f.source(f.fileURL)
             let mirror = try #require(try await source.open().mirrorPath)
-            let packDir = mirror + "/objects/pack"
-            let packs = try FileManager.default.contentsOfDirectory(atPath: packDir).filter { $0.hasSuffix(".pack") }.map { packDir + "/" + $0 }
-            try #require(!packs.isEmpty, "the mirror's objects are expected in a pack")
-            for pack in packs {
-                switch damage {
-                case "truncated":
-                    let h = try #require(FileHandle(forWritingAtPath: pack))
-                    try h.truncate(atOffset: 100)
-                    try h.close()
-                case "deleted":
-                    try FileManager.default.removeItem(atPath: pack)
-                default:
-                    let h = try #require(FileHandle(forWritingAtPath: pack))
-                    try h.seek(toOffset: 200)
-                    h.write(Data(repeating: 0x41, count: 400))
-                    try h.close()
-                }
-            }
+            try #require(try damagePacks(inMirror: mirror, damage) > 0, "the mirror's objects are expected in a pack")
             let expected = newCommit ? try f.pushCommit("second", files: ["README.md": "# 2\n"]) : f.first
             do {
                 let opened = try await source.open()

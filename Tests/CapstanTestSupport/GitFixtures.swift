@@ -18,6 +18,29 @@ struct FixtureError: Error, CustomStringConvertible {
     init(_ description: String) { self.description = description }
 }
 
+/// Damages every pack of a mirror at `mirror` (`truncated`, `deleted`, or overwritten in the
+/// middle for anything else). Returns how many packs there were.
+@discardableResult
+func damagePacks(inMirror mirror: String, _ damage: String) throws -> Int {
+    let packDir = mirror + "/objects/pack"
+    let packs = try FileManager.default.contentsOfDirectory(atPath: packDir).filter { $0.hasSuffix(".pack") }.map { packDir + "/" + $0 }
+    for pack in packs {
+        if damage == "deleted" {
+            try FileManager.default.removeItem(atPath: pack)
+            continue
+        }
+        guard let h = FileHandle(forWritingAtPath: pack) else { throw FixtureError("cannot open \(pack) for writing") }
+        if damage == "truncated" {
+            try h.truncate(atOffset: 100)
+        } else {
+            try h.seek(toOffset: 200)
+            h.write(Data(repeating: 0x41, count: 400))
+        }
+        try h.close()
+    }
+    return packs.count
+}
+
 /// Runs a program to completion and captures what it prints.
 enum Shell {
     struct Result {
