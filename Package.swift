@@ -12,10 +12,11 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
         .package(url: "https://github.com/apple/swift-crypto.git", from: "3.12.3"),
         .package(url: "https://github.com/groue/GRDB.swift.git", from: "7.10.0"),
+        .package(url: "https://github.com/swiftlang/swift-subprocess.git", from: "1.0.2"),
     ],
     targets: [
         // Functional core: manifest types, diagnostics, ports. No I/O.
-        .target(name: "CapstanCore"),
+        .target(name: "CapstanCore", dependencies: [.product(name: "Crypto", package: "swift-crypto")]),
         // YAML -> Core types with line:col, the manifest schema, the folder source.
         .target(name: "CapstanManifests", dependencies: [
             "CapstanCore",
@@ -40,17 +41,34 @@ let package = Package(
             .product(name: "GRDB", package: "GRDB.swift"),
             .product(name: "Crypto", package: "swift-crypto"),
         ]),
+        // The StepRunner over local subprocesses: process groups, timeouts, streamed output.
+        .target(name: "CapstanRunner", dependencies: [
+            "CapstanCore",
+            .product(name: "Subprocess", package: "swift-subprocess"),
+        ]),
+        // The reconciler: desired state at a commit + actual state -> plan -> executed pass.
+        .target(name: "CapstanEngine", dependencies: [
+            "CapstanCore",
+            "CapstanManifests",
+            "CapstanGit",
+            "CapstanStore",
+            "CapstanRunner",
+            .product(name: "Crypto", package: "swift-crypto"),
+            .product(name: "GRDB", package: "GRDB.swift"),
+        ]),
         // Commands; the only layer that wires adapters together.
         .target(name: "CapstanCLI", dependencies: [
             "CapstanCore",
             "CapstanManifests",
             "CapstanGit",
             "CapstanStore",
+            "CapstanRunner",
+            "CapstanEngine",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
         .executableTarget(name: "capstan", dependencies: ["CapstanCLI"]),
         // Benchmarks that need one long-lived process (scripts/bench-*.sh drive them).
-        .executableTarget(name: "capstan-bench", dependencies: ["CapstanCore", "CapstanGit", "CapstanManifests", "CapstanStore"]),
+        .executableTarget(name: "capstan-bench", dependencies: ["CapstanCore", "CapstanGit", "CapstanManifests", "CapstanStore", "CapstanEngine"]),
         .testTarget(name: "CapstanCoreTests", dependencies: ["CapstanCore"]),
         .testTarget(name: "CapstanManifestsTests", dependencies: ["CapstanManifests", "CapstanCore"],
                     resources: [.copy("Fixtures")]),
@@ -59,6 +77,11 @@ let package = Package(
         .testTarget(name: "CapstanGitTests", dependencies: ["CapstanGit", "CapstanManifests", "CapstanCore", "CapstanTestSupport"]),
         .testTarget(name: "CapstanStoreTests", dependencies: [
             "CapstanStore", "CapstanCore", .product(name: "GRDB", package: "GRDB.swift"),
+        ]),
+        .testTarget(name: "CapstanRunnerTests", dependencies: ["CapstanRunner", "CapstanCore", "CapstanTestSupport"]),
+        .testTarget(name: "CapstanEngineTests", dependencies: [
+            "CapstanEngine", "CapstanCore", "CapstanGit", "CapstanStore", "CapstanManifests", "CapstanTestSupport",
+            .product(name: "GRDB", package: "GRDB.swift"),
         ]),
         .testTarget(name: "CapstanCLITests", dependencies: [
             "CapstanCLI", "capstan", "capstan-bench", "CapstanTestSupport", "CapstanStore", "CapstanCore",

@@ -41,23 +41,32 @@ struct StatusCommand: AsyncParsableCommand {
 
     func run() async throws {
         var models: [(RegisteredModel, [ModelVersion], [String: Int])] = []
+        var extras = StatusReport.Extras()
         if state.databaseExists {
-            let registry: EmbeddedRegistry
-            do { registry = EmbeddedRegistry(database: try state.open()) } catch let f as CommandFailure { throw Self.fail(f) }
-            for model in try await registry.models() {
-                models.append((model, try await registry.versions(of: model.name), try await registry.aliases(of: model.name)))
+            do {
+                let database = try state.open()
+                let snapshot = try await EmbeddedRegistry(database: database).snapshot()
+                models = snapshot.models.map { ($0, snapshot.versions[$0.name] ?? [], snapshot.aliases[$0.name] ?? [:]) }
+                let records = PassRecords(database: database)
+                extras.conditions = try records.conditions()
+                extras.lastPass = try records.recent(limit: 1).first
+                extras.leases = try StateLock(database: database).current()
+            } catch let f as CommandFailure {
+                throw Self.fail(f)
+            } catch {
+                throw Self.fail(CommandFailure(message: "\(error)"))
             }
         }
         switch format {
         case .json:
-            Terminal.out(try StatusReport.json(stateDirectory: state.path, models: models))
+            Terminal.out(try StatusReport.json(stateDirectory: state.path, models: models, extras: extras))
         case .text:
             if !state.databaseExists {
                 Terminal.out("No state in \(state.path) yet: nothing has been applied there.\n")
             } else if models.isEmpty {
-                Terminal.out("\(state.path): the registry holds no models yet.\n")
+                Terminal.out("\(state.path): the registry holds no models yet.\n" + StatusReport.footer(extras))
             } else {
-                Terminal.out(StatusReport.text(models: models))
+                Terminal.out(StatusReport.text(models: models, extras: extras))
             }
         }
     }
@@ -74,10 +83,32 @@ enum StatusReport {
         m.keys.sorted().prefix(4).map { "\($0)=\(String(format: "%.4g", m[$0]!))" }.joined(separator: " ")
     }
 
-    static func text(models: [(RegisteredModel, [ModelVersion], [String: Int])]) -> String {
+    /// What the state holds besides the registry: conditions, the last pass, the lock.
+    struct Extras {
+        var conditions: [String: ObjectCondition] = [:]
+        var lastPass: PassRecords.Pass?
+        var leases: [StateLock.Lease] = []
+    }
+
+    static func footer(_ extras: Extras) -> String {
+        var out = ""
+        if let p = extras.lastPass {
+            out += "Last pass: \(p.command) \(p.outcome.rawValue)" + (p.commit.map { " at \($0.prefix(7))" } ?? "") +
+                ", started \(time(p.startedAt))" + (p.summary.isEmpty ? "" : " — \(p.summary)") + "\n"
+        }
+        for lease in extras.leases {
+            out += "Locked by \(lease.holder): \(lease.command) (pid \(lease.pid) on \(lease.host)) since \(time(lease.startedAtMilliseconds)), lease until \(time(lease.expiresAtMilliseconds))\n"
+        }
+        return out
+    }
+
+    static func text(models: [(RegisteredModel, [ModelVersion], [String: Int])], extras: Extras = Extras()) -> String {
         var out = ""
         for (model, versions, aliases) in models {
             out += "Model \(model.name)" + (model.description.map { ": \($0)" } ?? "") + "\n"
+            if let c = extras.conditions["model/\(model.name)"] {
+                out += "  condition: \(c.type.rawValue) (\(c.reason)) at \((c.commit ?? "-").prefix(7)): \(c.message)\n"
+            }
             if !aliases.isEmpty {
                 out += "  aliases: " + aliases.keys.sorted().map { "\($0) → \(aliases[$0]!)" }.joined(separator: ", ") + "\n"
             }
@@ -97,13 +128,19 @@ enum StatusReport {
                     String(v.fingerprint.prefix(12)).padding(toLength: 12, withPad: " ", startingAt: 0),
                     time(v.createdAt).padding(toLength: 20, withPad: " ", startingAt: 0),
                     metrics(v.metrics),
-                ].joined(separator: "  ") + tags + "\n"
+                ].joined(separator: "  ") + tags + (v.archivedAt != nil ? "  (archived)" : "") + "\n"
+                if v.status == .failed, let tail = v.logTail, !tail.isEmpty {
+                    for line in tail.split(separator: "\n").suffix(3) { out += "           | \(line)\n" }
+                }
+                if v.status == .rejected {
+                    for g in v.gateResults where !g.passed { out += "           ✗ \(g.gate): \(g.detail)\n" }
+                }
             }
         }
-        return out
+        return out + footer(extras)
     }
 
-    static func json(stateDirectory: String, models: [(RegisteredModel, [ModelVersion], [String: Int])]) throws -> String {
+    static func json(stateDirectory: String, models: [(RegisteredModel, [ModelVersion], [String: Int])], extras: Extras = Extras()) throws -> String {
         struct Version: Encodable {
             var version: Int
             var status: String
@@ -114,26 +151,69 @@ enum StatusReport {
             var artifact_digest: String?
             var gate_results: [GateResult]
             var created: String
+            var attempts: Int
+            var failed_at: String?
+            var archived_at: String?
+            var log_tail: String?
+        }
+        struct Condition: Encodable {
+            var type: String
+            var status = "True"
+            var reason: String
+            var message: String
+            var observed_commit: String?
+            var last_update: String
         }
         struct Model: Encodable {
             var name: String
             var description: String?
             var labels: [String: String]
             var aliases: [String: Int]
+            var conditions: [Condition]
             var versions: [Version]
+        }
+        struct Pass: Encodable {
+            var command: String
+            var commit: String?
+            var outcome: String
+            var started: String
+            var finished: String?
+            var summary: String
+        }
+        struct Lock: Encodable {
+            var holder: String
+            var command: String
+            var pid: Int64
+            var host: String
+            var started: String
+            var expires: String
         }
         struct Document: Encodable {
             var format_version = 1
             var state_dir: String
             var models: [Model]
+            var last_pass: Pass?
+            var locks: [Lock]
         }
         let doc = Document(state_dir: stateDirectory, models: models.map { model, versions, aliases in
             Model(name: model.name, description: model.description, labels: model.labels, aliases: aliases,
+                  conditions: extras.conditions["model/\(model.name)"].map {
+                      [Condition(type: $0.type.rawValue, reason: $0.reason, message: $0.message, observed_commit: $0.commit,
+                                 last_update: time($0.updatedAt))]
+                  } ?? [],
                   versions: versions.map {
                       Version(version: $0.number, status: $0.status.rawValue, fingerprint: $0.fingerprint, commit: $0.commit,
                               metrics: $0.metrics, params: $0.params, artifact_digest: $0.artifactDigest,
-                              gate_results: $0.gateResults, created: time($0.createdAt))
+                              gate_results: $0.gateResults, created: time($0.createdAt), attempts: $0.attempts,
+                              failed_at: $0.failedAt.map(time), archived_at: $0.archivedAt.map(time),
+                              log_tail: $0.status == .failed ? $0.logTail : nil)
                   })
+        }, last_pass: extras.lastPass.map {
+            Pass(command: $0.command, commit: $0.commit, outcome: $0.outcome.rawValue, started: time($0.startedAt),
+                 finished: $0.finishedAt.map(time), summary: $0.summary)
+        }, locks: extras.leases.map {
+            Lock(holder: $0.holder, command: $0.command, pid: $0.pid, host: $0.host, started: time($0.startedAtMilliseconds),
+                 expires: time($0.expiresAtMilliseconds))
         })
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]

@@ -44,12 +44,29 @@ public struct EmbeddedRegistry: Registry {
         }
     }
 
+    public func snapshot() async throws -> RegistrySnapshot {
+        try await database.pool.read { db in
+            let models = try Row.fetchAll(db, sql: "SELECT * FROM models ORDER BY name").map(Self.model)
+            var versions: [String: [ModelVersion]] = [:]
+            for row in try Row.fetchAll(db, sql: "SELECT * FROM versions ORDER BY model, number") {
+                let v = Self.version(row)
+                versions[v.model, default: []].append(v)
+            }
+            var aliases: [String: [String: Int]] = [:]
+            for row in try Row.fetchAll(db, sql: "SELECT model, alias, version FROM aliases") {
+                aliases[row["model"] as String, default: [:]][row["alias"] as String] = row["version"] as Int
+            }
+            return RegistrySnapshot(models: models, versions: versions, aliases: aliases)
+        }
+    }
+
     // MARK: Versions
 
     public func createVersion(_ version: NewVersion) async throws -> ModelVersion {
         let time = now()
         let params = try Self.json(version.params)
         let tags = try Self.json(version.tags)
+        let training = try version.training.map(Self.json)
         return try await database.pool.write { db in
             guard try Bool.fetchOne(db, sql: "SELECT 1 FROM models WHERE name = ?", arguments: [version.model]) == true else {
                 throw RegistryError.modelNotFound(version.model)
@@ -61,9 +78,10 @@ public struct EmbeddedRegistry: Registry {
             // Versions are never deleted, so the next number is never one used before.
             let number = (try Int.fetchOne(db, sql: "SELECT MAX(number) FROM versions WHERE model = ?", arguments: [version.model]) ?? 0) + 1
             try db.execute(sql: """
-                INSERT INTO versions (model, number, status, fingerprint, commit_id, params, created_at, tags)
-                VALUES (?, ?, ?, ?, ?, ?, ?, ?)
-                """, arguments: [version.model, number, version.status.rawValue, version.fingerprint, version.commit, params, time, tags])
+                INSERT INTO versions (model, number, status, fingerprint, commit_id, params, created_at, tags, training)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+                """, arguments: [version.model, number, version.status.rawValue, version.fingerprint, version.commit, params, time, tags,
+                                training])
             return try Self.fetchVersion(db, version.model, number)!
         }
     }
@@ -79,6 +97,10 @@ public struct EmbeddedRegistry: Registry {
         if let g = update.gateResults { sets.append("gate_results = ?"); arguments += [try Self.json(g)] }
         if let t = update.logTail { sets.append("log_tail = ?"); arguments += [t] }
         if let t = update.tags { sets.append("tags = ?"); arguments += [try Self.json(t)] }
+        if let a = update.attempts { sets.append("attempts = ?"); arguments += [a] }
+        if let f = update.failedAt { sets.append("failed_at = ?"); arguments += [f] }
+        if let a = update.archivedAt { sets.append("archived_at = ?"); arguments += [a] }
+        if let c = update.commit { sets.append("commit_id = ?"); arguments += [c] }
         let assignments = sets
         let values = arguments
         return try await database.pool.write { db in
@@ -119,7 +141,7 @@ public struct EmbeddedRegistry: Registry {
 
     public func newestValidated(of model: String) async throws -> ModelVersion? {
         try await database.pool.read { db in
-            try Row.fetchOne(db, sql: "SELECT * FROM versions WHERE model = ? AND status = 'validated' ORDER BY number DESC LIMIT 1",
+            try Row.fetchOne(db, sql: "SELECT * FROM versions WHERE model = ? AND status = 'validated' AND archived_at IS NULL ORDER BY number DESC LIMIT 1",
                              arguments: [model]).map(Self.version)
         }
     }
@@ -151,6 +173,9 @@ public struct EmbeddedRegistry: Registry {
             }
             guard status == VersionStatus.validated.rawValue else {
                 throw RegistryError.notValidated(model: model, number: number, status: VersionStatus(rawValue: status) ?? .failed)
+            }
+            if try Int64.fetchOne(db, sql: "SELECT archived_at FROM versions WHERE model = ? AND number = ?", arguments: [model, number]) != nil {
+                throw RegistryError.archived(model: model, number: number)
             }
             let from = try Int.fetchOne(db, sql: "SELECT version FROM aliases WHERE model = ? AND alias = ?", arguments: [model, alias])
             guard from != number else { return }
@@ -221,7 +246,8 @@ public struct EmbeddedRegistry: Registry {
             params: decode(row["params"]) ?? [:], metrics: decode(row["metrics"]) ?? [:],
             artifactDigest: row["artifact_digest"], artifactLocation: row["artifact_path"],
             gateResults: decode(row["gate_results"]) ?? [], logTail: row["log_tail"], tags: decode(row["tags"]) ?? [:],
-            createdAt: row["created_at"])
+            createdAt: row["created_at"], attempts: row["attempts"], failedAt: row["failed_at"], archivedAt: row["archived_at"],
+            training: decode(row["training"]))
     }
 
     static func json<T: Encodable>(_ value: T) throws -> String {

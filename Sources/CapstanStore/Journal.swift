@@ -58,6 +58,15 @@ public struct Journal: Sendable {
         try write("mark journal entry \(id) failed") { db in try fail(db, id: id, detail: detail) }
     }
 
+    /// Replaces the detail of an operation that is still `started` (a step's process group, once
+    /// it is known).
+    public func update(id: Int64, detail: ParamValue) throws {
+        try write("update journal entry \(id)") { db in
+            try db.execute(sql: "UPDATE journal SET detail = ? WHERE id = ? AND state = 'started'",
+                           arguments: [try StoreJSON.text(detail), id])
+        }
+    }
+
     /// The operations still `started`, oldest first: what a killed process left.
     public func unfinished() throws -> [Entry] {
         try read("read the journal") { db in try unfinished(db) }

@@ -16,7 +16,7 @@ public final class StateDatabase: Sendable {
     /// `PRAGMA application_id`, the ASCII bytes 'CAPS'.
     public static let applicationID: Int32 = 0x4341_5053
     /// The schema version this build creates and understands: the number of the last migration.
-    public static let schemaVersion = 1
+    public static let schemaVersion = 2
     /// Names of the migrations this build knows, in order (`v1`, `v2`…).
     public static let knownMigrations: [String] = (1...schemaVersion).map { "v\($0)" }
 
@@ -270,6 +270,51 @@ public final class StateDatabase: Sendable {
                 """)
             try db.execute(sql: "PRAGMA application_id = \(applicationID)")
             try setSchemaVersion(1, in: db)
+        }
+        // v2 (plan and apply): training attempts and failures for backoff, archiving beyond
+        // retention, the canonical training description a fingerprint was computed from (so a
+        // plan can say what changed), the content-hash cache of inputs outside the repository,
+        // conditions per object and a record of every pass.
+        migrator.registerMigration("v2") { db in
+            try db.execute(sql: """
+                ALTER TABLE versions ADD COLUMN attempts INTEGER NOT NULL DEFAULT 1 CHECK (attempts >= 1);
+                ALTER TABLE versions ADD COLUMN failed_at INTEGER;
+                ALTER TABLE versions ADD COLUMN archived_at INTEGER;
+                ALTER TABLE versions ADD COLUMN training TEXT CHECK (training IS NULL OR json_valid(training));
+                CREATE INDEX versions_by_status ON versions(model, status, number);
+
+                -- Content hashes of files under data roots, trusted while size, mtime and inode match.
+                CREATE TABLE input_hashes (
+                    path       TEXT PRIMARY KEY NOT NULL,
+                    size       INTEGER NOT NULL,
+                    mtime_ns   INTEGER NOT NULL,
+                    inode      INTEGER NOT NULL,
+                    digest     TEXT NOT NULL,
+                    checked_at INTEGER NOT NULL
+                );
+
+                -- The last condition of each object ('model/churn'): Ready, Progressing, Stalled, Degraded.
+                CREATE TABLE conditions (
+                    object     TEXT PRIMARY KEY NOT NULL,
+                    type       TEXT NOT NULL,
+                    reason     TEXT NOT NULL,
+                    message    TEXT NOT NULL DEFAULT '',
+                    commit_id  TEXT,
+                    updated_at INTEGER NOT NULL
+                );
+
+                -- One row per reconcile pass.
+                CREATE TABLE passes (
+                    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+                    command     TEXT NOT NULL,
+                    commit_id   TEXT,
+                    started_at  INTEGER NOT NULL,
+                    finished_at INTEGER,
+                    outcome     TEXT NOT NULL CHECK (outcome IN ('running', 'converged', 'progressing', 'failed', 'interrupted')),
+                    summary     TEXT NOT NULL DEFAULT ''
+                );
+                """)
+            try setSchemaVersion(2, in: db)
         }
         return migrator
     }

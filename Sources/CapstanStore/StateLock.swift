@@ -154,7 +154,7 @@ public struct StateLock: Sendable {
                         ttl: TimeInterval) throws -> Attempt {
         let time = now()
         let existing = try Self.fetchLeases(db, where: "name = ?", arguments: [name]).first
-        if let existing, existing.holder != holder, !existing.isExpired(atMilliseconds: time) {
+        if let existing, existing.holder != holder, !existing.isExpired(atMilliseconds: time), !holderIsGone(existing) {
             return .held(existing)
         }
         let lease = Lease(name: name, holder: holder, host: host, pid: pid, command: command,
@@ -167,6 +167,14 @@ public struct StateLock: Sendable {
                              lease.startedAtMilliseconds, lease.expiresAtMilliseconds])
         let tookOver = existing.flatMap { $0.holder == holder ? nil : $0 }
         return .acquired(Acquired(lease: lease, tookOver: tookOver))
+    }
+
+    /// A lease held by a process of this host that no longer exists (killed, crashed) is free at
+    /// once rather than at its expiry. Leases of other hosts, and of live processes (even a
+    /// recycled pid), are left to expire.
+    func holderIsGone(_ lease: Lease) -> Bool {
+        guard lease.host == host, lease.pid > 0, lease.pid != pid, lease.pid <= Int64(Int32.max) else { return false }
+        return kill(pid_t(lease.pid), 0) != 0 && errno == ESRCH
     }
 
     func lockedError(name: String, by held: Lease, waited: TimeInterval) -> StoreError {
@@ -277,11 +285,11 @@ public enum StoreTime {
         Int64((seconds * 1000).rounded())
     }
 
-    static func date(_ milliseconds: Int64) -> Date {
+    public static func date(_ milliseconds: Int64) -> Date {
         Date(timeIntervalSince1970: Double(milliseconds) / 1000)
     }
 
-    static func milliseconds(of date: Date) -> Int64 {
+    public static func milliseconds(of date: Date) -> Int64 {
         Int64((date.timeIntervalSince1970 * 1000).rounded())
     }
 

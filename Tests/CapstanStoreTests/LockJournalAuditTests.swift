@@ -135,7 +135,8 @@ final class ManualClock: @unchecked Sendable {
         #expect(error?.code == .locked)
     }
 
-    /// A real second process (python3's sqlite3) writes a live lease into the same file and exits.
+    /// A real second process (python3's sqlite3) writes a live lease of another host into the same
+    /// file and exits.
     @Test func aLeaseWrittenByAnotherProcessBlocksAcquire() async throws {
         let temp = try TemporaryDirectory()
         let lock = StateLock(database: try StateDatabase(stateDirectory: temp.path))
@@ -144,7 +145,7 @@ final class ManualClock: @unchecked Sendable {
             con = sqlite3.connect(sys.argv[1], isolation_level=None, timeout=5)
             now = int(time.time() * 1000)
             con.execute("INSERT INTO locks (name, holder, host, pid, command, started_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                        ("apply", "python-holder", socket.gethostname(), os.getpid(), "capstan apply (python)", now, now + 600000))
+                        ("apply", "python-holder", "other-host", os.getpid(), "capstan apply (python)", now, now + 600000))
             con.close()
             print(os.getpid())
             """
@@ -164,9 +165,31 @@ final class ManualClock: @unchecked Sendable {
             try await lock.acquire(holder: StateLock.newHolderID(), command: "capstan apply", ttl: 60)
         }
         #expect(error?.code == .locked)
-        #expect(error?.message.contains("held by holder python-holder (pid \(childPID) on host \(StateLock.localHostName()), running 'capstan apply (python)')") == true)
+        #expect(error?.message.contains("held by holder python-holder (pid \(childPID) on host other-host, running 'capstan apply (python)')") == true)
         #expect(error?.message.contains("`capstan unlock python-holder`") == true)
         #expect(try lock.current().map(\.holder) == ["python-holder"])
+    }
+
+    /// A lease of this host whose process is gone (killed) is taken over at once, not at expiry;
+    /// a lease of a live process of this host is not.
+    @Test func aLeaseOfADeadProcessOfThisHostIsTakenOverAtOnce() async throws {
+        let temp = try TemporaryDirectory()
+        let now: @Sendable () -> Int64 = { 1_700_000_000_000 }
+        let database = try StateDatabase(stateDirectory: temp.path)
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/bin/true")
+        try process.run()
+        process.waitUntilExit()
+        let dead = Int64(process.processIdentifier)
+        let gone = StateLock(database: database, host: StateLock.localHostName(), pid: dead, now: now)
+        _ = try gone.tryAcquire(holder: "dead-holder", command: "capstan apply", ttl: 600)
+        let me = StateLock(database: database, now: now)
+        let acquired = try me.tryAcquire(holder: "live-holder", command: "capstan apply", ttl: 600)
+        #expect(acquired.tookOver?.holder == "dead-holder")
+
+        let live = StateLock(database: database, host: StateLock.localHostName(), pid: Int64(getppid()), now: now)
+        let error = #expect(throws: StoreError.self) { try live.tryAcquire(holder: "third", command: "capstan apply", ttl: 600) }
+        #expect(error?.code == .locked)
     }
 }
 

@@ -1,13 +1,15 @@
 @testable import CapstanStore
+import CapstanCore
 import Foundation
 // GRDB comes with CapstanStore; tests use it for raw SQL against the same file.
 import GRDB
 import Testing
 
 @Suite struct StateDatabaseTests {
-    static let tables = ["alias_history", "aliases", "audit_log", "capstan_meta", "journal", "locks", "models", "versions"]
+    static let tables = ["alias_history", "aliases", "audit_log", "capstan_meta", "conditions", "input_hashes", "journal", "locks",
+                         "models", "passes", "versions"]
 
-    /// Checks everything the `v1` migration leaves behind.
+    /// Checks everything the migrations (`v1`, `v2`) leave behind.
     func expectInitialized(_ database: StateDatabase) throws {
         try database.pool.read { db in
             let tables = try String.fetchAll(db, sql: """
@@ -16,10 +18,10 @@ import Testing
                 """)
             #expect(tables == Self.tables)
             #expect(try Int32.fetchOne(db, sql: "PRAGMA application_id") == 0x4341_5053)
-            #expect(try Int.fetchOne(db, sql: "PRAGMA user_version") == 1)
+            #expect(try Int.fetchOne(db, sql: "PRAGMA user_version") == 2)
             #expect(try String.fetchOne(db, sql: "SELECT value FROM capstan_meta WHERE key = 'application'") == "capstan")
-            #expect(try String.fetchOne(db, sql: "SELECT value FROM capstan_meta WHERE key = 'schema_version'") == "1")
-            #expect(try String.fetchAll(db, sql: "SELECT identifier FROM grdb_migrations") == ["v1"])
+            #expect(try String.fetchOne(db, sql: "SELECT value FROM capstan_meta WHERE key = 'schema_version'") == "2")
+            #expect(try String.fetchAll(db, sql: "SELECT identifier FROM grdb_migrations") == ["v1", "v2"])
         }
     }
 
@@ -52,6 +54,42 @@ import Testing
         try expectInitialized(reopened)
         let names = try reopened.pool.read { db in try String.fetchAll(db, sql: "SELECT name FROM models") }
         #expect(names == ["churn"])
+    }
+
+    /// A database exactly as the `v1` release left it, with a model, a version and an alias.
+    static func writeVersion1Database(at path: String) throws {
+        let queue = try DatabaseQueue(path: path)
+        try StateDatabase.migrator.migrate(queue, upTo: "v1")
+        try queue.write { db in
+            try insertModel(db, "churn")
+            try db.execute(sql: """
+                INSERT INTO versions (model, number, status, fingerprint, created_at) VALUES ('churn', 1, 'validated', 'f1', 5)
+                """)
+            try db.execute(sql: "INSERT INTO aliases (model, alias, version, updated_at) VALUES ('churn', 'champion', 1, 6)")
+            #expect(try Int.fetchOne(db, sql: "PRAGMA user_version") == 1)
+        }
+        try queue.close()
+    }
+
+    /// A database left at each earlier schema (here: `v1`, as the first release wrote it, with
+    /// data in it) is upgraded in place, its data kept and the new columns at their defaults.
+    @Test func upgradesADatabaseFromEveryEarlierSchema() async throws {
+        let temp = try TemporaryDirectory()
+        let path = temp.path + "/capstan.db"
+        try Self.writeVersion1Database(at: path)
+        let database = try StateDatabase(stateDirectory: temp.path)
+        try expectInitialized(database)
+        let registry = EmbeddedRegistry(database: database)
+        let version = try #require(try await registry.version(of: "churn", number: 1))
+        #expect(version.status == .validated)
+        #expect(version.attempts == 1)
+        #expect(version.failedAt == nil)
+        #expect(version.archivedAt == nil)
+        #expect(version.training == nil)
+        #expect(try await registry.resolveAlias("champion", of: "churn") == 1)
+        // The upgraded database takes the new columns.
+        try await registry.updateVersion(model: "churn", number: 1, VersionUpdate(archivedAt: 99))
+        #expect(try await registry.version(of: "churn", number: 1)?.archivedAt == 99)
     }
 
     @Test func usesWALModeAndABusyTimeout() throws {
@@ -133,9 +171,9 @@ import Testing
         try database.pool.write { db in
             try insertModel(db, "churn")
             switch kind {
-            case .unknownMigration: try db.execute(sql: "INSERT INTO grdb_migrations (identifier) VALUES ('v2')")
-            case .higherUserVersion: try db.execute(sql: "PRAGMA user_version = 2")
-            case .higherMetaVersion: try db.execute(sql: "UPDATE capstan_meta SET value = '2' WHERE key = 'schema_version'")
+            case .unknownMigration: try db.execute(sql: "INSERT INTO grdb_migrations (identifier) VALUES ('v3')")
+            case .higherUserVersion: try db.execute(sql: "PRAGMA user_version = 3")
+            case .higherMetaVersion: try db.execute(sql: "UPDATE capstan_meta SET value = '3' WHERE key = 'schema_version'")
             }
         }
         try database.close()
@@ -143,11 +181,11 @@ import Testing
 
         let error = #expect(throws: StoreError.self) { try StateDatabase(stateDirectory: temp.path) }
         #expect(error?.code == .newerDatabase)
-        #expect(error?.message.contains("database schema version 2") == true)
-        #expect(error?.message.contains("supports schema version 1") == true)
+        #expect(error?.message.contains("database schema version 3") == true)
+        #expect(error?.message.contains("supports schema version 2") == true)
         #expect(error?.message.contains(database.path) == true)
         if kind == .unknownMigration {
-            #expect(error?.message.contains("migrations unknown to this build: v2") == true)
+            #expect(error?.message.contains("migrations unknown to this build: v3") == true)
         }
         #expect(try fileBytes(database.path) == before)
     }

@@ -41,41 +41,88 @@ public protocol ServingTarget: Sendable {
     func removeEndpoint(_ deployment: String) async throws
 }
 
-/// A step to run: training or validation command with its environment.
+/// A step to run: a training or validation command, exactly as it is to be executed.
 public struct StepRequest: Hashable, Sendable {
+    /// The command and its arguments, executed directly (never through a shell). `argv[0]` is
+    /// looked up in `environment["PATH"]` when it contains no `/`; a relative path with a `/`
+    /// is taken relative to `workdir`.
     public var argv: [String]
+    /// The absolute working directory of the child.
     public var workdir: String
+    /// The complete environment of the child; nothing is inherited from Capstan.
     public var environment: [String: String]
+    /// How long the step may run before its process group is terminated.
     public var timeout: ManifestDuration
+    /// Every output line (stdout and stderr interleaved as they arrive) is appended here.
+    public var logPath: String?
+    /// Put before each line handed to the live echo, e.g. `"[churn v3] "`. Not written to the log.
+    public var outputPrefix: String?
+    /// After SIGTERM, how long the process group gets before SIGKILL.
+    public var killGrace: ManifestDuration
+    /// Secret values: replaced by `[secret]` in every output line before it is logged, echoed or
+    /// kept in the tail.
+    public var redact: [String]
 
-    public init(argv: [String], workdir: String, environment: [String: String], timeout: ManifestDuration) {
+    public static let defaultKillGrace = ManifestDuration(milliseconds: 10_000, text: "10s")
+
+    public init(
+        argv: [String], workdir: String, environment: [String: String], timeout: ManifestDuration,
+        logPath: String? = nil, outputPrefix: String? = nil, killGrace: ManifestDuration = StepRequest.defaultKillGrace,
+        redact: [String] = []
+    ) {
+        self.redact = redact
         self.argv = argv
         self.workdir = workdir
         self.environment = environment
         self.timeout = timeout
+        self.logPath = logPath
+        self.outputPrefix = outputPrefix
+        self.killGrace = killGrace
     }
 }
 
+/// How a step ended. A non-zero exit, a signal or a timeout is a result to inspect, not an error.
 public struct StepResult: Hashable, Sendable {
     public enum Termination: Hashable, Sendable {
+        /// The command exited with this status.
         case exited(Int32)
+        /// The command was killed by this signal (not by Capstan's timeout).
         case signalled(Int32)
+        /// The timeout elapsed and Capstan terminated the process group.
         case timedOut
     }
 
     public var termination: Termination
-    /// The last lines of combined output, for error messages.
+    /// The last lines of combined output (at most 40 lines and 8 KiB), for error messages.
     public var outputTail: String
+    public var durationMilliseconds: Int64
+    /// The output limit was reached: the rest of the output was neither logged nor echoed.
+    public var outputTruncated: Bool
 
-    public init(termination: Termination, outputTail: String) {
+    public var succeeded: Bool { termination == .exited(0) }
+
+    public init(termination: Termination, outputTail: String, durationMilliseconds: Int64 = 0, outputTruncated: Bool = false) {
         self.termination = termination
         self.outputTail = outputTail
+        self.durationMilliseconds = durationMilliseconds
+        self.outputTruncated = outputTruncated
     }
 }
 
 /// Runs training and validation steps (local subprocesses; Kubernetes Jobs later).
 public protocol StepRunner: Sendable {
-    func run(_ request: StepRequest) async throws -> StepResult
+    /// Runs `request` to its end and reports how it ended.
+    ///
+    /// `started` is called once with the child's pid (== its process group id) right after
+    /// spawn, so the caller can journal it before waiting. `line` receives each output line
+    /// (without newline, prefix already applied) for live echo; it may be called from any thread.
+    /// Throws when the step cannot be started at all (no such executable or working directory,
+    /// an unwritable log) and `CancellationError` when the calling task is cancelled (after the
+    /// process group has been terminated).
+    func run(
+        _ request: StepRequest, started: @escaping @Sendable (Int32) -> Void,
+        line: @escaping @Sendable (String) -> Void
+    ) async throws -> StepResult
 }
 
 /// Capstan's own persistent state: journal, rollout state machines, locks, audit log.

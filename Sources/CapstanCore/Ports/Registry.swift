@@ -53,11 +53,20 @@ public struct ModelVersion: Hashable, Sendable, Codable {
     public var logTail: String?
     public var tags: [String: String]
     public var createdAt: Int64
+    /// Training attempts of this fingerprint (a failed one is retried into the same version).
+    public var attempts: Int
+    /// When the last attempt failed (ms since the epoch); the retry backoff counts from here.
+    public var failedAt: Int64?
+    /// When the version was archived beyond `retention` (its artifact may be gone); never aliased.
+    public var archivedAt: Int64?
+    /// What the fingerprint was computed from, so a plan can say what changed since.
+    public var training: TrainingDescription?
 
     public init(model: String, number: Int, status: VersionStatus, fingerprint: String, commit: String? = nil,
                 params: [String: ParamValue] = [:], metrics: [String: Double] = [:], artifactDigest: String? = nil,
                 artifactLocation: String? = nil, gateResults: [GateResult] = [], logTail: String? = nil,
-                tags: [String: String] = [:], createdAt: Int64) {
+                tags: [String: String] = [:], createdAt: Int64, attempts: Int = 1, failedAt: Int64? = nil,
+                archivedAt: Int64? = nil, training: TrainingDescription? = nil) {
         self.model = model
         self.number = number
         self.status = status
@@ -71,6 +80,10 @@ public struct ModelVersion: Hashable, Sendable, Codable {
         self.logTail = logTail
         self.tags = tags
         self.createdAt = createdAt
+        self.attempts = attempts
+        self.failedAt = failedAt
+        self.archivedAt = archivedAt
+        self.training = training
     }
 }
 
@@ -82,15 +95,17 @@ public struct NewVersion: Hashable, Sendable {
     public var params: [String: ParamValue]
     public var status: VersionStatus
     public var tags: [String: String]
+    public var training: TrainingDescription?
 
     public init(model: String, fingerprint: String, commit: String? = nil, params: [String: ParamValue] = [:],
-                status: VersionStatus = .training, tags: [String: String] = [:]) {
+                status: VersionStatus = .training, tags: [String: String] = [:], training: TrainingDescription? = nil) {
         self.model = model
         self.fingerprint = fingerprint
         self.commit = commit
         self.params = params
         self.status = status
         self.tags = tags
+        self.training = training
     }
 }
 
@@ -103,10 +118,16 @@ public struct VersionUpdate: Hashable, Sendable {
     public var gateResults: [GateResult]?
     public var logTail: String?
     public var tags: [String: String]?
+    public var attempts: Int?
+    public var failedAt: Int64?
+    public var archivedAt: Int64?
+    /// Set with a retry: the commit of the attempt (a retry may run at a later commit).
+    public var commit: String?
 
     public init(status: VersionStatus? = nil, metrics: [String: Double]? = nil, artifactDigest: String? = nil,
                 artifactLocation: String? = nil, gateResults: [GateResult]? = nil, logTail: String? = nil,
-                tags: [String: String]? = nil) {
+                tags: [String: String]? = nil, attempts: Int? = nil, failedAt: Int64? = nil, archivedAt: Int64? = nil,
+                commit: String? = nil) {
         self.status = status
         self.metrics = metrics
         self.artifactDigest = artifactDigest
@@ -114,6 +135,25 @@ public struct VersionUpdate: Hashable, Sendable {
         self.gateResults = gateResults
         self.logTail = logTail
         self.tags = tags
+        self.attempts = attempts
+        self.failedAt = failedAt
+        self.archivedAt = archivedAt
+        self.commit = commit
+    }
+}
+
+/// The whole registry read at once: what the planner observes in one pass.
+public struct RegistrySnapshot: Hashable, Sendable {
+    public var models: [RegisteredModel]
+    /// Model name → its versions, by number.
+    public var versions: [String: [ModelVersion]]
+    /// Model name → alias → version number.
+    public var aliases: [String: [String: Int]]
+
+    public init(models: [RegisteredModel], versions: [String: [ModelVersion]], aliases: [String: [String: Int]]) {
+        self.models = models
+        self.versions = versions
+        self.aliases = aliases
     }
 }
 
@@ -148,6 +188,8 @@ public enum RegistryError: Error, Sendable, Equatable, CustomStringConvertible {
     case duplicateFingerprint(model: String, fingerprint: String, existing: Int)
     /// Aliases may point only at validated versions.
     case notValidated(model: String, number: Int, status: VersionStatus)
+    /// Archived versions are never aliased.
+    case archived(model: String, number: Int)
 
     public var description: String {
         switch self {
@@ -157,6 +199,8 @@ public enum RegistryError: Error, Sendable, Equatable, CustomStringConvertible {
             return "model '\(m)' already has version \(n) for fingerprint \(f.prefix(12)); one fingerprint never trains twice"
         case .notValidated(let m, let n, let s):
             return "version \(n) of model '\(m)' is \(s.rawValue), not validated; aliases point only at validated versions"
+        case .archived(let m, let n):
+            return "version \(n) of model '\(m)' is archived (beyond retention); aliases never point at archived versions"
         }
     }
 }
@@ -165,6 +209,8 @@ public enum RegistryError: Error, Sendable, Equatable, CustomStringConvertible {
 /// SQLite registry (CapstanStore) and, later, by MLflow's REST registry.
 public protocol Registry: Sendable {
     func models() async throws -> [RegisteredModel]
+    /// Every model, version and alias in one consistent read.
+    func snapshot() async throws -> RegistrySnapshot
     func model(named name: String) async throws -> RegisteredModel?
     /// Creates the model, or updates its description and labels.
     @discardableResult
@@ -178,7 +224,7 @@ public protocol Registry: Sendable {
     func version(of model: String, number: Int) async throws -> ModelVersion?
     func version(of model: String, fingerprint: String) async throws -> ModelVersion?
     func versions(of model: String, status: VersionStatus) async throws -> [ModelVersion]
-    /// The newest validated version (what `latest` resolves to).
+    /// The newest validated version that is not archived (what `latest` resolves to).
     func newestValidated(of model: String) async throws -> ModelVersion?
 
     /// Alias → version number.

@@ -1,0 +1,219 @@
+import ArgumentParser
+import CapstanCore
+import CapstanEngine
+import CapstanGit
+import CapstanRunner
+import CapstanStore
+import Foundation
+
+struct ApplyCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "apply",
+        abstract: "One reconcile pass: lock, plan, train, validate, move aliases, report.",
+        discussion: """
+            Takes the state directory's lock, finishes what a killed pass left, computes the plan for \\
+            the commit and executes it. With PLANFILE (from capstan plan --out) it executes exactly \\
+            that plan, and refuses it when the commit or the registry changed since it was made.
+            Exit status: 0 converged or progressing, 1 error (a training failed, a candidate was \\
+            rejected, the state is locked…), 64 usage error.
+            """)
+
+    @Argument(help: ArgumentHelp("A plan saved by capstan plan --out.", valueName: "planfile"))
+    var planFile: String?
+
+    @OptionGroup var repository: RepositoryOptions
+
+    @Option(name: .customLong("lock-timeout"), help: ArgumentHelp(
+        "Wait this long for another apply to release the state (default: fail at once).", valueName: "duration"))
+    var lockTimeout: String = "0s"
+
+    @Flag(name: .customLong("retry-failed"), help: "Retry failed trainings now, ignoring their backoff.")
+    var retryFailed = false
+
+    @Flag(name: .customLong("no-color"), help: "No colour (also NO_COLOR).")
+    var noColor = false
+
+    func validate() throws {
+        _ = try ManifestDuration.option(lockTimeout, "--lock-timeout")
+        if planFile != nil && retryFailed {
+            throw ValidationError("--retry-failed changes the plan; pass it to capstan plan --out instead of apply PLANFILE")
+        }
+    }
+
+    func run() async throws {
+        do {
+            try await apply()
+        } catch let failure as CommandFailure {
+            throw Self.fail(failure)
+        }
+    }
+
+    func apply() async throws {
+        let saved = try planFile.map(SavedPlan.read)
+        var options = repository
+        if let saved {
+            // The plan names its repository and ref; flags may still say them (they must agree).
+            if options.repo == nil { options.repo = saved.repository }
+            if options.ref == nil { options.ref = saved.ref }
+        }
+        let database = try PassPreparation.openDatabase(options.stateDirectory)
+        let lock = StateLock(database: database)
+        let holder = StateLock.newHolderID()
+        let command = (["capstan"] + CommandLine.arguments.dropFirst()).joined(separator: " ")
+        let ttl: TimeInterval = 60
+        let wait = Double(try ManifestDuration.option(lockTimeout, "--lock-timeout").milliseconds) / 1000
+        do {
+            let acquired = try await lock.acquire(holder: holder, command: command, ttl: ttl, wait: wait, pollInterval: 0.2)
+            if let previous = acquired.tookOver {
+                Terminal.err("capstan: note: took over the lock of holder \(previous.holder) (pid \(previous.pid) on \(previous.host), running '\(previous.command)'), which is gone\n")
+            }
+        } catch let error as StoreError {
+            throw CommandFailure(message: error.message)
+        }
+        let terminal = Terminal(noColor: noColor)
+        let work = Task { try await self.pass(options: options, saved: saved, database: database, terminal: terminal) }
+        // The lease is renewed while the pass runs; losing it stops the pass.
+        let renewal = Task {
+            while !Task.isCancelled {
+                try? await Task.sleep(for: .seconds(ttl / 4))
+                if Task.isCancelled { return }
+                do {
+                    try lock.renew(holder: holder, ttl: ttl)
+                } catch {
+                    Terminal.err("capstan: error: \(error); stopping\n")
+                    work.cancel()
+                    return
+                }
+            }
+        }
+        let result = await work.result
+        renewal.cancel()
+        _ = try? lock.release(holder: holder)
+        try result.get()
+    }
+
+    func pass(options: RepositoryOptions, saved: Plan?, database: StateDatabase, terminal: Terminal) async throws {
+        let context = EngineContext(
+            stateDirectory: options.stateDirectory, database: database, registry: EmbeddedRegistry(database: database),
+            runner: LocalStepRunner(), actor: Self.actor(),
+            events: { ApplyOutput.print($0, color: terminal.color) })
+        let passID = try context.passes.start(command: "apply", commit: nil)
+        var commit: String?
+        do {
+            let reconciler = Reconciler(context: context)
+            for note in try reconciler.recover() { Terminal.out("capstan: \(note)\n") }
+            let prepared = try await PassPreparation.prepare(options, database: database, now: context.now())
+            commit = prepared.desired.commit
+            let plan: Plan
+            if let saved {
+                try Self.check(saved, against: prepared)
+                plan = saved
+            } else {
+                plan = Planner.plan(desired: prepared.desired, actual: prepared.actual, now: context.now(),
+                                    options: PlanOptions(retryFailed: retryFailed))
+            }
+            Terminal.out(PlanReport(plan: plan, color: terminal.color).text())
+            if plan.hasChanges { Terminal.out("\n") }
+            let result = try await reconciler.execute(plan, desired: prepared.desired, repository: prepared.repository,
+                                                      commit: prepared.commit)
+            let summary = ApplyOutput.summary(plan, result)
+            Terminal.out(summary + "\n")
+            try context.passes.finish(id: passID, commit: commit, outcome: PassRecords.Pass.Outcome(rawValue: result.outcome.rawValue) ?? .failed,
+                                      summary: summary)
+            if result.outcome == .failed {
+                throw CommandFailure(message: "the pass at \(prepared.state.revision.commit.short) did not converge: " +
+                                     ApplyOutput.failures(plan, result).joined(separator: "; "))
+            }
+        } catch {
+            try? context.passes.finish(id: passID, commit: commit, outcome: .failed, summary: "\(error)")
+            if Task.isCancelled { throw CommandFailure(message: "the pass was stopped before it finished") }
+            throw error
+        }
+    }
+
+    /// A saved plan runs only against the commit and registry it was computed from.
+    static func check(_ plan: Plan, against prepared: PreparedPass) throws {
+        let now = prepared.desired.commit
+        guard plan.commit == now else {
+            throw CommandFailure(message: "the saved plan was made at commit \(plan.commit.prefix(12)), but \(plan.ref) is now at \(now.prefix(12)); nothing was applied. Make a new plan (capstan plan --out FILE) and review it")
+        }
+        guard plan.actualDigest == prepared.actual.digest else {
+            throw CommandFailure(message: "the registry changed since the saved plan was made (another apply ran, or a version, alias or model changed); nothing was applied. Make a new plan (capstan plan --out FILE) and review it")
+        }
+    }
+
+    static func actor() -> String {
+        let env = ProcessInfo.processInfo.environment
+        let account = getpwuid(getuid()).flatMap { $0.pointee.pw_name.map { String(cString: $0) } }
+        let user = env["USER"] ?? env["LOGNAME"] ?? account ?? "uid \(getuid())"
+        return "capstan apply (\(user))"
+    }
+}
+
+/// What `apply` prints while and after it runs.
+enum ApplyOutput {
+    static let lock = NSLock()
+
+    static func print(_ event: PassEvent, color: Bool) {
+        lock.lock()
+        defer { lock.unlock() }
+        switch event {
+        case .started(let entry):
+            Terminal.out("\(entry.name): \(verb(entry.action))…\n")
+        case .finished(let entry, let outcome):
+            let (mark, paint): (String, String) = switch outcome {
+            case .done: ("done", "\u{1B}[32m")
+            case .skipped: ("skipped", "\u{1B}[2m")
+            case .failed: ("FAILED", "\u{1B}[31;1m")
+            }
+            let label = color ? "\(paint)\(mark)\u{1B}[0m" : mark
+            Terminal.out("\(entry.name): \(entry.action.rawValue) \(label): \(outcome.message)\n")
+        case .output(let line):
+            Terminal.err(line + "\n")
+        case .note(let text):
+            Terminal.err(text + "\n")
+        }
+    }
+
+    static func verb(_ action: PlanAction) -> String {
+        switch action {
+        case .registerModel: return "registering"
+        case .updateModel: return "updating"
+        case .train: return "training"
+        case .validate: return "validating"
+        case .moveAlias: return "moving alias"
+        case .deleteAlias: return "deleting alias"
+        case .archiveVersions: return "archiving"
+        case .wait, .blocked, .orphaned: return action.rawValue
+        }
+    }
+
+    static func summary(_ plan: Plan, _ result: PassResult) -> String {
+        let changes = plan.changes
+        if changes.isEmpty {
+            var text = "Apply complete: no changes; the registry already matches \(plan.commit.prefix(7))."
+            let left = result.residual.entries.filter { !$0.action.isChange && $0.action != .orphaned }
+            if !left.isEmpty { text += " \(left.count) waiting or blocked (see the plan above)." }
+            return text
+        }
+        var done = 0, failed = 0, skipped = 0
+        for entry in changes {
+            switch result.outcomes[entry.id] {
+            case .done?: done += 1
+            case .failed?: failed += 1
+            default: skipped += 1
+            }
+        }
+        var text = "Apply \(failed > 0 ? "finished with failures" : "complete") at \(plan.commit.prefix(7)): \(done) done, \(failed) failed, \(skipped) skipped."
+        let waiting = result.residual.count(.wait), blocked = result.residual.count(.blocked)
+        if waiting + blocked > 0 { text += " Left for later: \(waiting) waiting, \(blocked) blocked." }
+        return text
+    }
+
+    static func failures(_ plan: Plan, _ result: PassResult) -> [String] {
+        plan.changes.compactMap { entry in
+            if case .failed(let m)? = result.outcomes[entry.id] { return "\(entry.name) \(entry.action.rawValue): \(m)" }
+            return nil
+        }
+    }
+}

@@ -1,0 +1,115 @@
+import ArgumentParser
+import CapstanCore
+import CapstanEngine
+import CapstanGit
+import CapstanManifests
+import CapstanRunner
+import CapstanStore
+import Foundation
+
+/// A commit's desired state, ready for the planner, with what executing it needs.
+struct PreparedPass {
+    var state: GitDesiredState
+    var desired: DesiredState
+    var database: StateDatabase
+    var registry: EmbeddedRegistry
+    var actual: ActualState
+
+    var repository: GitRepository { state.opened.repository }
+    var commit: ObjectID { state.revision.commit }
+}
+
+enum PassPreparation {
+    /// Reads the manifests at `ref`, refuses a commit with errors (nothing is planned from an
+    /// invalid commit), resolves the training inputs and fingerprints, and reads the registry.
+    static func prepare(_ options: RepositoryOptions, database: StateDatabase, now: Int64) async throws -> PreparedPass {
+        let repo = options.repo ?? "."
+        let source = try options.source(for: repo)
+        let state = try await GitDesiredStateReader.openAndLoad(source, fetch: !options.noFetch, ref: options.ref)
+        let diagnostics = state.result.diagnostics
+        if state.result.fileCount == 0 {
+            throw CommandFailure(message: "\(state.opened.location) @ \(state.revision.ref) (\(state.revision.commit.short)) holds no manifest files (capstan.yaml, *.yaml, *.yml); nothing to plan")
+        }
+        if diagnostics.errorCount > 0 {
+            let formatter = DiagnosticFormatter(style: .plain)
+            for d in diagnostics where d.severity == .error {
+                Terminal.err(formatter.text(d, sourceLine: { state.result.sourceLine(file: $0, line: $1) }))
+            }
+            let count = diagnostics.errorCount
+            throw CommandFailure(message: "\(count) error\(count == 1 ? "" : "s") in the manifests at \(state.revision.ref) (\(state.revision.commit.short)); nothing was planned and nothing changed. Fix them (capstan validate --repo \(repo) --ref \(state.revision.ref) lists them) and commit again")
+        }
+        let manifests = state.result.manifests
+        let resolver = InputResolver(repository: state.opened.repository, database: database)
+        let models: [DesiredModel]
+        do {
+            models = try await resolver.desiredModels(state.result, tree: state.revision.tree)
+        } catch {
+            throw CommandFailure(message: "\(state.opened.location) @ \(state.revision.commit.short): cannot resolve training inputs: \(error)")
+        }
+        let desired = DesiredState(repository: state.opened.location.description, ref: state.revision.ref,
+                                   commit: state.revision.commit.hex, models: models, policy: manifests.configSpec.policy)
+        let registry = EmbeddedRegistry(database: database)
+        let actual: ActualState
+        do {
+            actual = ActualState(registry: try await registry.snapshot())
+        } catch {
+            throw CommandFailure(message: "cannot read the registry in '\(database.path)': \(error)")
+        }
+        return PreparedPass(state: state, desired: desired, database: database, registry: registry, actual: actual)
+    }
+
+    /// Opens the state database of `options`, turning its refusals into command failures.
+    static func openDatabase(_ stateDirectory: String) throws -> StateDatabase {
+        do {
+            return try StateDatabase(stateDirectory: stateDirectory)
+        } catch let error as StoreError {
+            throw CommandFailure(message: error.message)
+        }
+    }
+}
+
+/// Saved plans (`plan --out`, `apply PLANFILE`): the Plan as JSON, with its format checked.
+enum SavedPlan {
+    static func write(_ plan: Plan, to path: String) throws {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys, .prettyPrinted, .withoutEscapingSlashes]
+        let data = try encoder.encode(plan)
+        let url = URL(fileURLWithPath: path)
+        do {
+            try data.write(to: url, options: .atomic)
+        } catch {
+            throw CommandFailure(message: "cannot write the plan to '\(path)': \(error.localizedDescription)")
+        }
+    }
+
+    static func read(_ path: String) throws -> Plan {
+        let data: Data
+        do {
+            data = try Data(contentsOf: URL(fileURLWithPath: path))
+        } catch {
+            throw CommandFailure(message: "cannot read the plan file '\(path)': \(error.localizedDescription)")
+        }
+        struct Header: Decodable { var formatVersion: Int? }
+        guard let header = try? JSONDecoder().decode(Header.self, from: data), let version = header.formatVersion else {
+            throw CommandFailure(message: "'\(path)' is not a plan saved by `capstan plan --out` (no formatVersion); make one with capstan plan --out \(path)")
+        }
+        guard version == Plan.formatVersion else {
+            throw CommandFailure(message: "'\(path)' is a plan of format \(version); this Capstan reads format \(Plan.formatVersion). Make a new plan with this Capstan")
+        }
+        do {
+            return try JSONDecoder().decode(Plan.self, from: data)
+        } catch {
+            throw CommandFailure(message: "'\(path)' is not a valid saved plan (\(error)); make a new plan with capstan plan --out \(path)")
+        }
+    }
+}
+
+extension ManifestDuration {
+    /// Parses a command-line duration, or fails with a usage error naming the option.
+    static func option(_ text: String, _ name: String) throws -> ManifestDuration {
+        switch ManifestDuration.parse(text) {
+        case .success(let d): return d
+        case .failure: throw ValidationError("\(name) '\(text)' is not a duration such as 30s, 5m or 1h")
+        }
+    }
+}

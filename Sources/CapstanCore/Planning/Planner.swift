@@ -1,0 +1,372 @@
+/// Computes the plan: `(desired, actual, now) → Plan`. Pure and deterministic: the same inputs
+/// give the same plan, entry for entry, which is what lets `apply PLANFILE` check a saved plan and
+/// the golden tests pin every decision.
+///
+/// The history the planner needs is part of the actual state: each version carries its training
+/// attempts and the time of its last failure (for the retry backoff), and the description its
+/// fingerprint was computed from (to say what changed).
+public enum Planner {
+    public static func plan(desired: DesiredState, actual: ActualState, now: Int64, options: PlanOptions = PlanOptions()) -> Plan {
+        var entries: [PlanEntry] = []
+        let registered = Dictionary(actual.registry.models.map { ($0.name, $0) }, uniquingKeysWith: { a, _ in a })
+        for model in desired.models {
+            var planner = ModelPlanner(
+                desired: model, registered: registered[model.name],
+                versions: actual.registry.versions[model.name] ?? [],
+                aliases: actual.registry.aliases[model.name] ?? [:],
+                policy: desired.policy, now: now, options: options)
+            entries += planner.plan()
+        }
+        let wanted = Set(desired.models.map(\.name))
+        for model in actual.registry.models where !wanted.contains(model.name) {
+            let versions = actual.registry.versions[model.name] ?? []
+            let aliases = actual.registry.aliases[model.name] ?? [:]
+            entries.append(PlanEntry(
+                id: "\(model.name)/orphaned", action: .orphaned, name: model.name,
+                reason: "in the registry but no longer in Git; Capstan leaves it as it is",
+                detail: .orphaned(OrphanDetail(versions: versions.count, aliases: aliases))))
+        }
+        return Plan(repository: desired.repository, ref: desired.ref, commit: desired.commit,
+                    actualDigest: actual.digest, createdAt: now, entries: entries)
+    }
+
+    /// The delay before attempt `attempts + 1` of a fingerprint that failed `attempts` times:
+    /// `initial`, doubled per further failure, at most `max`.
+    public static func backoff(afterFailures attempts: Int, policy: RetryPolicy) -> Int64 {
+        let initial = max(policy.initial.milliseconds, 1)
+        var delay = initial
+        for _ in 1..<max(attempts, 1) {
+            if delay >= policy.max.milliseconds / 2 { return policy.max.milliseconds }
+            delay *= 2
+        }
+        return min(delay, policy.max.milliseconds)
+    }
+
+    /// The gates of a validation spec as people read them.
+    public static func gateDescriptions(_ spec: ValidateSpec?) -> [String] {
+        guard let spec else { return [] }
+        var out: [String] = []
+        for g in spec.metrics {
+            if let lo = g.gate.min { out.append("\(g.metric) >= \(Gates.format(lo))") }
+            if let hi = g.gate.max { out.append("\(g.metric) <= \(Gates.format(hi))") }
+        }
+        if let alias = spec.noRegressionAgainst {
+            let tolerance = spec.tolerance.sorted { $0.key < $1.key }.map { "\($0.key) \(Gates.format($0.value))" }
+            out.append("no regression against \(alias)" + (tolerance.isEmpty ? "" : " (tolerance \(tolerance.joined(separator: ", ")))"))
+        }
+        if let command = spec.command { out.append("command \(command.joined(separator: " "))") }
+        return out
+    }
+}
+
+/// The plan of one model.
+private struct ModelPlanner {
+    let desired: DesiredModel
+    let registered: RegisteredModel?
+    let versions: [ModelVersion]
+    let aliases: [String: Int]
+    let policy: Policy
+    let now: Int64
+    let options: PlanOptions
+
+    var entries: [PlanEntry] = []
+    /// The entry that creates the model, which everything else waits for.
+    var registerID: String?
+    /// The train entry of this pass, when there is one.
+    var trainID: String?
+    /// The validate entry of the desired fingerprint's version, when there is one.
+    var validateID: String?
+    /// Validate entries of other versions left `trained`, by number.
+    var validateOthers: [Int: String] = [:]
+    /// Whether the desired fingerprint is waiting out a failure.
+    var waiting = false
+
+    init(desired: DesiredModel, registered: RegisteredModel?, versions: [ModelVersion], aliases: [String: Int],
+         policy: Policy, now: Int64, options: PlanOptions) {
+        self.desired = desired
+        self.registered = registered
+        self.versions = versions
+        self.aliases = aliases
+        self.policy = policy
+        self.now = now
+        self.options = options
+    }
+
+    var name: String { desired.name }
+    var spec: ModelSpec { desired.manifest.spec }
+
+    mutating func plan() -> [PlanEntry] {
+        planMetadata()
+        planTraining()
+        planStrayValidations()
+        planAliases()
+        planRetention()
+        return entries
+    }
+
+    // MARK: Metadata
+
+    mutating func planMetadata() {
+        let description = spec.description
+        let labels = desired.manifest.metadata.labels
+        guard let registered else {
+            registerID = "\(name)/register"
+            entries.append(PlanEntry(id: registerID!, action: .registerModel, name: name, reason: "not in the registry yet",
+                                     detail: .registerModel(ModelMetadataChange(description: description, labels: labels))))
+            return
+        }
+        var changed: [String] = []
+        if (registered.description ?? "") != (description ?? "") { changed.append("description") }
+        if registered.labels != labels { changed.append("labels") }
+        guard !changed.isEmpty else { return }
+        entries.append(PlanEntry(
+            id: "\(name)/update", action: .updateModel, name: name, reason: "\(changed.joined(separator: " and ")) changed",
+            detail: .updateModel(ModelMetadataChange(description: description, labels: labels,
+                                                     previousDescription: registered.description,
+                                                     previousLabels: registered.labels))))
+    }
+
+    // MARK: Training
+
+    mutating func planTraining() {
+        let fingerprint = desired.fingerprint
+        guard let existing = versions.first(where: { $0.fingerprint == fingerprint }) else {
+            addTrain(version: nil, attempt: 1, reasons: newVersionReasons(), reason: nil)
+            return
+        }
+        switch existing.status {
+        case .validated, .rejected:
+            return
+        case .trained:
+            let id = "\(name)/validate"
+            validateID = id
+            entries.append(PlanEntry(
+                id: id, action: .validate, name: name,
+                reason: "v\(existing.number) was trained but not validated (an interrupted pass); running its gates",
+                dependsOn: dependencies(), detail: .validate(ValidateDetail(version: .number(existing.number), gates: gates))))
+        case .training:
+            addTrain(version: existing.number, attempt: existing.attempts + 1,
+                     reasons: [.resumeInterrupted(version: existing.number)], reason: nil)
+        case .failed:
+            let delay = Planner.backoff(afterFailures: existing.attempts, policy: policy.retry)
+            let next = (existing.failedAt ?? existing.createdAt) + delay
+            if options.retryFailed || now >= next {
+                let attempt = existing.attempts + 1
+                addTrain(version: existing.number, attempt: attempt,
+                         reasons: [.retry(attempt: attempt, lastFailure: existing.logTail)],
+                         reason: options.retryFailed && now < next ? "retrying v\(existing.number) now (--retry-failed)" : nil)
+            } else {
+                waiting = true
+                let failures = existing.attempts == 1 ? "once" : "\(existing.attempts) times"
+                entries.append(PlanEntry(
+                    id: "\(name)/wait", action: .wait, name: name,
+                    reason: "training v\(existing.number) (fingerprint \(fingerprint.prefix(12))) failed \(failures); retrying after a backoff of \(ManifestDuration.format(delay)), or now with --retry-failed",
+                    detail: .wait(WaitDetail(until: next, version: existing.number, fingerprint: fingerprint,
+                                             lastFailure: existing.logTail))))
+            }
+        }
+    }
+
+    /// Why a fingerprint with no version trains: compared with the newest version's description.
+    func newVersionReasons() -> [TrainReason] {
+        guard let last = versions.max(by: { $0.number < $1.number }) else { return [.newModel] }
+        if let old = last.training {
+            let differences = desired.training.differences(from: old)
+            if !differences.isEmpty { return differences }
+        }
+        return [.fingerprintChanged(from: last.fingerprint, to: desired.fingerprint)]
+    }
+
+    mutating func addTrain(version: Int?, attempt: Int, reasons: [TrainReason], reason: String?) {
+        let id = "\(name)/train"
+        trainID = id
+        let text = reason ?? reasons.map(\.description).joined(separator: "; ")
+        entries.append(PlanEntry(
+            id: id, action: .train, name: name, reason: text, dependsOn: registerID.map { [$0] } ?? [],
+            detail: .train(TrainDetail(fingerprint: desired.fingerprint, training: desired.training, reasons: reasons,
+                                       version: version, attempt: attempt,
+                                       timeoutMilliseconds: spec.train.timeout.milliseconds))))
+        let validate = "\(name)/validate"
+        validateID = validate
+        entries.append(PlanEntry(
+            id: validate, action: .validate, name: name,
+            reason: gates.isEmpty ? "no gates: the trained version is validated as it is" : "gates for the version this train produces",
+            dependsOn: [id], detail: .validate(ValidateDetail(version: .produced(by: id), gates: gates))))
+    }
+
+    /// Versions of older fingerprints left `trained` by an interrupted pass are validated too, so
+    /// a pinned alias can reach them; their results are kept like any other.
+    mutating func planStrayValidations() {
+        for v in versions where v.status == .trained && v.fingerprint != desired.fingerprint && v.archivedAt == nil {
+            let id = "\(name)/validate/v\(v.number)"
+            validateOthers[v.number] = id
+            entries.append(PlanEntry(
+                id: id, action: .validate, name: name,
+                reason: "v\(v.number) was trained but not validated (an interrupted pass); running its gates",
+                dependsOn: dependencies(), detail: .validate(ValidateDetail(version: .number(v.number), gates: gates))))
+        }
+    }
+
+    var gates: [String] { Planner.gateDescriptions(spec.validate) }
+
+    func dependencies() -> [String] { registerID.map { [$0] } ?? [] }
+
+    // MARK: Aliases
+
+    mutating func planAliases() {
+        let wanted = Set(spec.aliases.map(\.name))
+        for pin in spec.aliases {
+            switch pin.target {
+            case .version(let number): planPinned(pin, number)
+            case .latest: planLatest(pin)
+            }
+        }
+        for (alias, number) in aliases.sorted(by: { $0.key < $1.key }) where !wanted.contains(alias) {
+            entries.append(PlanEntry(
+                id: "\(name)/alias/\(alias)/delete", action: .deleteAlias, name: name,
+                reason: "alias \(alias) is no longer in the spec", detail: .deleteAlias(AliasDeleteDetail(alias: alias, from: number))))
+        }
+        // A gate that compares against an alias runs after that alias has moved in this plan.
+        if let alias = spec.validate?.noRegressionAgainst,
+           let move = entries.first(where: { $0.id == "\(name)/alias/\(alias)" }),
+           case .moveAlias(let detail) = move.detail, detail.to.number != nil {
+            for i in entries.indices where entries[i].action == .validate && !entries[i].dependsOn.contains(move.id) {
+                entries[i].dependsOn.append(move.id)
+            }
+        }
+    }
+
+    var location: (String) -> String {
+        { path in
+            let l = desired.manifest.origin.location(of: path)
+            return "\(l.file):\(l.line):\(l.column)"
+        }
+    }
+
+    func summary(_ number: Int?) -> VersionSummary? {
+        number.flatMap { n in versions.first { $0.number == n } }.map(VersionSummary.init)
+    }
+
+    mutating func planPinned(_ pin: AliasPin, _ number: Int) {
+        let current = aliases[pin.name]
+        let field = location("spec.aliases.\(pin.name)")
+        let id = "\(name)/alias/\(pin.name)"
+        guard let version = versions.first(where: { $0.number == number }) else {
+            let newest = versions.map(\.number).max()
+            entries.append(PlanEntry(
+                id: id, action: .blocked, name: name,
+                reason: "alias \(pin.name) is pinned to v\(number), which does not exist (\(newest.map { "the newest is v\($0)" } ?? "the model has no versions yet")); change the pin in \(field)",
+                detail: .blocked(BlockedDetail(alias: pin.name, version: number, location: field))))
+            return
+        }
+        if version.archivedAt != nil {
+            blocked(pin, number, field, "v\(number) is archived (beyond retention)")
+            return
+        }
+        switch version.status {
+        case .validated:
+            guard current != number else { return }
+            entries.append(PlanEntry(
+                id: id, action: .moveAlias, name: name,
+                reason: "the spec pins \(pin.name) to v\(number)" + (current.map { " (now v\($0))" } ?? ""),
+                dependsOn: dependencies(),
+                detail: .moveAlias(AliasMoveDetail(alias: pin.name, target: pin.target, from: current, to: .number(number),
+                                                   current: summary(current), candidate: VersionSummary(version)))))
+        case .rejected:
+            let failed = version.gateResults.filter { !$0.passed }.map { "\($0.gate): \($0.detail)" }
+            blocked(pin, number, field, "v\(number) was rejected by its gates" + (failed.isEmpty ? "" : " (\(failed.joined(separator: "; ")))"))
+        case .failed:
+            blocked(pin, number, field, "v\(number) failed to train")
+        case .training, .trained:
+            // Moves once the version is validated in this pass (when it is being trained or
+            // validated here), or waits for it.
+            let validation = version.fingerprint == desired.fingerprint ? validateID : validateOthers[number]
+            if let validation {
+                entries.append(PlanEntry(
+                    id: id, action: .moveAlias, name: name,
+                    reason: "the spec pins \(pin.name) to v\(number); it moves once v\(number) passes its gates",
+                    dependsOn: [validation],
+                    detail: .moveAlias(AliasMoveDetail(alias: pin.name, target: pin.target, from: current, to: .number(number),
+                                                       current: summary(current), candidate: VersionSummary(version)))))
+            } else {
+                entries.append(PlanEntry(
+                    id: id, action: .wait, name: name,
+                    reason: "alias \(pin.name) is pinned to v\(number), which is still \(version.status.rawValue)",
+                    detail: .wait(WaitDetail(until: nil, version: number))))
+            }
+        }
+    }
+
+    mutating func blocked(_ pin: AliasPin, _ number: Int, _ field: String, _ why: String) {
+        entries.append(PlanEntry(
+            id: "\(name)/alias/\(pin.name)", action: .blocked, name: name,
+            reason: "alias \(pin.name) is pinned to v\(number), but \(why); aliases point only at validated versions. Pin another version in \(field)",
+            detail: .blocked(BlockedDetail(alias: pin.name, version: number, location: field))))
+    }
+
+    mutating func planLatest(_ pin: AliasPin) {
+        let current = aliases[pin.name]
+        let id = "\(name)/alias/\(pin.name)"
+        let newest = versions.filter { $0.status == .validated && $0.archivedAt == nil }.max { $0.number < $1.number }
+        if let validateID, let produced = pendingVersion {
+            // Moves to the newest validated version once this pass's candidate has been judged.
+            entries.append(PlanEntry(
+                id: id, action: .moveAlias, name: name,
+                reason: "\(pin.name) follows the newest validated version; it moves if the candidate passes its gates",
+                dependsOn: [validateID],
+                detail: .moveAlias(AliasMoveDetail(alias: pin.name, target: .latest, from: current, to: produced,
+                                                   current: summary(current), candidate: produced.number.flatMap(summary)))))
+            return
+        }
+        guard let newest else {
+            if waiting { return }
+            let last = versions.max { $0.number < $1.number }
+            let why: String
+            switch last?.status {
+            case .rejected?: why = "v\(last!.number), the newest, was rejected by its gates; change the model so that it passes"
+            case .failed?: why = "v\(last!.number), the newest, failed to train"
+            default: why = "the model has no validated version"
+            }
+            entries.append(PlanEntry(
+                id: id, action: .blocked, name: name, reason: "alias \(pin.name) (latest) has nothing to point at: \(why)",
+                detail: .blocked(BlockedDetail(alias: pin.name, version: last?.number, location: location("spec.aliases.\(pin.name)")))))
+            return
+        }
+        guard current != newest.number else { return }
+        entries.append(PlanEntry(
+            id: id, action: .moveAlias, name: name,
+            reason: "\(pin.name) follows the newest validated version, v\(newest.number)",
+            dependsOn: dependencies(),
+            detail: .moveAlias(AliasMoveDetail(alias: pin.name, target: .latest, from: current, to: .number(newest.number),
+                                               current: summary(current), candidate: VersionSummary(newest)))))
+    }
+
+    /// The version this pass trains or validates for the desired fingerprint.
+    var pendingVersion: VersionRef? {
+        if let trainID { return .produced(by: trainID) }
+        if validateID != nil, let v = versions.first(where: { $0.fingerprint == desired.fingerprint }) { return .number(v.number) }
+        return nil
+    }
+
+    // MARK: Retention
+
+    mutating func planRetention() {
+        guard let keep = spec.retention?.keepVersions else { return }
+        var protected = Set(aliases.values)
+        for pin in spec.aliases { if case .version(let n) = pin.target { protected.insert(n) } }
+        if let newest = versions.filter({ $0.status == .validated && $0.archivedAt == nil }).max(by: { $0.number < $1.number }) {
+            protected.insert(newest.number)
+        }
+        let live = versions.filter { $0.archivedAt == nil }.sorted { $0.number > $1.number }
+        let beyond = live.dropFirst(keep).filter {
+            !protected.contains($0.number) && $0.status != .training && $0.status != .trained && $0.fingerprint != desired.fingerprint
+        }
+        guard !beyond.isEmpty else { return }
+        let numbers = beyond.map(\.number).sorted()
+        let aliasMoves = entries.filter { $0.action == .moveAlias || $0.action == .deleteAlias }.map(\.id)
+        entries.append(PlanEntry(
+            id: "\(name)/archive", action: .archiveVersions, name: name,
+            reason: "retention keeps the newest \(keep) version\(keep == 1 ? "" : "s"); versions holding an alias are kept",
+            dependsOn: aliasMoves, detail: .archiveVersions(ArchiveDetail(versions: numbers, keepVersions: keep))))
+    }
+}

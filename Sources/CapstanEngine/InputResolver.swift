@@ -1,0 +1,563 @@
+import CapstanGit
+import CapstanManifests
+import CapstanStore
+import Crypto
+import Dispatch
+import Foundation
+import Synchronization
+// The `input_hashes` table is the state database's (migration v2); the engine reads and writes
+// it directly, as the store's own types do.
+import GRDB
+
+/// Why a training input could not be identified. The message names the path and says what to do.
+public struct InputResolverError: Error, Sendable, CustomStringConvertible {
+    public enum Code: String, Sendable, Equatable {
+        /// An input outside the repository is, or contains, a symlink (never followed).
+        case symlink
+        /// An input outside the repository is, or contains, something that is neither a regular
+        /// file nor a folder (a socket, a FIFO, a device).
+        case unsupportedEntry
+        /// An input outside the repository is not under any of the configured data roots.
+        case outsideDataRoots
+        /// A file or folder could not be read.
+        case unreadable
+        /// A file changed while it was being hashed, twice in a row.
+        case changedWhileReading
+        /// The commit's tree could not be listed.
+        case gitFailure
+        /// The hash cache in the state database could not be read or written.
+        case cacheFailure
+    }
+
+    public var code: Code
+    public var message: String
+    /// The input, file or folder at fault (a repository path or an absolute path).
+    public var path: String
+    public var underlying: (any Error)?
+
+    public init(code: Code, message: String, path: String, underlying: (any Error)? = nil) {
+        self.code = code
+        self.message = message
+        self.path = path
+        self.underlying = underlying
+    }
+
+    public var description: String {
+        guard let underlying else { return message }
+        return "\(message): \(underlying)"
+    }
+}
+
+// MARK: - Resolver
+
+/// Resolves the training inputs of every model at one commit to their identities, and builds the
+/// desired models (description + fingerprint) the planner works from. See docs/fingerprints.md.
+///
+/// - A repository input is identified by its Git object id at the commit (`git-blob:`,
+///   `git-tree:`), from ONE walk of the commit's tree, or — for a folder that holds Capstan
+///   manifest files — by `tree-without-manifests:` (`RepositoryTreeIndex`).
+/// - An input under a data root is identified by its content, `sha256:` (`ExternalInputHasher`,
+///   cached in the state database by size, mtime and inode).
+/// - A `uri` input is identified by its declared version, `version:`.
+///
+/// Call `desiredModels` once per pass. Keep one resolver per repository (as a controller does):
+/// over an unchanged commit it reuses the tree index and the folder hashes of the last pass.
+public final class InputResolver: Sendable {
+    public let repository: GitRepository
+    public let hasher: ExternalInputHasher
+    /// The index of the last tree and the folder identities hashed from it, reused while the
+    /// tree and its manifest files stay the same (a controller's passes over an unchanged commit).
+    private let last = Mutex<(index: RepositoryTreeIndex, folders: [Int: String])?>(nil)
+
+    public init(repository: GitRepository, database: StateDatabase,
+                now: @escaping @Sendable () -> Int64 = StoreTime.systemMilliseconds) {
+        self.repository = repository
+        self.hasher = ExternalInputHasher(database: database, now: now)
+    }
+
+    /// Every model of `load` (in manifest order) with its training description and fingerprint
+    /// at the commit whose tree is `tree`.
+    public func desiredModels(_ load: LoadResult, tree: ObjectID) async throws -> [DesiredModel] {
+        try await desiredModels(load.manifests, manifestFiles: load.manifestFiles, tree: tree)
+    }
+
+    /// Every model of `manifests` (in manifest order) with its training description and
+    /// fingerprint. `manifestFiles`: repository paths of the files that hold Capstan manifests.
+    public func desiredModels(_ manifests: ManifestSet, manifestFiles: Set<String>, tree: ObjectID) async throws -> [DesiredModel] {
+        let identities = try await identities(of: manifests.models.map(\.spec.train.inputs), tree: tree,
+                                              manifestFiles: manifestFiles, dataRoots: manifests.configSpec.dataRoots)
+        var out: [DesiredModel] = []
+        out.reserveCapacity(manifests.models.count)
+        for (model, inputs) in zip(manifests.models, identities) {
+            let training = TrainingDescription(spec: model.spec.train, inputs: inputs)
+            out.append(DesiredModel(manifest: model, training: training, fingerprint: Fingerprint.of(training)))
+        }
+        return out
+    }
+
+    /// The identities of each list of inputs, in the same shape. Inputs outside the repository
+    /// must lie under one of `dataRoots`.
+    public func identities(of inputLists: [[TrainInput]], tree: ObjectID, manifestFiles: Set<String>,
+                           dataRoots: [String]) async throws -> [[InputIdentity]] {
+        var needsTree = false
+        var external: [String] = []
+        var seenExternal = Set<String>()
+        for inputs in inputLists {
+            for input in inputs {
+                switch input {
+                case .repository: needsTree = true
+                case .external(let path):
+                    guard dataRoots.contains(where: { HostPath.isUnder(path, root: $0) }) else {
+                        let roots = dataRoots.isEmpty ? "no data roots are configured" : "data roots: " + dataRoots.joined(separator: ", ")
+                        throw InputResolverError(
+                            code: .outsideDataRoots,
+                            message: "input '\(path)' is not under a data root (\(roots)); add its folder to spec.dataRoots in capstan.yaml",
+                            path: path)
+                    }
+                    if seenExternal.insert(path).inserted { external.append(path) }
+                case .uri: break
+                }
+            }
+        }
+
+        var index: RepositoryTreeIndex?
+        // Folders without manifests cost a hash each: once per tree, however many models list them.
+        var memo: [Int: String] = [:]
+        if needsTree { (index, memo) = try await treeIndex(tree, manifestFiles: manifestFiles) }
+        let externalIdentities = external.isEmpty ? [:] : try await hasher.identitiesOffPool(of: external)
+
+        let identities = inputLists.map { inputs in
+            inputs.map { input -> InputIdentity in
+                let identity: String
+                switch input {
+                case .repository(let path):
+                    identity = index?.identity(of: path, memo: &memo) ?? InputIdentity.missing
+                case .external(let path):
+                    identity = externalIdentities[path] ?? InputIdentity.missing
+                case .uri(_, let version):
+                    identity = "version:" + version
+                }
+                return InputIdentity(input: input.written, identity: identity)
+            }
+        }
+        if let index {
+            last.withLock {
+                if $0?.index.tree == index.tree, $0?.index.manifestFiles == index.manifestFiles { $0?.folders = memo }
+            }
+        }
+        return identities
+    }
+
+    /// The index of `tree` and the folder identities already known: ONE walk of the tree (cached
+    /// by the repository), then one dictionary.
+    func treeIndex(_ tree: ObjectID, manifestFiles: Set<String>) async throws -> (RepositoryTreeIndex, [Int: String]) {
+        if let hit = last.withLock({ $0 }), hit.index.tree == tree, hit.index.manifestFiles == manifestFiles { return hit }
+        let entries: [TreeEntry]
+        do {
+            entries = try await repository.walk(tree)
+        } catch {
+            throw InputResolverError(code: .gitFailure, message: "cannot list the tree \(tree.short) of the commit",
+                                     path: repository.path, underlying: error)
+        }
+        let index = RepositoryTreeIndex(tree: tree, entries: entries, manifestFiles: manifestFiles)
+        last.withLock { $0 = (index, [:]) }
+        return (index, [:])
+    }
+}
+
+// MARK: - Inputs inside the repository
+
+/// Every entry of one commit's tree by path, and the folders that hold Capstan manifest files:
+/// what identifies an input inside the repository, with no further Git access.
+public struct RepositoryTreeIndex: Sendable {
+    public let tree: ObjectID
+    /// The walk, pre-order: a folder's entries follow it, contiguously.
+    private let entries: [TreeEntry]
+    private let positions: [String: Int]
+    let manifestFiles: Set<String>
+    /// Every folder that holds a manifest file at any depth ("" is the root).
+    private let foldersWithManifests: Set<String>
+
+    /// `entries`: `GitRepository.walk(tree)`; `manifestFiles`: repository paths of the files that
+    /// hold Capstan manifests (`LoadResult.manifestFiles`).
+    public init(tree: ObjectID, entries: [TreeEntry], manifestFiles: Set<String>) {
+        self.tree = tree
+        self.entries = entries
+        var positions: [String: Int] = [:]
+        positions.reserveCapacity(entries.count)
+        for (i, e) in entries.enumerated() { positions[e.path] = i }
+        self.positions = positions
+        self.manifestFiles = manifestFiles
+        var folders = Set<String>()
+        for file in manifestFiles {
+            folders.insert("")
+            var folder = Substring(file)
+            while let slash = folder.lastIndex(of: "/") {
+                folder = folder[..<slash]
+                if !folders.insert(String(folder)).inserted { break }
+            }
+        }
+        self.foldersWithManifests = folders
+    }
+
+    /// The identity of the file or folder at `path` (relative to the root; `""` or `.` is the
+    /// root): `git-blob:<id>` for a file (or a symlink, by the link's text), `git-tree:<id>` for
+    /// a folder, `tree-without-manifests:<sha256>` for a folder that holds manifest files,
+    /// `git-commit:<id>` for a submodule, `missing` when the commit has nothing there.
+    public func identity(of path: String) -> String {
+        var memo: [Int: String] = [:]
+        return identity(of: path, memo: &memo)
+    }
+
+    /// `identity(of:)`, remembering the hashed folders (by position; -1 is the root) in `memo`.
+    func identity(of path: String, memo: inout [Int: String]) -> String {
+        // Inputs are normalized when loaded: look them up as they are first.
+        guard let i = positions[path] else {
+            guard let normalized = RepoPath.normalize(path) else { return InputIdentity.missing }
+            if normalized.isEmpty { return rootIdentity(memo: &memo) }
+            return normalized == path ? InputIdentity.missing : identity(of: normalized, memo: &memo)
+        }
+        let entry = entries[i]
+        switch entry.kind {
+        case .blob, .executable, .symlink:
+            return "git-blob:" + entry.id.hex
+        case .commit:
+            return "git-commit:" + entry.id.hex
+        case .tree:
+            guard foldersWithManifests.contains(entry.path) else { return "git-tree:" + entry.id.hex }
+            if let hit = memo[i] { return hit }
+            let prefix = entry.path + "/"
+            var end = i + 1
+            while end < entries.count, entries[end].path.utf8.starts(with: prefix.utf8) { end += 1 }
+            let identity = withoutManifests(folder: entry.path, (i + 1)..<end)
+            memo[i] = identity
+            return identity
+        }
+    }
+
+    private func rootIdentity(memo: inout [Int: String]) -> String {
+        guard foldersWithManifests.contains("") else { return "git-tree:" + tree.hex }
+        if let hit = memo[-1] { return hit }
+        let identity = withoutManifests(folder: "", entries.indices)
+        memo[-1] = identity
+        return identity
+    }
+
+    /// `tree-without-manifests:<hex>`: the SHA-256 over every entry below the folder that is
+    /// not a folder and not a manifest file, sorted by path relative to the folder (UTF-8 byte
+    /// order), each as `u64 length + path`, `u64 length + Git mode`, `u64 length + object id`,
+    /// after the header `u64 length + "tree-without-manifests/1"`. Subfolders do not appear
+    /// themselves (their ids would change with the manifests inside them); their files do.
+    private func withoutManifests(folder: String, _ range: Range<Int>) -> String {
+        let skip = folder.isEmpty ? 0 : folder.utf8.count + 1
+        var kept: [Int] = []
+        kept.reserveCapacity(range.count)
+        for i in range where entries[i].kind != .tree && !manifestFiles.contains(entries[i].path) { kept.append(i) }
+        // A well-formed Git tree lists its files in the byte order of their full paths already.
+        let inOrder = zip(kept, kept.dropFirst()).allSatisfy { entries[$0].path.utf8.lexicographicallyPrecedes(entries[$1].path.utf8) }
+        if !inOrder { kept.sort { entries[$0].path.utf8.lexicographicallyPrecedes(entries[$1].path.utf8) } }
+        var bytes: [UInt8] = []
+        bytes.reserveCapacity(32 + kept.count * 112)
+        func text<C: Collection<UInt8>>(_ s: C) {
+            withUnsafeBytes(of: UInt64(s.count).bigEndian) { bytes.append(contentsOf: $0) }
+            bytes.append(contentsOf: s)
+        }
+        text("tree-without-manifests/1".utf8)
+        for i in kept {
+            let entry = entries[i]
+            text(entry.path.utf8.dropFirst(skip))
+            text(Self.mode(entry.kind).utf8)
+            text(entry.id.hex.utf8)
+        }
+        return "tree-without-manifests:" + Hex.string(SHA256.hash(data: bytes))
+    }
+
+    static func mode(_ kind: EntryKind) -> String {
+        switch kind {
+        case .blob: return "100644"
+        case .executable: return "100755"
+        case .symlink: return "120000"
+        case .commit: return "160000"
+        case .tree: return "040000"
+        }
+    }
+}
+
+// MARK: - Inputs outside the repository
+
+private func posixRead(_ fd: Int32, _ buffer: UnsafeMutableRawPointer?, _ count: Int) -> Int {
+    #if canImport(Glibc)
+    Glibc.read(fd, buffer, count)
+    #else
+    Darwin.read(fd, buffer, count)
+    #endif
+}
+
+/// Content hashes of inputs under data roots, `sha256:<hex>`, cached per file in the state
+/// database's `input_hashes` table.
+///
+/// A file's digest is the SHA-256 of its bytes. A folder's is the SHA-256 over its files sorted
+/// by path relative to the folder (UTF-8 byte order), each as `u64 length + path` and
+/// `u64 length + the file's hex digest`, after the header `u64 length + "folder/1"`; empty
+/// subfolders do not count. Symlinks are never followed: an input that is or contains one is
+/// refused, as is anything that is neither a regular file nor a folder.
+///
+/// A cached digest is reused when the file's size, mtime (nanoseconds) and inode all match the
+/// row, and the digest was computed at least `racyWindow` after that mtime (otherwise a write in
+/// the same clock tick as the hashing could go unnoticed, as in Git's "racy" index entries).
+/// Anything else is read again and the row replaced. Rows of files no longer present under a
+/// hashed folder, or of inputs now missing, are deleted.
+public struct ExternalInputHasher: Sendable {
+    public let database: StateDatabase
+    let now: @Sendable () -> Int64
+    /// Milliseconds between a file's mtime and its hashing below which the digest is not trusted.
+    public static let racyWindow: Int64 = 2_000
+
+    public init(database: StateDatabase, now: @escaping @Sendable () -> Int64 = StoreTime.systemMilliseconds) {
+        self.database = database
+        self.now = now
+    }
+
+    /// `identities(of:)` on a dispatch queue: hashing reads files and must not hold a thread of
+    /// the cooperative pool.
+    func identitiesOffPool(of paths: [String]) async throws -> [String: String] {
+        try await withCheckedThrowingContinuation { continuation in
+            DispatchQueue.global(qos: .userInitiated).async {
+                do { continuation.resume(returning: try identities(of: paths)) } catch { continuation.resume(throwing: error) }
+            }
+        }
+    }
+
+    /// Absolute path → `sha256:<hex>`, or `missing` when nothing is there. Blocking.
+    public func identities(of paths: [String]) throws -> [String: String] {
+        // 1. What is there, without reading any content.
+        var listings: [String: Listing] = [:]
+        var files: [FileStat] = []
+        for path in paths where listings[path] == nil {
+            let listing = try Self.list(path)
+            listings[path] = listing
+            switch listing {
+            case .missing: break
+            case .file(let f): files.append(f)
+            case .folder(let fs): files += fs
+            }
+        }
+
+        // 2. The cached digests of those files, and the rows of files that are gone: rows under
+        // a hashed folder that it no longer holds, rows of inputs now missing.
+        var cached: [String: String] = [:]
+        var gone: [String] = []
+        try read("read the input hash cache") { db in
+            let statement = try db.cachedStatement(sql: "SELECT size, mtime_ns, inode, digest, checked_at FROM input_hashes WHERE path = ?")
+            for f in files {
+                guard let row = try Row.fetchOne(statement, arguments: [f.path]) else { continue }
+                let size: Int64 = row["size"], mtime: Int64 = row["mtime_ns"], inode: Int64 = row["inode"]
+                let checkedAt: Int64 = row["checked_at"]
+                if size == f.size, mtime == f.mtimeNanoseconds, inode == f.inode,
+                   checkedAt - f.mtimeNanoseconds / 1_000_000 >= Self.racyWindow {
+                    cached[f.path] = row["digest"]
+                }
+            }
+            // A folder's rows sort between "folder/" and "folder0" ('0' follows '/').
+            let below = try db.cachedStatement(sql: "SELECT path FROM input_hashes WHERE path = ? OR (path >= ? AND path < ?)")
+            for (path, listing) in listings {
+                switch listing {
+                case .file: continue
+                case .missing:
+                    gone += try String.fetchAll(below, arguments: [path, path + "/", path + "0"])
+                case .folder(let present):
+                    let kept = Set(present.map(\.path))
+                    gone += try String.fetchAll(below, arguments: [path, path + "/", path + "0"]).filter { !kept.contains($0) }
+                }
+            }
+        }
+
+        // 3. Hash the rest.
+        var digests = cached
+        var fresh: [(FileStat, String, Int64)] = []
+        for f in files where digests[f.path] == nil {
+            let (stat, digest) = try Self.hash(f)
+            digests[f.path] = digest
+            fresh.append((stat, digest, now()))
+        }
+
+        // 4. Remember them, and forget what is gone.
+        if !fresh.isEmpty || !gone.isEmpty {
+            try write("update the input hash cache") { db in
+                let upsert = try db.cachedStatement(sql: """
+                    INSERT INTO input_hashes (path, size, mtime_ns, inode, digest, checked_at) VALUES (?, ?, ?, ?, ?, ?)
+                    ON CONFLICT(path) DO UPDATE SET size = excluded.size, mtime_ns = excluded.mtime_ns,
+                        inode = excluded.inode, digest = excluded.digest, checked_at = excluded.checked_at
+                    """)
+                for (f, digest, at) in fresh {
+                    try upsert.execute(arguments: [f.path, f.size, f.mtimeNanoseconds, f.inode, digest, at])
+                }
+                let delete = try db.cachedStatement(sql: "DELETE FROM input_hashes WHERE path = ?")
+                for path in gone { try delete.execute(arguments: [path]) }
+            }
+        }
+
+        // 5. Compose.
+        var out: [String: String] = [:]
+        for (path, listing) in listings {
+            switch listing {
+            case .missing:
+                out[path] = InputIdentity.missing
+            case .file(let f):
+                out[path] = "sha256:" + digests[f.path]!
+            case .folder(let fs):
+                var bytes: [UInt8] = []
+                func text(_ s: String) {
+                    withUnsafeBytes(of: UInt64(s.utf8.count).bigEndian) { bytes.append(contentsOf: $0) }
+                    bytes.append(contentsOf: s.utf8)
+                }
+                text("folder/1")
+                for f in fs {
+                    text(String(f.path.utf8.dropFirst(path.utf8.count + 1))!)
+                    text(digests[f.path]!)
+                }
+                out[path] = "sha256:" + Hex.string(SHA256.hash(data: bytes))
+            }
+        }
+        return out
+    }
+
+    private func read<T>(_ what: String, _ body: (Database) throws -> T) throws -> T {
+        do { return try database.pool.read(body) } catch {
+            throw InputResolverError(code: .cacheFailure, message: "cannot \(what) in the state database '\(database.path)'",
+                                     path: database.path, underlying: error)
+        }
+    }
+
+    private func write<T>(_ what: String, _ body: (Database) throws -> T) throws -> T {
+        do { return try database.pool.write(body) } catch {
+            throw InputResolverError(code: .cacheFailure, message: "cannot \(what) in the state database '\(database.path)'",
+                                     path: database.path, underlying: error)
+        }
+    }
+
+    // MARK: File system
+
+    struct FileStat: Equatable {
+        var path: String
+        var size: Int64
+        var mtimeNanoseconds: Int64
+        var inode: Int64
+    }
+
+    enum Listing {
+        case missing
+        case file(FileStat)
+        /// Every regular file below the folder, sorted by path (UTF-8 byte order).
+        case folder([FileStat])
+    }
+
+    static func lstatus(_ path: String) throws -> stat? {
+        var info = stat()
+        if lstat(path, &info) == 0 { return info }
+        let code = errno
+        if code == ENOENT || code == ENOTDIR { return nil }
+        throw InputResolverError(code: .unreadable, message: "cannot read '\(path)': \(String(cString: strerror(code)))", path: path)
+    }
+
+    static func fileStat(_ path: String, _ info: stat) -> FileStat {
+        #if canImport(Darwin)
+        let mtime = Int64(info.st_mtimespec.tv_sec) * 1_000_000_000 + Int64(info.st_mtimespec.tv_nsec)
+        #else
+        let mtime = Int64(info.st_mtim.tv_sec) * 1_000_000_000 + Int64(info.st_mtim.tv_nsec)
+        #endif
+        return FileStat(path: path, size: Int64(info.st_size), mtimeNanoseconds: mtime, inode: Int64(bitPattern: UInt64(info.st_ino)))
+    }
+
+    static func refuse(_ path: String, _ info: stat, input: String) -> InputResolverError {
+        if info.st_mode & S_IFMT == S_IFLNK {
+            return InputResolverError(
+                code: .symlink,
+                message: "'\(path)' is a symlink; Capstan does not follow symlinks in training inputs (input '\(input)'). Replace it with the file or folder it points to, or list that path as the input",
+                path: path)
+        }
+        return InputResolverError(
+            code: .unsupportedEntry,
+            message: "'\(path)' is neither a regular file nor a folder (input '\(input)'); training inputs may hold only files and folders",
+            path: path)
+    }
+
+    static func list(_ path: String) throws -> Listing {
+        guard let info = try lstatus(path) else { return .missing }
+        switch info.st_mode & S_IFMT {
+        case S_IFREG:
+            return .file(fileStat(path, info))
+        case S_IFDIR:
+            var files: [FileStat] = []
+            try walk(path, input: path, into: &files)
+            files.sort { $0.path.utf8.lexicographicallyPrecedes($1.path.utf8) }
+            return .folder(files)
+        default:
+            throw refuse(path, info, input: path)
+        }
+    }
+
+    static func walk(_ folder: String, input: String, into files: inout [FileStat]) throws {
+        let names: [String]
+        do {
+            names = try FileManager.default.contentsOfDirectory(atPath: folder)
+        } catch {
+            throw InputResolverError(code: .unreadable, message: "cannot list the folder '\(folder)' (input '\(input)')",
+                                     path: folder, underlying: error)
+        }
+        for name in names {
+            let path = folder + "/" + name
+            guard let info = try lstatus(path) else { continue } // removed while listing
+            switch info.st_mode & S_IFMT {
+            case S_IFREG: files.append(fileStat(path, info))
+            case S_IFDIR: try walk(path, input: input, into: &files)
+            default: throw refuse(path, info, input: input)
+            }
+        }
+    }
+
+    /// Reads `file` and returns its SHA-256 with the status it had while read; reads again once
+    /// when it changed meanwhile.
+    static func hash(_ file: FileStat) throws -> (FileStat, String) {
+        for _ in 0..<2 {
+            let fd = open(file.path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK)
+            guard fd >= 0 else {
+                let code = errno
+                if code == ELOOP, let info = try? lstatus(file.path) { throw refuse(file.path, info, input: file.path) }
+                throw InputResolverError(code: .unreadable, message: "cannot read '\(file.path)': \(String(cString: strerror(code)))",
+                                         path: file.path)
+            }
+            defer { close(fd) }
+            var before = stat()
+            guard fstat(fd, &before) == 0 else {
+                throw InputResolverError(code: .unreadable, message: "cannot read '\(file.path)': \(String(cString: strerror(errno)))",
+                                         path: file.path)
+            }
+            guard before.st_mode & S_IFMT == S_IFREG else { throw refuse(file.path, before, input: file.path) }
+            var hasher = SHA256()
+            var buffer = [UInt8](repeating: 0, count: 1 << 20)
+            while true {
+                let n = buffer.withUnsafeMutableBytes { posixRead(fd, $0.baseAddress, $0.count) }
+                if n == 0 { break }
+                if n < 0 {
+                    if errno == EINTR { continue }
+                    throw InputResolverError(code: .unreadable,
+                                             message: "cannot read '\(file.path)': \(String(cString: strerror(errno)))", path: file.path)
+                }
+                hasher.update(data: buffer[0..<n])
+            }
+            var after = stat()
+            guard fstat(fd, &after) == 0 else {
+                throw InputResolverError(code: .unreadable, message: "cannot read '\(file.path)': \(String(cString: strerror(errno)))",
+                                         path: file.path)
+            }
+            let status = fileStat(file.path, before)
+            if status == fileStat(file.path, after) {
+                return (status, Hex.string(hasher.finalize()))
+            }
+        }
+        throw InputResolverError(code: .changedWhileReading,
+                                 message: "'\(file.path)' kept changing while Capstan hashed it; run again once whatever writes it is done",
+                                 path: file.path)
+    }
+}

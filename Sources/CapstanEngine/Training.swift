@@ -1,0 +1,277 @@
+import CapstanGit
+import CapstanStore
+import Foundation
+
+/// The journal operation of a training run.
+let trainOperation = "train"
+/// The variable that marks a step's processes as Capstan's, so a crashed run's leftovers can be
+/// found and killed safely (a recycled pid of another process never carries it).
+let runMarker = "CAPSTAN_RUN_ID"
+
+/// Where a step runs and what it gets: the files and environment shared by training and
+/// validation commands.
+struct StepWorkspace {
+    /// `<state>/runs/<model>/v<N>-a<attempt>` (training) or `…-validate`.
+    var folder: String
+    /// A private copy of the commit's tree: steps may write into their working folder without
+    /// touching another run's files.
+    var tree: String
+    var output: String
+    var metricsFile: String
+    var paramsFile: String
+    var logFile: String
+
+    init(stateDirectory: String, model: String, version: Int, label: String) {
+        folder = "\(stateDirectory)/runs/\(model)/v\(version)-\(label)"
+        tree = folder + "/tree"
+        output = folder + "/output"
+        metricsFile = folder + "/metrics.json"
+        paramsFile = folder + "/params.json"
+        logFile = "\(stateDirectory)/logs/\(model)/v\(version)-\(label).log"
+    }
+
+    /// Creates the folders afresh (an interrupted attempt's leftovers are removed) and copies the
+    /// materialized tree in.
+    func prepare(materialized: URL, params: [String: ParamValue]) throws {
+        let fm = FileManager.default
+        if fm.fileExists(atPath: folder) { try fm.removeItem(atPath: folder) }
+        try fm.createDirectory(atPath: folder, withIntermediateDirectories: true)
+        try fm.copyItem(atPath: materialized.path, toPath: tree)
+        try fm.createDirectory(atPath: output, withIntermediateDirectories: true)
+        try fm.createDirectory(atPath: (logFile as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
+        if fm.fileExists(atPath: logFile) { try fm.removeItem(atPath: logFile) }
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys, .prettyPrinted]
+        try encoder.encode(params).write(to: URL(fileURLWithPath: paramsFile))
+    }
+
+    /// Removes everything but the log.
+    func clean() {
+        try? FileManager.default.removeItem(atPath: folder)
+    }
+}
+
+/// The environment a step gets: a few variables of the reconciler's (PATH, HOME, locale), the
+/// spec's `env`, its `secretEnv` resolved from the reconciler's environment, and Capstan's own.
+enum StepEnvironment {
+    static let inherited = ["PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "USER", "LOGNAME", "TZ"]
+
+    struct MissingSecret: Error, CustomStringConvertible {
+        var model: String
+        var name: String
+        var source: String
+        var description: String {
+            "model \(model): secretEnv \(name) is taken from the environment variable \(source), which is not set in Capstan's environment; set it and run again"
+        }
+    }
+
+    static func make(model: String, spec: TrainSpec, reconciler: [String: String], capstan: [String: String]) throws -> [String: String] {
+        var env: [String: String] = [:]
+        for name in inherited { if let v = reconciler[name] { env[name] = v } }
+        if env["PATH"] == nil { env["PATH"] = "/usr/local/bin:/usr/bin:/bin" }
+        for (k, v) in spec.env { env[k] = v }
+        for (name, source) in spec.secretEnv.sorted(by: { $0.key < $1.key }) {
+            guard let value = reconciler[source] else { throw MissingSecret(model: model, name: name, source: source) }
+            env[name] = value
+        }
+        for (k, v) in capstan { env[k] = v }
+        return env
+    }
+
+    /// The secret values a step sees: scrubbed from its output before it is shown or kept.
+    static func secrets(spec: TrainSpec, reconciler: [String: String]) -> [String] {
+        spec.secretEnv.values.compactMap { reconciler[$0] }.filter { $0.count >= 4 }
+    }
+}
+
+/// Replaces secret values in a line of output.
+struct SecretScrubber: Sendable {
+    let secrets: [String]
+
+    func scrub(_ line: String) -> String {
+        guard !secrets.isEmpty else { return line }
+        var out = line
+        for s in secrets where out.contains(s) { out = out.replacingOccurrences(of: s, with: "[secret]") }
+        return out
+    }
+}
+
+/// One training run: a version is created (or reused for a retry), the command runs, its output
+/// folder goes into the artifact store and its metrics into the registry.
+struct Training {
+    let context: EngineContext
+    let model: DesiredModel
+    let plan: Plan
+    let repository: GitRepository
+    let commit: ObjectID
+
+    var registry: any Registry { context.registry }
+    var name: String { model.name }
+    var spec: TrainSpec { model.manifest.spec.train }
+
+    /// Returns the version number (when one was created or reused) and the outcome.
+    func run(_ detail: TrainDetail) async throws -> (Int?, EntryOutcome) {
+        guard detail.fingerprint == model.fingerprint else {
+            return (nil, .failed("the plan trains fingerprint \(detail.fingerprint.prefix(12)), but the spec at \(plan.commit.prefix(7)) now has \(model.fingerprint.prefix(12)); make a new plan"))
+        }
+        let runID = UUID().uuidString.lowercased()
+        let journalID = try context.journal.begin(operation: trainOperation, subject: "model/\(name)", detail: .map([
+            "fingerprint": .string(detail.fingerprint), "commit": .string(plan.commit), "run": .string(runID),
+            "attempt": .int(Int64(detail.attempt)),
+        ]))
+        Failpoint.hit("train.after-journal")
+        let version: ModelVersion
+        do {
+            version = try await claimVersion(detail)
+        } catch {
+            try? context.journal.fail(id: journalID, detail: .map(["error": .string(ModelPipeline.describe(error))]))
+            throw error
+        }
+        let number = version.number
+        Failpoint.hit("train.after-create-version")
+        context.record("model/\(name)/v\(number)", detail.version == nil ? "create-version" : "retrain-version", commit: plan.commit,
+                       after: .map(["status": .string("training"), "fingerprint": .string(detail.fingerprint),
+                                    "attempt": .int(Int64(detail.attempt))]),
+                       reason: detail.reasons.map(\.description).joined(separator: "; "))
+
+        let workspace = StepWorkspace(stateDirectory: context.stateDirectory, model: name, version: number, label: "a\(detail.attempt)")
+        let scrubber = SecretScrubber(secrets: StepEnvironment.secrets(spec: spec, reconciler: context.environment))
+        let result: StepResult
+        do {
+            let materialized = try await context.materializer.materialize(repository, commit: commit)
+            try workspace.prepare(materialized: materialized, params: spec.params)
+            let env = try StepEnvironment.make(model: name, spec: spec, reconciler: context.environment, capstan: [
+                "CAPSTAN_MODEL": name, "CAPSTAN_VERSION": String(number), "CAPSTAN_FINGERPRINT": detail.fingerprint,
+                "CAPSTAN_COMMIT": plan.commit, "CAPSTAN_OUTPUT_DIR": workspace.output, "CAPSTAN_METRICS_FILE": workspace.metricsFile,
+                "CAPSTAN_PARAMS_FILE": workspace.paramsFile, runMarker: runID,
+            ])
+            let events = context.events
+            let journal = context.journal
+            result = try await context.runner.run(
+                StepRequest(argv: spec.command, workdir: workspace.tree + "/" + (spec.workdir == "." ? "" : spec.workdir),
+                            environment: env, timeout: spec.timeout, logPath: workspace.logFile,
+                            outputPrefix: "[\(name) v\(number)] ", killGrace: context.killGrace, redact: scrubber.secrets),
+                started: { pid in
+                    // Journaled before waiting: a crash from here on leaves the group to kill.
+                    try? journal.update(id: journalID, detail: .map([
+                        "fingerprint": .string(detail.fingerprint), "commit": .string(plan.commit), "run": .string(runID),
+                        "attempt": .int(Int64(detail.attempt)), "version": .int(Int64(number)), "pgid": .int(Int64(pid)),
+                    ]))
+                    Failpoint.hit("train.after-start")
+                },
+                line: { line in events(.output(line)) })
+        } catch {
+            let message = ModelPipeline.describe(error)
+            try await fail(number, detail, journalID, tail: message, workspace: workspace)
+            return (number, .failed("v\(number): \(message)"))
+        }
+
+        Failpoint.hit("train.after-exit")
+        guard result.succeeded else {
+            let why: String
+            switch result.termination {
+            case .exited(let code): why = "exited with status \(code)"
+            case .signalled(let sig): why = "was killed by signal \(sig)"
+            case .timedOut: why = "ran longer than its timeout of \(spec.timeout) and was stopped"
+            }
+            let message = "training \(why); log: \(workspace.logFile)"
+            try await fail(number, detail, journalID, tail: scrubber.scrub(result.outputTail), workspace: workspace)
+            return (number, .failed("v\(number): \(message)"))
+        }
+
+        do {
+            let metrics = try MetricsFile.read(workspace.metricsFile, required: false)
+            guard try !FileManager.default.contentsOfDirectory(atPath: workspace.output).isEmpty else {
+                throw StepOutputError(message: "the training command succeeded but wrote nothing to CAPSTAN_OUTPUT_DIR")
+            }
+            let stored = try context.artifacts.store(directory: workspace.output)
+            Failpoint.hit("train.after-artifact")
+            try await registry.updateVersion(model: name, number: number, VersionUpdate(
+                status: .trained, metrics: metrics, artifactDigest: stored.digest, artifactLocation: stored.path, logTail: ""))
+            Failpoint.hit("train.after-trained")
+            try context.journal.finish(id: journalID, detail: .map([
+                "fingerprint": .string(detail.fingerprint), "version": .int(Int64(number)), "artifact": .string(stored.digest),
+            ]))
+            context.record("model/\(name)/v\(number)", "trained", commit: plan.commit,
+                           before: .string("training"),
+                           after: .map(["status": .string("trained"), "artifact": .string(stored.digest),
+                                        "metrics": .map(metrics.mapValues(ParamValue.double))]),
+                           reason: "training finished in \(ManifestDuration.format(result.durationMilliseconds))")
+            workspace.clean()
+            return (number, .done("v\(number) trained in \(ManifestDuration.format(result.durationMilliseconds)); " +
+                                  (metrics.isEmpty ? "no metrics" : MetricsFile.describe(metrics))))
+        } catch {
+            let message = ModelPipeline.describe(error)
+            try await fail(number, detail, journalID, tail: message, workspace: workspace)
+            return (number, .failed("v\(number): \(message)"))
+        }
+    }
+
+    /// A new version for a new fingerprint; the same version again for a retry or a resumed run.
+    func claimVersion(_ detail: TrainDetail) async throws -> ModelVersion {
+        if let number = detail.version {
+            guard let existing = try await registry.version(of: name, number: number), existing.fingerprint == detail.fingerprint else {
+                throw StepOutputError(message: "v\(number) is not a version of fingerprint \(detail.fingerprint.prefix(12)); make a new plan")
+            }
+            guard existing.status == .failed || existing.status == .training else {
+                throw StepOutputError(message: "v\(number) is \(existing.status.rawValue) now; make a new plan")
+            }
+            return try await registry.updateVersion(model: name, number: number, VersionUpdate(
+                status: .training, attempts: detail.attempt, commit: plan.commit))
+        }
+        return try await registry.createVersion(NewVersion(
+            model: name, fingerprint: detail.fingerprint, commit: plan.commit, params: spec.params, status: .training,
+            training: detail.training))
+    }
+
+    func fail(_ number: Int, _ detail: TrainDetail, _ journalID: Int64, tail: String, workspace: StepWorkspace) async throws {
+        let now = context.now()
+        try await registry.updateVersion(model: name, number: number, VersionUpdate(
+            status: .failed, logTail: String(tail.suffix(8192)), failedAt: now))
+        try? context.journal.fail(id: journalID, detail: .map([
+            "fingerprint": .string(detail.fingerprint), "version": .int(Int64(number)),
+        ]))
+        context.record("model/\(name)/v\(number)", "training-failed", commit: plan.commit, before: .string("training"),
+                       after: .string("failed"), reason: String(tail.suffix(500)))
+        workspace.clean()
+    }
+}
+
+struct StepOutputError: Error, CustomStringConvertible {
+    var message: String
+    var description: String { message }
+}
+
+/// The metrics file a step writes: one JSON object of finite numbers.
+enum MetricsFile {
+    static let limit = 1 << 20
+
+    static func read(_ path: String, required: Bool) throws -> [String: Double] {
+        guard FileManager.default.fileExists(atPath: path) else {
+            if required { throw StepOutputError(message: "the step wrote no metrics file (CAPSTAN_METRICS_FILE)") }
+            return [:]
+        }
+        let data = try Data(contentsOf: URL(fileURLWithPath: path))
+        guard data.count <= limit else {
+            throw StepOutputError(message: "the metrics file is \(data.count) bytes, more than the 1 MiB allowed")
+        }
+        guard case .map(let object)? = try? JSONDecoder().decode(ParamValue.self, from: data) else {
+            let start = String(decoding: data.prefix(80), as: UTF8.self)
+            throw StepOutputError(message: "the metrics file is not a JSON object of numbers (it starts with '\(start)'); write e.g. {\"accuracy\": 0.93}")
+        }
+        var metrics: [String: Double] = [:]
+        for (key, value) in object {
+            switch value {
+            case .int(let i): metrics[key] = Double(i)
+            case .double(let d) where d.isFinite: metrics[key] = d
+            default:
+                throw StepOutputError(message: "metric '\(key)' in the metrics file is \(value), not a number; metrics must be numbers")
+            }
+        }
+        return metrics
+    }
+
+    static func describe(_ metrics: [String: Double]) -> String {
+        metrics.sorted { $0.key < $1.key }.map { "\($0.key)=\(Gates.format($0.value))" }.joined(separator: " ")
+    }
+}

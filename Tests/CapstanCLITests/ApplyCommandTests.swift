@@ -1,0 +1,552 @@
+import Foundation
+import Testing
+@testable import CapstanTestSupport
+
+/// A model repository whose training script does what a file in the repository says: succeed
+/// with given metrics, fail, sleep, print garbage metrics or a flood of output.
+final class TrainingRepo {
+    let temp: TempDir
+    let repo: GitRepo
+    var state: String { temp.sub("state").path }
+
+    /// The training script: reads `behavior.json` next to it (part of the model folder, so
+    /// changing it retrains).
+    static let trainScript = #"""
+        import json, os, sys, time
+        here = os.path.dirname(os.path.abspath(__file__))
+        b = json.load(open(os.path.join(here, "behavior.json")))
+        params = json.load(open(os.environ["CAPSTAN_PARAMS_FILE"]))
+        print("training", os.environ["CAPSTAN_MODEL"], "v" + os.environ["CAPSTAN_VERSION"], "lr", params.get("learning_rate"), flush=True)
+        flaky = os.environ.get("FLAKY_FILE")
+        if flaky and os.path.exists(flaky):
+            print("flaky failure", flush=True); sys.exit(5)
+        sleep_file = os.environ.get("SLEEP_FILE")
+        if sleep_file and os.path.exists(sleep_file):
+            open(os.path.join(os.environ["MARKER_DIR"], "started"), "w").write(str(os.getpid()))
+            time.sleep(300)
+        if b.get("sleep"):
+            open(os.path.join(os.environ["MARKER_DIR"], "started"), "w").write(str(os.getpid()))
+            time.sleep(b["sleep"])
+        if b.get("flood"):
+            line = "x" * 1023
+            for _ in range(b["flood"]): print(line)
+        if b.get("fail"):
+            print("Traceback (most recent call last):\nValueError: " + b["fail"], flush=True); sys.exit(3)
+        out = os.environ["CAPSTAN_OUTPUT_DIR"]
+        open(os.path.join(out, "model.json"), "w").write(json.dumps({"lr": params.get("learning_rate")}))
+        m = os.environ["CAPSTAN_METRICS_FILE"]
+        if "garbage" in b:
+            open(m, "w").write(b["garbage"])
+        else:
+            open(m, "w").write(json.dumps({"accuracy": b.get("accuracy", 0.9), "loss": 0.3}))
+        print("done", flush=True)
+        """#
+
+    init(behavior: String = #"{"accuracy": 0.9}"#, champion: String = "latest", timeout: String = "1m",
+         extraTrain: String = "", validate: String = "validate: {metrics: {accuracy: {min: 0.8}}}") throws {
+        temp = try TempDir()
+        repo = try GitRepo(at: temp.sub("repo"))
+        try repo.write("capstan.yaml", """
+            apiVersion: capstan/v1
+            kind: Config
+            metadata: {name: default}
+            spec:
+              manifests: [models]
+              policy: {retry: {initial: 1h, max: 2h}}
+
+            """)
+        try writeModel(learningRate: "0.1", champion: champion, timeout: timeout, extraTrain: extraTrain, validate: validate)
+        try repo.write("models/churn/train.py", Self.trainScript)
+        try repo.write("models/churn/behavior.json", behavior)
+        try repo.write("data/x.csv", "a,b\n1,2\n")
+        try repo.write("README.md", "# models\n")
+        try repo.commit("Churn model")
+    }
+
+    func writeModel(learningRate: String, champion: String = "latest", timeout: String = "1m", extraTrain: String = "",
+                    validate: String = "validate: {metrics: {accuracy: {min: 0.8}}}") throws {
+        try repo.write("models/churn/model.yaml", """
+            apiVersion: capstan/v1
+            kind: Model
+            metadata: {name: churn}
+            spec:
+              train:
+                command: [python3, train.py]
+                workdir: models/churn
+                inputs: [models/churn, data/x.csv]
+                params: {learning_rate: \(learningRate)}
+                timeout: \(timeout)
+                env: {MARKER_DIR: \(temp.url.path)}
+            \(extraTrain)
+              \(validate)
+              aliases:
+                champion: \(champion)
+
+            """)
+    }
+
+    @discardableResult
+    func capstan(_ arguments: [String], environment: [String: String] = [:]) throws -> CLI.Result {
+        try CLI.run(arguments + ["--repo", repo.path, "--state-dir", state], environment: environment)
+    }
+
+    func status() throws -> [String: Any] {
+        let r = try CLI.run(["status", "--state-dir", state, "--format", "json"])
+        #expect(r.status == 0, "\(r.stderr)")
+        return try #require(try JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [String: Any])
+    }
+
+    func model(_ name: String = "churn") throws -> [String: Any] {
+        let models = try #require(try status()["models"] as? [[String: Any]])
+        return try #require(models.first { $0["name"] as? String == name })
+    }
+
+    func versions() throws -> [[String: Any]] {
+        try #require(try model()["versions"] as? [[String: Any]])
+    }
+}
+
+@Suite(.serialized) struct ApplyCommandTests {
+    @Test func applyTrainsValidatesAndPromotesThenIsANoOp() throws {
+        let t = try TrainingRepo()
+        let first = try t.capstan(["apply"])
+        #expect(first.status == 0, "\(first.stdout)\n\(first.stderr)")
+        #expect(first.stdout.contains("+ register model churn"), "\(first.stdout)")
+        #expect(first.stdout.contains("churn: train done: v1 trained"), "\(first.stdout)")
+        #expect(first.stdout.contains("churn: validate done: v1 validated"), "\(first.stdout)")
+        #expect(first.stdout.contains("churn: move-alias done: champion: unset → v1"), "\(first.stdout)")
+        #expect(first.stderr.contains("[churn v1] training churn v1 lr 0.1"), "\(first.stderr)")
+
+        let model = try t.model()
+        #expect(model["aliases"] as? [String: Int] == ["champion": 1])
+        let versions = try t.versions()
+        #expect(versions.count == 1)
+        #expect(versions[0]["status"] as? String == "validated")
+        #expect((versions[0]["metrics"] as? [String: Double])?["accuracy"] == 0.9)
+        #expect((versions[0]["commit"] as? String) == (try t.repo.rev("HEAD")))
+        let condition = try #require((model["conditions"] as? [[String: Any]])?.first)
+        #expect(condition["type"] as? String == "Ready")
+
+        let second = try t.capstan(["apply"])
+        #expect(second.status == 0)
+        #expect(second.stdout.contains("No changes."), "\(second.stdout)")
+        #expect(second.stdout.contains("Apply complete: no changes"), "\(second.stdout)")
+        #expect(try t.versions().count == 1)
+
+        let history = try CLI.run(["history", "--state-dir", t.state, "--format", "json"])
+        #expect(history.status == 0)
+        for action in ["register", "create-version", "trained", "validated", "move-alias"] {
+            #expect(history.stdout.contains("\"\(action)\""), "missing \(action) in \(history.stdout)")
+        }
+    }
+
+    @Test func aParamChangeRetrainsAndThePlanSaysWhy() throws {
+        let t = try TrainingRepo()
+        #expect(try t.capstan(["apply"]).status == 0)
+        try t.writeModel(learningRate: "0.2")
+        try t.repo.commit("Faster learning")
+        let plan = try t.capstan(["plan", "--detailed-exitcode"])
+        #expect(plan.status == 2, "\(plan.stderr)")
+        #expect(plan.stdout.contains("param learning_rate changed 0.1 → 0.2"), "\(plan.stdout)")
+        let json = try t.capstan(["plan", "--format", "json"])
+        let doc = try #require(try JSONSerialization.jsonObject(with: Data(json.stdout.utf8)) as? [String: Any])
+        #expect(doc["format_version"] as? Int == 1)
+        #expect(doc["commit"] as? String == (try t.repo.rev("HEAD")))
+        let changes = try #require(doc["changes"] as? [[String: Any]])
+        let train = try #require(changes.first { $0["action"] as? String == "train" })
+        #expect(train["kind"] as? String == "Model")
+        #expect(train["name"] as? String == "churn")
+        #expect((train["reason"] as? String)?.contains("learning_rate") == true)
+
+        let apply = try t.capstan(["apply"])
+        #expect(apply.status == 0, "\(apply.stdout)\n\(apply.stderr)")
+        #expect(try t.model()["aliases"] as? [String: Int] == ["champion": 2])
+        let noChanges = try t.capstan(["plan", "--detailed-exitcode"])
+        #expect(noChanges.status == 0)
+    }
+
+    @Test func aPromotionInsideTheInputFolderNeverRetrains() throws {
+        let t = try TrainingRepo()
+        #expect(try t.capstan(["apply"]).status == 0)
+        try t.writeModel(learningRate: "0.2")
+        try t.repo.commit("v2")
+        #expect(try t.capstan(["apply"]).status == 0)
+        try t.writeModel(learningRate: "0.2", champion: "1")
+        try t.repo.commit("Promote v1 back to champion")
+        let plan = try t.capstan(["plan"])
+        #expect(plan.stdout.contains("~ move alias churn@champion"), "\(plan.stdout)")
+        #expect(!plan.stdout.contains("+ train"), "\(plan.stdout)")
+        #expect(plan.stdout.contains("0 to train"), "\(plan.stdout)")
+        #expect(try t.capstan(["apply"]).status == 0)
+        #expect(try t.model()["aliases"] as? [String: Int] == ["champion": 1])
+        #expect(try t.versions().count == 2)
+    }
+
+    @Test func aFailedTrainingIsClearKeepsTheAliasAndBacksOff() throws {
+        let t = try TrainingRepo()
+        #expect(try t.capstan(["apply"]).status == 0)
+        try t.repo.write("models/churn/behavior.json", #"{"fail": "broken feature column"}"#)
+        try t.repo.commit("Break training")
+        let failed = try t.capstan(["apply"])
+        #expect(failed.status == 1)
+        #expect(failed.stdout.contains("churn: train FAILED: v2: training exited with status 3"), "\(failed.stdout)")
+        #expect(failed.stderr.contains("did not converge"), "\(failed.stderr)")
+        #expect(try t.model()["aliases"] as? [String: Int] == ["champion": 1])
+        let versions = try t.versions()
+        #expect(versions.map { $0["status"] as? String } == ["validated", "failed"])
+        #expect((versions[1]["log_tail"] as? String)?.contains("ValueError: broken feature column") == true)
+
+        let plan = try t.capstan(["plan"])
+        #expect(plan.stdout.contains("failed once; retrying after a backoff of 1h"), "\(plan.stdout)")
+        let again = try t.capstan(["apply"])
+        #expect(again.status == 0)
+        #expect(try t.versions().count == 2)
+
+        try t.repo.write("models/churn/behavior.json", #"{"accuracy": 0.95}"#)
+        try t.repo.commit("Fix training")
+        let fixed = try t.capstan(["apply"])
+        #expect(fixed.status == 0, "\(fixed.stdout)")
+        #expect(try t.model()["aliases"] as? [String: Int] == ["champion": 3])
+    }
+
+    @Test func retryFailedRetrainsTheSameVersion() throws {
+        let t = try TrainingRepo(extraTrain: "")
+        let flaky = t.temp.sub("flaky").path
+        _ = FileManager.default.createFile(atPath: flaky, contents: Data())
+        let env = ["FLAKY_FILE": flaky]
+        // FLAKY_FILE is read from the step's environment: pass it through the spec's env.
+        try t.writeModel(learningRate: "0.1", extraTrain: "    secretEnv: {FLAKY_FILE: FLAKY_FILE}")
+        try t.repo.commit("flaky")
+        #expect(try t.capstan(["apply"], environment: env).status == 1)
+        try FileManager.default.removeItem(atPath: flaky)
+        let retry = try t.capstan(["apply", "--retry-failed"], environment: env)
+        #expect(retry.status == 0, "\(retry.stdout)")
+        let versions = try t.versions()
+        #expect(versions.count == 1)
+        #expect(versions[0]["status"] as? String == "validated")
+        #expect(versions[0]["attempts"] as? Int == 2)
+    }
+
+    @Test func aTrainingThatRunsTooLongIsStoppedWithItsChildren() throws {
+        let t = try TrainingRepo(behavior: #"{"sleep": 300}"#, timeout: "2s")
+        let r = try t.capstan(["apply"])
+        #expect(r.status == 1)
+        #expect(r.stdout.contains("ran longer than its timeout of 2s"), "\(r.stdout)")
+        let pid = try #require(Int32(String(contentsOfFile: t.temp.sub("started").path, encoding: .utf8)))
+        #expect(!Self.isRunning(pid))
+    }
+
+    @Test func garbageMetricsFailTheTraining() throws {
+        let t = try TrainingRepo(behavior: #"{"garbage": "accuracy: high"}"#)
+        let r = try t.capstan(["apply"])
+        #expect(r.status == 1)
+        #expect(r.stdout.contains("the metrics file is not a JSON object of numbers"), "\(r.stdout)")
+        let strings = try TrainingRepo(behavior: #"{"garbage": "{\"accuracy\": \"high\"}"}"#)
+        let s = try strings.capstan(["apply"])
+        #expect(s.stdout.contains("metric 'accuracy' in the metrics file is"), "\(s.stdout)")
+    }
+
+    @Test func hugeOutputIsStreamedAndBounded() throws {
+        let t = try TrainingRepo(behavior: #"{"flood": 70000, "accuracy": 0.9}"#)
+        let r = try t.capstan(["apply"])
+        #expect(r.status == 0, "\(r.stdout)")
+        let logs = t.temp.sub("state/logs/churn")
+        let files = try FileManager.default.contentsOfDirectory(atPath: logs.path)
+        #expect(files.count == 1)
+        let size = try FileManager.default.attributesOfItem(atPath: logs.appendingPathComponent(files[0]).path)[.size] as? Int ?? 0
+        #expect(size >= 50 * 1_000_000)
+        #expect(size < 51 * 1_048_576)
+        let tail = try String(contentsOf: logs.appendingPathComponent(files[0]), encoding: .utf8).suffix(200)
+        #expect(tail.contains("output truncated"), "\(tail)")
+    }
+
+    @Test func aCandidateFailingItsGatesIsRejectedAndNeverAliased() throws {
+        let t = try TrainingRepo(behavior: #"{"accuracy": 0.5}"#)
+        let r = try t.capstan(["apply"])
+        #expect(r.status == 1)
+        #expect(r.stdout.contains("v1 rejected: accuracy >= 0.8 (accuracy = 0.5)"), "\(r.stdout)")
+        let model = try t.model()
+        #expect((model["aliases"] as? [String: Int])?.isEmpty == true)
+        let condition = try #require((model["conditions"] as? [[String: Any]])?.first)
+        #expect(condition["type"] as? String == "Degraded")
+        #expect(condition["reason"] as? String == "CandidateRejected")
+    }
+
+    @Test func aSavedPlanRunsOnlyAgainstTheStateItWasMadeFrom() throws {
+        let t = try TrainingRepo()
+        let planFile = t.temp.sub("plan.json").path
+        #expect(try t.capstan(["plan", "--out", planFile]).status == 0)
+        let applied = try CLI.run(["apply", planFile, "--state-dir", t.state])
+        #expect(applied.status == 0, "\(applied.stdout)\n\(applied.stderr)")
+        #expect(try t.versions().count == 1)
+
+        // The registry moved since: the same plan is refused.
+        let stale = try CLI.run(["apply", planFile, "--state-dir", t.state])
+        #expect(stale.status == 1)
+        #expect(stale.stderr.contains("the registry changed since the saved plan was made"), "\(stale.stderr)")
+
+        // A new commit since: refused too.
+        try t.writeModel(learningRate: "0.3")
+        let second = t.temp.sub("plan2.json").path
+        #expect(try t.capstan(["plan", "--out", second]).status == 0)
+        try t.repo.commit("move on")
+        let moved = try CLI.run(["apply", second, "--state-dir", t.state])
+        #expect(moved.status == 1)
+        #expect(moved.stderr.contains("the saved plan was made at commit"), "\(moved.stderr)")
+        #expect(try t.versions().count == 1)
+
+        let garbage = t.temp.sub("garbage.json")
+        try Data("{}".utf8).write(to: garbage)
+        let bad = try CLI.run(["apply", garbage.path, "--state-dir", t.state])
+        #expect(bad.status == 1)
+        #expect(bad.stderr.contains("is not a plan saved by `capstan plan --out`"), "\(bad.stderr)")
+    }
+
+    @Test func anInvalidCommitChangesNothing() throws {
+        let t = try TrainingRepo()
+        #expect(try t.capstan(["apply"]).status == 0)
+        try t.repo.write("models/churn/model.yaml", "apiVersion: capstan/v1\nkind: Model\nmetadata: {name: churn}\nspec:\n  train:\n    comand: [x]\n")
+        try t.repo.commit("typo")
+        let r = try t.capstan(["apply"])
+        #expect(r.status == 1)
+        #expect(r.stderr.contains("models/churn/model.yaml:6:5"), "\(r.stderr)")
+        #expect(r.stderr.contains("nothing was planned and nothing changed"), "\(r.stderr)")
+        #expect(try t.versions().count == 1)
+    }
+
+    @Test func theValidationCommandGatesTheVersionAndCanAddMetrics() throws {
+        let validate = """
+            validate:
+                metrics: {accuracy: {min: 0.8}, p95_ms: {max: 50}}
+                command: [python3, evaluate.py]
+            """
+        let t = try TrainingRepo(validate: validate)
+        try t.repo.write("models/churn/evaluate.py", #"""
+            import json, os, sys
+            model = json.load(open(os.path.join(os.environ["CAPSTAN_MODEL_DIR"], "model.json")))
+            print("evaluating model with lr", model["lr"], flush=True)
+            json.dump({"p95_ms": 40 if model["lr"] < 0.15 else 70}, open(os.environ["CAPSTAN_METRICS_FILE"], "w"))
+            sys.exit(0 if model["lr"] < 0.25 else 1)
+            """#)
+        try t.repo.commit("evaluate")
+        let first = try t.capstan(["apply"])
+        #expect(first.status == 0, "\(first.stdout)\n\(first.stderr)")
+        #expect(first.stderr.contains("[churn v1 validate] evaluating model with lr 0.1"), "\(first.stderr)")
+        let v1 = try #require(try t.versions().first)
+        #expect((v1["metrics"] as? [String: Double])?["p95_ms"] == 40)
+
+        // The command passes but the latency it measured fails its gate.
+        try t.writeModel(learningRate: "0.2", validate: validate)
+        try t.repo.commit("slower")
+        let slow = try t.capstan(["apply"])
+        #expect(slow.status == 1)
+        #expect(slow.stdout.contains("v2 rejected: p95_ms <= 50 (p95_ms = 70)"), "\(slow.stdout)")
+
+        // The command itself fails.
+        try t.writeModel(learningRate: "0.3", validate: validate)
+        try t.repo.commit("worse")
+        let failing = try t.capstan(["apply"])
+        #expect(failing.status == 1)
+        #expect(failing.stdout.contains("command python3 evaluate.py (exited with status 1"), "\(failing.stdout)")
+        #expect(try t.model()["aliases"] as? [String: Int] == ["champion": 1])
+        #expect(try t.versions().map { $0["status"] as? String } == ["validated", "rejected", "rejected"])
+    }
+
+    @Test func secretsNeverReachLogsStatusOrHistory() throws {
+        let t = try TrainingRepo(behavior: #"{"fail": "bad token"}"#)
+        try t.repo.write("models/churn/train.py", "import os, sys\nprint('token is', os.environ['API_TOKEN'], flush=True)\nsys.exit(2)\n")
+        try t.writeModel(learningRate: "0.1", extraTrain: "    secretEnv: {API_TOKEN: CAPSTAN_TEST_TOKEN}")
+        try t.repo.commit("leaky script")
+        let secret = "s3cr3t-value-\(UUID().uuidString)"
+        let r = try t.capstan(["apply"], environment: ["CAPSTAN_TEST_TOKEN": secret])
+        #expect(r.status == 1)
+        #expect(r.stderr.contains("token is [secret]"), "\(r.stderr)")
+        #expect(!r.stdout.contains(secret) && !r.stderr.contains(secret))
+        let status = try CLI.run(["status", "--state-dir", t.state, "--format", "json"])
+        #expect(status.stdout.contains("token is [secret]"), "\(status.stdout)")
+        #expect(!status.stdout.contains(secret))
+        let history = try CLI.run(["history", "--state-dir", t.state, "--format", "json"])
+        #expect(!history.stdout.contains(secret))
+        let logs = t.temp.sub("state/logs/churn")
+        for file in try FileManager.default.contentsOfDirectory(atPath: logs.path) {
+            let text = try String(contentsOf: logs.appendingPathComponent(file), encoding: .utf8)
+            #expect(!text.contains(secret))
+        }
+        let database = try Data(contentsOf: URL(fileURLWithPath: t.state + "/capstan.db"))
+        #expect(database.range(of: Data(secret.utf8)) == nil)
+
+        // Without the variable the step does not start, and the message names it.
+        let missing = try t.capstan(["apply", "--retry-failed"])
+        #expect(missing.stdout.contains("CAPSTAN_TEST_TOKEN, which is not set"), "\(missing.stdout)")
+    }
+
+    @Test func modelsTrainInParallelUpToThePolicy() throws {
+        let t = try TrainingRepo()
+        // Each training waits until the other one has started: they finish only if both run at once.
+        let script = #"""
+            import os, sys, time
+            me, other = os.environ["CAPSTAN_MODEL"], {"churn": "fraud", "fraud": "churn"}[os.environ["CAPSTAN_MODEL"]]
+            d = os.environ["MARKER_DIR"]
+            open(os.path.join(d, me + ".started"), "w").close()
+            for _ in range(200):
+                if os.path.exists(os.path.join(d, other + ".started")): break
+                time.sleep(0.05)
+            else:
+                print("the other model never started alongside", flush=True); sys.exit(1)
+            open(os.path.join(os.environ["CAPSTAN_OUTPUT_DIR"], "m"), "w").write(me)
+            """#
+        try t.repo.write("models/churn/train.py", script)
+        try t.repo.write("models/fraud/train.py", script)
+        try t.repo.write("models/fraud/model.yaml", """
+            apiVersion: capstan/v1
+            kind: Model
+            metadata: {name: fraud}
+            spec:
+              train:
+                command: [python3, train.py]
+                workdir: models/fraud
+                inputs: [models/fraud]
+                env: {MARKER_DIR: \(t.temp.url.path)}
+
+            """)
+        try t.writeModel(learningRate: "0.1", validate: "")
+        try t.repo.commit("two models")
+        let r = try t.capstan(["apply"])
+        #expect(r.status == 0, "\(r.stdout)\n\(r.stderr)")
+        #expect(r.stdout.contains("churn: train done"), "\(r.stdout)")
+        #expect(r.stdout.contains("fraud: train done"), "\(r.stdout)")
+    }
+
+    @Test func versionsBeyondRetentionAreArchived() throws {
+        let t = try TrainingRepo(extraTrain: "")
+        func model(_ lr: String, _ champion: String) throws {
+            try t.writeModel(learningRate: lr, champion: champion)
+            let path = t.repo.url.appendingPathComponent("models/churn/model.yaml")
+            let text = try String(contentsOf: path, encoding: .utf8) + "  retention: {keepVersions: 1}\n"
+            try t.repo.write("models/churn/model.yaml", text)
+        }
+        try model("0.1", "latest")
+        try t.repo.commit("retention")
+        #expect(try t.capstan(["apply"]).status == 0)
+        try model("0.11", "1")
+        try t.repo.commit("v2, champion stays on v1")
+        #expect(try t.capstan(["apply"]).status == 0)
+        try model("0.12", "1")
+        try t.repo.commit("v3")
+        #expect(try t.capstan(["apply"]).status == 0)
+        let archive = try t.capstan(["apply"])
+        #expect(archive.stdout.contains("archive-versions done: archived v2"), "\(archive.stdout)")
+        let versions = try t.versions()
+        #expect(versions.map { $0["archived_at"] != nil } == [false, true, false])
+        #expect(try t.model()["aliases"] as? [String: Int] == ["champion": 1])
+    }
+
+    // MARK: Crash safety and locking
+
+    /// Kills `capstan apply` at each failpoint of a pass that trains v2 and moves the alias, then
+    /// checks that the next pass converges: no version number or fingerprint used twice, the alias
+    /// only on a validated version, the journal closed, and a third pass has nothing to do.
+    @Test(arguments: ["train.after-journal", "train.after-create-version", "train.after-start", "train.after-exit",
+                      "train.after-artifact", "train.after-trained", "validate.before-update", "validate.after-update",
+                      "alias.before-set", "alias.after-set"])
+    func aPassKilledAnywhereConvergesOnTheNextOne(_ failpoint: String) throws {
+        let t = try TrainingRepo()
+        #expect(try t.capstan(["apply"]).status == 0)
+        try t.writeModel(learningRate: "0.2")
+        try t.repo.commit("v2")
+        let killed = try t.capstan(["apply"], environment: ["CAPSTAN_FAILPOINT": failpoint])
+        #expect(killed.status != 0 && killed.status != 1, "\(failpoint): \(killed.status) \(killed.stdout)")
+
+        let next = try t.capstan(["apply"])
+        #expect(next.status == 0, "\(failpoint): \(next.stdout)\n\(next.stderr)")
+        let versions = try t.versions()
+        let numbers = versions.compactMap { $0["version"] as? Int }
+        let fingerprints = versions.compactMap { $0["fingerprint"] as? String }
+        #expect(numbers == [1, 2], "\(failpoint): \(versions)")
+        #expect(Set(fingerprints).count == fingerprints.count)
+        #expect(versions.allSatisfy { $0["status"] as? String == "validated" }, "\(failpoint): \(versions)")
+        #expect(try t.model()["aliases"] as? [String: Int] == ["champion": 2])
+        let third = try t.capstan(["apply"])
+        #expect(third.stdout.contains("Apply complete: no changes"), "\(failpoint): \(third.stdout)")
+        if failpoint.hasPrefix("train.") {
+            let history = try CLI.run(["history", "--state-dir", t.state, "--format", "json"])
+            #expect(history.stdout.contains("\"interrupted\""), "\(failpoint): \(history.stdout)")
+        }
+    }
+
+    /// Two `capstan apply` processes on one state directory: the second is refused at once with
+    /// the holder named; the first is killed with SIGKILL mid-training; the next apply takes the
+    /// lock over, stops the orphaned training process, trains the version again, and status and
+    /// history tell what happened.
+    @Test func twoProcessesContendAndAKilledOneIsRecovered() throws {
+        let t = try TrainingRepo()
+        let sleepFile = t.temp.sub("sleep").path
+        _ = FileManager.default.createFile(atPath: sleepFile, contents: Data())
+        try t.writeModel(learningRate: "0.1", extraTrain: "    secretEnv: {SLEEP_FILE: SLEEP_FILE}")
+        try t.repo.commit("sleepy")
+        let env = ["SLEEP_FILE": sleepFile]
+
+        let first = Process()
+        first.executableURL = CLI.binary
+        first.arguments = ["apply", "--repo", t.repo.path, "--state-dir", t.state]
+        var environment = ProcessInfo.processInfo.environment
+        environment.merge(env) { _, new in new }
+        first.environment = environment
+        let log = t.temp.sub("first.log")
+        _ = FileManager.default.createFile(atPath: log.path, contents: nil)
+        let handle = try FileHandle(forWritingTo: log)
+        first.standardOutput = handle
+        first.standardError = handle
+        try first.run()
+        let started = t.temp.sub("started").path
+        var polls = 0
+        while !FileManager.default.fileExists(atPath: started) && polls < 600 { usleep(50_000); polls += 1 }
+        let trainingPID = try #require(Int32(try String(contentsOfFile: started, encoding: .utf8)))
+
+        let second = try t.capstan(["apply"], environment: env)
+        #expect(second.status == 1)
+        #expect(second.stderr.contains("is still locked"), "\(second.stderr)")
+        #expect(second.stderr.contains("pid \(first.processIdentifier)"), "\(second.stderr)")
+        #expect(second.stderr.contains("capstan unlock"), "\(second.stderr)")
+
+        let waited = try t.capstan(["apply", "--lock-timeout", "1s"], environment: env)
+        #expect(waited.status == 1)
+        #expect(waited.stderr.contains("is still locked after waiting 1"), "\(waited.stderr)")
+
+        let midway = try t.versions()
+        #expect(midway.map { $0["status"] as? String } == ["training"])
+
+        kill(first.processIdentifier, SIGKILL)
+        while first.isRunning { usleep(20_000) }
+        try? handle.close()
+        #expect(Self.isRunning(trainingPID), "the orphaned training process is still running before recovery")
+
+        try FileManager.default.removeItem(atPath: sleepFile)
+        let third = try t.capstan(["apply"], environment: env)
+        #expect(third.status == 0, "\(third.stdout)\n\(third.stderr)")
+        #expect(third.stderr.contains("took over the lock"), "\(third.stderr)")
+        #expect(third.stdout.contains("recovered an interrupted train of model/churn"), "\(third.stdout)")
+        #expect(third.stdout.contains("version 1 was interrupted while training"), "\(third.stdout)")
+        #expect(third.stdout.contains("stopped its leftover training processes"), "\(third.stdout)")
+        #expect(!Self.isRunning(trainingPID), "the orphaned training process was stopped")
+
+        let versions = try t.versions()
+        #expect(versions.count == 1)
+        #expect(versions[0]["status"] as? String == "validated")
+        #expect(versions[0]["attempts"] as? Int == 2)
+        let status = try t.status()
+        #expect((status["last_pass"] as? [String: Any])?["outcome"] as? String == "converged")
+        let history = try CLI.run(["history", "--state-dir", t.state])
+        #expect(history.stdout.contains("interrupted"), "\(history.stdout)")
+    }
+
+    /// Whether `pid` is a live process (a zombie waiting for a parent that does not reap it is
+    /// not: PID 1 of some containers never does).
+    static func isRunning(_ pid: Int32) -> Bool {
+        guard kill(pid, 0) == 0 else { return false }
+        guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+              let close = stat.lastIndex(of: ")") else { return false }
+        let state = stat[stat.index(close, offsetBy: 2)...].prefix(1)
+        return state != "Z" && state != "X"
+    }
+}
