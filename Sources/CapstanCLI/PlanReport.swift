@@ -102,7 +102,7 @@ extension PlanReport {
         case .wait(let w):
             headline = "wait \(name): \(Self.oneLine(e.reason))"
             if let until = w.until {
-                headline += " until \(Self.timestamp(until, milliseconds: false)) (\(Self.relative(until - plan.createdAt)))"
+                headline += " (until \(Self.timestamp(until, milliseconds: false)), \(Self.relative(until - plan.createdAt)))"
             }
             more = w.lastFailure.map { Self.failureLines($0, indent: indent) } ?? []
         case .blocked(let b):

@@ -105,7 +105,7 @@ struct PlanReportTests {
                   description: "Old." → "New."
                   labels.team: "risk" → "fraud"
                   labels.tier: (unset) → "gold"
-              … wait fraud: training v4 failed twice; retrying after a backoff until 2026-11-05T10:14:00Z (in 14m)
+              … wait fraud: training v4 failed twice; retrying after a backoff (until 2026-11-05T10:14:00Z, in 14m)
                   last failure:
                     line 3
                     line 4

@@ -183,7 +183,8 @@ public enum TrainReason: Hashable, Sendable, Codable, CustomStringConvertible {
     /// `git-tree:4b825dc…` → `tree 4b825dc`; `sha256:ab…` → `sha256 ab12345`.
     static func short(_ identity: String) -> String {
         guard let colon = identity.firstIndex(of: ":") else { return identity }
-        let kind = identity[..<colon].replacingOccurrences(of: "git-", with: "")
+        var kind = identity[..<colon].replacingOccurrences(of: "git-", with: "")
+        if kind == "tree-without-manifests" { kind = "tree" }
         let value = identity[identity.index(after: colon)...]
         return kind == "version" ? "version \(value)" : "\(kind) \(value.prefix(7))"
     }
