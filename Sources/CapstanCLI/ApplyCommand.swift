@@ -184,7 +184,7 @@ enum ApplyOutput {
         case .moveAlias: return "moving alias"
         case .deleteAlias: return "deleting alias"
         case .archiveVersions: return "archiving"
-        case .wait, .blocked, .orphaned: return action.rawValue
+        default: return action.rawValue
         }
     }
 

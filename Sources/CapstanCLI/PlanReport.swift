@@ -110,6 +110,11 @@ extension PlanReport {
         case .orphaned(let o):
             headline = "orphaned model \(name) (\(Self.orphanFacts(o)))"
             more = why
+        case .deployment(let d):
+            headline = Self.deploymentHeadline(e, d)
+            more = why
+            if let b = d.backends { more.append(indent + "traffic: " + Self.traffic(b)) }
+            if let a = d.analysis { more.append(indent + "analysis: " + a.summary) }
         }
         return ["  \(paint(e.action)) \(headline)"] + more
     }
@@ -124,8 +129,11 @@ extension PlanReport {
         case .updateModel, .moveAlias, .validate: code = "33"
         case .deleteAlias, .archiveVersions: code = "31"
         case .wait: code = "36"
-        case .blocked: code = "1;31"
-        case .orphaned: code = "2"
+        case .blocked, .drift: code = "1;31"
+        case .orphaned, .servingUnavailable: code = "2"
+        case .createEndpoint: code = "32"
+        case .startRollout, .advanceRollout, .promote, .abortRollout, .scale, .revertDrift, .adoptDrift: code = "33"
+        case .rollback, .retireEndpoint: code = "31"
         }
         return "\u{1B}[\(code)m\(action.symbol)\u{1B}[0m"
     }
@@ -232,6 +240,22 @@ extension PlanReport {
         case .orphaned(let r):
             o["version_count"] = .int(r.versions)
             o["aliases"] = .object(r.aliases.mapValues(JSON.int))
+        case .deployment(let d):
+            o["model"] = .string(d.model)
+            o["from"] = .optional(d.from, JSON.int)
+            o["to"] = .optional(d.to, JSON.int)
+            o["backends"] = .optional(d.backends) { list in
+                .array(list.map { .object(["version": .int($0.version), "weight": .int($0.weight), "replicas": .int($0.replicas)]) })
+            }
+            o["progress"] = .optional(d.progress, JSON.string)
+            o["analysis"] = .optional(d.analysis) { a in
+                .object(["requests": .int64(a.requests), "failures": .int64(a.failures),
+                         "error_rate": .optional(a.errorRate, JSON.double), "p95_ms": .optional(a.p95Milliseconds, JSON.double),
+                         "failure": .optional(a.failure, JSON.string)])
+            }
+            o["quarantine"] = .optional(d.quarantine) { q in
+                .object(["version": .int(q.version), "reason": .string(q.reason)])
+            }
         }
         return .object(o)
     }
@@ -396,7 +420,27 @@ extension PlanReport {
         case .wait: return "wait"
         case .blocked: return "blocked"
         case .orphaned(let o): return "orphaned (\(Self.orphanFacts(o)))"
+        case .deployment(let d): return Self.deploymentHeadline(e, d) + (d.backends.map { " — " + Self.traffic($0) } ?? "")
         }
+    }
+
+    /// `start rollout churn-prod: v1 → v2 (starting)`.
+    static func deploymentHeadline(_ e: PlanEntry, _ d: DeploymentDetail) -> String {
+        let verb = e.action.rawValue.replacingOccurrences(of: "-", with: " ")
+        let versions: String
+        switch (d.from, d.to) {
+        case (let f?, let t?) where f != t: versions = "v\(f) → v\(t)"
+        case (_, let t?): versions = "v\(t)"
+        case (let f?, nil): versions = "v\(f)"
+        default: versions = ""
+        }
+        let progress = d.progress.map { " (\($0))" } ?? ""
+        return "\(verb) \(oneLine(e.name))" + (versions.isEmpty ? "" : ": \(versions)") + progress + " [model \(oneLine(d.model))]"
+    }
+
+    /// `v1 90% ×1, v2 10% ×1`.
+    static func traffic(_ backends: [BackendWeight]) -> String {
+        backends.isEmpty ? "none" : backends.map { "v\($0.version) \($0.weight)% ×\($0.replicas)" }.joined(separator: ", ")
     }
 
     /// One list item for a wait, blocked or orphaned entry, with a wait's last failure.

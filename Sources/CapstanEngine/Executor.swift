@@ -222,7 +222,7 @@ struct ModelPipeline: Sendable {
                            after: .list(archived.map { .int(Int64($0)) }), reason: entry.reason)
             return .done("archived " + archived.map { "v\($0)" }.joined(separator: ", "))
 
-        case .wait, .blocked, .orphaned:
+        case .wait, .blocked, .orphaned, .deployment:
             return .skipped("not a change")
         }
     }

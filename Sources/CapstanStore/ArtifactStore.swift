@@ -168,7 +168,7 @@ public struct ArtifactStore: Sendable {
     }
 
     /// `sha256:<hex>` of `directory`'s canonical listing (see the type's documentation).
-    static func digest(of directory: String) throws -> String {
+    public static func digest(of directory: String) throws -> String {
         var hasher = SHA256()
         for entry in try listing(of: directory) {
             let line: String

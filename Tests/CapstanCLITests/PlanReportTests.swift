@@ -213,8 +213,10 @@ struct PlanReportTests {
         #expect(doc["actual_digest"] as? String == "d1g35t")
         #expect(Set(doc.keys) == ["format_version", "repository", "ref", "commit", "created_at", "actual_digest", "summary", "changes"])
         let summary = try #require(doc["summary"] as? [String: Int])
-        #expect(summary == ["register_model": 1, "update_model": 1, "train": 2, "validate": 2, "move_alias": 2, "delete_alias": 1,
-                            "archive_versions": 1, "wait": 1, "blocked": 1, "orphaned": 1, "changes": 10])
+        var expected = Dictionary(uniqueKeysWithValues: PlanAction.allCases.map { ($0.rawValue.replacingOccurrences(of: "-", with: "_"), 0) })
+        expected.merge(["register_model": 1, "update_model": 1, "train": 2, "validate": 2, "move_alias": 2, "delete_alias": 1,
+                        "archive_versions": 1, "wait": 1, "blocked": 1, "orphaned": 1, "changes": 10]) { _, new in new }
+        #expect(summary == expected)
         // Keys are sorted: the top-level ones appear in alphabetical order.
         let order = ["actual_digest", "changes", "commit", "created_at", "format_version", "ref", "repository", "summary"]
             .map { json.range(of: "\n  \"\($0)\"")?.lowerBound }

@@ -52,12 +52,36 @@ public enum PlanAction: String, Hashable, Sendable, Codable, CaseIterable {
     /// Nothing can happen until the spec changes (an alias pinned to a version that does not
     /// exist or was rejected). Not a change.
     case blocked
-    /// In the registry but no longer in Git; left alone. Not a change.
+    /// In the registry (or the serving layer) but no longer in Git; left alone. Not a change.
     case orphaned
+    // Deployments.
+    /// A new endpoint serving the target version.
+    case createEndpoint = "create-endpoint"
+    /// A rollout begins: the new version starts with no traffic.
+    case startRollout = "start-rollout"
+    /// A canary step: the new version's weight changes (or the analysis restarts).
+    case advanceRollout = "advance-rollout"
+    /// The new version takes all traffic; the old one is stopped.
+    case promote
+    /// The new version failed: traffic returns to the old one, the new one is quarantined.
+    case rollback
+    /// The target changed back to what serves: the rollout is dropped.
+    case abortRollout = "abort-rollout"
+    case scale
+    /// An endpoint no longer in Git is removed (`policy.prune: true`).
+    case retireEndpoint = "retire-endpoint"
+    /// The endpoint was changed outside Capstan: set back (`policy.drift: revert`).
+    case revertDrift = "revert-drift"
+    /// The endpoint was changed outside Capstan: taken as it is (`policy.drift: adopt`).
+    case adoptDrift = "adopt-drift"
+    /// The endpoint was changed outside Capstan: reported only (`policy.drift: alert`). Not a change.
+    case drift
+    /// The serving layer cannot be reached; nothing that serves is touched. Not a change.
+    case servingUnavailable = "serving-unavailable"
 
     public var isChange: Bool {
         switch self {
-        case .wait, .blocked, .orphaned: return false
+        case .wait, .blocked, .orphaned, .drift, .servingUnavailable: return false
         default: return true
         }
     }
@@ -69,8 +93,11 @@ public enum PlanAction: String, Hashable, Sendable, Codable, CaseIterable {
         case .updateModel, .moveAlias, .validate: return "~"
         case .deleteAlias, .archiveVersions: return "-"
         case .wait: return "…"
-        case .blocked: return "!"
-        case .orphaned: return "?"
+        case .blocked, .drift: return "!"
+        case .orphaned, .servingUnavailable: return "?"
+        case .createEndpoint: return "+"
+        case .startRollout, .advanceRollout, .promote, .abortRollout, .scale, .revertDrift, .adoptDrift: return "~"
+        case .rollback, .retireEndpoint: return "-"
         }
     }
 }
@@ -114,6 +141,7 @@ public enum PlanDetail: Hashable, Sendable, Codable {
     case wait(WaitDetail)
     case blocked(BlockedDetail)
     case orphaned(OrphanDetail)
+    case deployment(DeploymentDetail)
 }
 
 public struct ModelMetadataChange: Hashable, Sendable, Codable {

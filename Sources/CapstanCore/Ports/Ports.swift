@@ -1,44 +1,11 @@
 // The ports through which the engine reaches the outside world. Adapters implement them in their
 // own modules (CapstanGit, CapstanStore, CapstanMLflow, CapstanRunner, CapstanServing); the core
-// and the planner depend only on these protocols. Only `ManifestSource` is implemented so far;
-// the others are the contracts later adapters are written against and are refined with them.
+// and the planner depend only on these protocols. The serving port is in Serving.swift.
 
 /// The time source. Tests use a manual clock; everything else uses the system clock.
 public protocol Clock: Sendable {
     /// Milliseconds since the Unix epoch.
     func nowMilliseconds() -> Int64
-}
-
-/// What one endpoint of the serving layer serves.
-public struct EndpointState: Hashable, Sendable, Codable {
-    public struct Backend: Hashable, Sendable, Codable {
-        public var version: Int
-        public var weight: Int
-        public var replicas: Int
-
-        public init(version: Int, weight: Int, replicas: Int) {
-            self.version = version
-            self.weight = weight
-            self.replicas = replicas
-        }
-    }
-
-    public var deployment: String
-    public var model: String
-    public var backends: [Backend]
-
-    public init(deployment: String, model: String, backends: [Backend]) {
-        self.deployment = deployment
-        self.model = model
-        self.backends = backends
-    }
-}
-
-/// The serving layer (Capstan's local serving agent; KServe and others later).
-public protocol ServingTarget: Sendable {
-    func endpoints() async throws -> [EndpointState]
-    func setEndpoint(_ endpoint: EndpointState) async throws
-    func removeEndpoint(_ deployment: String) async throws
 }
 
 /// A step to run: a training or validation command, exactly as it is to be executed.
@@ -123,10 +90,4 @@ public protocol StepRunner: Sendable {
         _ request: StepRequest, started: @escaping @Sendable (Int32) -> Void,
         line: @escaping @Sendable (String) -> Void
     ) async throws -> StepResult
-}
-
-/// Capstan's own persistent state: journal, rollout state machines, locks, audit log.
-public protocol StateStore: Sendable {
-    func acquireLock(holder: String, command: String, ttlMilliseconds: Int64) async throws
-    func releaseLock(holder: String) async throws
 }
