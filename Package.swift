@@ -13,6 +13,8 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-crypto.git", from: "3.12.3"),
         .package(url: "https://github.com/groue/GRDB.swift.git", from: "7.10.0"),
         .package(url: "https://github.com/swiftlang/swift-subprocess.git", from: "1.0.2"),
+        .package(url: "https://github.com/hummingbird-project/hummingbird.git", from: "2.28.1"),
+        .package(url: "https://github.com/swift-server/async-http-client.git", from: "1.37.0"),
     ],
     targets: [
         // Functional core: manifest types, diagnostics, ports. No I/O.
@@ -46,6 +48,14 @@ let package = Package(
             "CapstanCore",
             .product(name: "Subprocess", package: "swift-subprocess"),
         ]),
+        // The local serving agent (`capstan serve`): model-server supervisor, weighted gateway,
+        // admin API; and the ServingTarget client of that API.
+        .target(name: "CapstanServing", dependencies: [
+            "CapstanCore",
+            "CapstanStore",
+            .product(name: "Hummingbird", package: "hummingbird"),
+            .product(name: "AsyncHTTPClient", package: "async-http-client"),
+        ]),
         // The reconciler: desired state at a commit + actual state -> plan -> executed pass.
         .target(name: "CapstanEngine", dependencies: [
             "CapstanCore",
@@ -64,6 +74,7 @@ let package = Package(
             "CapstanStore",
             "CapstanRunner",
             "CapstanEngine",
+            "CapstanServing",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
         .executableTarget(name: "capstan", dependencies: ["CapstanCLI"]),
@@ -78,6 +89,7 @@ let package = Package(
         .testTarget(name: "CapstanStoreTests", dependencies: [
             "CapstanStore", "CapstanCore", .product(name: "GRDB", package: "GRDB.swift"),
         ]),
+        .testTarget(name: "CapstanServingTests", dependencies: ["CapstanServing", "CapstanCore", "CapstanStore", "CapstanTestSupport"]),
         .testTarget(name: "CapstanRunnerTests", dependencies: ["CapstanRunner", "CapstanCore", "CapstanTestSupport"]),
         .testTarget(name: "CapstanEngineTests", dependencies: [
             "CapstanEngine", "CapstanCore", "CapstanGit", "CapstanStore", "CapstanManifests", "CapstanTestSupport",

@@ -5,16 +5,17 @@ import CapstanGit
 import CapstanRunner
 import CapstanStore
 import Foundation
+import Synchronization
 
 struct ApplyCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "apply",
         abstract: "One reconcile pass: lock, plan, train, validate, move aliases, report.",
         discussion: """
-            Takes the state directory's lock, finishes what a killed pass left, computes the plan for \\
-            the commit and executes it. With PLANFILE (from capstan plan --out) it executes exactly \\
+            Takes the state directory's lock, finishes what a killed pass left, computes the plan for \
+            the commit and executes it. With PLANFILE (from capstan plan --out) it executes exactly \
             that plan, and refuses it when the commit or the registry changed since it was made.
-            Exit status: 0 converged or progressing, 1 error (a training failed, a candidate was \\
+            Exit status: 0 converged or progressing, 1 error (a training failed, a candidate was \
             rejected, the state is locked…), 64 usage error.
             """)
 
@@ -72,6 +73,13 @@ struct ApplyCommand: AsyncParsableCommand {
         }
         let terminal = Terminal(noColor: noColor)
         let work = Task { try await self.pass(options: options, saved: saved, database: database, terminal: terminal) }
+        // SIGINT/SIGTERM stop the pass: the running step's process group is terminated, the
+        // version it trained is left for the next pass, the lock is released. A second signal
+        // exits at once (the next pass recovers, as after a crash).
+        let stopper = SignalStopper { signal in
+            Terminal.err("capstan: \(signal == SIGINT ? "interrupted" : "terminated"); stopping the running step and releasing the lock (send it again to stop at once)\n")
+            work.cancel()
+        }
         // The lease is renewed while the pass runs; losing it stops the pass.
         let renewal = Task {
             while !Task.isCancelled {
@@ -89,6 +97,11 @@ struct ApplyCommand: AsyncParsableCommand {
         let result = await work.result
         renewal.cancel()
         _ = try? lock.release(holder: holder)
+        stopper.stop()
+        if let signal = stopper.received {
+            throw CommandFailure(message: "the pass was stopped by \(signal == SIGINT ? "SIGINT" : "SIGTERM"); the next apply finishes it",
+                                 exitCode: 128 + signal)
+        }
         try result.get()
     }
 
@@ -101,7 +114,7 @@ struct ApplyCommand: AsyncParsableCommand {
         var commit: String?
         do {
             let reconciler = Reconciler(context: context)
-            for note in try reconciler.recover() { Terminal.out("capstan: \(note)\n") }
+            for note in try await reconciler.recover() { Terminal.out("capstan: \(note)\n") }
             let prepared = try await PassPreparation.prepare(options, database: database, now: context.now())
             commit = prepared.desired.commit
             let plan: Plan
@@ -114,8 +127,13 @@ struct ApplyCommand: AsyncParsableCommand {
             }
             Terminal.out(PlanReport(plan: plan, color: terminal.color).text())
             if plan.hasChanges { Terminal.out("\n") }
-            let result = try await reconciler.execute(plan, desired: prepared.desired, repository: prepared.repository,
-                                                      commit: prepared.commit)
+            let serving = PassPreparation.servingTarget(prepared.state.result.manifests.configSpec)
+            let outcome = await Result(catching: {
+                try await reconciler.execute(plan, desired: prepared.desired, manifests: prepared.state.result.manifests,
+                                             repository: prepared.repository, commit: prepared.commit, serving: serving?.target)
+            })
+            await serving?.close()
+            let result = try outcome.get()
             let summary = ApplyOutput.summary(plan, result)
             Terminal.out(summary + "\n")
             try context.passes.finish(id: passID, commit: commit, outcome: PassRecords.Pass.Outcome(rawValue: result.outcome.rawValue) ?? .failed,
@@ -150,6 +168,46 @@ struct ApplyCommand: AsyncParsableCommand {
     }
 }
 
+/// Turns SIGINT and SIGTERM into a graceful stop; a second signal exits at once. SIGPIPE is
+/// ignored (a closed pipe on stdout must not kill a pass half-way).
+final class SignalStopper {
+    private var sources: [any DispatchSourceSignal] = []
+    /// The first signal received (shared with the handlers).
+    private let state = SignalState()
+
+    final class SignalState: Sendable {
+        let first = Mutex<Int32?>(nil)
+    }
+
+    init(_ onFirst: @escaping @Sendable (Int32) -> Void) {
+        signal(SIGPIPE, SIG_IGN)
+        var sources: [any DispatchSourceSignal] = []
+        let state = self.state
+        for sig in [SIGINT, SIGTERM] {
+            signal(sig, SIG_IGN)
+            let source = DispatchSource.makeSignalSource(signal: sig, queue: .global())
+            source.setEventHandler {
+                let first = state.first.withLock { seen -> Bool in
+                    if seen != nil { return false }
+                    seen = sig
+                    return true
+                }
+                if first { onFirst(sig) } else { exit(128 + sig) }
+            }
+            source.resume()
+            sources.append(source)
+        }
+        self.sources = sources
+    }
+
+    /// The first signal received, if any.
+    var received: Int32? { state.first.withLock { $0 } }
+
+    func stop() {
+        for source in sources { source.cancel() }
+    }
+}
+
 /// What `apply` prints while and after it runs.
 enum ApplyOutput {
     static let lock = NSLock()
@@ -172,6 +230,10 @@ enum ApplyOutput {
             Terminal.err(line + "\n")
         case .note(let text):
             Terminal.err(text + "\n")
+        case .deploymentPlan(let entries):
+            let plan = Plan(repository: "", ref: "", commit: "", actualDigest: "", createdAt: StoreTime.systemMilliseconds(), entries: entries)
+            let lines = PlanReport(plan: plan, color: color).entryLines()
+            Terminal.out("\nDeployments, after the registry changes:\n" + lines.joined(separator: "\n") + "\n\n")
         }
     }
 
@@ -189,12 +251,15 @@ enum ApplyOutput {
     }
 
     static func summary(_ plan: Plan, _ result: PassResult) -> String {
-        let changes = plan.changes
+        let changes = plan.changes.filter { $0.kind == .model } + result.followUps
+            + result.deploymentEntries.filter { $0.action.isChange }
+        let rollouts = result.deploymentResidual.filter { $0.action == .wait || $0.action == .blocked || $0.action == .servingUnavailable }
+            .map { "\n  \($0.name): \($0.reason)" }.joined()
         if changes.isEmpty {
             var text = "Apply complete: no changes; the registry already matches \(plan.commit.prefix(7))."
             let left = result.residual.entries.filter { !$0.action.isChange && $0.action != .orphaned }
             if !left.isEmpty { text += " \(left.count) waiting or blocked (see the plan above)." }
-            return text
+            return text + rollouts
         }
         var done = 0, failed = 0, skipped = 0
         for entry in changes {
@@ -207,11 +272,11 @@ enum ApplyOutput {
         var text = "Apply \(failed > 0 ? "finished with failures" : "complete") at \(plan.commit.prefix(7)): \(done) done, \(failed) failed, \(skipped) skipped."
         let waiting = result.residual.count(.wait), blocked = result.residual.count(.blocked)
         if waiting + blocked > 0 { text += " Left for later: \(waiting) waiting, \(blocked) blocked." }
-        return text
+        return text + rollouts
     }
 
     static func failures(_ plan: Plan, _ result: PassResult) -> [String] {
-        plan.changes.compactMap { entry in
+        (plan.changes.filter { $0.kind == .model } + result.followUps + result.deploymentEntries).compactMap { entry in
             if case .failed(let m)? = result.outcomes[entry.id] { return "\(entry.name) \(entry.action.rawValue): \(m)" }
             return nil
         }

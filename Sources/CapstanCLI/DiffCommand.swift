@@ -13,8 +13,8 @@ struct DiffCommand: AsyncParsableCommand {
         commandName: "diff",
         abstract: "Show what a change does to the desired state between two commits.",
         discussion: """
-            Reads the manifests at BASE and at HEAD (branches, tags, commit ids or expressions such as \\
-            main~1) and prints the objects added, removed and changed field by field, and the models \\
+            Reads the manifests at BASE and at HEAD (branches, tags, commit ids or expressions such as \
+            main~1) and prints the objects added, removed and changed field by field, and the models \
             whose training inputs changed. Needs no registry and no network besides Git.
             Exit status: 0 (with --exit-code: 0 no changes, 2 changes), 1 error, 64 usage error.
             """

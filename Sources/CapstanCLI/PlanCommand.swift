@@ -1,6 +1,7 @@
 import ArgumentParser
 import CapstanCore
 import CapstanEngine
+import CapstanRunner
 import CapstanStore
 import Foundation
 
@@ -13,8 +14,8 @@ struct PlanCommand: AsyncParsableCommand {
         commandName: "plan",
         abstract: "Show what apply would change: trainings, validations, alias moves (like terraform plan).",
         discussion: """
-            Compares the specs at the commit with what the registry in the state directory holds and \\
-            prints the plan, each change with its reason. Changes nothing in the registry (it may fetch \\
+            Compares the specs at the commit with what the registry in the state directory holds and \
+            prints the plan, each change with its reason. Changes nothing in the registry (it may fetch \
             the repository and cache input hashes).
             Exit status: 0 (with --detailed-exitcode: 0 no changes, 2 changes), 1 error, 64 usage error.
             """)
@@ -42,7 +43,25 @@ struct PlanCommand: AsyncParsableCommand {
             let database = try PassPreparation.openDatabase(repository.stateDirectory)
             let now = StoreTime.systemMilliseconds()
             let pass = try await PassPreparation.prepare(repository, database: database, now: now)
-            plan = Planner.plan(desired: pass.desired, actual: pass.actual, now: now, options: PlanOptions(retryFailed: retryFailed))
+            // A version `training` while another apply holds the lock is being trained, not interrupted.
+            let running = try? StateLock(database: database).current().first { !$0.isExpired(atMilliseconds: now) }
+            let options = PlanOptions(retryFailed: retryFailed,
+                                      applyInProgress: running.map { "pid \($0.pid) on \($0.host), running '\($0.command)'" })
+            var computed = Planner.plan(desired: pass.desired, actual: pass.actual, now: now, options: options)
+            // Deployments as they stand against the registry now; `apply` decides them again
+            // after its registry changes.
+            let manifests = pass.state.result.manifests
+            let deployments = DeploymentPhase.desired(manifests, registry: pass.actual.registry)
+            if !deployments.isEmpty {
+                let serving = PassPreparation.servingTarget(manifests.configSpec)
+                let context = EngineContext(stateDirectory: repository.stateDirectory, database: database, registry: pass.registry,
+                                            runner: LocalStepRunner(), actor: "capstan plan")
+                let observed = await Result(catching: { try await DeploymentPhase(context: context, serving: serving?.target).observe(record: false) })
+                await serving?.close()
+                let observation = try observed.get()
+                computed.entries += DeploymentPlanner.plan(deployments, serving: observation, policy: pass.desired.policy, now: now)
+            }
+            plan = computed
             if let out { try SavedPlan.write(plan, to: out) }
         } catch let failure as CommandFailure {
             throw Self.fail(failure)

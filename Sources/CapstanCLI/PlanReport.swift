@@ -38,10 +38,12 @@ struct PlanReport {
             return "No changes. The registry matches \(shortCommit)." + (waiting + blocked + orphaned > 0 ? " \(notChanging)." : "")
         }
         let moves = plan.count(.moveAlias)
+        let deployments = plan.changes.count { $0.kind == .deployment }
         return "Plan: \(plan.count(.registerModel)) to register, \(plan.count(.updateModel)) to update, "
             + "\(plan.count(.train)) to train, \(plan.count(.validate)) to validate, "
             + "\(moves) alias move\(moves == 1 ? "" : "s"), \(plan.count(.deleteAlias)) to delete, "
-            + "\(plan.count(.archiveVersions)) to archive; \(notChanging)."
+            + "\(plan.count(.archiveVersions)) to archive"
+            + (deployments > 0 ? ", \(deployments) deployment change\(deployments == 1 ? "" : "s")" : "") + "; \(notChanging)."
     }
 }
 
@@ -57,6 +59,11 @@ extension PlanReport {
             }
         }
         return out + "\n" + summary + "\n"
+    }
+
+    /// The entries alone, grouped as in `text()`, without header or summary.
+    func entryLines() -> [String] {
+        groups.flatMap { group in group.flatMap(textLines) }
     }
 
     /// The headline of an entry and the indented lines under it.

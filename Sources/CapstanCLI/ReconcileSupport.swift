@@ -4,6 +4,7 @@ import CapstanEngine
 import CapstanGit
 import CapstanManifests
 import CapstanRunner
+import CapstanServing
 import CapstanStore
 import Foundation
 
@@ -46,7 +47,12 @@ enum PassPreparation {
         } catch {
             throw CommandFailure(message: "\(state.opened.location) @ \(state.revision.commit.short): cannot resolve training inputs: \(error)")
         }
-        let desired = DesiredState(repository: state.opened.location.description, ref: state.revision.ref,
+        // A local path is kept absolute, so a saved plan can be applied from any folder.
+        var repositoryName = state.opened.location.description
+        if state.opened.mirrorPath == nil, !repo.contains("://"), !repo.hasPrefix("/") {
+            repositoryName = URL(fileURLWithPath: repo).standardizedFileURL.path
+        }
+        let desired = DesiredState(repository: repositoryName, ref: state.revision.ref,
                                    commit: state.revision.commit.hex, models: models, policy: manifests.configSpec.policy)
         let registry = EmbeddedRegistry(database: database)
         let actual: ActualState
@@ -65,6 +71,32 @@ enum PassPreparation {
         } catch let error as StoreError {
             throw CommandFailure(message: error.message)
         }
+    }
+}
+
+/// The serving layer a pass talks to, and how to let go of it.
+struct ServingConnection {
+    var target: any ServingTarget
+    var close: @Sendable () async -> Void
+}
+
+extension PassPreparation {
+    /// The configured serving layer (`spec.serving.local.admin` of capstan.yaml), reached through
+    /// its admin API; the token, when `tokenEnv` names one, is read from the environment.
+    static func servingTarget(_ config: ConfigSpec) -> ServingConnection? {
+        switch config.serving {
+        case .local(let local):
+            let token = local.tokenEnv.flatMap { ProcessInfo.processInfo.environment[$0] }
+            let client = AgentClient(adminURL: local.admin, token: token, timeout: .seconds(10))
+            return ServingConnection(target: client, close: { try? await client.shutdown() })
+        }
+    }
+}
+
+extension Result where Failure == any Error {
+    /// The outcome of an async throwing body, so that clean-up can run before it is rethrown.
+    init(catching body: () async throws -> Success) async {
+        do { self = .success(try await body()) } catch { self = .failure(error) }
     }
 }
 

@@ -51,6 +51,10 @@ struct StatusCommand: AsyncParsableCommand {
                 extras.conditions = try records.conditions()
                 extras.lastPass = try records.recent(limit: 1).first
                 extras.leases = try StateLock(database: database).current()
+                let serving = ServingRecords(database: database)
+                extras.endpoints = try serving.observed()
+                extras.rollouts = try serving.rollouts()
+                extras.quarantine = try serving.quarantine()
             } catch let f as CommandFailure {
                 throw Self.fail(f)
             } catch {
@@ -88,6 +92,41 @@ enum StatusReport {
         var conditions: [String: ObjectCondition] = [:]
         var lastPass: PassRecords.Pass?
         var leases: [StateLock.Lease] = []
+        var endpoints: [String: EndpointStatus] = [:]
+        var rollouts: [String: RolloutState] = [:]
+        var quarantine: [Quarantine] = []
+
+        /// Every deployment Capstan knows of: with a condition, an endpoint or a rollout.
+        var deploymentNames: [String] {
+            let fromConditions = conditions.keys.filter { $0.hasPrefix("deployment/") }.map { String($0.dropFirst("deployment/".count)) }
+            return Set(fromConditions).union(endpoints.keys).union(rollouts.keys).sorted()
+        }
+    }
+
+    static func deploymentsText(_ extras: Extras) -> String {
+        var out = ""
+        for name in extras.deploymentNames {
+            let endpoint = extras.endpoints[name]
+            out += "Deployment \(name)" + (endpoint.map { " (model \($0.model))" } ?? "") + "\n"
+            if let c = extras.conditions["deployment/\(name)"] {
+                out += "  condition: \(c.type.rawValue) (\(c.reason)) at \((c.commit ?? "-").prefix(7)): \(c.message)\n"
+            }
+            if let endpoint {
+                let traffic = endpoint.backends.sorted { $0.spec.version < $1.spec.version }.map { b in
+                    "v\(b.spec.version) \(b.spec.weight)% (\(b.health.rawValue), \(b.readyReplicas)/\(b.spec.replicas) ready"
+                        + (b.restarts > 0 ? ", \(b.restarts) restarts" : "") + ", \(b.stats.requests) requests, \(b.stats.failures) failed)"
+                }
+                out += "  traffic: " + (traffic.isEmpty ? "none" : traffic.joined(separator: "; ")) + "\n"
+            }
+            if let r = extras.rollouts[name] {
+                let step = r.phase == .starting ? "starting v\(r.to)" : "step \(r.step + 1)"
+                out += "  rollout: v\(r.from.map(String.init) ?? "-") → v\(r.to), \(step) since \(time(r.stepStartedAt))\n"
+            }
+            for q in extras.quarantine where q.deployment == name {
+                out += "  quarantined: v\(q.version) since \(time(q.at)): \(q.reason)\n"
+            }
+        }
+        return out
     }
 
     static func footer(_ extras: Extras) -> String {
@@ -137,7 +176,7 @@ enum StatusReport {
                 }
             }
         }
-        return out + footer(extras)
+        return out + deploymentsText(extras) + footer(extras)
     }
 
     static func json(stateDirectory: String, models: [(RegisteredModel, [ModelVersion], [String: Int])], extras: Extras = Extras()) throws -> String {
@@ -188,10 +227,45 @@ enum StatusReport {
             var started: String
             var expires: String
         }
+        struct Backend: Encodable {
+            var version: Int
+            var weight: Int
+            var replicas: Int
+            var ready_replicas: Int
+            var health: String
+            var restarts: Int
+            var last_error: String?
+            var requests: Int64
+            var errors_5xx: Int64
+            var connection_errors: Int64
+            var p95_ms: Double?
+        }
+        struct Rollout: Encodable {
+            var from: Int?
+            var to: Int
+            var phase: String
+            var step: Int?
+            var step_started: String
+            var started: String
+        }
+        struct Quarantined: Encodable {
+            var version: Int
+            var reason: String
+            var at: String
+        }
+        struct Deployment: Encodable {
+            var name: String
+            var model: String?
+            var conditions: [Condition]
+            var backends: [Backend]
+            var rollout: Rollout?
+            var quarantined: [Quarantined]
+        }
         struct Document: Encodable {
             var format_version = 1
             var state_dir: String
             var models: [Model]
+            var deployments: [Deployment]
             var last_pass: Pass?
             var locks: [Lock]
         }
@@ -208,6 +282,28 @@ enum StatusReport {
                               failed_at: $0.failedAt.map(time), archived_at: $0.archivedAt.map(time),
                               log_tail: $0.status == .failed ? $0.logTail : nil)
                   })
+        }, deployments: extras.deploymentNames.map { name in
+            let endpoint = extras.endpoints[name]
+            return Deployment(
+                name: name, model: endpoint?.model ?? extras.rollouts[name]?.model,
+                conditions: extras.conditions["deployment/\(name)"].map {
+                    [Condition(type: $0.type.rawValue, reason: $0.reason, message: $0.message, observed_commit: $0.commit,
+                               last_update: time($0.updatedAt))]
+                } ?? [],
+                backends: (endpoint?.backends ?? []).sorted { $0.spec.version < $1.spec.version }.map { b in
+                    let p95 = b.stats.latency.quantile(0.95)
+                    return Backend(version: b.spec.version, weight: b.spec.weight, replicas: b.spec.replicas, ready_replicas: b.readyReplicas,
+                                   health: b.health.rawValue, restarts: b.restarts, last_error: b.lastError, requests: b.stats.requests,
+                                   errors_5xx: b.stats.errors5xx, connection_errors: b.stats.connectionErrors,
+                                   p95_ms: p95.flatMap { $0.isFinite ? $0 : nil })
+                },
+                rollout: extras.rollouts[name].map {
+                    Rollout(from: $0.from, to: $0.to, phase: $0.phase.rawValue, step: $0.phase == .stepping ? $0.step + 1 : nil,
+                            step_started: time($0.stepStartedAt), started: time($0.startedAt))
+                },
+                quarantined: extras.quarantine.filter { $0.deployment == name }.map {
+                    Quarantined(version: $0.version, reason: $0.reason, at: time($0.at))
+                })
         }, last_pass: extras.lastPass.map {
             Pass(command: $0.command, commit: $0.commit, outcome: $0.outcome.rawValue, started: time($0.startedAt),
                  finished: $0.finishedAt.map(time), summary: $0.summary)

@@ -28,6 +28,8 @@ public enum PassEvent: Sendable {
     /// A line of a step's output, already prefixed (`[churn v3] …`).
     case output(String)
     case note(String)
+    /// The deployment entries, decided once the registry changes are done.
+    case deploymentPlan([PlanEntry])
 }
 
 /// Everything a pass needs from the outside world.
@@ -73,13 +75,78 @@ public struct EngineContext: Sendable {
 
     func record(_ object: String, _ action: String, commit: String?, before: ParamValue? = nil, after: ParamValue? = nil,
                 reason: String) {
-        let event = AuditEvent(at: StoreTime.date(now()), actor: actor, commit: commit, object: object, action: action,
-                               before: before, after: after, reason: reason)
         do {
-            _ = try audit.record(event)
+            _ = try audit.record(event(object, action, commit: commit, before: before, after: after, reason: reason))
         } catch {
             events(.note("capstan: warning: could not write the audit log: \(error)"))
         }
+    }
+
+    func event(_ object: String, _ action: String, commit: String?, before: ParamValue? = nil, after: ParamValue? = nil,
+               reason: String) -> AuditEvent {
+        AuditEvent(at: StoreTime.date(now()), actor: actor, commit: commit, object: object, action: action,
+                   before: before, after: after, reason: reason)
+    }
+
+    /// Runs one registry change under the journal, so that its audit event is never lost: the
+    /// operation is journaled (with the event to record and how to tell whether the change
+    /// happened) before `body` runs, and the event is recorded in the same transaction that
+    /// closes the journal entry. A pass killed in between leaves the entry `started`; the next
+    /// pass checks the registry and records the event if the change was made
+    /// (`Reconciler.recover`).
+    @discardableResult
+    func journaled<T: Sendable>(_ operation: String, subject: String, check: [String: ParamValue], event: AuditEvent,
+                                _ body: () async throws -> T) async throws -> T {
+        let id = try journal.begin(operation: operation, subject: subject,
+                                   detail: .map(["check": .map(check), "audit": try AuditCodec.value(event)]))
+        let value: T
+        do {
+            value = try await body()
+        } catch {
+            try? journal.fail(id: id, detail: .map(["check": .map(check), "error": .string(String(describing: error))]))
+            throw error
+        }
+        try finish(id, recording: event)
+        return value
+    }
+
+    /// Replaces a started entry's detail and records `event`, in one transaction.
+    func journalVersion(_ id: Int64, detail: ParamValue, recording event: AuditEvent) throws {
+        let journal = self.journal, audit = self.audit
+        do {
+            try database.pool.write { db in
+                _ = try audit.record(db, event)
+                try journal.update(db, id: id, detail: detail)
+            }
+        } catch {
+            throw database.failure("journal the version of entry \(id)", error)
+        }
+    }
+
+    /// Records `event` and closes journal entry `id` in one transaction.
+    func finish(_ id: Int64, recording event: AuditEvent?, detail: ParamValue? = nil) throws {
+        let journal = self.journal, audit = self.audit
+        do {
+            try database.pool.write { db in
+                if let event { _ = try audit.record(db, event) }
+                try journal.finish(db, id: id, detail: detail)
+            }
+        } catch {
+            throw database.failure("record the end of journal entry \(id)", error)
+        }
+    }
+}
+
+/// Audit events as JSON values, to keep one in a journal entry until it is recorded.
+enum AuditCodec {
+    static func value(_ event: AuditEvent) throws -> ParamValue {
+        let data = try JSONEncoder().encode(event)
+        return try JSONDecoder().decode(ParamValue.self, from: data)
+    }
+
+    static func event(_ value: ParamValue) -> AuditEvent? {
+        guard let data = try? JSONEncoder().encode(value) else { return nil }
+        return try? JSONDecoder().decode(AuditEvent.self, from: data)
     }
 }
 
@@ -137,15 +204,34 @@ struct ModelPipeline: Sendable {
 
     var registry: any Registry { context.registry }
 
+    /// `entries` in plan order, except that an entry never runs before one it depends on.
+    static func ordered(_ entries: [PlanEntry]) -> [PlanEntry] {
+        let ids = Set(entries.map(\.id))
+        var done = Set<String>()
+        var pending = entries
+        var out: [PlanEntry] = []
+        while !pending.isEmpty {
+            // The first entry whose dependencies (within this model) have all been placed; a
+            // cycle, which the planner never makes, falls back to plan order.
+            let index = pending.firstIndex { $0.dependsOn.allSatisfy { !ids.contains($0) || done.contains($0) } } ?? 0
+            let entry = pending.remove(at: index)
+            done.insert(entry.id)
+            out.append(entry)
+        }
+        return out
+    }
+
     func run(_ entries: [PlanEntry]) async -> [String: EntryOutcome] {
         var outcomes: [String: EntryOutcome] = [:]
         var produced: [String: Int] = [:]
-        for entry in entries {
+        for entry in Self.ordered(entries) {
             if Task.isCancelled {
                 outcomes[entry.id] = .skipped("the pass was stopped")
                 continue
             }
-            if let failed = entry.dependsOn.first(where: { outcomes[$0].map { !$0.succeeded } ?? false }) {
+            // A failed dependency stops its dependents; one skipped because there was nothing
+            // left to do does not.
+            if let failed = entry.dependsOn.first(where: { if case .failed? = outcomes[$0] { return true } else { return false } }) {
                 let outcome = EntryOutcome.skipped("\(failed) did not succeed")
                 outcomes[entry.id] = outcome
                 context.events(.finished(entry, outcome))
@@ -173,10 +259,12 @@ struct ModelPipeline: Sendable {
         switch entry.detail {
         case .registerModel(let change), .updateModel(let change):
             let registering = entry.action == .registerModel
-            try await registry.upsertModel(name: entry.name, description: change.description, labels: change.labels)
-            context.record(object, registering ? "register" : "update", commit: plan.commit,
-                           before: registering ? nil : Self.metadata(change.previousDescription, change.previousLabels ?? [:]),
-                           after: Self.metadata(change.description, change.labels), reason: entry.reason)
+            let event = context.event(object, registering ? "register" : "update", commit: plan.commit,
+                                      before: registering ? nil : Self.metadata(change.previousDescription, change.previousLabels ?? [:]),
+                                      after: Self.metadata(change.description, change.labels), reason: entry.reason)
+            try await context.journaled("register-model", subject: object, check: ["model": .string(entry.name)], event: event) {
+                try await registry.upsertModel(name: entry.name, description: change.description, labels: change.labels)
+            }
             return .done(registering ? "registered" : "updated")
 
         case .train(let detail):
@@ -205,21 +293,28 @@ struct ModelPipeline: Sendable {
             guard let current = try await registry.resolveAlias(detail.alias, of: entry.name) else {
                 return .skipped("alias \(detail.alias) is already gone")
             }
-            try await registry.deleteAlias(detail.alias, of: entry.name, commit: plan.commit, reason: entry.reason)
-            context.record("\(object)/alias/\(detail.alias)", "delete-alias", commit: plan.commit, before: .int(Int64(current)),
-                           reason: entry.reason)
+            let event = context.event("\(object)/alias/\(detail.alias)", "delete-alias", commit: plan.commit,
+                                      before: .int(Int64(current)), reason: entry.reason)
+            try await context.journaled("delete-alias", subject: object,
+                                        check: ["model": .string(entry.name), "alias": .string(detail.alias)], event: event) {
+                try await registry.deleteAlias(detail.alias, of: entry.name, commit: plan.commit, reason: entry.reason)
+            }
             return .done("deleted (was v\(current))")
 
         case .archiveVersions(let detail):
             let held = Set(try await registry.aliases(of: entry.name).values)
             var archived: [Int] = []
-            for number in detail.versions where !held.contains(number) {
-                try await registry.updateVersion(model: entry.name, number: number, VersionUpdate(archivedAt: context.now()))
-                archived.append(number)
+            let numbers = detail.versions.filter { !held.contains($0) }
+            if numbers.isEmpty { return .skipped("every listed version holds an alias now") }
+            let event = context.event(object, "archive-versions", commit: plan.commit,
+                                      after: .list(numbers.map { .int(Int64($0)) }), reason: entry.reason)
+            try await context.journaled("archive-versions", subject: object,
+                                        check: ["model": .string(entry.name), "versions": .list(numbers.map { .int(Int64($0)) })], event: event) {
+                for number in numbers {
+                    try await registry.updateVersion(model: entry.name, number: number, VersionUpdate(archivedAt: context.now()))
+                    archived.append(number)
+                }
             }
-            if archived.isEmpty { return .skipped("every listed version holds an alias now") }
-            context.record(object, "archive-versions", commit: plan.commit,
-                           after: .list(archived.map { .int(Int64($0)) }), reason: entry.reason)
             return .done("archived " + archived.map { "v\($0)" }.joined(separator: ", "))
 
         case .wait, .blocked, .orphaned, .deployment:
@@ -231,9 +326,10 @@ struct ModelPipeline: Sendable {
         let target: Int
         switch detail.target {
         case .latest:
-            // `latest` is the newest validated version when the move runs: the candidate of this
-            // pass if it passed its gates, otherwise the one before.
-            guard let newest = try await registry.newestValidated(of: entry.name) else {
+            // `latest` is resolved when the move runs: the current spec's version if it passed
+            // its gates, otherwise the newest validated one.
+            let versions = try await registry.versions(of: entry.name)
+            guard let newest = Planner.latest(versions, fingerprint: model?.fingerprint ?? "") else {
                 return .skipped("no validated version to point \(detail.alias) at")
             }
             target = newest.number
@@ -252,11 +348,15 @@ struct ModelPipeline: Sendable {
         guard let version, version.status == .validated else {
             return .skipped("v\(target) is \(version?.status.rawValue ?? "missing"), not validated; \(detail.alias) stays \(current.map { "at v\($0)" } ?? "unset")")
         }
-        Failpoint.hit("alias.before-set")
-        try await registry.setAlias(detail.alias, of: entry.name, to: target, commit: plan.commit, reason: entry.reason)
-        Failpoint.hit("alias.after-set")
-        context.record("model/\(entry.name)/alias/\(detail.alias)", "move-alias", commit: plan.commit,
-                       before: current.map { .int(Int64($0)) }, after: .int(Int64(target)), reason: entry.reason)
+        let event = context.event("model/\(entry.name)/alias/\(detail.alias)", "move-alias", commit: plan.commit,
+                                  before: current.map { .int(Int64($0)) }, after: .int(Int64(target)), reason: entry.reason)
+        try await context.journaled("move-alias", subject: "model/\(entry.name)",
+                                    check: ["model": .string(entry.name), "alias": .string(detail.alias), "to": .int(Int64(target))],
+                                    event: event) {
+            Failpoint.hit("alias.before-set")
+            try await registry.setAlias(detail.alias, of: entry.name, to: target, commit: plan.commit, reason: entry.reason)
+            Failpoint.hit("alias.after-set")
+        }
         return .done("\(detail.alias): \(current.map { "v\($0)" } ?? "unset") → v\(target)")
     }
 

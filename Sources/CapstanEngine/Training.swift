@@ -114,6 +114,13 @@ struct Training {
         guard detail.fingerprint == model.fingerprint else {
             return (nil, .failed("the plan trains fingerprint \(detail.fingerprint.prefix(12)), but the spec at \(plan.commit.prefix(7)) now has \(model.fingerprint.prefix(12)); make a new plan"))
         }
+        // A secret the step needs but Capstan does not have fails the entry before a version
+        // number or a retry backoff is spent on it: set the variable and apply again.
+        do {
+            _ = try StepEnvironment.make(model: name, spec: spec, reconciler: context.environment, capstan: [:])
+        } catch {
+            return (nil, .failed(ModelPipeline.describe(error)))
+        }
         let runID = UUID().uuidString.lowercased()
         let journalID = try context.journal.begin(operation: trainOperation, subject: "model/\(name)", detail: .map([
             "fingerprint": .string(detail.fingerprint), "commit": .string(plan.commit), "run": .string(runID),
@@ -129,10 +136,17 @@ struct Training {
         }
         let number = version.number
         Failpoint.hit("train.after-create-version")
-        context.record("model/\(name)/v\(number)", detail.version == nil ? "create-version" : "retrain-version", commit: plan.commit,
-                       after: .map(["status": .string("training"), "fingerprint": .string(detail.fingerprint),
-                                    "attempt": .int(Int64(detail.attempt))]),
-                       reason: detail.reasons.map(\.description).joined(separator: "; "))
+        // The version number is journaled with its audit event in one transaction; recovery
+        // records the event when a crash came in between (`Reconciler.recover`).
+        let created = context.event("model/\(name)/v\(number)", detail.version == nil ? "create-version" : "retrain-version",
+                                    commit: plan.commit,
+                                    after: .map(["status": .string("training"), "fingerprint": .string(detail.fingerprint),
+                                                 "attempt": .int(Int64(detail.attempt))]),
+                                    reason: detail.reasons.map(\.description).joined(separator: "; "))
+        try context.journalVersion(journalID, detail: .map([
+            "fingerprint": .string(detail.fingerprint), "commit": .string(plan.commit), "run": .string(runID),
+            "attempt": .int(Int64(detail.attempt)), "version": .int(Int64(number)),
+        ]), recording: created)
 
         let workspace = StepWorkspace(stateDirectory: context.stateDirectory, model: name, version: number, label: "a\(detail.attempt)")
         let scrubber = SecretScrubber(secrets: StepEnvironment.secrets(spec: spec, reconciler: context.environment))
@@ -160,6 +174,15 @@ struct Training {
                     Failpoint.hit("train.after-start")
                 },
                 line: { line in events(.output(line)) })
+        } catch is CancellationError {
+            // Stopped (a signal, a lost lease): the runner has ended the process group. The
+            // version stays `training` and the next pass trains it again, with no backoff.
+            try? context.journal.fail(id: journalID, detail: .map([
+                "fingerprint": .string(detail.fingerprint), "version": .int(Int64(number)), "interrupted": .bool(true),
+            ]))
+            context.record("model/\(name)/v\(number)", "interrupted", commit: plan.commit, reason: "the pass was stopped during training; the next pass trains v\(number) again")
+            workspace.clean()
+            return (number, .skipped("v\(number): stopped during training; the next pass trains it again"))
         } catch {
             let message = ModelPipeline.describe(error)
             try await fail(number, detail, journalID, tail: message, workspace: workspace)
@@ -189,14 +212,11 @@ struct Training {
             try await registry.updateVersion(model: name, number: number, VersionUpdate(
                 status: .trained, metrics: metrics, artifactDigest: stored.digest, artifactLocation: stored.path, logTail: ""))
             Failpoint.hit("train.after-trained")
-            try context.journal.finish(id: journalID, detail: .map([
-                "fingerprint": .string(detail.fingerprint), "version": .int(Int64(number)), "artifact": .string(stored.digest),
-            ]))
-            context.record("model/\(name)/v\(number)", "trained", commit: plan.commit,
-                           before: .string("training"),
-                           after: .map(["status": .string("trained"), "artifact": .string(stored.digest),
-                                        "metrics": .map(metrics.mapValues(ParamValue.double))]),
-                           reason: "training finished in \(ManifestDuration.format(result.durationMilliseconds))")
+            try context.finish(journalID, recording: Self.trainedEvent(context, name: name, number: number, commit: plan.commit,
+                                                                       artifact: stored.digest, metrics: metrics,
+                                                                       reason: "training finished in \(ManifestDuration.format(result.durationMilliseconds))"),
+                               detail: .map(["fingerprint": .string(detail.fingerprint), "version": .int(Int64(number)),
+                                             "artifact": .string(stored.digest)]))
             workspace.clean()
             return (number, .done("v\(number) trained in \(ManifestDuration.format(result.durationMilliseconds)); " +
                                   (metrics.isEmpty ? "no metrics" : MetricsFile.describe(metrics))))
@@ -205,6 +225,14 @@ struct Training {
             try await fail(number, detail, journalID, tail: message, workspace: workspace)
             return (number, .failed("v\(number): \(message)"))
         }
+    }
+
+    static func trainedEvent(_ context: EngineContext, name: String, number: Int, commit: String?, artifact: String,
+                             metrics: [String: Double], reason: String) -> AuditEvent {
+        context.event("model/\(name)/v\(number)", "trained", commit: commit, before: .string("training"),
+                      after: .map(["status": .string("trained"), "artifact": .string(artifact),
+                                   "metrics": .map(metrics.mapValues(ParamValue.double))]),
+                      reason: reason)
     }
 
     /// A new version for a new fingerprint; the same version again for a retry or a resumed run.

@@ -42,20 +42,23 @@ struct Validation {
         }
         results = Gates.evaluate(spec, candidate: number, metrics: metrics, holder: holder) + results
         let passed = results.allSatisfy(\.passed)
-        Failpoint.hit("validate.before-update")
-        try await registry.updateVersion(model: name, number: number, VersionUpdate(
-            status: passed ? .validated : .rejected, metrics: metrics, gateResults: results))
-        Failpoint.hit("validate.after-update")
         let failed = results.filter { !$0.passed }
         let summary = passed
             ? (results.isEmpty ? "no gates" : "\(results.count) gate\(results.count == 1 ? "" : "s") passed")
             : failed.map { "\($0.gate) (\($0.detail))" }.joined(separator: "; ")
-        context.record("model/\(name)/v\(number)", passed ? "validated" : "rejected", commit: plan.commit,
-                       before: .string("trained"),
-                       after: .map(["status": .string(passed ? "validated" : "rejected"),
-                                    "gates": .list(results.map { .map(["gate": .string($0.gate), "passed": .bool($0.passed),
-                                                                       "detail": .string($0.detail)]) })]),
-                       reason: summary)
+        let event = context.event("model/\(name)/v\(number)", passed ? "validated" : "rejected", commit: plan.commit,
+                                  before: .string("trained"),
+                                  after: .map(["status": .string(passed ? "validated" : "rejected"),
+                                               "gates": .list(results.map { .map(["gate": .string($0.gate), "passed": .bool($0.passed),
+                                                                                  "detail": .string($0.detail)]) })]),
+                                  reason: summary)
+        try await context.journaled("validate", subject: "model/\(name)",
+                                    check: ["model": .string(name), "version": .int(Int64(number))], event: event) {
+            Failpoint.hit("validate.before-update")
+            try await registry.updateVersion(model: name, number: number, VersionUpdate(
+                status: passed ? .validated : .rejected, metrics: metrics, gateResults: results))
+            Failpoint.hit("validate.after-update")
+        }
         if passed { return .done("v\(number) validated: \(summary)") }
         return .failed("v\(number) rejected: \(summary)")
     }

@@ -86,6 +86,11 @@ public struct Journal: Sendable {
         return db.lastInsertedRowID
     }
 
+    public func update(_ db: Database, id: Int64, detail: ParamValue) throws {
+        try db.execute(sql: "UPDATE journal SET detail = ? WHERE id = ? AND state = 'started'",
+                       arguments: [try StoreJSON.text(detail), id])
+    }
+
     public func finish(_ db: Database, id: Int64, detail: ParamValue? = nil) throws {
         try end(db, id: id, as: .finished, detail: detail)
     }

@@ -16,7 +16,7 @@ public final class StateDatabase: Sendable {
     /// `PRAGMA application_id`, the ASCII bytes 'CAPS'.
     public static let applicationID: Int32 = 0x4341_5053
     /// The schema version this build creates and understands: the number of the last migration.
-    public static let schemaVersion = 2
+    public static let schemaVersion = 3
     /// Names of the migrations this build knows, in order (`v1`, `v2`…).
     public static let knownMigrations: [String] = (1...schemaVersion).map { "v\($0)" }
 
@@ -315,6 +315,35 @@ public final class StateDatabase: Sendable {
                 );
                 """)
             try setSchemaVersion(2, in: db)
+        }
+        // v3 (serving): rollouts in progress, quarantined versions per deployment, and what
+        // Capstan last set on each endpoint (to tell drift from its own changes) and observed.
+        migrator.registerMigration("v3") { db in
+            try db.execute(sql: """
+                CREATE TABLE rollouts (
+                    deployment TEXT PRIMARY KEY NOT NULL,
+                    state      TEXT NOT NULL CHECK (json_valid(state)),
+                    updated_at INTEGER NOT NULL
+                );
+
+                CREATE TABLE quarantine (
+                    deployment TEXT NOT NULL,
+                    version    INTEGER NOT NULL,
+                    spec_hash  TEXT NOT NULL,
+                    reason     TEXT NOT NULL,
+                    at         INTEGER NOT NULL,
+                    PRIMARY KEY (deployment, version, spec_hash)
+                );
+
+                CREATE TABLE endpoints (
+                    deployment TEXT PRIMARY KEY NOT NULL,
+                    model      TEXT NOT NULL,
+                    applied    TEXT CHECK (applied IS NULL OR json_valid(applied)),
+                    observed   TEXT CHECK (observed IS NULL OR json_valid(observed)),
+                    updated_at INTEGER NOT NULL
+                );
+                """)
+            try setSchemaVersion(3, in: db)
         }
         return migrator
     }

@@ -182,7 +182,7 @@ public struct StateLock: Sendable {
         let waitedText = waited > 0 ? " after waiting \(StoreTime.seconds(waited))" : ""
         return StoreError(
             code: .locked,
-            message: "the state folder '\(folder)' is still locked\(waitedText): lock '\(name)' is held by \(held.holderDescription) since \(StoreTime.iso(held.startedAt)); its lease expires at \(StoreTime.iso(held.expiresAt)). Wait for that command to finish, pass --lock-timeout <seconds> to wait for it, or, if that process is gone, run `capstan unlock \(held.holder)`",
+            message: "the state folder '\(folder)' is still locked\(waitedText): lock '\(name)' is held by \(held.holderDescription) since \(StoreTime.iso(held.startedAt)); its lease expires at \(StoreTime.iso(held.expiresAt)). Wait for that command to finish, pass --lock-timeout <duration> (30s, 5m) to wait for it, or, if that process is gone, run `capstan unlock \(held.holder)`",
             path: database.path)
     }
 
@@ -305,7 +305,7 @@ public enum StoreTime {
 extension StateDatabase {
     /// `error` as a `StoreError`: itself when it is one, else a `.databaseFailure` that says what
     /// could not be done.
-    func failure(_ what: String, _ error: any Error) -> StoreError {
+    public func failure(_ what: String, _ error: any Error) -> StoreError {
         if let error = error as? StoreError { return error }
         return StoreError(code: .databaseFailure,
                           message: "cannot \(what) in the state database '\(path)'",

@@ -433,9 +433,11 @@ final class TrainingRepo {
         #expect(try t.capstan(["apply"]).status == 0)
         try model("0.12", "1")
         try t.repo.commit("v3")
-        #expect(try t.capstan(["apply"]).status == 0)
+        // v2 becomes archivable once v3 is the newest: archived in the same pass, not the next.
         let archive = try t.capstan(["apply"])
+        #expect(archive.status == 0)
         #expect(archive.stdout.contains("archive-versions done: archived v2"), "\(archive.stdout)")
+        #expect(try t.capstan(["apply"]).stdout.contains("Apply complete: no changes"))
         let versions = try t.versions()
         #expect(versions.map { $0["archived_at"] != nil } == [false, true, false])
         #expect(try t.model()["aliases"] as? [String: Int] == ["champion": 1])
@@ -468,10 +470,99 @@ final class TrainingRepo {
         #expect(try t.model()["aliases"] as? [String: Int] == ["champion": 2])
         let third = try t.capstan(["apply"])
         #expect(third.stdout.contains("Apply complete: no changes"), "\(failpoint): \(third.stdout)")
-        if failpoint.hasPrefix("train.") {
-            let history = try CLI.run(["history", "--state-dir", t.state, "--format", "json"])
-            #expect(history.stdout.contains("\"interrupted\""), "\(failpoint): \(history.stdout)")
+        // Every change is in the audit log, even one whose process died before writing it.
+        let history = try CLI.run(["history", "--state-dir", t.state, "--format", "json"])
+        let doc = try #require(try JSONSerialization.jsonObject(with: Data(history.stdout.utf8)) as? [String: Any])
+        let events = try #require(doc["events"] as? [[String: Any]])
+        func count(_ object: String, _ action: String) -> Int {
+            events.count { $0["object"] as? String == object && $0["action"] as? String == action }
         }
+        #expect(count("model/churn/v2", "create-version") == 1, "\(failpoint): \(history.stdout)")
+        #expect(count("model/churn/v2", "trained") >= 1, "\(failpoint)")
+        #expect(count("model/churn/v2", "validated") == 1, "\(failpoint)")
+        #expect(events.contains { $0["object"] as? String == "model/churn/alias/champion" && $0["action"] as? String == "move-alias"
+                && ($0["after"] as? Int) == 2 }, "\(failpoint)")
+        if failpoint != "alias.after-set" {
+            #expect(events.contains { $0["action"] as? String == "interrupted" }, "\(failpoint): \(history.stdout)")
+        }
+    }
+
+    /// SIGTERM (what docker stop, systemd and Kubernetes send) stops a pass cleanly: the training's
+    /// processes are gone, the lock is released, and the next pass trains the version again at
+    /// once (no backoff: nothing failed).
+    @Test func sigtermStopsAPassCleanly() throws {
+        let t = try TrainingRepo()
+        let sleepFile = t.temp.sub("sleep").path
+        _ = FileManager.default.createFile(atPath: sleepFile, contents: Data())
+        try t.writeModel(learningRate: "0.1", extraTrain: "    secretEnv: {SLEEP_FILE: SLEEP_FILE}")
+        try t.repo.commit("sleepy")
+        let first = Process()
+        first.executableURL = CLI.binary
+        first.arguments = ["apply", "--repo", t.repo.path, "--state-dir", t.state]
+        var environment = ProcessInfo.processInfo.environment
+        environment["SLEEP_FILE"] = sleepFile
+        first.environment = environment
+        let log = t.temp.sub("first.log")
+        _ = FileManager.default.createFile(atPath: log.path, contents: nil)
+        let handle = try FileHandle(forWritingTo: log)
+        first.standardOutput = handle
+        first.standardError = handle
+        try first.run()
+        let started = t.temp.sub("started").path
+        var polls = 0
+        while !FileManager.default.fileExists(atPath: started) && polls < 600 { usleep(50_000); polls += 1 }
+        let trainingPID = try #require(Int32(try String(contentsOfFile: started, encoding: .utf8)))
+        kill(first.processIdentifier, SIGTERM)
+        polls = 0
+        while first.isRunning && polls < 600 { usleep(50_000); polls += 1 }
+        try? handle.close()
+        let printed = try String(contentsOf: log, encoding: .utf8)
+        #expect(!first.isRunning)
+        #expect(first.terminationStatus == 143, "\(printed)")
+        #expect(printed.contains("terminated; stopping the running step"), "\(printed)")
+        #expect(!Self.isRunning(trainingPID))
+        let status = try t.status()
+        #expect((status["locks"] as? [Any])?.isEmpty == true, "\(status)")
+        #expect(try t.versions().first?["status"] as? String == "training")
+
+        try FileManager.default.removeItem(atPath: sleepFile)
+        let next = try t.capstan(["apply"], environment: ["SLEEP_FILE": sleepFile])
+        #expect(next.status == 0, "\(next.stdout)\n\(next.stderr)")
+        #expect(try t.versions().first?["status"] as? String == "validated")
+    }
+
+    @Test func aMissingSecretSpendsNoVersion() throws {
+        let t = try TrainingRepo()
+        try t.writeModel(learningRate: "0.1", extraTrain: "    secretEnv: {API_TOKEN: CAPSTAN_TEST_MISSING_TOKEN}")
+        try t.repo.commit("needs a token")
+        let r = try t.capstan(["apply"])
+        #expect(r.status == 1)
+        #expect(r.stdout.contains("CAPSTAN_TEST_MISSING_TOKEN, which is not set"), "\(r.stdout)")
+        #expect(try t.versions().isEmpty)
+        let fixed = try t.capstan(["apply"], environment: ["CAPSTAN_TEST_MISSING_TOKEN": "token-value"])
+        #expect(fixed.status == 0, "\(fixed.stdout)")
+        #expect(try t.versions().map { $0["version"] as? Int } == [1])
+    }
+
+    @Test func aRegressionGateJudgesAgainstTheAliasAsThePlanMovesIt() throws {
+        let validate = "validate: {noRegressionAgainst: champion}"
+        let t = try TrainingRepo(behavior: #"{"accuracy": 0.9}"#, validate: validate)
+        #expect(try t.capstan(["apply"]).status == 0)
+        try t.repo.write("models/churn/behavior.json", #"{"accuracy": 0.95}"#)
+        try t.repo.commit("better")
+        #expect(try t.capstan(["apply"]).status == 0)
+        #expect(try t.model()["aliases"] as? [String: Int] == ["champion": 2])
+        // One commit pins champion back to v1 and trains v3 (0.92): judged against v1 (0.9),
+        // not v2 (0.95), because the pin moves first.
+        try t.repo.write("models/churn/behavior.json", #"{"accuracy": 0.92}"#)
+        try t.writeModel(learningRate: "0.1", champion: "1", validate: validate)
+        try t.repo.commit("pin v1, try v3")
+        let r = try t.capstan(["apply"])
+        #expect(r.status == 0, "\(r.stdout)")
+        let v3 = try #require(try t.versions().first { $0["version"] as? Int == 3 })
+        #expect(v3["status"] as? String == "validated")
+        let gates = try #require(v3["gate_results"] as? [[String: Any]])
+        #expect((gates.first?["detail"] as? String)?.contains("against v1") == true, "\(gates)")
     }
 
     /// Two `capstan apply` processes on one state directory: the second is refused at once with

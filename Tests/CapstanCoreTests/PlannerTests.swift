@@ -223,11 +223,34 @@ struct PlannerTests {
         let validate = ValidateSpec(noRegressionAgainst: "champion")
         let p = Self.plan([Self.model(aliases: [AliasPin(name: "champion", target: .version(2))], validate: validate)],
                           Self.registry([Self.version(1, .validated), Self.version(2, .validated)], aliases: ["champion": 1]))
+        // The move comes first in plan order, which is execution order.
         #expect(Self.lines(p) == [
             "train churn/train fingerprint changed fp-2 → fp-new",
-            "validate churn/validate [churn/train, churn/alias/champion] gates for the version this train produces",
             "move-alias churn/alias/champion the spec pins champion to v2 (now v1)",
+            "validate churn/validate [churn/train, churn/alias/champion] gates for the version this train produces",
         ])
+    }
+
+    /// Reverting a change in Git brings back the version of the reverted-to spec: `latest`
+    /// prefers the current spec's version over a newer one.
+    @Test func latestFollowsTheCurrentSpecsVersionAfterARevert() {
+        let p = Self.plan([Self.model(fingerprint: "fp-1", aliases: [AliasPin(name: "champion", target: .latest)])],
+                          Self.registry([Self.version(1, .validated), Self.version(2, .validated)], aliases: ["champion": 2]))
+        #expect(Self.lines(p) == ["move-alias churn/alias/champion champion follows the version of the current spec, v1"])
+        // While the current spec's version is rejected, the newest validated one serves.
+        let rejected = Self.plan([Self.model(fingerprint: "fp-3", aliases: [AliasPin(name: "champion", target: .latest)])],
+                                 Self.registry([Self.version(1, .validated), Self.version(2, .validated), Self.version(3, .rejected)],
+                                               aliases: ["champion": 1]))
+        #expect(Self.lines(rejected) == [
+            "move-alias churn/alias/champion champion follows the newest validated version, v2 (the current spec's version is not validated)",
+        ])
+    }
+
+    @Test func aVersionTrainingInARunningApplyIsWaitedFor() {
+        let desired = DesiredState(repository: "repo", ref: "main", commit: "c0ffee", models: [Self.model()], policy: Policy())
+        let p = Planner.plan(desired: desired, actual: Self.registry([Self.version(1, .training, fingerprint: "fp-new")]), now: Self.now,
+                             options: PlanOptions(applyInProgress: "pid 42 on build-1, running 'capstan apply'"))
+        #expect(Self.lines(p) == ["wait churn/wait v1 is being trained by a running apply (pid 42 on build-1, running 'capstan apply')"])
     }
 
     @Test func modelsOnlyInTheRegistryAreOrphanedAndLeftAlone() {

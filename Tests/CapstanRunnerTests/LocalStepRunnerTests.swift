@@ -108,7 +108,7 @@ import Glibc
             sys.stdout.buffer.write(b'done\\n')
             """
         let result = try await runner.run(
-            step(["python3", "-c", program], in: dir, log: log), started: counter.started,
+            step(["python3", "-c", program], in: dir, timeout: 120_000, log: log), started: counter.started,
             line: { text in if !text.hasPrefix("x") { counter.line(text) } })
         #expect(result.termination == .exited(0))
         #expect(result.outputTruncated)
@@ -187,7 +187,7 @@ import Glibc
         let runner = self.runner
         await withThrowingTaskGroup(of: StepResult.self) { group in
             group.addTask { try await runner.run(request, started: seen.started, line: seen.line) }
-            #expect(await eventually(within: 3) { !seen.pids.isEmpty && readPID(pidFile) != nil })
+            #expect(await eventually(within: 30) { !seen.pids.isEmpty && readPID(pidFile) != nil })
             group.cancelAll()
             do {
                 let result = try await group.next()
@@ -212,7 +212,7 @@ import Glibc
         var cancelledAt = clock.now
         await withThrowingTaskGroup(of: StepResult.self) { group in
             group.addTask { try await runner.run(request, started: seen.started, line: seen.line) }
-            #expect(await eventually(within: 3) { seen.lines == ["ready"] })
+            #expect(await eventually(within: 30) { seen.lines == ["ready"] })
             cancelledAt = clock.now
             group.cancelAll()
             await #expect(throws: CancellationError.self) { _ = try await group.next() }

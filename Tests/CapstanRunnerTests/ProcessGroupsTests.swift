@@ -15,7 +15,7 @@ import Glibc
             environment: ["PATH": testPath, "CAPSTAN_RUN_ID": "run-1"])
         try await withThrowingTaskGroup(of: StepResult.self) { group in
             group.addTask { try await LocalStepRunner().run(request, started: seen.started, line: seen.line) }
-            #expect(await eventually(within: 3) { !seen.pids.isEmpty && readPID(dir.path + "/sleeper.pid") != nil })
+            #expect(await eventually(within: 30) { !seen.pids.isEmpty && readPID(dir.path + "/sleeper.pid") != nil })
             let pgid = try #require(seen.pids.first)
             #expect(ProcessGroups.isAlive(pgid))
 

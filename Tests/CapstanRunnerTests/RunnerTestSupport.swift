@@ -20,7 +20,7 @@ final class Callbacks: Sendable {
 let testPath = "/usr/local/bin:/usr/bin:/bin"
 
 func step(
-    _ argv: [String], in dir: TempDir, timeout: Int64 = 10_000, grace: Int64 = 300,
+    _ argv: [String], in dir: TempDir, timeout: Int64 = 60_000, grace: Int64 = 300,
     environment: [String: String] = ["PATH": testPath], log: String? = nil, prefix: String? = nil, redact: [String] = []
 ) -> StepRequest {
     StepRequest(
@@ -38,7 +38,7 @@ func isGone(_ pid: Int32) -> Bool {
 }
 
 /// Polls `condition` until it holds or `seconds` have passed; returns its last value.
-func eventually(within seconds: Double = 1, _ condition: () -> Bool) async -> Bool {
+func eventually(within seconds: Double = 30, _ condition: () -> Bool) async -> Bool {
     let clock = ContinuousClock()
     let end = clock.now + .milliseconds(Int(seconds * 1000))
     while clock.now < end {

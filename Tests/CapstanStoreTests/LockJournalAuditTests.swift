@@ -42,7 +42,7 @@ final class ManualClock: @unchecked Sendable {
         #expect(error?.code == .locked)
         let message = error?.message ?? ""
         #expect(message.contains("the state folder '\(temp.path)' is still locked: lock 'apply' is held by holder holder-a (pid 1111 on host host-a, running 'capstan apply --repo x') since 2023-11-14T22:13:20Z; its lease expires at 2023-11-14T22:14:20Z"))
-        #expect(message.contains("pass --lock-timeout <seconds> to wait for it, or, if that process is gone, run `capstan unlock holder-a`"))
+        #expect(message.contains("pass --lock-timeout <duration> (30s, 5m) to wait for it, or, if that process is gone, run `capstan unlock holder-a`"))
         #expect(try b.current().map(\.holder) == ["holder-a"])
 
         // The synchronous form refuses the same way.

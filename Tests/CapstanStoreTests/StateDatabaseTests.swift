@@ -6,8 +6,8 @@ import GRDB
 import Testing
 
 @Suite struct StateDatabaseTests {
-    static let tables = ["alias_history", "aliases", "audit_log", "capstan_meta", "conditions", "input_hashes", "journal", "locks",
-                         "models", "passes", "versions"]
+    static let tables = ["alias_history", "aliases", "audit_log", "capstan_meta", "conditions", "endpoints", "input_hashes", "journal",
+                         "locks", "models", "passes", "quarantine", "rollouts", "versions"]
 
     /// Checks everything the migrations (`v1`, `v2`) leave behind.
     func expectInitialized(_ database: StateDatabase) throws {
@@ -18,10 +18,10 @@ import Testing
                 """)
             #expect(tables == Self.tables)
             #expect(try Int32.fetchOne(db, sql: "PRAGMA application_id") == 0x4341_5053)
-            #expect(try Int.fetchOne(db, sql: "PRAGMA user_version") == 2)
+            #expect(try Int.fetchOne(db, sql: "PRAGMA user_version") == 3)
             #expect(try String.fetchOne(db, sql: "SELECT value FROM capstan_meta WHERE key = 'application'") == "capstan")
-            #expect(try String.fetchOne(db, sql: "SELECT value FROM capstan_meta WHERE key = 'schema_version'") == "2")
-            #expect(try String.fetchAll(db, sql: "SELECT identifier FROM grdb_migrations") == ["v1", "v2"])
+            #expect(try String.fetchOne(db, sql: "SELECT value FROM capstan_meta WHERE key = 'schema_version'") == "3")
+            #expect(try String.fetchAll(db, sql: "SELECT identifier FROM grdb_migrations") == ["v1", "v2", "v3"])
         }
     }
 
@@ -56,27 +56,28 @@ import Testing
         #expect(names == ["churn"])
     }
 
-    /// A database exactly as the `v1` release left it, with a model, a version and an alias.
-    static func writeVersion1Database(at path: String) throws {
+    /// A database exactly as release `schema` left it, with a model, a version and an alias.
+    static func writeOldDatabase(at path: String, schema: String) throws {
         let queue = try DatabaseQueue(path: path)
-        try StateDatabase.migrator.migrate(queue, upTo: "v1")
+        try StateDatabase.migrator.migrate(queue, upTo: schema)
         try queue.write { db in
             try insertModel(db, "churn")
             try db.execute(sql: """
                 INSERT INTO versions (model, number, status, fingerprint, created_at) VALUES ('churn', 1, 'validated', 'f1', 5)
                 """)
             try db.execute(sql: "INSERT INTO aliases (model, alias, version, updated_at) VALUES ('churn', 'champion', 1, 6)")
-            #expect(try Int.fetchOne(db, sql: "PRAGMA user_version") == 1)
+            #expect(try Int.fetchOne(db, sql: "PRAGMA user_version") == Int(schema.dropFirst()))
         }
         try queue.close()
     }
 
-    /// A database left at each earlier schema (here: `v1`, as the first release wrote it, with
-    /// data in it) is upgraded in place, its data kept and the new columns at their defaults.
-    @Test func upgradesADatabaseFromEveryEarlierSchema() async throws {
+    /// A database left at each earlier schema, with data in it, is upgraded in place, its data
+    /// kept and the new columns at their defaults.
+    @Test(arguments: StateDatabase.knownMigrations.dropLast())
+    func upgradesADatabaseFromEveryEarlierSchema(_ schema: String) async throws {
         let temp = try TemporaryDirectory()
         let path = temp.path + "/capstan.db"
-        try Self.writeVersion1Database(at: path)
+        try Self.writeOldDatabase(at: path, schema: schema)
         let database = try StateDatabase(stateDirectory: temp.path)
         try expectInitialized(database)
         let registry = EmbeddedRegistry(database: database)
@@ -171,9 +172,9 @@ import Testing
         try database.pool.write { db in
             try insertModel(db, "churn")
             switch kind {
-            case .unknownMigration: try db.execute(sql: "INSERT INTO grdb_migrations (identifier) VALUES ('v3')")
-            case .higherUserVersion: try db.execute(sql: "PRAGMA user_version = 3")
-            case .higherMetaVersion: try db.execute(sql: "UPDATE capstan_meta SET value = '3' WHERE key = 'schema_version'")
+            case .unknownMigration: try db.execute(sql: "INSERT INTO grdb_migrations (identifier) VALUES ('v4')")
+            case .higherUserVersion: try db.execute(sql: "PRAGMA user_version = 4")
+            case .higherMetaVersion: try db.execute(sql: "UPDATE capstan_meta SET value = '4' WHERE key = 'schema_version'")
             }
         }
         try database.close()
@@ -181,11 +182,11 @@ import Testing
 
         let error = #expect(throws: StoreError.self) { try StateDatabase(stateDirectory: temp.path) }
         #expect(error?.code == .newerDatabase)
-        #expect(error?.message.contains("database schema version 3") == true)
-        #expect(error?.message.contains("supports schema version 2") == true)
+        #expect(error?.message.contains("database schema version 4") == true)
+        #expect(error?.message.contains("supports schema version 3") == true)
         #expect(error?.message.contains(database.path) == true)
         if kind == .unknownMigration {
-            #expect(error?.message.contains("migrations unknown to this build: v3") == true)
+            #expect(error?.message.contains("migrations unknown to this build: v4") == true)
         }
         #expect(try fileBytes(database.path) == before)
     }

@@ -67,8 +67,12 @@ public struct ActualState: Hashable, Sendable {
 public struct PlanOptions: Hashable, Sendable {
     /// Retry failed fingerprints now, ignoring their backoff (`--retry-failed`).
     public var retryFailed: Bool
+    /// Set when another apply holds the state lock (who, for messages): versions in `training`
+    /// are being trained now, not interrupted.
+    public var applyInProgress: String?
 
-    public init(retryFailed: Bool = false) {
+    public init(retryFailed: Bool = false, applyInProgress: String? = nil) {
         self.retryFailed = retryFailed
+        self.applyInProgress = applyInProgress
     }
 }

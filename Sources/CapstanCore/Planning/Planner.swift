@@ -42,6 +42,16 @@ public enum Planner {
         return min(delay, policy.max.milliseconds)
     }
 
+    /// What `latest` resolves to: the version trained from the current spec when it is validated
+    /// (so reverting a change in Git brings its earlier version back), otherwise the newest
+    /// validated, non-archived version.
+    public static func latest(_ versions: [ModelVersion], fingerprint: String) -> ModelVersion? {
+        if let current = versions.first(where: { $0.fingerprint == fingerprint }), current.status == .validated, current.archivedAt == nil {
+            return current
+        }
+        return versions.filter { $0.status == .validated && $0.archivedAt == nil }.max { $0.number < $1.number }
+    }
+
     /// The gates of a validation spec as people read them.
     public static func gateDescriptions(_ spec: ValidateSpec?) -> [String] {
         guard let spec else { return [] }
@@ -145,6 +155,13 @@ private struct ModelPlanner {
                 reason: "v\(existing.number) was trained but not validated (an interrupted pass); running its gates",
                 dependsOn: dependencies(), detail: .validate(ValidateDetail(version: .number(existing.number), gates: gates))))
         case .training:
+            if let running = options.applyInProgress {
+                entries.append(PlanEntry(
+                    id: "\(name)/wait", action: .wait, name: name,
+                    reason: "v\(existing.number) is being trained by a running apply (\(running))",
+                    detail: .wait(WaitDetail(until: nil, version: existing.number, fingerprint: nil))))
+                return
+            }
             addTrain(version: existing.number, attempt: existing.attempts + 1,
                      reasons: [.resumeInterrupted(version: existing.number)], reason: nil)
         case .failed:
@@ -233,6 +250,12 @@ private struct ModelPlanner {
             for i in entries.indices where entries[i].action == .validate && !entries[i].dependsOn.contains(move.id) {
                 entries[i].dependsOn.append(move.id)
             }
+            // Plan order is execution order: the move goes before the first entry that waits for it.
+            if let from = entries.firstIndex(where: { $0.id == move.id }),
+               let to = entries.firstIndex(where: { $0.dependsOn.contains(move.id) }), to < from {
+                let moved = entries.remove(at: from)
+                entries.insert(moved, at: to)
+            }
         }
     }
 
@@ -307,7 +330,7 @@ private struct ModelPlanner {
     mutating func planLatest(_ pin: AliasPin) {
         let current = aliases[pin.name]
         let id = "\(name)/alias/\(pin.name)"
-        let newest = versions.filter { $0.status == .validated && $0.archivedAt == nil }.max { $0.number < $1.number }
+        let newest = Planner.latest(versions, fingerprint: desired.fingerprint)
         if let validateID, let produced = pendingVersion {
             // Moves to the newest validated version once this pass's candidate has been judged.
             entries.append(PlanEntry(
@@ -333,9 +356,12 @@ private struct ModelPlanner {
             return
         }
         guard current != newest.number else { return }
+        let why = newest.fingerprint == desired.fingerprint
+            ? "\(pin.name) follows the version of the current spec, v\(newest.number)"
+            : "\(pin.name) follows the newest validated version, v\(newest.number) (the current spec's version is not validated)"
         entries.append(PlanEntry(
             id: id, action: .moveAlias, name: name,
-            reason: "\(pin.name) follows the newest validated version, v\(newest.number)",
+            reason: why,
             dependsOn: dependencies(),
             detail: .moveAlias(AliasMoveDetail(alias: pin.name, target: .latest, from: current, to: .number(newest.number),
                                                current: summary(current), candidate: VersionSummary(newest)))))
@@ -354,9 +380,7 @@ private struct ModelPlanner {
         guard let keep = spec.retention?.keepVersions else { return }
         var protected = Set(aliases.values)
         for pin in spec.aliases { if case .version(let n) = pin.target { protected.insert(n) } }
-        if let newest = versions.filter({ $0.status == .validated && $0.archivedAt == nil }).max(by: { $0.number < $1.number }) {
-            protected.insert(newest.number)
-        }
+        if let latest = Planner.latest(versions, fingerprint: desired.fingerprint) { protected.insert(latest.number) }
         let live = versions.filter { $0.archivedAt == nil }.sorted { $0.number > $1.number }
         let beyond = live.dropFirst(keep).filter {
             !protected.contains($0.number) && $0.status != .training && $0.status != .trained && $0.fingerprint != desired.fingerprint

@@ -1,0 +1,152 @@
+import Foundation
+import HTTPTypes
+import Hummingbird
+import NIOCore
+
+/// The body of `GET /v1/endpoints`.
+public struct AgentEndpointList: Hashable, Sendable, Codable {
+    /// Identifies the agent process; counters restart from zero when it changes.
+    public var bootID: String
+    /// When the agent process started (RFC 3339, UTC).
+    public var startedAt: String
+    public var endpoints: [EndpointStatus]
+
+    public init(bootID: String, startedAt: String, endpoints: [EndpointStatus]) {
+        self.bootID = bootID
+        self.startedAt = startedAt
+        self.endpoints = endpoints
+    }
+}
+
+/// The error body of every admin and gateway error: `{"error": "..."}`.
+public struct AgentErrorBody: Hashable, Sendable, Codable {
+    public var error: String
+    public init(error: String) { self.error = error }
+}
+
+/// The admin API (docs/serving.md):
+///
+///     GET    /healthz                      200 "ok" (never needs the token)
+///     GET    /v1/endpoints                 200 AgentEndpointList
+///     GET    /v1/endpoints/{deployment}    200 EndpointStatus | 404
+///     PUT    /v1/endpoints/{deployment}    200 EndpointStatus | 400 | 413 | 500 (EndpointSpec body)
+///     DELETE /v1/endpoints/{deployment}    204 | 404
+///
+/// With a token, every route but /healthz needs `Authorization: Bearer <token>` (else 401).
+struct AdminAPI: HTTPResponder {
+    typealias Context = BasicRequestContext
+
+    static let bodyLimit = 1 << 20
+
+    let supervisor: Supervisor
+    let token: [UInt8]?
+    let bootID: String
+    let startedAt: String
+
+    func respond(to request: Request, context: Context) async throws -> Response {
+        let path = request.uri.path
+        let method = request.method
+        if path == "/healthz" {
+            guard method == .get || method == .head else { return Self.methodNotAllowed(method, path, allow: "GET, HEAD") }
+            return Response(status: .ok, headers: [.contentType: "text/plain; charset=utf-8"], body: ResponseBody(byteBuffer: ByteBuffer(string: "ok\n")))
+        }
+        if let token, !Self.authorized(request.headers[.authorization], token: token) {
+            var response = Gateway.error(.unauthorized, request.headers[.authorization] == nil
+                ? "this agent needs a bearer token: send Authorization: Bearer <token> (the value of its --admin-token-env variable)"
+                : "the bearer token is not this agent's token")
+            response.headers[.wwwAuthenticate] = "Bearer"
+            return response
+        }
+        let segments = path.split(separator: "/", omittingEmptySubsequences: true)
+        guard segments.count >= 2, segments[0] == "v1", segments[1] == "endpoints", segments.count <= 3 else {
+            return Gateway.error(.notFound, "no such route: \(method) \(path); the admin API serves /healthz, /v1/endpoints and /v1/endpoints/<deployment>")
+        }
+        if segments.count == 2 {
+            guard method == .get else { return Self.methodNotAllowed(method, path, allow: "GET") }
+            let list = AgentEndpointList(bootID: bootID, startedAt: startedAt, endpoints: await supervisor.statuses())
+            return Self.json(.ok, list)
+        }
+        let deployment = String(segments[2]).removingPercentEncoding ?? String(segments[2])
+        switch method {
+        case .get:
+            guard let status = await supervisor.status(deployment: deployment) else {
+                return Gateway.error(.notFound, "unknown deployment \(deployment)")
+            }
+            return Self.json(.ok, status)
+        case .put:
+            return await put(deployment, request: request)
+        case .delete:
+            do {
+                guard try await supervisor.remove(deployment: deployment) else {
+                    return Gateway.error(.notFound, "unknown deployment \(deployment)")
+                }
+                return Response(status: .noContent)
+            } catch {
+                return Gateway.error(.internalServerError, error.message)
+            }
+        default:
+            return Self.methodNotAllowed(method, path, allow: "GET, PUT, DELETE")
+        }
+    }
+
+    private func put(_ deployment: String, request: Request) async -> Response {
+        if let length = request.headers[.contentLength].flatMap({ Int($0) }), length > Self.bodyLimit {
+            return Gateway.error(.contentTooLarge, "the body is \(length) bytes; the admin API accepts at most 1 MiB")
+        }
+        let buffer: ByteBuffer
+        do {
+            buffer = try await request.body.collect(upTo: Self.bodyLimit)
+        } catch {
+            return Gateway.error(.contentTooLarge, "the body is larger than 1 MiB, the admin API's limit")
+        }
+        let spec: EndpointSpec
+        do {
+            spec = try EndpointSpecDocument.decode(Data(buffer.readableBytesView))
+        } catch {
+            return Gateway.error(.badRequest, error.message)
+        }
+        let problems = EndpointValidation.problems(spec, pathDeployment: deployment)
+        if !problems.isEmpty {
+            return Gateway.error(.badRequest, "invalid endpoint spec for '\(deployment)': " + problems.joined(separator: "; "))
+        }
+        do {
+            return Self.json(.ok, try await supervisor.apply(spec))
+        } catch {
+            return Gateway.error(.internalServerError, error.message)
+        }
+    }
+
+    /// Compares in time independent of where the values differ.
+    static func authorized(_ header: String?, token: [UInt8]) -> Bool {
+        guard let header, header.hasPrefix("Bearer ") else { return false }
+        let given = Array(header.utf8.dropFirst(7))
+        var difference = UInt8(truncatingIfNeeded: given.count ^ token.count)
+        if given.count != token.count { difference |= 1 }
+        for i in 0..<token.count {
+            difference |= token[i] ^ (i < given.count ? given[i] : 0)
+        }
+        return difference == 0
+    }
+
+    static func methodNotAllowed(_ method: HTTPRequest.Method, _ path: String, allow: String) -> Response {
+        var response = Gateway.error(.methodNotAllowed, "\(method) is not allowed on \(path); use \(allow)")
+        response.headers[.allow] = allow
+        return response
+    }
+
+    static let encoder: JSONEncoder = {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys, .prettyPrinted, .withoutEscapingSlashes]
+        return encoder
+    }()
+
+    static func json(_ status: HTTPResponse.Status, _ value: some Encodable) -> Response {
+        do {
+            var data = try encoder.encode(value)
+            data.append(0x0A)
+            return Response(status: status, headers: [.contentType: "application/json"], body: ResponseBody(byteBuffer: ByteBuffer(bytes: data)))
+        } catch {
+            return Gateway.error(.internalServerError, "cannot encode the answer (\(error))")
+        }
+    }
+}

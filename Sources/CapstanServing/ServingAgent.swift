@@ -1,0 +1,349 @@
+import AsyncHTTPClient
+import Foundation
+import Hummingbird
+import Logging
+import NIOCore
+import ServiceLifecycle
+import Synchronization
+
+/// `host:port` to listen on.
+public struct ListenAddress: Hashable, Sendable, CustomStringConvertible {
+    public var host: String
+    /// 0 lets the system pick a free port (tests).
+    public var port: Int
+
+    public init(host: String, port: Int) {
+        self.host = host
+        self.port = port
+    }
+
+    /// Parses `127.0.0.1:8080`, `[::1]:8080` or `:8080` (127.0.0.1).
+    public init(parsing text: String, option: String) throws(ServingAgentError) {
+        let bad = ServingAgentError(message: "\(option) '\(text)' is not HOST:PORT (for example 127.0.0.1:8080)")
+        guard let colon = text.lastIndex(of: ":") else { throw bad }
+        var host = String(text[..<colon])
+        if host.hasPrefix("["), host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
+        if host.isEmpty { host = "127.0.0.1" }
+        guard let port = Int(text[text.index(after: colon)...]), (0...65535).contains(port) else { throw bad }
+        self.init(host: host, port: port)
+    }
+
+    public var description: String { host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)" }
+}
+
+/// How to run a serving agent.
+public struct ServingAgentConfiguration: Sendable {
+    public var gateway = ListenAddress(host: "127.0.0.1", port: 8080)
+    public var admin = ListenAddress(host: "127.0.0.1", port: 7070)
+    /// Capstan's state directory; the agent keeps its files in `<stateDirectory>/serving/`.
+    public var stateDirectory: String
+    /// When set, every admin call but `/healthz` needs `Authorization: Bearer <adminToken>`.
+    public var adminToken: String?
+    /// The agent's environment: where the servers' PATH/HOME/LANG/LC_ALL/TMPDIR/USER and the
+    /// values of `secretEnv` come from.
+    public var environment: [String: String] = ProcessInfo.processInfo.environment
+    public var timing = SupervisorTiming()
+    /// How long one proxied request may take, response body included.
+    public var upstreamTimeout: Duration = .seconds(300)
+    /// Supervisor events (started, ready, crashed, restarting, stopped, refused).
+    public var onEvent: @Sendable (ServingEvent) -> Void = { _ in }
+
+    public init(stateDirectory: String) {
+        self.stateDirectory = stateDirectory
+    }
+}
+
+/// Where a running agent listens.
+public struct RunningAgent: Sendable {
+    public var gatewayPort: Int
+    public var adminPort: Int
+    public var gatewayHost: String
+    public var adminHost: String
+    public var bootID: String
+
+    /// `http://127.0.0.1:8080`.
+    public var gatewayURL: String { Self.url(gatewayHost, gatewayPort) }
+    /// `http://127.0.0.1:7070`.
+    public var adminURL: String { Self.url(adminHost, adminPort) }
+
+    static func url(_ host: String, _ port: Int) -> String {
+        let shown = host == "0.0.0.0" ? "127.0.0.1" : host == "::" ? "::1" : host
+        return "http://\(shown.contains(":") ? "[\(shown)]" : shown):\(port)"
+    }
+}
+
+/// The local serving agent: the supervisor of model servers, the gateway and the admin API,
+/// run as one `ServiceGroup`.
+///
+/// `init` reads the saved endpoints (a damaged file is an error: nothing starts); `run` listens,
+/// then starts the saved endpoints' processes, and returns after a graceful shutdown (or
+/// cancellation) once every model server has been stopped. An agent runs once.
+public final class ServingAgent: Sendable {
+    public let configuration: ServingAgentConfiguration
+    /// A random id of this agent; status counters start from zero with it.
+    public let bootID: String
+    /// When this agent was created, RFC 3339 UTC.
+    public let startedAt: String
+    /// `<state>/serving/endpoints.json`.
+    public let endpointsFile: String
+    /// The endpoints read from `endpointsFile`, brought back by `run()`.
+    public let savedEndpoints: [EndpointSpec]
+    private let store: EndpointStore
+    private let logDirectory: String
+
+    private struct RunState {
+        var started = false
+        var shutdownRequested = false
+        var group: ServiceGroup?
+    }
+
+    private let state = Mutex(RunState())
+
+    public init(configuration: ServingAgentConfiguration) throws(ServingAgentError) {
+        self.configuration = configuration
+        let serving = configuration.stateDirectory + "/serving"
+        logDirectory = serving + "/logs"
+        do {
+            try FileManager.default.createDirectory(atPath: logDirectory, withIntermediateDirectories: true)
+        } catch {
+            throw ServingAgentError(message: "cannot create '\(logDirectory)' (\(error.localizedDescription)); check the state directory (--state-dir)")
+        }
+        store = EndpointStore(servingDirectory: serving)
+        endpointsFile = store.path
+        savedEndpoints = try store.load()
+        var generator = SystemRandomNumberGenerator()
+        bootID = (0..<2).map { _ in String(generator.next() as UInt64, radix: 16) }.map { String(repeating: "0", count: 16 - $0.count) + $0 }.joined()
+        let formatter = ISO8601DateFormatter()
+        formatter.formatOptions = [.withInternetDateTime]
+        startedAt = formatter.string(from: Date())
+    }
+
+    /// Listens, serves and supervises until a graceful shutdown (`shutdown()`, a parent service
+    /// group, or SIGTERM/SIGINT with `handleSignals`) or cancellation; every model server is
+    /// stopped before it returns. `onListening` is called once both listeners are up.
+    public func run(handleSignals: Bool = false, onListening: @escaping @Sendable (RunningAgent) -> Void = { _ in }) async throws {
+        let alreadyStarted = state.withLock { state -> Bool in
+            defer { state.started = true }
+            return state.started
+        }
+        guard !alreadyStarted else { throw ServingAgentError(message: "this serving agent has already run; create a new one") }
+
+        let configuration = self.configuration
+        var logger = Logger(label: "capstan.serve") { StreamLogHandler.standardError(label: $0) }
+        logger.logLevel = .warning
+        let client = HTTPClient(eventLoopGroup: HTTPClient.defaultEventLoopGroup, configuration: Self.clientConfiguration, backgroundActivityLogger: logger)
+        let routes = RoutingTable()
+        let supervisor = Supervisor(bootID: bootID, routes: routes, client: client, timing: configuration.timing,
+                                    environment: configuration.environment, logDirectory: logDirectory, store: store,
+                                    onEvent: configuration.onEvent)
+        let gate = ListeningGate(gateway: configuration.gateway, admin: configuration.admin, bootID: bootID, onListening: onListening)
+        let gateway = Application(
+            responder: Gateway(routes: routes, client: client, upstreamTimeout: .milliseconds(configuration.upstreamTimeout.milliseconds)),
+            configuration: ApplicationConfiguration(address: .hostname(configuration.gateway.host, port: configuration.gateway.port)),
+            onServerRunning: { channel in gate.listening(.gateway, port: channel.localAddress?.port ?? configuration.gateway.port) },
+            logger: logger)
+        let admin = Application(
+            responder: AdminAPI(supervisor: supervisor, token: configuration.adminToken.map { Array($0.utf8) }, bootID: bootID, startedAt: startedAt),
+            configuration: ApplicationConfiguration(address: .hostname(configuration.admin.host, port: configuration.admin.port)),
+            onServerRunning: { channel in gate.listening(.admin, port: channel.localAddress?.port ?? configuration.admin.port) },
+            logger: logger)
+        // Graceful shutdown goes in reverse order: the admin API, the gateway, then the processes.
+        let group = ServiceGroup(configuration: ServiceGroupConfiguration(
+            services: [
+                .init(service: SupervisorService(supervisor: supervisor, gate: gate)),
+                .init(service: Listener(role: "gateway", address: configuration.gateway, application: gateway)),
+                .init(service: Listener(role: "admin API", address: configuration.admin, application: admin)),
+            ],
+            gracefulShutdownSignals: handleSignals ? [.sigterm, .sigint] : [],
+            logger: logger))
+        // The saved endpoints come back before anything listens (so that no PUT can be
+        // overtaken by them); their processes start once both listeners are up.
+        for spec in savedEndpoints {
+            _ = try? await supervisor.apply(spec, persist: false)
+        }
+        let shutdownEarly = state.withLock { state -> Bool in
+            state.group = group
+            return state.shutdownRequested
+        }
+        if shutdownEarly { await group.triggerGracefulShutdown() }
+        var failure: (any Error)?
+        do {
+            try await group.run()
+        } catch {
+            failure = error
+        }
+        state.withLock { $0.group = nil }
+        try? await client.shutdown()
+        if let failure { throw failure }
+    }
+
+    /// Starts a graceful shutdown of `run()` (also when it has not reached its listeners yet).
+    public func shutdown() async {
+        let group = state.withLock { state -> ServiceGroup? in
+            state.shutdownRequested = true
+            return state.group
+        }
+        await group?.triggerGracefulShutdown()
+    }
+
+    /// Runs an agent for the duration of `body` (tests, tools): returns once it has shut down
+    /// and stopped every model server. Listen on port 0 to get free ports.
+    public static func withRunning<T>(
+        _ configuration: ServingAgentConfiguration, _ body: (RunningAgent) async throws -> T
+    ) async throws -> T {
+        let agent = try ServingAgent(configuration: configuration)
+        return try await withThrowingTaskGroup(of: Void.self, returning: T.self) { group in
+            let (listening, continuation) = AsyncThrowingStream.makeStream(of: RunningAgent.self)
+            group.addTask {
+                do {
+                    try await agent.run { continuation.yield($0) }
+                    continuation.finish()
+                } catch {
+                    continuation.finish(throwing: error)
+                    throw error
+                }
+            }
+            var iterator = listening.makeAsyncIterator()
+            guard let running = try await iterator.next() else {
+                throw ServingAgentError(message: "the serving agent stopped before it listened")
+            }
+            let result: Result<T, any Error>
+            do {
+                result = .success(try await body(running))
+            } catch {
+                result = .failure(error)
+            }
+            await agent.shutdown()
+            try await group.waitForAll()
+            return try result.get()
+        }
+    }
+
+    /// The HTTP client of the gateway and of readiness probes: HTTP/1.1 to 127.0.0.1, pooled,
+    /// no redirects, no retries of a failed connect (a dead replica must fail fast).
+    static var clientConfiguration: HTTPClient.Configuration {
+        var pool = HTTPClient.Configuration.ConnectionPool(idleTimeout: .seconds(60), concurrentHTTP1ConnectionsPerHostSoftLimit: 256)
+        pool.retryConnectionEstablishment = false
+        var configuration = HTTPClient.Configuration(
+            redirectConfiguration: .disallow, timeout: .init(connect: .seconds(2)), connectionPool: pool, decompression: .disabled)
+        configuration.httpVersion = .http1Only
+        return configuration
+    }
+}
+
+// MARK: - Services
+
+/// Opens when both listeners are up; processes start only then (a port in use starts nothing).
+final class ListeningGate: Sendable {
+    enum Role { case gateway, admin }
+
+    private struct State {
+        var gatewayPort: Int?
+        var adminPort: Int?
+        var open: Bool?
+        var waiters: [CheckedContinuation<Bool, Never>] = []
+    }
+
+    private let state = Mutex(State())
+    private let gateway: ListenAddress
+    private let admin: ListenAddress
+    private let bootID: String
+    private let onListening: @Sendable (RunningAgent) -> Void
+
+    init(gateway: ListenAddress, admin: ListenAddress, bootID: String, onListening: @escaping @Sendable (RunningAgent) -> Void) {
+        self.gateway = gateway
+        self.admin = admin
+        self.bootID = bootID
+        self.onListening = onListening
+    }
+
+    func listening(_ role: Role, port: Int) {
+        let opened = state.withLock { state -> (RunningAgent, [CheckedContinuation<Bool, Never>])? in
+            switch role {
+            case .gateway: state.gatewayPort = port
+            case .admin: state.adminPort = port
+            }
+            guard state.open == nil, let g = state.gatewayPort, let a = state.adminPort else { return nil }
+            state.open = true
+            defer { state.waiters = [] }
+            return (RunningAgent(gatewayPort: g, adminPort: a, gatewayHost: gateway.host, adminHost: admin.host, bootID: bootID), state.waiters)
+        }
+        guard let (running, waiters) = opened else { return }
+        onListening(running)
+        for waiter in waiters { waiter.resume(returning: true) }
+    }
+
+    /// Never opens (shutdown before both listeners were up).
+    func close() {
+        let waiters = state.withLock { state -> [CheckedContinuation<Bool, Never>] in
+            if state.open == nil { state.open = false }
+            defer { state.waiters = [] }
+            return state.waiters
+        }
+        for waiter in waiters { waiter.resume(returning: false) }
+    }
+
+    /// True once both listen; false when closed first.
+    func wait() async -> Bool {
+        await withTaskCancellationHandler {
+            await withCheckedContinuation { (continuation: CheckedContinuation<Bool, Never>) in
+                let now = state.withLock { state -> Bool? in
+                    if let open = state.open { return open }
+                    state.waiters.append(continuation)
+                    return nil
+                }
+                if let now { continuation.resume(returning: now) }
+            }
+        } onCancel: {
+            close()
+        }
+    }
+}
+
+/// Runs the supervisor's processes once both listeners are up; on graceful shutdown or
+/// cancellation stops every model server before returning.
+struct SupervisorService: Service {
+    let supervisor: Supervisor
+    let gate: ListeningGate
+
+    func run() async throws {
+        let open = await withGracefulShutdownHandler {
+            await gate.wait()
+        } onGracefulShutdown: {
+            gate.close()
+        }
+        if !open { supervisor.beginShutdown() }
+        await withTaskCancellationHandler {
+            await withGracefulShutdownHandler {
+                await supervisor.run()
+            } onGracefulShutdown: {
+                supervisor.beginShutdown()
+            }
+        } onCancel: {
+            supervisor.beginShutdown()
+        }
+    }
+}
+
+/// One Hummingbird listener; a failure to listen becomes a message that names the address.
+struct Listener<Responder: HTTPResponder>: Service where Responder.Context == BasicRequestContext {
+    let role: String
+    let address: ListenAddress
+    let application: Application<Responder>
+
+    func run() async throws {
+        do {
+            try await application.run()
+        } catch let error as IOError {
+            let reason: String
+            switch error.errnoCode {
+            case EADDRINUSE: reason = "the address is already in use (another `capstan serve`?)"
+            case EADDRNOTAVAIL: reason = "this machine has no such address"
+            case EACCES: reason = "permission denied (ports below 1024 need privileges)"
+            default: reason = error.description
+            }
+            let flag = role == "gateway" ? "--gateway" : "--admin"
+            throw ServingAgentError(message: "cannot listen on \(address) for the \(role): \(reason); choose another address with \(flag)")
+        }
+    }
+}

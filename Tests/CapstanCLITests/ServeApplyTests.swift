@@ -1,0 +1,162 @@
+import Foundation
+#if canImport(FoundationNetworking)
+import FoundationNetworking
+#endif
+import Synchronization
+import Testing
+@testable import CapstanTestSupport
+
+/// `capstan serve` and `capstan apply` together, as a user runs them: a real agent on
+/// 127.0.0.1, real model servers, requests through the gateway, a canary promoted and a broken
+/// version rolled back.
+@Suite(.serialized) struct ServeApplyTests {
+    /// A running `capstan serve`, stopped with SIGTERM when the test ends.
+    final class Agent {
+        let process = Process()
+        let gateway: UInt16
+        let admin: UInt16
+        let log: URL
+
+        init(state: String, log: URL) throws {
+            gateway = try Ports.free()
+            admin = try Ports.free()
+            self.log = log
+            process.executableURL = CLI.binary
+            process.arguments = ["serve", "--gateway", "127.0.0.1:\(gateway)", "--admin", "127.0.0.1:\(admin)", "--state-dir", state]
+            _ = FileManager.default.createFile(atPath: log.path, contents: nil)
+            let handle = try FileHandle(forWritingTo: log)
+            process.standardOutput = handle
+            process.standardError = handle
+            try process.run()
+            var polls = 0
+            while !Ports.accepts(admin) && polls < 600 { usleep(50_000); polls += 1 }
+        }
+
+        func stop() {
+            guard process.isRunning else { return }
+            kill(process.processIdentifier, SIGTERM)
+            var polls = 0
+            while process.isRunning && polls < 400 { usleep(50_000); polls += 1 }
+            if process.isRunning { kill(process.processIdentifier, SIGKILL) }
+        }
+
+        deinit { stop() }
+
+        /// POSTs a prediction through the gateway; returns the status and the version that answered.
+        func predict(_ deployment: String = "churn-prod") -> (Int, String?) {
+            var request = URLRequest(url: URL(string: "http://127.0.0.1:\(gateway)/\(deployment)/predict")!)
+            request.httpMethod = "POST"
+            request.httpBody = Data(#"{"tenure_months": 3, "monthly_charges": 99.5, "support_calls": 4}"#.utf8)
+            let result = Mutex<(Int, String?)>((0, nil))
+            let done = DispatchSemaphore(value: 0)
+            URLSession.shared.dataTask(with: request) { _, response, _ in
+                let http = response as? HTTPURLResponse
+                result.withLock { $0 = (http?.statusCode ?? 0, http?.value(forHTTPHeaderField: "X-Capstan-Version")) }
+                done.signal()
+            }.resume()
+            _ = done.wait(timeout: .now() + 10)
+            return result.withLock { $0 }
+        }
+    }
+
+    /// The quick-start repository with fast canary steps, pointed at `agent`.
+    static func repository(_ temp: TempDir, agent: Agent) throws -> GitRepo {
+        let repo = try GitRepo(at: temp.sub("repo"))
+        let example = CLI.packageRoot.appendingPathComponent("examples/quickstart")
+        for file in try FileManager.default.subpathsOfDirectory(atPath: example.path) {
+            var isDir: ObjCBool = false
+            _ = FileManager.default.fileExists(atPath: example.appendingPathComponent(file).path, isDirectory: &isDir)
+            if isDir.boolValue { continue }
+            var text = try String(contentsOf: example.appendingPathComponent(file), encoding: .utf8)
+            text = text.replacingOccurrences(of: "http://127.0.0.1:7070", with: "http://127.0.0.1:\(agent.admin)")
+            text = text.replacingOccurrences(of: "pause: 1m", with: "pause: 1s").replacingOccurrences(of: "pause: 2m", with: "pause: 1s")
+                .replacingOccurrences(of: "minRequests: 20", with: "minRequests: 5")
+            try repo.write(file, text)
+        }
+        try repo.commit("quick start")
+        return repo
+    }
+
+    /// Sends requests and runs `apply` until `done` says so (or 60 passes).
+    static func applyUntil(_ repo: GitRepo, state: String, agent: Agent, _ done: (CLI.Result) -> Bool) throws -> [CLI.Result] {
+        var results: [CLI.Result] = []
+        for _ in 0..<60 {
+            for _ in 0..<8 { _ = agent.predict() }
+            let r = try CLI.run(["apply", "--repo", repo.path, "--state-dir", state])
+            results.append(r)
+            if done(r) { break }
+            usleep(300_000)
+        }
+        return results
+    }
+
+    @Test func aCanaryIsPromotedAndABrokenVersionRolledBack() throws {
+        let temp = try TempDir()
+        let state = temp.sub("state").path
+        let agent = try Agent(state: temp.sub("agent").path, log: temp.sub("agent.log"))
+        defer { agent.stop() }
+        let repo = try Self.repository(temp, agent: agent)
+
+        // First apply: train v1 and create the endpoint.
+        let first = try CLI.run(["apply", "--repo", repo.path, "--state-dir", state])
+        #expect(first.status == 0, "\(first.stdout)\n\(first.stderr)")
+        #expect(first.stdout.contains("churn-prod: create-endpoint done"), "\(first.stdout)")
+        var polls = 0
+        while agent.predict().0 != 200 && polls < 200 { usleep(100_000); polls += 1 }
+        #expect(agent.predict() == (200, "1"))
+
+        // A better v2 rolls out by canary while requests flow, then takes all traffic.
+        try repo.write("models/churn/model.yaml",
+                       try String(contentsOf: repo.url.appendingPathComponent("models/churn/model.yaml"), encoding: .utf8)
+                           .replacingOccurrences(of: "epochs: 20,", with: "epochs: 200,"))
+        try repo.commit("more epochs")
+        let rollout = try Self.applyUntil(repo, state: state, agent: agent) { $0.stdout.contains("churn-prod: promote done") }
+        let text = rollout.map(\.stdout).joined()
+        #expect(text.contains("start-rollout done"), "\(text)")
+        #expect(text.contains("advance-rollout done: step 1/2"), "\(text)")
+        #expect(text.contains("churn-prod: promote done"), "\(text)")
+        #expect(agent.predict() == (200, "2"))
+
+        // v3 answers 500: its canary fails the analysis, traffic returns to v2, and the next
+        // apply does not try it again.
+        let serve = repo.url.appendingPathComponent("models/churn/serve.py")
+        try repo.write("models/churn/serve.py", try String(contentsOf: serve, encoding: .utf8).replacingOccurrences(
+            of: #"self._send(200, {"churn_probability": round(predict(row), 4)})"#, with: #"self._send(500, {"error": "broken"})"#))
+        try repo.commit("broken server")
+        let broken = try Self.applyUntil(repo, state: state, agent: agent) { $0.stdout.contains("churn-prod: rollback") }
+        let brokenText = broken.map(\.stdout).joined()
+        #expect(brokenText.contains("v3 rolled back and quarantined; traffic back on v2"), "\(brokenText)")
+        #expect(broken.last?.status == 1)
+        #expect(agent.predict() == (200, "2"))
+        let again = try CLI.run(["apply", "--repo", repo.path, "--state-dir", state])
+        #expect(again.status == 0)
+        #expect(!again.stdout.contains("start-rollout"), "\(again.stdout)")
+        #expect(again.stdout.contains("v3 was rolled back from churn-prod"), "\(again.stdout)")
+
+        let status = try CLI.run(["status", "--state-dir", state, "--format", "json"])
+        let doc = try #require(try JSONSerialization.jsonObject(with: Data(status.stdout.utf8)) as? [String: Any])
+        let deployment = try #require((doc["deployments"] as? [[String: Any]])?.first)
+        #expect(deployment["name"] as? String == "churn-prod")
+        #expect((deployment["conditions"] as? [[String: Any]])?.first?["reason"] as? String == "RolledBack")
+        #expect((deployment["quarantined"] as? [[String: Any]])?.first?["version"] as? Int == 3)
+        #expect((deployment["backends"] as? [[String: Any]])?.map { $0["version"] as? Int } == [2])
+        let history = try CLI.run(["history", "--state-dir", state, "--deployment", "churn-prod"])
+        for action in ["create-endpoint", "start-rollout", "advance-rollout", "promote", "rollback"] {
+            #expect(history.stdout.contains(action), "\(action) missing from \(history.stdout)")
+        }
+    }
+
+    @Test func anUnreachableAgentLeavesTheRegistryPassRunning() throws {
+        let temp = try TempDir()
+        let state = temp.sub("state").path
+        let agent = try Agent(state: temp.sub("agent").path, log: temp.sub("agent.log"))
+        let repo = try Self.repository(temp, agent: agent)
+        agent.stop()
+        let r = try CLI.run(["apply", "--repo", repo.path, "--state-dir", state])
+        #expect(r.status == 0, "\(r.stdout)\n\(r.stderr)")
+        #expect(r.stdout.contains("churn: train done"), "\(r.stdout)")
+        #expect(r.stdout.contains("cannot be reached"), "\(r.stdout)")
+        let status = try CLI.run(["status", "--state-dir", state])
+        #expect(status.stdout.contains("Degraded (ServingUnavailable)"), "\(status.stdout)")
+    }
+}
