@@ -287,10 +287,10 @@ spec:
   strategy:
     canary:
       steps:
-        - {weight: 10, pause: 1m}
-        - {weight: 50, pause: 2m}
+        - {weight: 10, pause: 5s}     # short for the quick start; minutes in production
+        - {weight: 50, pause: 5s}
       analysis:
-        interval: 15s
+        interval: 5s
         minRequests: 20
         maxErrorRate: 0.05
         maxLatencyP95: 250ms

@@ -69,7 +69,7 @@ import Testing
             if isDir.boolValue { continue }
             var text = try String(contentsOf: example.appendingPathComponent(file), encoding: .utf8)
             text = text.replacingOccurrences(of: "http://127.0.0.1:7070", with: "http://127.0.0.1:\(agent.admin)")
-            text = text.replacingOccurrences(of: "pause: 1m", with: "pause: 1s").replacingOccurrences(of: "pause: 2m", with: "pause: 1s")
+            text = text.replacingOccurrences(of: "pause: 5s", with: "pause: 1s")
                 .replacingOccurrences(of: "minRequests: 20", with: "minRequests: 5")
             try repo.write(file, text)
         }
