@@ -52,12 +52,12 @@ struct PlanCommand: AsyncParsableCommand {
             // after its registry changes.
             let manifests = pass.state.result.manifests
             let deployments = DeploymentPhase.desired(manifests, registry: pass.actual.registry)
-            if !deployments.isEmpty {
-                let serving = PassPreparation.servingTarget(manifests.configSpec)
+            // Observed even without Deployments in Git: endpoints left behind are orphans.
+            if let serving = PassPreparation.servingTarget(manifests.configSpec) {
                 let context = EngineContext(stateDirectory: repository.stateDirectory, database: database, registry: pass.registry,
                                             runner: LocalStepRunner(), actor: "capstan plan")
-                let observed = await Result(catching: { try await DeploymentPhase(context: context, serving: serving?.target).observe(record: false) })
-                await serving?.close()
+                let observed = await Result(catching: { try await DeploymentPhase(context: context, serving: serving.target).observe(record: false) })
+                await serving.close()
                 let observation = try observed.get()
                 computed.entries += DeploymentPlanner.plan(deployments, serving: observation, policy: pass.desired.policy, now: now)
             }

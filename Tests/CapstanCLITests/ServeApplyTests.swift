@@ -17,19 +17,19 @@ import Testing
         let admin: UInt16
         let log: URL
 
-        init(state: String, log: URL) throws {
-            gateway = try Ports.free()
-            admin = try Ports.free()
+        init(state: String, log: URL, gateway: UInt16? = nil, admin: UInt16? = nil) throws {
+            self.gateway = try gateway ?? Ports.free()
+            self.admin = try admin ?? Ports.free()
             self.log = log
             process.executableURL = CLI.binary
-            process.arguments = ["serve", "--gateway", "127.0.0.1:\(gateway)", "--admin", "127.0.0.1:\(admin)", "--state-dir", state]
+            process.arguments = ["serve", "--gateway", "127.0.0.1:\(self.gateway)", "--admin", "127.0.0.1:\(self.admin)", "--state-dir", state]
             _ = FileManager.default.createFile(atPath: log.path, contents: nil)
             let handle = try FileHandle(forWritingTo: log)
             process.standardOutput = handle
             process.standardError = handle
             try process.run()
             var polls = 0
-            while !Ports.accepts(admin) && polls < 600 { usleep(50_000); polls += 1 }
+            while !Ports.accepts(self.admin) && polls < 600 { usleep(50_000); polls += 1 }
         }
 
         func stop() {
@@ -158,5 +158,106 @@ import Testing
         #expect(r.stdout.contains("cannot be reached"), "\(r.stdout)")
         let status = try CLI.run(["status", "--state-dir", state])
         #expect(status.stdout.contains("Degraded (ServingUnavailable)"), "\(status.stdout)")
+    }
+
+    /// Brings up an agent and a repository already serving v1.
+    static func serving(_ temp: TempDir, state: String) throws -> (Agent, GitRepo) {
+        let agent = try Agent(state: temp.sub("agent").path, log: temp.sub("agent.log"))
+        let repo = try Self.repository(temp, agent: agent)
+        let first = try CLI.run(["apply", "--repo", repo.path, "--state-dir", state])
+        #expect(first.status == 0, "\(first.stdout)\n\(first.stderr)")
+        var polls = 0
+        while agent.predict().0 != 200 && polls < 200 { usleep(100_000); polls += 1 }
+        return (agent, repo)
+    }
+
+    static func edit(_ repo: GitRepo, _ path: String, _ change: (String) -> String) throws {
+        try repo.write(path, change(try String(contentsOf: repo.url.appendingPathComponent(path), encoding: .utf8)))
+    }
+
+    /// Weights changed by hand through the admin API are drift: reverted by default.
+    @Test func driftChangedByHandIsReverted() throws {
+        let temp = try TempDir()
+        let state = temp.sub("state").path
+        let (agent, repo) = try Self.serving(temp, state: state)
+        defer { agent.stop() }
+        // Someone sets replicas to 2 behind Capstan's back.
+        let get = try Shell.run("curl", ["-sf", "http://127.0.0.1:\(agent.admin)/v1/endpoints/churn-prod"])
+        let current = try #require(try JSONSerialization.jsonObject(with: Data(get.stdout.utf8)) as? [String: Any])
+        var backends = try #require(current["backends"] as? [[String: Any]]).compactMap { $0["spec"] as? [String: Any] }
+        backends[0]["replicas"] = 2
+        let body = try JSONSerialization.data(withJSONObject: ["deployment": "churn-prod", "model": "churn", "backends": backends])
+        let put = try Shell.run("curl", ["-sf", "-X", "PUT", "-H", "Content-Type: application/json", "--data-binary", "@-",
+                                         "http://127.0.0.1:\(agent.admin)/v1/endpoints/churn-prod"], input: body)
+        #expect(put.status == 0, "\(put.stderr)")
+        let plan = try CLI.run(["plan", "--repo", repo.path, "--state-dir", state])
+        #expect(plan.stdout.contains("revert drift churn-prod"), "\(plan.stdout)")
+        #expect(plan.stdout.contains("changed outside Capstan (now v1 100% ×2; Capstan set v1 100% ×1)"), "\(plan.stdout)")
+        let apply = try CLI.run(["apply", "--repo", repo.path, "--state-dir", state])
+        #expect(apply.stdout.contains("churn-prod: revert-drift done"), "\(apply.stdout)")
+        let after = try Shell.run("curl", ["-sf", "http://127.0.0.1:\(agent.admin)/v1/endpoints/churn-prod"])
+        #expect(after.stdout.replacingOccurrences(of: " ", with: "").contains("\"replicas\":1"), "\(after.stdout)")
+    }
+
+    /// A Deployment removed from Git keeps serving (orphaned) until policy.prune is true.
+    @Test func aRemovedDeploymentIsRetiredOnlyWithPrune() throws {
+        let temp = try TempDir()
+        let state = temp.sub("state").path
+        let (agent, repo) = try Self.serving(temp, state: state)
+        defer { agent.stop() }
+        try repo.remove("deployments/churn-prod.yaml")
+        try repo.write("deployments/README.md", "No deployments for now.\n")
+        try repo.commit("drop the deployment")
+        let kept = try CLI.run(["apply", "--repo", repo.path, "--state-dir", state])
+        #expect(kept.status == 0, "\(kept.stdout)")
+        #expect(agent.predict().0 == 200)
+        let plan = try CLI.run(["plan", "--repo", repo.path, "--state-dir", state])
+        #expect(plan.stdout.contains("keeps serving because policy.prune is false"), "\(plan.stdout)")
+        try Self.edit(repo, "capstan.yaml") { $0.replacingOccurrences(of: "prune: false", with: "prune: true") }
+        try repo.commit("prune")
+        let retired = try CLI.run(["apply", "--repo", repo.path, "--state-dir", state])
+        #expect(retired.stdout.contains("churn-prod: retire-endpoint done"), "\(retired.stdout)")
+        #expect(agent.predict().0 == 404)
+    }
+
+    /// The agent restarts in the middle of a canary: it comes back with the same endpoint and
+    /// weights, the analysis starts again from its new counters, and the rollout completes.
+    @Test func anAgentRestartMidCanaryResumesTheRollout() throws {
+        let temp = try TempDir()
+        let state = temp.sub("state").path
+        let (agent, repo) = try Self.serving(temp, state: state)
+        try Self.edit(repo, "models/churn/model.yaml") { $0.replacingOccurrences(of: "epochs: 20,", with: "epochs: 200,") }
+        try repo.commit("more epochs")
+        _ = try Self.applyUntil(repo, state: state, agent: agent) { $0.stdout.contains("advance-rollout done: step 1/2") }
+        agent.stop()
+        let restarted = try Agent(state: temp.sub("agent").path, log: temp.sub("agent2.log"), gateway: agent.gateway, admin: agent.admin)
+        defer { restarted.stop() }
+        let list = try Shell.run("curl", ["-sf", "http://127.0.0.1:\(restarted.admin)/v1/endpoints/churn-prod"])
+        #expect(list.stdout.replacingOccurrences(of: " ", with: "").contains("\"weight\":10"), "\(list.stdout)")
+        let rest = try Self.applyUntil(repo, state: state, agent: restarted) { $0.stdout.contains("churn-prod: promote done") }
+        let text = rest.map(\.stdout).joined()
+        #expect(text.contains("the serving agent restarted: the analysis of step 1/2 starts again"), "\(text)")
+        #expect(text.contains("churn-prod: promote done"), "\(text)")
+        #expect(restarted.predict() == (200, "2"))
+    }
+
+    /// A version whose server never answers its readiness path is rolled back once the agent
+    /// gives up on it; traffic never left the old version.
+    @Test func aVersionThatNeverBecomesReadyIsRolledBack() throws {
+        let temp = try TempDir()
+        let state = temp.sub("state").path
+        let (agent, repo) = try Self.serving(temp, state: state)
+        defer { agent.stop() }
+        try Self.edit(repo, "models/churn/serve.py") {
+            $0.replacingOccurrences(of: #"self._send(200, {"status": "ok"})"#, with: #"self._send(503, {"status": "warming up forever"})"#)
+        }
+        try Self.edit(repo, "models/churn/model.yaml") {
+            $0.replacingOccurrences(of: "epochs: 20,", with: "epochs: 200,").replacingOccurrences(of: "timeout: 30s}", with: "timeout: 2s}")
+        }
+        try repo.commit("never ready")
+        let results = try Self.applyUntil(repo, state: state, agent: agent) { $0.stdout.contains("churn-prod: rollback") }
+        let text = results.map(\.stdout).joined()
+        #expect(text.contains("v2 is failing"), "\(text)")
+        #expect(agent.predict() == (200, "1"))
     }
 }
