@@ -260,4 +260,39 @@ import Testing
         #expect(text.contains("v2 is failing"), "\(text)")
         #expect(agent.predict() == (200, "1"))
     }
+
+    /// The pids of the model servers of one version, found by the environment the agent gives them.
+    static func serverPIDs(version: Int, deployment: String = "churn-prod") -> [Int32] {
+        let entries = (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []
+        return entries.compactMap(Int32.init).filter { pid in
+            guard let data = FileManager.default.contents(atPath: "/proc/\(pid)/environ") else { return false }
+            let vars = data.split(separator: 0).map { String(decoding: $0, as: UTF8.self) }
+            return vars.contains("CAPSTAN_VERSION=\(version)") && vars.contains("CAPSTAN_DEPLOYMENT=\(deployment)")
+        }
+    }
+
+    /// The canary's server is killed during its analysis: the agent restarts it, the requests
+    /// that failed count against it, and the rollout ends one way or the other with traffic served.
+    @Test func aBackendKilledDuringAnalysisIsRestartedAndJudged() throws {
+        let temp = try TempDir()
+        let state = temp.sub("state").path
+        let (agent, repo) = try Self.serving(temp, state: state)
+        defer { agent.stop() }
+        try Self.edit(repo, "models/churn/model.yaml") { $0.replacingOccurrences(of: "epochs: 20,", with: "epochs: 200,") }
+        try repo.commit("more epochs")
+        _ = try Self.applyUntil(repo, state: state, agent: agent) { $0.stdout.contains("advance-rollout done: step 1/2") }
+        let victims = Self.serverPIDs(version: 2)
+        #expect(!victims.isEmpty)
+        for pid in victims { kill(pid, SIGKILL) }
+        let rest = try Self.applyUntil(repo, state: state, agent: agent) {
+            $0.stdout.contains("churn-prod: promote done") || $0.stdout.contains("churn-prod: rollback")
+        }
+        let text = rest.map(\.stdout).joined()
+        #expect(text.contains("churn-prod: promote done") || text.contains("churn-prod: rollback"), "\(text)")
+        let endpoint = try Shell.run("curl", ["-sf", "http://127.0.0.1:\(agent.admin)/v1/endpoints/churn-prod"])
+        #expect(agent.predict().0 == 200)
+        #expect(!Self.serverPIDs(version: text.contains("promote done") ? 2 : 1).isEmpty, "\(endpoint.stdout)")
+        let agentLog = try String(contentsOf: agent.log, encoding: .utf8)
+        #expect(agentLog.contains("churn-prod v2 r0 crashed") || agentLog.contains("churn-prod v2 crashed"), "\(agentLog)")
+    }
 }
