@@ -115,15 +115,14 @@ struct ApplyCommand: AsyncParsableCommand {
         do {
             let reconciler = Reconciler(context: context)
             for note in try await reconciler.recover() { Terminal.out("capstan: \(note)\n") }
-            let prepared = try await PassPreparation.prepare(options, database: database, now: context.now())
+            var prepared = try await PassPreparation.prepare(options, database: database, now: context.now())
             commit = prepared.desired.commit
             let plan: Plan
             if let saved {
                 try Self.check(saved, against: prepared)
                 plan = saved
             } else {
-                plan = Planner.plan(desired: prepared.desired, actual: prepared.actual, now: context.now(),
-                                    options: PlanOptions(retryFailed: retryFailed))
+                plan = try await PassPreparation.plan(&prepared, now: context.now(), options: PlanOptions(retryFailed: retryFailed))
             }
             Terminal.out(PlanReport(plan: plan, color: terminal.color).text())
             if plan.hasChanges { Terminal.out("\n") }
@@ -168,6 +167,18 @@ struct ApplyCommand: AsyncParsableCommand {
     }
 }
 
+enum Signals {
+    /// Unblocks SIGINT and SIGTERM in this thread's mask (inherited by the threads started after),
+    /// in case the parent process left them blocked.
+    static func unblockStopSignals() {
+        var set = sigset_t()
+        sigemptyset(&set)
+        sigaddset(&set, SIGINT)
+        sigaddset(&set, SIGTERM)
+        pthread_sigmask(SIG_UNBLOCK, &set, nil)
+    }
+}
+
 /// Turns SIGINT and SIGTERM into a graceful stop; a second signal exits at once. SIGPIPE is
 /// ignored (a closed pipe on stdout must not kill a pass half-way).
 final class SignalStopper {
@@ -180,6 +191,7 @@ final class SignalStopper {
     }
 
     init(_ onFirst: @escaping @Sendable (Int32) -> Void) {
+        Signals.unblockStopSignals()
         signal(SIGPIPE, SIG_IGN)
         var sources: [any DispatchSourceSignal] = []
         let state = self.state

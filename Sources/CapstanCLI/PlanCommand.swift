@@ -42,18 +42,20 @@ struct PlanCommand: AsyncParsableCommand {
         do {
             let database = try PassPreparation.openDatabase(repository.stateDirectory)
             let now = StoreTime.systemMilliseconds()
-            let pass = try await PassPreparation.prepare(repository, database: database, now: now)
+            var pass = try await PassPreparation.prepare(repository, database: database, now: now)
             // A version `training` while another apply holds the lock is being trained, not interrupted.
             let running = try? StateLock(database: database).current().first { !$0.isExpired(atMilliseconds: now) }
             let options = PlanOptions(retryFailed: retryFailed,
                                       applyInProgress: running.map { "pid \($0.pid) on \($0.host), running '\($0.command)'" })
-            var computed = Planner.plan(desired: pass.desired, actual: pass.actual, now: now, options: options)
+            var computed = try await PassPreparation.plan(&pass, now: now, options: options)
             // Deployments as they stand against the registry now; `apply` decides them again
             // after its registry changes.
             let manifests = pass.state.result.manifests
             let deployments = DeploymentPhase.desired(manifests, registry: pass.actual.registry)
-            // Observed even without Deployments in Git: endpoints left behind are orphans.
-            if let serving = PassPreparation.servingTarget(manifests.configSpec) {
+            // Observed even without Deployments in Git when Capstan set endpoints before: those
+            // left behind are orphans. A repository that never deployed does not reach out.
+            let deployedBefore = !((try? ServingRecords(database: database).applied().isEmpty) ?? true)
+            if !deployments.isEmpty || deployedBefore, let serving = PassPreparation.servingTarget(manifests.configSpec) {
                 let context = EngineContext(stateDirectory: repository.stateDirectory, database: database, registry: pass.registry,
                                             runner: LocalStepRunner(), actor: "capstan plan")
                 let observed = await Result(catching: { try await DeploymentPhase(context: context, serving: serving.target).observe(record: false) })

@@ -64,6 +64,25 @@ enum PassPreparation {
         return PreparedPass(state: state, desired: desired, database: database, registry: registry, actual: actual)
     }
 
+    /// The plan of `pass`. Snapshots leave out the training descriptions of versions; a model
+    /// that retrains gets its newest version's description fetched, so the plan can say what
+    /// changed since.
+    static func plan(_ pass: inout PreparedPass, now: Int64, options: PlanOptions) async throws -> Plan {
+        var plan = Planner.plan(desired: pass.desired, actual: pass.actual, now: now, options: options)
+        var fetched = false
+        for entry in plan.entries {
+            guard case .train(let t) = entry.detail, t.reasons.contains(where: { if case .fingerprintChanged = $0 { return true } else { return false } }),
+                  var versions = pass.actual.registry.versions[entry.name], let last = versions.indices.max(by: { versions[$0].number < versions[$1].number }),
+                  versions[last].training == nil,
+                  let training = try await pass.registry.trainingDescription(of: entry.name, number: versions[last].number) else { continue }
+            versions[last].training = training
+            pass.actual.registry.versions[entry.name] = versions
+            fetched = true
+        }
+        if fetched { plan = Planner.plan(desired: pass.desired, actual: pass.actual, now: now, options: options) }
+        return plan
+    }
+
     /// Opens the state database of `options`, turning its refusals into command failures.
     static func openDatabase(_ stateDirectory: String) throws -> StateDatabase {
         do {

@@ -42,12 +42,17 @@ struct ServeCommand: AsyncParsableCommand {
     }
 
     func run() async throws {
+        // A parent may have left SIGTERM/SIGINT blocked (test runners, some supervisors); the
+        // agent must still stop on them.
+        Signals.unblockStopSignals()
         do {
             try await serve()
         } catch let failure as CommandFailure {
             throw Self.fail(failure)
         } catch let error as ServingAgentError {
             throw Self.fail(CommandFailure(message: error.message))
+        } catch {
+            throw Self.fail(CommandFailure(message: "the serving agent stopped: \(error)"))
         }
     }
 

@@ -77,10 +77,15 @@ struct StatusCommand: AsyncParsableCommand {
 }
 
 enum StatusReport {
-    static func time(_ ms: Int64) -> String {
+    /// One formatter for a whole report (creating one per timestamp dominated large reports).
+    nonisolated(unsafe) static let formatter: ISO8601DateFormatter = {
         let f = ISO8601DateFormatter()
         f.formatOptions = [.withInternetDateTime]
-        return f.string(from: Date(timeIntervalSince1970: Double(ms) / 1000))
+        return f
+    }()
+
+    static func time(_ ms: Int64) -> String {
+        formatter.string(from: Date(timeIntervalSince1970: Double(ms) / 1000))
     }
 
     static func metrics(_ m: [String: Double]) -> String {

@@ -172,7 +172,8 @@ public struct Reconciler: Sendable {
         var conditions: [ObjectCondition] = []
         let deployments = DeploymentPhase.desired(manifests, registry: afterModels.registry)
         let phase = DeploymentPhase(context: context, serving: serving)
-        if !deployments.isEmpty || serving != nil {
+        let deployedBefore = !((try? phase.records.applied().isEmpty) ?? true)
+        if serving != nil && (!deployments.isEmpty || deployedBefore) {
             let observation = try await phase.observe()
             if !deployments.isEmpty || !(observation.endpoints?.isEmpty ?? true) {
                 deploymentEntries = DeploymentPlanner.plan(deployments, serving: observation, policy: desired.policy, now: context.now())

@@ -19,10 +19,13 @@ struct Gateway: HTTPResponder {
 
     let routes: RoutingTable
     let client: HTTPClient
-    /// How long a request may take, response body included, before it is cut.
+    /// How long the model server may take to send the response head (502 after).
     let upstreamTimeout: TimeAmount
 
     static let versionHeader = HTTPField.Name("X-Capstan-Version")!
+    /// Bodies up to this size with a known length are read whole before they are passed on
+    /// (one write each way); longer ones, and those of unknown length, stream.
+    static let bufferLimit = 64 * 1024
 
     func respond(to request: Request, context: Context) async throws -> Response {
         let path = request.head.path ?? "/"
@@ -65,12 +68,18 @@ struct Gateway: HTTPResponder {
         // server reads the next request from the connection (see `TrackedRequestBody`).
         let length = request.headers[.contentLength].flatMap { Int64($0) }
         let upload: UploadTracker?
-        if let length, length > 0 {
-            upload = UploadTracker()
-            upstream.body = .stream(TrackedRequestBody(base: request.body, tracker: upload!), length: .known(length))
+        if let length, length > 0, length <= Self.bufferLimit {
+            // A small body is read first and sent in one write: no upload task, fewer hops.
+            upstream.body = .bytes(try await request.body.collect(upTo: Int(length)))
+            upload = nil
+        } else if let length, length > 0 {
+            let tracker = UploadTracker()
+            upload = tracker
+            upstream.body = .stream(TrackedRequestBody(base: request.body, tracker: tracker), length: .known(length))
         } else if length == nil, request.headers[.transferEncoding] != nil {
-            upload = UploadTracker()
-            upstream.body = .stream(TrackedRequestBody(base: request.body, tracker: upload!), length: .unknown)
+            let tracker = UploadTracker()
+            upload = tracker
+            upstream.body = .stream(TrackedRequestBody(base: request.body, tracker: tracker), length: .unknown)
         } else {
             upload = nil
         }
@@ -105,17 +114,38 @@ struct Gateway: HTTPResponder {
             if let fieldName = HTTPField.Name(name) { fields.append(HTTPField(name: fieldName, value: value)) }
         }
         fields.append(HTTPField(name: Self.versionHeader, value: backend.versionHeader))
+        let status = HTTPResponse.Status(code: Int(response.status.code), reasonPhrase: response.status.reasonPhrase)
+        if let contentLength, contentLength <= Self.bufferLimit {
+            // A small answer is read whole and written with its head in one write.
+            do {
+                let buffer = try await response.body.collect(upTo: contentLength)
+                await upload?.close()
+                withExtendedLifetime(token) {}
+                return Response(status: status, headers: fields, body: ResponseBody(byteBuffer: buffer))
+            } catch {
+                await upload?.close()
+                var failure = Self.error(.badGateway, "the model server of \(deployment) v\(backend.version) (127.0.0.1:\(replica.port)) "
+                    + "did not send its whole answer: \(ConnectionFailure.describe(error))")
+                failure.headers[Self.versionHeader] = backend.versionHeader
+                return failure
+            }
+        }
         let upstreamBody = response.body
         let body = ResponseBody(contentLength: contentLength) { writer in
             // The token (the replica's in-flight count) lives as long as this body.
             defer { token.touch() }
-            for try await chunk in upstreamBody {
-                try await writer.write(chunk)
+            do {
+                for try await chunk in upstreamBody {
+                    try await writer.write(chunk)
+                }
+            } catch {
+                await upload?.close()
+                throw error
             }
             await upload?.close()
             try await writer.finish(nil)
         }
-        return Response(status: .init(code: Int(response.status.code), reasonPhrase: response.status.reasonPhrase), headers: fields, body: body)
+        return Response(status: status, headers: fields, body: body)
     }
 
     /// Headers that concern one connection, not the request: never forwarded. `host` and

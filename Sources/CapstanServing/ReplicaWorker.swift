@@ -1,4 +1,5 @@
 import AsyncHTTPClient
+import Foundation
 import NIOCore
 import Synchronization
 
@@ -165,9 +166,13 @@ final class ReplicaWorker: Sendable {
         }
     }
 
-    /// The last line of the server's log, for a failure message.
+    /// The last line of the server's log, for a failure message (secret values replaced).
     private var lastOutput: String {
-        ServerLogs.lastLine(logPath).map { "; last output: \($0) (log: \(logPath))" } ?? " (log: \(logPath))"
+        guard var line = ServerLogs.lastLine(logPath) else { return " (log: \(logPath))" }
+        for name in spec.secretEnv.keys {
+            if let value = environment[name], !value.isEmpty { line = line.replacingOccurrences(of: value, with: "[secret]") }
+        }
+        return "; last output: \(line) (log: \(logPath))"
     }
 
     private func stop(_ process: ModelServerProcess, drain: ReplicaTarget?) async -> (ProcessTermination?, Bool) {

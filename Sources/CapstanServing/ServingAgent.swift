@@ -43,8 +43,11 @@ public struct ServingAgentConfiguration: Sendable {
     /// values of `secretEnv` come from.
     public var environment: [String: String] = ProcessInfo.processInfo.environment
     public var timing = SupervisorTiming()
-    /// How long one proxied request may take, response body included.
+    /// How long a model server may take to send the response head of a proxied request.
     public var upstreamTimeout: Duration = .seconds(300)
+    /// How long the admin API and the gateway get to finish the requests in flight when the
+    /// agent stops; then they are cancelled. The model servers are stopped after that.
+    public var gracefulShutdownTimeout: Duration = .seconds(10)
     /// Supervisor events (started, ready, crashed, restarting, stopped, refused).
     public var onEvent: @Sendable (ServingEvent) -> Void = { _ in }
 
@@ -148,14 +151,17 @@ public final class ServingAgent: Sendable {
             onServerRunning: { channel in gate.listening(.admin, port: channel.localAddress?.port ?? configuration.admin.port) },
             logger: logger)
         // Graceful shutdown goes in reverse order: the admin API, the gateway, then the processes.
-        let group = ServiceGroup(configuration: ServiceGroupConfiguration(
+        // Past the timeout the group is cancelled, which stops the processes too.
+        var groupConfiguration = ServiceGroupConfiguration(
             services: [
                 .init(service: SupervisorService(supervisor: supervisor, gate: gate)),
                 .init(service: Listener(role: "gateway", address: configuration.gateway, application: gateway)),
                 .init(service: Listener(role: "admin API", address: configuration.admin, application: admin)),
             ],
             gracefulShutdownSignals: handleSignals ? [.sigterm, .sigint] : [],
-            logger: logger))
+            logger: logger)
+        groupConfiguration.maximumGracefulShutdownDuration = configuration.gracefulShutdownTimeout
+        let group = ServiceGroup(configuration: groupConfiguration)
         // The saved endpoints come back before anything listens (so that no PUT can be
         // overtaken by them); their processes start once both listeners are up.
         for spec in savedEndpoints {
@@ -220,12 +226,14 @@ public final class ServingAgent: Sendable {
     }
 
     /// The HTTP client of the gateway and of readiness probes: HTTP/1.1 to 127.0.0.1, pooled,
-    /// no redirects, no retries of a failed connect (a dead replica must fail fast).
+    /// no redirects, no retries of a failed connect (a dead replica must fail fast), at most
+    /// 5 minutes without a byte from a model server.
     static var clientConfiguration: HTTPClient.Configuration {
         var pool = HTTPClient.Configuration.ConnectionPool(idleTimeout: .seconds(60), concurrentHTTP1ConnectionsPerHostSoftLimit: 256)
         pool.retryConnectionEstablishment = false
         var configuration = HTTPClient.Configuration(
-            redirectConfiguration: .disallow, timeout: .init(connect: .seconds(2)), connectionPool: pool, decompression: .disabled)
+            redirectConfiguration: .disallow, timeout: .init(connect: .seconds(2), read: .seconds(300)), connectionPool: pool,
+            decompression: .disabled)
         configuration.httpVersion = .http1Only
         return configuration
     }
@@ -344,6 +352,10 @@ struct Listener<Responder: HTTPResponder>: Service where Responder.Context == Ba
             }
             let flag = role == "gateway" ? "--gateway" : "--admin"
             throw ServingAgentError(message: "cannot listen on \(address) for the \(role): \(reason); choose another address with \(flag)")
+        } catch {
+            // Cut short by a stop that took too long: that is how stopping ends, not a failure.
+            if Task.isCancelled || Task.isShuttingDownGracefully { return }
+            throw error
         }
     }
 }

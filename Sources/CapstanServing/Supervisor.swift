@@ -137,6 +137,8 @@ actor Supervisor {
         jobsContinuation.finish()
     }
 
+    nonisolated var isShuttingDown: Bool { live.withLock { $0.shuttingDown } }
+
     private func submit(_ job: @escaping Job) {
         jobsContinuation.yield(job)
     }
@@ -259,8 +261,10 @@ actor Supervisor {
         }
         let key = backend.key
         submit { [weak self] in
+            // Nothing to verify for an agent that is stopping (a listener could not be opened).
+            guard let self, !self.isShuttingDown else { return }
             let problem = await Self.verifyArtifact(spec)
-            await self?.verified(key, generation: generation, problem: problem)
+            await self.verified(key, generation: generation, problem: problem)
         }
     }
 

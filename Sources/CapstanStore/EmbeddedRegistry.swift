@@ -48,7 +48,11 @@ public struct EmbeddedRegistry: Registry {
         try await database.pool.read { db in
             let models = try Row.fetchAll(db, sql: "SELECT * FROM models ORDER BY name").map(Self.model)
             var versions: [String: [ModelVersion]] = [:]
-            for row in try Row.fetchAll(db, sql: "SELECT * FROM versions ORDER BY model, number") {
+            for row in try Row.fetchAll(db, sql: """
+                SELECT model, number, status, fingerprint, commit_id, params, metrics, artifact_digest, artifact_path,
+                       gate_results, log_tail, created_at, tags, attempts, failed_at, archived_at, NULL AS training
+                FROM versions ORDER BY model, number
+                """) {
                 let v = Self.version(row)
                 versions[v.model, default: []].append(v)
             }
@@ -57,6 +61,13 @@ public struct EmbeddedRegistry: Registry {
                 aliases[row["model"] as String, default: [:]][row["alias"] as String] = row["version"] as Int
             }
             return RegistrySnapshot(models: models, versions: versions, aliases: aliases)
+        }
+    }
+
+    public func trainingDescription(of model: String, number: Int) async throws -> TrainingDescription? {
+        try await database.pool.read { db in
+            Self.decode(try String.fetchOne(db, sql: "SELECT training FROM versions WHERE model = ? AND number = ?",
+                                            arguments: [model, number]))
         }
     }
 
@@ -256,8 +267,12 @@ public struct EmbeddedRegistry: Registry {
         return String(decoding: try encoder.encode(value), as: UTF8.self)
     }
 
+    /// One decoder for every column of every row: creating a decoder per value dominated the
+    /// cost of reading 10,000 versions.
+    static let decoder = JSONDecoder()
+
     static func decode<T: Decodable>(_ text: String?) -> T? {
         guard let text else { return nil }
-        return try? JSONDecoder().decode(T.self, from: Data(text.utf8))
+        return try? decoder.decode(T.self, from: Data(text.utf8))
     }
 }

@@ -144,6 +144,11 @@ import Testing
         for action in ["create-endpoint", "start-rollout", "advance-rollout", "promote", "rollback"] {
             #expect(history.stdout.contains(action), "\(action) missing from \(history.stdout)")
         }
+
+        // SIGTERM stops the agent and its model servers.
+        agent.stop()
+        #expect(agent.process.terminationStatus == 0)
+        #expect(Self.serverPIDs(version: 2).isEmpty)
     }
 
     @Test func anUnreachableAgentLeavesTheRegistryPassRunning() throws {

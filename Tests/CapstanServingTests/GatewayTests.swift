@@ -1,5 +1,6 @@
 import AsyncHTTPClient
 import Foundation
+import NIOCore
 import NIOHTTP1
 import Testing
 @testable import CapstanServing
@@ -190,6 +191,56 @@ import Testing
         }
     }
 
+    @Test func bodiesOfAnySizeStreamBothWays() async throws {
+        let f = try ServingFixture()
+        try await f.withAgent { agent, client in
+            try await client.apply(EndpointSpec(deployment: "bodies", model: "m", backends: [f.backend(1, weight: 100)]))
+            try await waitReady(client, "bodies")
+            let url = agent.gatewayURL + "/bodies"
+            func checksum(_ bytes: [UInt8]) -> Int { bytes.reduce(0) { ($0 + Int($1)) % 1_000_003 } }
+
+            // Small, large (streamed), and chunked uploads, several at once.
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                for i in 0..<24 {
+                    group.addTask {
+                        let size = [10, 70_000, 300_000][i % 3]
+                        let bytes = (0..<size).map { UInt8(truncatingIfNeeded: $0 &* 7 &+ i) }
+                        var request = HTTPClientRequest(url: url + "/size")
+                        request.method = .POST
+                        if i % 4 == 3 {
+                            request.body = .stream(AsyncStreamOfChunks(bytes: bytes), length: .unknown)
+                        } else {
+                            request.body = .bytes(ByteBuffer(bytes: bytes))
+                        }
+                        let response = try await HTTPClient.shared.execute(request, timeout: .seconds(30))
+                        let answer = try await response.body.collect(upTo: 1 << 20)
+                        let json = try JSONSerialization.jsonObject(with: Data(buffer: answer)) as? [String: Any] ?? [:]
+                        #expect(response.status == .ok)
+                        #expect(json["size"] as? Int == size)
+                        #expect(json["sum"] as? Int == checksum(bytes))
+                        #expect(json["chunked"] as? Bool == (i % 4 == 3))
+                    }
+                }
+                try await group.waitForAll()
+            }
+
+            let big = try await HTTP.get(url + "/big?n=500000")
+            #expect(big.status == 200)
+            #expect(big.body.utf8.count == 500_000)
+            #expect(big.headers["Content-Length"] == ["500000"])
+            #expect(big.body.hasPrefix("AAAA") && big.body.hasSuffix("HHHH"))
+
+            let chunked = try await HTTP.get(url + "/chunked")
+            #expect(chunked.status == 200)
+            #expect(chunked.body == "first,second,third")
+            #expect(chunked.headers["X-Capstan-Version"] == ["1"])
+
+            let stats = try #require(try await client.endpoint("bodies")?.backend(version: 1)?.stats)
+            #expect(stats.requests == 26)
+            #expect(stats.failures == 0)
+        }
+    }
+
     @Test func latencyHistogramRecordsTheModelServersTime() async throws {
         let f = try ServingFixture()
         try await f.withAgent { agent, client in
@@ -202,4 +253,24 @@ import Testing
             #expect(p50 >= 300, "the server sleeps 300 ms; p50 bucket bound \(p50)")
         }
     }
+}
+
+/// Bytes handed out in 8 KiB pieces, for an upload of unknown length (chunked).
+struct AsyncStreamOfChunks: AsyncSequence, Sendable {
+    typealias Element = ByteBuffer
+    let bytes: [UInt8]
+
+    struct AsyncIterator: AsyncIteratorProtocol {
+        let bytes: [UInt8]
+        var offset = 0
+
+        mutating func next() async throws -> ByteBuffer? {
+            guard offset < bytes.count else { return nil }
+            let end = Swift.min(offset + 8192, bytes.count)
+            defer { offset = end }
+            return ByteBuffer(bytes: bytes[offset..<end])
+        }
+    }
+
+    func makeAsyncIterator() -> AsyncIterator { AsyncIterator(bytes: bytes) }
 }

@@ -14,10 +14,13 @@ import Glibc
 /// A small model server (Python stdlib), one behaviour per mode (argv[1]):
 ///
 /// - `healthy`: `/healthz` 200; `POST /predict` → `{"version": N, "echo": body}`;
-///   `GET /echo…` → the path and headers it received; `GET /env` → its environment.
+///   `GET /echo…` → the path and headers it received; `GET /env` → its environment;
+///   `POST /size` → the size and a checksum of the body (Content-Length or chunked);
+///   `GET /big?n=N` → N bytes; `GET /chunked` → a chunked answer in three parts.
 /// - `slow`: like healthy, `POST /predict` takes 300 ms.
 /// - `erroring`: `POST /predict` → 500.
 /// - `hangup`: `POST /predict` closes the connection without answering.
+/// - `hang`: `POST /predict` never answers.
 /// - `crash-at-start`: prints a line and exits 3 before listening.
 /// - `crash-after`: exits right after answering `CRASH_AFTER` predictions.
 /// - `never-ready`: `/healthz` 503 forever.
@@ -30,7 +33,7 @@ let modelServerScript = #"""
     served = 0
     print(f"model server {mode} v{version} starting on port {os.environ.get('PORT')}", flush=True)
     if mode == "crash-at-start":
-        print("boom: crashing at start", flush=True)
+        print("boom: crashing at start; token", os.environ.get("API_TOKEN", "none"), flush=True)
         sys.exit(3)
 
     class Handler(http.server.BaseHTTPRequestHandler):
@@ -48,7 +51,37 @@ let modelServerScript = #"""
             self.end_headers()
             self.wfile.write(body)
 
+        def body(self):
+            if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+                data = b""
+                while True:
+                    size = int(self.rfile.readline().strip(), 16)
+                    if size == 0:
+                        self.rfile.readline()
+                        return data
+                    data += self.rfile.read(size)
+                    self.rfile.readline()
+            return self.rfile.read(int(self.headers.get("Content-Length") or 0))
+
         def do_GET(self):
+            if self.path.startswith("/big"):
+                n = int(self.path.split("=")[1])
+                self.send_response(200)
+                self.send_header("Content-Length", str(n))
+                self.end_headers()
+                for i in range(0, n, 65536):
+                    self.wfile.write(bytes([65 + (i // 65536) % 26]) * min(65536, n - i))
+                return
+            if self.path.startswith("/chunked"):
+                self.send_response(200)
+                self.send_header("Transfer-Encoding", "chunked")
+                self.end_headers()
+                for part in [b"first,", b"second,", b"third"]:
+                    self.wfile.write(b"%x\r\n%s\r\n" % (len(part), part))
+                    self.wfile.flush()
+                    time.sleep(0.05)
+                self.wfile.write(b"0\r\n\r\n")
+                return
             if self.path.startswith("/healthz"):
                 return self.reply(503 if mode == "never-ready" else 200, {"ready": mode != "never-ready"})
             if self.path.startswith("/env"):
@@ -59,13 +92,18 @@ let modelServerScript = #"""
 
         def do_POST(self):
             global served
-            data = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            data = self.body()
+            if self.path.startswith("/size"):
+                return self.reply(200, {"size": len(data), "sum": sum(data) % 1000003, "chunked": "Transfer-Encoding" in self.headers})
             if not self.path.startswith("/predict"):
                 return self.reply(404, {"error": "no route " + self.path})
             if mode == "hangup":
                 self.close_connection = True
                 self.connection.shutdown(socket.SHUT_RDWR)
                 return
+            if mode == "hang":
+                print("hanging", flush=True)
+                time.sleep(3600)
             if mode == "slow":
                 print("slow prediction started", flush=True)
                 time.sleep(0.3)
@@ -132,6 +170,7 @@ final class ServingFixture {
 
     func configuration(token: String? = nil, environment: [String: String] = [:]) -> ServingAgentConfiguration {
         var c = ServingAgentConfiguration(stateDirectory: stateDir)
+        c.gracefulShutdownTimeout = .seconds(1)
         c.gateway = ListenAddress(host: "127.0.0.1", port: 0)
         c.admin = ListenAddress(host: "127.0.0.1", port: 0)
         c.adminToken = token

@@ -7,8 +7,10 @@ import Testing
 @Suite struct SupervisorTests {
     @Test func aServerThatCrashesAtStartIsRestartedWithDoublingBackoff() async throws {
         let f = try ServingFixture()
-        try await f.withAgent { _, client in
-            try await client.apply(EndpointSpec(deployment: "crashy", model: "m", backends: [f.backend(1, weight: 100, mode: "crash-at-start")]))
+        try await f.withAgent(environment: ["CAPSTAN_TEST_TOKEN": "hunter2-value"]) { _, client in
+            try await client.apply(EndpointSpec(deployment: "crashy", model: "m", backends: [
+                f.backend(1, weight: 100, mode: "crash-at-start", secretEnv: ["API_TOKEN": "CAPSTAN_TEST_TOKEN"]),
+            ]))
             await eventually("three restarts") { f.events.of(.restarting).count >= 4 }
             let delays = f.events.of(.restarting).prefix(4).compactMap(\.delayMilliseconds)
             #expect(delays == [200, 400, 800, 800], "1st delay, doubling, capped at the maximum")
@@ -18,7 +20,9 @@ import Testing
             #expect(backend.restarts >= 4)
             let lastError = try #require(backend.lastError)
             #expect(lastError.contains("exited with status 3 before it was ready"), "\(lastError)")
-            #expect(lastError.contains("boom: crashing at start"), "the last line of its output: \(lastError)")
+            #expect(lastError.contains("boom: crashing at start; token [secret]"), "the last line of its output: \(lastError)")
+            #expect(!lastError.contains("hunter2"), "a secret value never reaches a message")
+            #expect(!f.events.all.contains { $0.message.contains("hunter2") })
             #expect(f.events.of(.crashed).count >= 4)
             #expect(f.events.pids().count >= 4, "a new process per attempt")
         }
@@ -162,6 +166,28 @@ import Testing
             #expect(env["NEW"] as? String == "1")
             #expect(f.events.pids().count == 2)
         }
+    }
+
+    @Test func aRequestStuckInAModelServerDoesNotHoldTheStopForever() async throws {
+        let f = try ServingFixture()
+        let clock = ContinuousClock()
+        var stopping: ContinuousClock.Instant?
+        let pids = try await f.withAgent { agent, client in
+            try await client.apply(EndpointSpec(deployment: "hung", model: "m", backends: [f.backend(1, weight: 100, mode: "hang")]))
+            try await waitReady(client, "hung")
+            let log = f.stateDir + "/serving/logs/hung-v1-r0.log"
+            let url = agent.gatewayURL + "/hung/predict"
+            // Left running on purpose: it is still in the model server when the agent stops.
+            Task { _ = try? await HTTP.post(url) }
+            await eventually("the request is in the model server") {
+                ((try? String(contentsOfFile: log, encoding: .utf8)) ?? "").contains("hanging")
+            }
+            stopping = clock.now
+            return f.events.pids()
+        }
+        let took = clock.now - stopping!
+        #expect(took < .seconds(30), "stopped after \(took) (1 s for the gateway, then the processes), not after the 5-minute upstream timeout")
+        for pid in pids { #expect(isGone(pid)) }
     }
 
     @Test func shuttingTheAgentDownStopsEveryModelServer() async throws {

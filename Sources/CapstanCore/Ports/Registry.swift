@@ -209,8 +209,12 @@ public enum RegistryError: Error, Sendable, Equatable, CustomStringConvertible {
 /// SQLite registry (CapstanStore) and, later, by MLflow's REST registry.
 public protocol Registry: Sendable {
     func models() async throws -> [RegisteredModel]
-    /// Every model, version and alias in one consistent read.
+    /// Every model, version and alias in one consistent read. Versions come without their
+    /// `training` description (the planner needs it only for the models it retrains): fetch it
+    /// with `trainingDescription(of:number:)`.
     func snapshot() async throws -> RegistrySnapshot
+    /// What version `number`'s fingerprint was computed from, when it was recorded.
+    func trainingDescription(of model: String, number: Int) async throws -> TrainingDescription?
     func model(named name: String) async throws -> RegisteredModel?
     /// Creates the model, or updates its description and labels.
     @discardableResult
