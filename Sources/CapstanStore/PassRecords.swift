@@ -95,10 +95,10 @@ public struct PassRecords: Sendable {
     }
 
     func write<T: Sendable>(_ what: String, _ body: (Database) throws -> T) throws -> T {
-        do { return try database.pool.write(body) } catch { throw database.failure(what, error) }
+        try database.write(what, body)
     }
 
     func read<T: Sendable>(_ what: String, _ body: (Database) throws -> T) throws -> T {
-        do { return try database.pool.read(body) } catch { throw database.failure(what, error) }
+        try database.read(what, body)
     }
 }

@@ -59,6 +59,16 @@ public final class StateDatabase: Sendable {
         self.pool = pool
     }
 
+    /// Runs `body` in a write transaction; a failure becomes a `StoreError` saying what was being done.
+    func write<T: Sendable>(_ what: String, _ body: (Database) throws -> T) throws -> T {
+        do { return try pool.write(body) } catch { throw failure(what, error) }
+    }
+
+    /// Runs `body` in a read transaction; a failure becomes a `StoreError` saying what was being done.
+    func read<T: Sendable>(_ what: String, _ body: (Database) throws -> T) throws -> T {
+        do { return try pool.read(body) } catch { throw failure(what, error) }
+    }
+
     /// Closes every connection. The pool cannot be used afterwards.
     public func close() throws {
         try pool.close()

@@ -90,6 +90,28 @@ final class TrainingRepo {
         try CLI.run(arguments + ["--repo", repo.path, "--state-dir", state], environment: environment)
     }
 
+    /// Starts `capstan apply` in the background with a training that sleeps until `SLEEP_FILE`
+    /// is removed; returns once the training runs, with the process, its log and the training's pid.
+    func startSleepingApply(sleepFile: String) throws -> (process: Process, log: URL, handle: FileHandle, trainingPID: Int32) {
+        let process = Process()
+        process.executableURL = CLI.binary
+        process.arguments = ["apply", "--repo", repo.path, "--state-dir", state]
+        var environment = ProcessInfo.processInfo.environment
+        environment["SLEEP_FILE"] = sleepFile
+        process.environment = environment
+        let log = temp.sub("first.log")
+        _ = FileManager.default.createFile(atPath: log.path, contents: nil)
+        let handle = try FileHandle(forWritingTo: log)
+        process.standardOutput = handle
+        process.standardError = handle
+        try process.run()
+        let started = temp.sub("started").path
+        var polls = 0
+        while !FileManager.default.fileExists(atPath: started) && polls < 600 { usleep(50_000); polls += 1 }
+        let pid = try #require(Int32(try String(contentsOfFile: started, encoding: .utf8)))
+        return (process, log, handle, pid)
+    }
+
     func status() throws -> [String: Any] {
         let r = try CLI.run(["status", "--state-dir", state, "--format", "json"])
         #expect(r.status == 0, "\(r.stderr)")
@@ -496,24 +518,9 @@ final class TrainingRepo {
         _ = FileManager.default.createFile(atPath: sleepFile, contents: Data())
         try t.writeModel(learningRate: "0.1", extraTrain: "    secretEnv: {SLEEP_FILE: SLEEP_FILE}")
         try t.repo.commit("sleepy")
-        let first = Process()
-        first.executableURL = CLI.binary
-        first.arguments = ["apply", "--repo", t.repo.path, "--state-dir", t.state]
-        var environment = ProcessInfo.processInfo.environment
-        environment["SLEEP_FILE"] = sleepFile
-        first.environment = environment
-        let log = t.temp.sub("first.log")
-        _ = FileManager.default.createFile(atPath: log.path, contents: nil)
-        let handle = try FileHandle(forWritingTo: log)
-        first.standardOutput = handle
-        first.standardError = handle
-        try first.run()
-        let started = t.temp.sub("started").path
-        var polls = 0
-        while !FileManager.default.fileExists(atPath: started) && polls < 600 { usleep(50_000); polls += 1 }
-        let trainingPID = try #require(Int32(try String(contentsOfFile: started, encoding: .utf8)))
+        let (first, log, handle, trainingPID) = try t.startSleepingApply(sleepFile: sleepFile)
         kill(first.processIdentifier, SIGTERM)
-        polls = 0
+        var polls = 0
         while first.isRunning && polls < 600 { usleep(50_000); polls += 1 }
         try? handle.close()
         let printed = try String(contentsOf: log, encoding: .utf8)
@@ -577,22 +584,7 @@ final class TrainingRepo {
         try t.repo.commit("sleepy")
         let env = ["SLEEP_FILE": sleepFile]
 
-        let first = Process()
-        first.executableURL = CLI.binary
-        first.arguments = ["apply", "--repo", t.repo.path, "--state-dir", t.state]
-        var environment = ProcessInfo.processInfo.environment
-        environment.merge(env) { _, new in new }
-        first.environment = environment
-        let log = t.temp.sub("first.log")
-        _ = FileManager.default.createFile(atPath: log.path, contents: nil)
-        let handle = try FileHandle(forWritingTo: log)
-        first.standardOutput = handle
-        first.standardError = handle
-        try first.run()
-        let started = t.temp.sub("started").path
-        var polls = 0
-        while !FileManager.default.fileExists(atPath: started) && polls < 600 { usleep(50_000); polls += 1 }
-        let trainingPID = try #require(Int32(try String(contentsOfFile: started, encoding: .utf8)))
+        let (first, _, handle, trainingPID) = try t.startSleepingApply(sleepFile: sleepFile)
 
         let second = try t.capstan(["apply"], environment: env)
         #expect(second.status == 1)

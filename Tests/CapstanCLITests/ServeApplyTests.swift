@@ -148,7 +148,9 @@ import Testing
         // SIGTERM stops the agent and its model servers.
         agent.stop()
         #expect(agent.process.terminationStatus == 0)
-        #expect(Self.serverPIDs(version: 2).isEmpty)
+        polls = 0
+        while !Self.serverPIDs(version: 2, under: temp.url.path).isEmpty && polls < 100 { usleep(50_000); polls += 1 }
+        #expect(Self.serverPIDs(version: 2, under: temp.url.path).isEmpty)
     }
 
     @Test func anUnreachableAgentLeavesTheRegistryPassRunning() throws {
@@ -267,12 +269,15 @@ import Testing
     }
 
     /// The pids of the model servers of one version, found by the environment the agent gives them.
-    static func serverPIDs(version: Int, deployment: String = "churn-prod") -> [Int32] {
+    /// Only live processes (not zombies) whose model folder is under `root` (this test's state).
+    static func serverPIDs(version: Int, deployment: String = "churn-prod", under root: String) -> [Int32] {
         let entries = (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []
         return entries.compactMap(Int32.init).filter { pid in
-            guard let data = FileManager.default.contents(atPath: "/proc/\(pid)/environ") else { return false }
+            guard ApplyCommandTests.isRunning(pid),
+                  let data = FileManager.default.contents(atPath: "/proc/\(pid)/environ") else { return false }
             let vars = data.split(separator: 0).map { String(decoding: $0, as: UTF8.self) }
             return vars.contains("CAPSTAN_VERSION=\(version)") && vars.contains("CAPSTAN_DEPLOYMENT=\(deployment)")
+                && vars.contains { $0.hasPrefix("CAPSTAN_MODEL_DIR=\(root)") }
         }
     }
 
@@ -286,7 +291,7 @@ import Testing
         try Self.edit(repo, "models/churn/model.yaml") { $0.replacingOccurrences(of: "epochs: 20,", with: "epochs: 200,") }
         try repo.commit("more epochs")
         _ = try Self.applyUntil(repo, state: state, agent: agent) { $0.stdout.contains("advance-rollout done: step 1/2") }
-        let victims = Self.serverPIDs(version: 2)
+        let victims = Self.serverPIDs(version: 2, under: temp.url.path)
         #expect(!victims.isEmpty)
         for pid in victims { kill(pid, SIGKILL) }
         let rest = try Self.applyUntil(repo, state: state, agent: agent) {
@@ -296,7 +301,7 @@ import Testing
         #expect(text.contains("churn-prod: promote done") || text.contains("churn-prod: rollback"), "\(text)")
         let endpoint = try Shell.run("curl", ["-sf", "http://127.0.0.1:\(agent.admin)/v1/endpoints/churn-prod"])
         #expect(agent.predict().0 == 200)
-        #expect(!Self.serverPIDs(version: text.contains("promote done") ? 2 : 1).isEmpty, "\(endpoint.stdout)")
+        #expect(!Self.serverPIDs(version: text.contains("promote done") ? 2 : 1, under: temp.url.path).isEmpty, "\(endpoint.stdout)")
         let agentLog = try String(contentsOf: agent.log, encoding: .utf8)
         #expect(agentLog.contains("churn-prod v2 r0 crashed") || agentLog.contains("churn-prod v2 crashed"), "\(agentLog)")
     }
