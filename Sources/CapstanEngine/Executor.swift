@@ -57,6 +57,8 @@ public struct EngineContext: Sendable {
                 now: @escaping @Sendable () -> Int64 = StoreTime.systemMilliseconds,
                 killGrace: ManifestDuration = .init(milliseconds: 10_000, text: "10s"),
                 events: @escaping @Sendable (PassEvent) -> Void = { _ in }) {
+        // Absolute: steps run in folders under it, from their own working directories.
+        let stateDirectory = URL(fileURLWithPath: stateDirectory).standardizedFileURL.path
         self.stateDirectory = stateDirectory
         self.database = database
         self.registry = registry

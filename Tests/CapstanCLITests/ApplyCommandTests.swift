@@ -162,6 +162,18 @@ final class TrainingRepo {
         }
     }
 
+    /// The default state directory is `.capstan`, relative to where capstan runs.
+    @Test func aRelativeStateDirectoryWorks() throws {
+        let t = try TrainingRepo()
+        let r = try CLI.run(["apply", "--repo", t.repo.path], in: t.temp.url)
+        #expect(r.status == 0, "\(r.stdout)\n\(r.stderr)")
+        #expect(r.stdout.contains("churn: train done: v1 trained"), "\(r.stdout)")
+        #expect(FileManager.default.fileExists(atPath: t.temp.sub(".capstan/capstan.db").path))
+        let relative = try CLI.run(["apply", "--repo", t.repo.path, "--state-dir", "other-state"], in: t.temp.url)
+        #expect(relative.status == 0, "\(relative.stdout)\n\(relative.stderr)")
+        #expect(relative.stdout.contains("churn: train done: v1 trained"), "\(relative.stdout)")
+    }
+
     @Test func aParamChangeRetrainsAndThePlanSaysWhy() throws {
         let t = try TrainingRepo()
         #expect(try t.capstan(["apply"]).status == 0)
