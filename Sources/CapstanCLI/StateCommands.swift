@@ -36,7 +36,7 @@ struct StatusCommand: AsyncParsableCommand {
 
     @OptionGroup var state: StateDirectoryOption
 
-    @Option(name: .long, help: "text or json (documented in docs/status.md).")
+    @Option(name: .long, help: "text or json (documented in docs/state.md).")
     var format: Format = .text
 
     func run() async throws {
@@ -274,12 +274,16 @@ enum StatusReport {
             var last_pass: Pass?
             var locks: [Lock]
         }
+        /// The current condition of `object`, as a one-item list (none before its first pass).
+        func conditions(_ object: String) -> [Condition] {
+            extras.conditions[object].map {
+                [Condition(type: $0.type.rawValue, reason: $0.reason, message: $0.message, observed_commit: $0.commit,
+                           last_update: time($0.updatedAt))]
+            } ?? []
+        }
         let doc = Document(state_dir: stateDirectory, models: models.map { model, versions, aliases in
             Model(name: model.name, description: model.description, labels: model.labels, aliases: aliases,
-                  conditions: extras.conditions["model/\(model.name)"].map {
-                      [Condition(type: $0.type.rawValue, reason: $0.reason, message: $0.message, observed_commit: $0.commit,
-                                 last_update: time($0.updatedAt))]
-                  } ?? [],
+                  conditions: conditions("model/\(model.name)"),
                   versions: versions.map {
                       Version(version: $0.number, status: $0.status.rawValue, fingerprint: $0.fingerprint, commit: $0.commit,
                               metrics: $0.metrics, params: $0.params, artifact_digest: $0.artifactDigest,
@@ -291,10 +295,7 @@ enum StatusReport {
             let endpoint = extras.endpoints[name]
             return Deployment(
                 name: name, model: endpoint?.model ?? extras.rollouts[name]?.model,
-                conditions: extras.conditions["deployment/\(name)"].map {
-                    [Condition(type: $0.type.rawValue, reason: $0.reason, message: $0.message, observed_commit: $0.commit,
-                               last_update: time($0.updatedAt))]
-                } ?? [],
+                conditions: conditions("deployment/\(name)"),
                 backends: (endpoint?.backends ?? []).sorted { $0.spec.version < $1.spec.version }.map { b in
                     let p95 = b.stats.latency.quantile(0.95)
                     return Backend(version: b.spec.version, weight: b.spec.weight, replicas: b.spec.replicas, ready_replicas: b.readyReplicas,
