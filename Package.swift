@@ -15,6 +15,10 @@ let package = Package(
         .package(url: "https://github.com/swiftlang/swift-subprocess.git", from: "1.0.2"),
         .package(url: "https://github.com/hummingbird-project/hummingbird.git", from: "2.28.1"),
         .package(url: "https://github.com/swift-server/async-http-client.git", from: "1.37.0"),
+        .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
+        .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
+        .package(url: "https://github.com/swift-server/swift-prometheus.git", from: "2.4.1"),
     ],
     targets: [
         // Functional core: manifest types, diagnostics, ports. No I/O.
@@ -55,6 +59,21 @@ let package = Package(
             "CapstanStore",
             .product(name: "Hummingbird", package: "hummingbird"),
             .product(name: "AsyncHTTPClient", package: "async-http-client"),
+            .product(name: "NIOCore", package: "swift-nio"),
+            .product(name: "NIOPosix", package: "swift-nio"),
+            .product(name: "NIOHTTP1", package: "swift-nio"),
+            .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+        ]),
+        // The controller's HTTP side (`capstan run`): health, readiness, Prometheus metrics, the
+        // status API and page, signed Git webhooks; and outgoing notifications.
+        .target(name: "CapstanServer", dependencies: [
+            "CapstanCore",
+            .product(name: "Hummingbird", package: "hummingbird"),
+            .product(name: "AsyncHTTPClient", package: "async-http-client"),
+            .product(name: "Crypto", package: "swift-crypto"),
+            .product(name: "Prometheus", package: "swift-prometheus"),
+            .product(name: "Logging", package: "swift-log"),
+            .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
         ]),
         // The reconciler: desired state at a commit + actual state -> plan -> executed pass.
         .target(name: "CapstanEngine", dependencies: [
@@ -75,7 +94,10 @@ let package = Package(
             "CapstanRunner",
             "CapstanEngine",
             "CapstanServing",
+            "CapstanServer",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            .product(name: "Logging", package: "swift-log"),
+            .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
         ]),
         .executableTarget(name: "capstan", dependencies: ["CapstanCLI"]),
         // Benchmarks that need one long-lived process (scripts/bench-*.sh drive them).
@@ -90,6 +112,7 @@ let package = Package(
             "CapstanStore", "CapstanCore", .product(name: "GRDB", package: "GRDB.swift"),
         ]),
         .testTarget(name: "CapstanServingTests", dependencies: ["CapstanServing", "CapstanCore", "CapstanStore", "CapstanTestSupport"]),
+        .testTarget(name: "CapstanServerTests", dependencies: ["CapstanServer", "CapstanCore", "CapstanTestSupport"]),
         .testTarget(name: "CapstanRunnerTests", dependencies: ["CapstanRunner", "CapstanCore", "CapstanTestSupport"]),
         .testTarget(name: "CapstanEngineTests", dependencies: [
             "CapstanEngine", "CapstanCore", "CapstanGit", "CapstanStore", "CapstanManifests", "CapstanTestSupport",
@@ -97,6 +120,7 @@ let package = Package(
         ]),
         .testTarget(name: "CapstanCLITests", dependencies: [
             "CapstanCLI", "capstan", "capstan-bench", "CapstanTestSupport", "CapstanStore", "CapstanCore",
+            .product(name: "Crypto", package: "swift-crypto"),
         ]),
     ],
     swiftLanguageModes: [.v6]

@@ -106,45 +106,24 @@ struct ApplyCommand: AsyncParsableCommand {
     }
 
     func pass(options: RepositoryOptions, saved: Plan?, database: StateDatabase, terminal: Terminal) async throws {
-        let context = EngineContext(
-            stateDirectory: options.stateDirectory, database: database, registry: EmbeddedRegistry(database: database),
-            runner: LocalStepRunner(), actor: Self.actor(),
-            events: { ApplyOutput.print($0, color: terminal.color) })
-        let passID = try context.passes.start(command: "apply", commit: nil)
-        var commit: String?
-        do {
-            let reconciler = Reconciler(context: context)
-            for note in try await reconciler.recover() { Terminal.out("capstan: \(note)\n") }
-            var prepared = try await PassPreparation.prepare(options, database: database, now: context.now())
-            commit = prepared.desired.commit
-            let plan: Plan
-            if let saved {
-                try Self.check(saved, against: prepared)
-                plan = saved
-            } else {
-                plan = try await PassPreparation.plan(&prepared, now: context.now(), options: PlanOptions(retryFailed: retryFailed))
-            }
-            Terminal.out(PlanReport(plan: plan, color: terminal.color).text())
-            if plan.hasChanges { Terminal.out("\n") }
-            let serving = PassPreparation.servingTarget(prepared.state.result.manifests.configSpec)
-            let outcome = await Result(catching: {
-                try await reconciler.execute(plan, desired: prepared.desired, manifests: prepared.state.result.manifests,
-                                             repository: prepared.repository, commit: prepared.commit, serving: serving?.target)
+        let color = terminal.color
+        let pass = ReconcilePass(
+            options: options, database: database, actor: Self.actor(), command: "apply",
+            planOptions: PlanOptions(retryFailed: retryFailed), saved: saved,
+            events: { ApplyOutput.print($0, color: color) },
+            report: { report in
+                switch report {
+                case .note(let note): Terminal.out("capstan: \(note)\n")
+                case .plan(let plan):
+                    Terminal.out(PlanReport(plan: plan, color: color).text())
+                    if plan.hasChanges { Terminal.out("\n") }
+                case .summary(let summary): Terminal.out(summary + "\n")
+                }
             })
-            await serving?.close()
-            let result = try outcome.get()
-            let summary = ApplyOutput.summary(plan, result)
-            Terminal.out(summary + "\n")
-            try context.passes.finish(id: passID, commit: commit, outcome: PassRecords.Pass.Outcome(rawValue: result.outcome.rawValue) ?? .failed,
-                                      summary: summary)
-            if result.outcome == .failed {
-                throw CommandFailure(message: "the pass at \(prepared.state.revision.commit.short) did not converge: " +
-                                     ApplyOutput.failures(plan, result).joined(separator: "; "))
-            }
-        } catch {
-            try? context.passes.finish(id: passID, commit: commit, outcome: .failed, summary: "\(error)")
-            if Task.isCancelled { throw CommandFailure(message: "the pass was stopped before it finished") }
-            throw error
+        let outcome = try await pass.run()
+        if outcome.result.outcome == .failed {
+            throw CommandFailure(message: "the pass at \(outcome.commit.prefix(7)) did not converge: " +
+                                 ApplyOutput.failures(outcome.plan, outcome.result).joined(separator: "; "))
         }
     }
 
@@ -188,9 +167,15 @@ final class SignalStopper {
 
     final class SignalState: Sendable {
         let first = Mutex<Int32?>(nil)
+        let second = Mutex(false)
     }
 
-    init(_ onFirst: @escaping @Sendable (Int32) -> Void) {
+    /// `onSecond` nil: a second signal exits the process at once (128 + signal).
+    convenience init(_ onFirst: @escaping @Sendable (Int32) -> Void) {
+        self.init(onFirst: onFirst, onSecond: nil)
+    }
+
+    init(onFirst: @escaping @Sendable (Int32) -> Void, onSecond: (@Sendable (Int32) -> Void)?) {
         Signals.unblockStopSignals()
         signal(SIGPIPE, SIG_IGN)
         var sources: [any DispatchSourceSignal] = []
@@ -204,7 +189,17 @@ final class SignalStopper {
                     seen = sig
                     return true
                 }
-                if first { onFirst(sig) } else { exit(128 + sig) }
+                if first {
+                    onFirst(sig)
+                } else if let onSecond {
+                    let again = state.second.withLock { seen -> Bool in
+                        defer { seen = true }
+                        return !seen
+                    }
+                    if again { onSecond(sig) }
+                } else {
+                    exit(128 + sig)
+                }
             }
             source.resume()
             sources.append(source)
@@ -214,6 +209,9 @@ final class SignalStopper {
 
     /// The first signal received, if any.
     var received: Int32? { state.first.withLock { $0 } }
+
+    /// Whether a second signal came.
+    var secondSignal: Bool { state.second.withLock { $0 } }
 
     func stop() {
         for source in sources { source.cancel() }

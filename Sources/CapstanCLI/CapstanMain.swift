@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import Synchronization
 
 /// The `capstan` command: parses arguments and wires adapters. No decisions are made here.
 public struct CapstanMain: AsyncParsableCommand {
@@ -13,7 +14,7 @@ public struct CapstanMain: AsyncParsableCommand {
             what they ask for and what the registry and serving layer hold.
             """,
         version: version,
-        subcommands: [ValidateCommand.self, DiffCommand.self, PlanCommand.self, ApplyCommand.self, ServeCommand.self, StatusCommand.self, HistoryCommand.self, UnlockCommand.self, SchemaCommand.self, InitCommand.self]
+        subcommands: [ValidateCommand.self, DiffCommand.self, PlanCommand.self, ApplyCommand.self, RunCommand.self, ServeCommand.self, StatusCommand.self, HistoryCommand.self, UnlockCommand.self, SchemaCommand.self, InitCommand.self]
     )
 
     public init() {}
@@ -39,8 +40,15 @@ struct Terminal {
         FileHandle.standardOutput.write(Data(s.utf8))
     }
 
+    /// Where `err` writes; the controller sends it to its logger instead of raw stderr.
+    static let errorSink = Mutex<(@Sendable (String) -> Void)?>(nil)
+
     static func err(_ s: String) {
-        FileHandle.standardError.write(Data(s.utf8))
+        if let sink = errorSink.withLock({ $0 }) {
+            sink(s)
+        } else {
+            FileHandle.standardError.write(Data(s.utf8))
+        }
     }
 }
 

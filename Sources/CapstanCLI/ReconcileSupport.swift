@@ -94,7 +94,7 @@ enum PassPreparation {
 }
 
 /// The serving layer a pass talks to, and how to let go of it.
-struct ServingConnection {
+struct ServingConnection: Sendable {
     var target: any ServingTarget
     var close: @Sendable () async -> Void
 }

@@ -40,21 +40,11 @@ struct StatusCommand: AsyncParsableCommand {
     var format: Format = .text
 
     func run() async throws {
-        var models: [(RegisteredModel, [ModelVersion], [String: Int])] = []
+        var models: [StatusReport.ModelEntry] = []
         var extras = StatusReport.Extras()
         if state.databaseExists {
             do {
-                let database = try state.open()
-                let snapshot = try await EmbeddedRegistry(database: database).snapshot()
-                models = snapshot.models.map { ($0, snapshot.versions[$0.name] ?? [], snapshot.aliases[$0.name] ?? [:]) }
-                let records = PassRecords(database: database)
-                extras.conditions = try records.conditions()
-                extras.lastPass = try records.recent(limit: 1).first
-                extras.leases = try StateLock(database: database).current()
-                let serving = ServingRecords(database: database)
-                extras.endpoints = try serving.observed()
-                extras.rollouts = try serving.rollouts()
-                extras.quarantine = try serving.quarantine()
+                (models, extras) = try await StatusReport.load(try state.open())
             } catch let f as CommandFailure {
                 throw Self.fail(f)
             } catch {
@@ -77,6 +67,24 @@ struct StatusCommand: AsyncParsableCommand {
 }
 
 enum StatusReport {
+    typealias ModelEntry = (RegisteredModel, [ModelVersion], [String: Int])
+
+    /// Everything `status` shows, read from the state database.
+    static func load(_ database: StateDatabase) async throws -> ([ModelEntry], Extras) {
+        let snapshot = try await EmbeddedRegistry(database: database).snapshot()
+        let models = snapshot.models.map { ($0, snapshot.versions[$0.name] ?? [], snapshot.aliases[$0.name] ?? [:]) }
+        var extras = Extras()
+        let records = PassRecords(database: database)
+        extras.conditions = try records.conditions()
+        extras.lastPass = try records.recent(limit: 1).first
+        extras.leases = try StateLock(database: database).current()
+        let serving = ServingRecords(database: database)
+        extras.endpoints = try serving.observed()
+        extras.rollouts = try serving.rollouts()
+        extras.quarantine = try serving.quarantine()
+        return (models, extras)
+    }
+
     /// One formatter for a whole report (creating one per timestamp dominated large reports).
     nonisolated(unsafe) static let formatter: ISO8601DateFormatter = {
         let f = ISO8601DateFormatter()
@@ -386,6 +394,15 @@ struct HistoryCommand: AsyncParsableCommand {
         if limit < 1 { throw ValidationError("--limit must be at least 1") }
     }
 
+    /// The JSON document of `history --format json` (docs/state.md).
+    static func json(_ events: [AuditEvent]) throws -> Data {
+        struct Document: Encodable { var format_version = 1; var events: [AuditEvent] }
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
+        encoder.dateEncodingStrategy = .iso8601
+        return try encoder.encode(Document(events: events))
+    }
+
     static func parseSince(_ text: String, now: Date) -> Date? {
         if case .success(let d) = ManifestDuration.parse(text) { return now.addingTimeInterval(-d.seconds) }
         let f = ISO8601DateFormatter()
@@ -409,11 +426,7 @@ struct HistoryCommand: AsyncParsableCommand {
         }
         switch format {
         case .json:
-            struct Document: Encodable { var format_version = 1; var events: [AuditEvent] }
-            let encoder = JSONEncoder()
-            encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
-            encoder.dateEncodingStrategy = .iso8601
-            Terminal.out(String(decoding: try encoder.encode(Document(events: events)), as: UTF8.self) + "\n")
+            Terminal.out(String(decoding: try Self.json(events), as: UTF8.self) + "\n")
         case .text:
             if events.isEmpty {
                 Terminal.out(state.databaseExists ? "No changes recorded.\n" : "No state in \(state.path) yet: nothing has been applied there.\n")

@@ -84,15 +84,16 @@ public struct AuditLog: Sendable {
 
     /// The events that match `filter`, at or after `since`, newest (last recorded) first, at most
     /// `limit` of them (nil: all).
-    public func query(_ filter: Filter = .all, since: Date? = nil, limit: Int? = nil) throws -> [AuditEvent] {
+    public func query(_ filter: Filter = .all, since: Date? = nil, after id: Int64? = nil, limit: Int? = nil) throws -> [AuditEvent] {
         do {
-            return try database.pool.read { db in try query(db, filter, since: since, limit: limit) }
+            return try database.pool.read { db in try query(db, filter, since: since, after: id, limit: limit) }
         } catch {
             throw database.failure("read the audit log", error)
         }
     }
 
-    public func query(_ db: Database, _ filter: Filter = .all, since: Date? = nil, limit: Int? = nil) throws -> [AuditEvent] {
+    /// `after`: only events recorded after the one with this id.
+    public func query(_ db: Database, _ filter: Filter = .all, since: Date? = nil, after id: Int64? = nil, limit: Int? = nil) throws -> [AuditEvent] {
         var conditions: [String] = []
         var arguments: StatementArguments = []
         // substr counts characters (code points), like `unicodeScalars`; LIKE would ignore case.
@@ -112,6 +113,10 @@ public struct AuditLog: Sendable {
         case .objectPrefix(let text): prefix(text)
         case .model(let name): objectAndBelow("model/" + name)
         case .deployment(let name): objectAndBelow("deployment/" + name)
+        }
+        if let id {
+            conditions.append("id > ?")
+            arguments += [id]
         }
         if let since {
             conditions.append("CAST(at AS INTEGER) >= ?")

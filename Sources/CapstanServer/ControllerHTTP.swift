@@ -1,0 +1,194 @@
+import Crypto
+import Foundation
+import HTTPTypes
+import Hummingbird
+import Logging
+import NIOCore
+
+/// Whether the controller can take traffic (`GET /readyz`).
+public struct Readiness: Sendable, Equatable {
+    public var ready: Bool
+    /// Why not (or what it is doing when ready), one sentence.
+    public var reason: String
+
+    public init(ready: Bool, reason: String) {
+        self.ready = ready
+        self.reason = reason
+    }
+}
+
+/// What the HTTP side asks of the controller. The command layer implements it over the state
+/// directory and the reconcile loop.
+public protocol ControllerBackend: Sendable {
+    func readiness() -> Readiness
+    /// The document of `capstan status --format json`.
+    func statusJSON() async throws -> Data
+    /// The status page (`GET /`).
+    func statusPage() async throws -> String
+    /// Asks for a pass as soon as possible (`why` says who asked: a webhook, the API). False when
+    /// the controller is shutting down and takes no more work.
+    func requestPass(why: String) -> Bool
+}
+
+/// The controller's HTTP settings.
+public struct ControllerHTTPConfiguration: Sendable {
+    /// The shared secret of `POST /hooks/git`; nil disables webhooks (401 with a message).
+    public var webhookSecret: String?
+    /// The bearer token of `POST /api/v1/reconcile`; nil disables that route (403 with a message).
+    public var apiToken: String?
+    /// The largest webhook or API body read (larger ones get 413 and trigger nothing).
+    public var bodyLimit = 1 << 20
+
+    public init(webhookSecret: String? = nil, apiToken: String? = nil) {
+        self.webhookSecret = webhookSecret
+        self.apiToken = apiToken
+    }
+}
+
+/// The controller's HTTP routes (docs/controller.md):
+///
+///     GET  /                   the status page (HTML)
+///     GET  /healthz            200 "ok" while the process runs
+///     GET  /readyz             200 once the first pass finished and the source is reachable, else 503
+///     GET  /metrics            Prometheus text
+///     GET  /api/v1/status      the JSON of `capstan status --format json`
+///     POST /api/v1/reconcile   202, a pass as soon as possible (Authorization: Bearer <token>)
+///     POST /hooks/git          202, a pass as soon as possible (signed: see WebhookAuthenticator)
+public struct ControllerHTTP: HTTPResponder {
+    public typealias Context = BasicRequestContext
+
+    let backend: any ControllerBackend
+    let metrics: ControllerMetrics
+    let configuration: ControllerHTTPConfiguration
+    let webhooks: WebhookAuthenticator?
+    let tokenDigest: [UInt8]?
+    let logger: Logger
+
+    public init(backend: any ControllerBackend, metrics: ControllerMetrics, configuration: ControllerHTTPConfiguration, logger: Logger) {
+        self.backend = backend
+        self.metrics = metrics
+        self.configuration = configuration
+        self.webhooks = configuration.webhookSecret.map(WebhookAuthenticator.init(secret:))
+        self.tokenDigest = configuration.apiToken.map { Array(SHA256.hash(data: Data($0.utf8))) }
+        self.logger = logger
+    }
+
+    public func respond(to request: Request, context: Context) async throws -> Response {
+        let path = request.uri.path
+        let method = request.method
+        switch path {
+        case "/healthz":
+            guard method == .get || method == .head else { return Self.methodNotAllowed(method, path, allow: "GET, HEAD") }
+            return Self.text(.ok, "ok\n")
+        case "/readyz":
+            guard method == .get || method == .head else { return Self.methodNotAllowed(method, path, allow: "GET, HEAD") }
+            let readiness = backend.readiness()
+            return Self.text(readiness.ready ? .ok : .serviceUnavailable, (readiness.ready ? "ready: " : "not ready: ") + readiness.reason + "\n")
+        case "/metrics":
+            guard method == .get || method == .head else { return Self.methodNotAllowed(method, path, allow: "GET, HEAD") }
+            return Response(status: .ok, headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"],
+                            body: ResponseBody(byteBuffer: ByteBuffer(string: metrics.exposition())))
+        case "/api/v1/status":
+            guard method == .get || method == .head else { return Self.methodNotAllowed(method, path, allow: "GET, HEAD") }
+            do {
+                let data = try await backend.statusJSON()
+                return Response(status: .ok, headers: [.contentType: "application/json"], body: ResponseBody(byteBuffer: ByteBuffer(bytes: data)))
+            } catch {
+                return Self.json(.internalServerError, ["error": "cannot read the state: \(error)"])
+            }
+        case "/", "/index.html":
+            guard method == .get || method == .head else { return Self.methodNotAllowed(method, path, allow: "GET, HEAD") }
+            do {
+                let html = try await backend.statusPage()
+                return Response(status: .ok, headers: [.contentType: "text/html; charset=utf-8", .cacheControl: "no-store"],
+                                body: ResponseBody(byteBuffer: ByteBuffer(string: html)))
+            } catch {
+                return Self.text(.internalServerError, "cannot render the status page: \(error)\n")
+            }
+        case "/api/v1/reconcile":
+            guard method == .post else { return Self.methodNotAllowed(method, path, allow: "POST") }
+            return await reconcile(request)
+        case "/hooks/git":
+            guard method == .post else { return Self.methodNotAllowed(method, path, allow: "POST") }
+            return await webhook(request)
+        default:
+            return Self.json(.notFound, ["error": "no route \(path); see docs/controller.md for the controller's routes"])
+        }
+    }
+
+    private func reconcile(_ request: Request) async -> Response {
+        guard let tokenDigest else {
+            return Self.json(.forbidden, ["error": "POST /api/v1/reconcile is disabled: start capstan run with --api-token-env NAME to enable it"])
+        }
+        let header = request.headers[.authorization] ?? ""
+        guard header.hasPrefix("Bearer "),
+              WebhookAuthenticator.constantTimeEqual(Array(SHA256.hash(data: Data(header.dropFirst("Bearer ".count).utf8))), tokenDigest) else {
+            logger.warning("refused POST /api/v1/reconcile: \(header.isEmpty ? "no bearer token" : "wrong bearer token")")
+            var response = Self.json(.unauthorized, ["error": header.isEmpty
+                ? "send Authorization: Bearer <token> (the value of the controller's --api-token-env variable)"
+                : "the bearer token is not this controller's token"])
+            response.headers[.wwwAuthenticate] = "Bearer"
+            return response
+        }
+        guard backend.requestPass(why: "POST /api/v1/reconcile") else {
+            return Self.json(.serviceUnavailable, ["error": "the controller is shutting down"])
+        }
+        return Self.json(.accepted, ["status": "a pass starts as soon as the current one (if any) ends"])
+    }
+
+    private func webhook(_ request: Request) async -> Response {
+        guard let webhooks else {
+            metrics.recordWebhook(accepted: false)
+            logger.warning("refused a webhook: webhooks are disabled (no --webhook-secret-env)")
+            return Self.json(.unauthorized, ["error": "webhooks are disabled: start capstan run with --webhook-secret-env NAME, NAME holding the webhook's secret"])
+        }
+        if let length = request.headers[.contentLength].flatMap(Int.init), length > configuration.bodyLimit {
+            metrics.recordWebhook(accepted: false)
+            return Self.json(.contentTooLarge, ["error": "the payload is larger than \(configuration.bodyLimit) bytes; nothing was triggered"])
+        }
+        let body = request.body
+        let buffer: ByteBuffer
+        do {
+            buffer = try await body.collect(upTo: configuration.bodyLimit)
+        } catch {
+            metrics.recordWebhook(accepted: false)
+            return Self.json(.contentTooLarge, ["error": "the payload is larger than \(configuration.bodyLimit) bytes; nothing was triggered"])
+        }
+        let bytes = Array(buffer.readableBytesView)
+        let headers = request.headers
+        let verdict = webhooks.verify(body: bytes) { name in HTTPField.Name(name).flatMap { headers[$0] } }
+        switch verdict {
+        case .rejected(let reason):
+            metrics.recordWebhook(accepted: false)
+            logger.warning("refused a webhook: \(reason)", metadata: ["remote": "\(request.headers[.userAgent] ?? "?")"])
+            return Self.json(.unauthorized, ["error": reason + "; nothing was triggered"])
+        case .accepted(let provider):
+            metrics.recordWebhook(accepted: true)
+            if provider == "github", headers[HTTPField.Name("X-GitHub-Event")!] == "ping" {
+                logger.info("GitHub webhook ping accepted")
+                return Self.json(.ok, ["status": "pong"])
+            }
+            guard backend.requestPass(why: "\(provider) webhook") else {
+                return Self.json(.serviceUnavailable, ["error": "the controller is shutting down"])
+            }
+            // The payload is not trusted for anything: the pass fetches the ref itself.
+            return Self.json(.accepted, ["status": "a pass starts as soon as the current one (if any) ends"])
+        }
+    }
+
+    static func text(_ status: HTTPResponse.Status, _ text: String) -> Response {
+        Response(status: status, headers: [.contentType: "text/plain; charset=utf-8"], body: ResponseBody(byteBuffer: ByteBuffer(string: text)))
+    }
+
+    static func json(_ status: HTTPResponse.Status, _ object: [String: String]) -> Response {
+        let data = (try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])) ?? Data("{}".utf8)
+        return Response(status: status, headers: [.contentType: "application/json"],
+                         body: ResponseBody(byteBuffer: ByteBuffer(bytes: data + Data("\n".utf8))))
+    }
+
+    static func methodNotAllowed(_ method: HTTPRequest.Method, _ path: String, allow: String) -> Response {
+        var response = json(.methodNotAllowed, ["error": "\(method.rawValue) is not allowed on \(path); use \(allow)"])
+        response.headers[.allow] = allow
+        return response
+    }
+}

@@ -1,0 +1,383 @@
+import Crypto
+import Foundation
+#if canImport(FoundationNetworking)
+import FoundationNetworking
+#endif
+import Synchronization
+import Testing
+@testable import CapstanTestSupport
+
+/// `capstan run` started as a process against real repositories, as a user runs it: polling,
+/// signed and forged webhooks, the API, metrics, SIGTERM during a long training step.
+@Suite(.serialized) struct ControllerTests {
+    /// A running `capstan run` with JSON logs in a file; SIGKILLed when the test ends if still running.
+    final class RunningController {
+        let process = Process()
+        let http: UInt16
+        let log: URL
+
+        init(repo: String, state: String, log: URL, arguments: [String] = [], environment: [String: String] = [:]) throws {
+            http = try Ports.free()
+            self.log = log
+            process.executableURL = CLI.binary
+            process.arguments = ["run", "--repo", repo, "--state-dir", state, "--http", "127.0.0.1:\(http)", "--log-format", "json"] + arguments
+            var env = ProcessInfo.processInfo.environment
+            env["NO_COLOR"] = "1"
+            for (k, v) in environment { env[k] = v }
+            process.environment = env
+            _ = FileManager.default.createFile(atPath: log.path, contents: nil)
+            let handle = try FileHandle(forWritingTo: log)
+            process.standardOutput = handle
+            process.standardError = handle
+            try process.run()
+            var polls = 0
+            while !Ports.accepts(http) && polls < 600 && process.isRunning { usleep(50_000); polls += 1 }
+        }
+
+        deinit {
+            if process.isRunning {
+                kill(process.processIdentifier, SIGKILL)
+                process.waitUntilExit()
+            }
+        }
+
+        /// The JSON log lines so far.
+        var logLines: [[String: Any]] {
+            let text = (try? String(contentsOf: log, encoding: .utf8)) ?? ""
+            return text.split(separator: "\n").compactMap { try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any] }
+        }
+
+        var logText: String { (try? String(contentsOf: log, encoding: .utf8)) ?? "" }
+
+        func request(_ method: String, _ path: String, body: Data? = nil, headers: [String: String] = [:]) -> (Int, String) {
+            var request = URLRequest(url: URL(string: "http://127.0.0.1:\(http)\(path)")!)
+            request.httpMethod = method
+            request.httpBody = body
+            request.timeoutInterval = 30
+            for (k, v) in headers { request.setValue(v, forHTTPHeaderField: k) }
+            let result = Mutex<(Int, String)>((0, ""))
+            let done = DispatchSemaphore(value: 0)
+            URLSession.shared.dataTask(with: request) { data, response, _ in
+                let status = (response as? HTTPURLResponse)?.statusCode ?? 0
+                result.withLock { $0 = (status, data.map { String(decoding: $0, as: UTF8.self) } ?? "") }
+                done.signal()
+            }.resume()
+            _ = done.wait(timeout: .now() + 35)
+            return result.withLock { $0 }
+        }
+
+        /// The status document from /api/v1/status.
+        func status() -> [String: Any] {
+            let (code, body) = request("GET", "/api/v1/status")
+            guard code == 200 else { return [:] }
+            return (try? JSONSerialization.jsonObject(with: Data(body.utf8)) as? [String: Any]) ?? [:]
+        }
+
+        /// The version numbers of `model` in the registry.
+        func versions(_ model: String = "churn") -> [Int] {
+            let models = status()["models"] as? [[String: Any]] ?? []
+            let versions = models.first { $0["name"] as? String == model }?["versions"] as? [[String: Any]] ?? []
+            return versions.compactMap { $0["version"] as? Int }.sorted()
+        }
+
+        /// Sends `signal` and waits for the exit; nil when it did not exit within `seconds`.
+        func stop(_ signal: Int32 = SIGTERM, within seconds: Double = 30) -> Int32? {
+            kill(process.processIdentifier, signal)
+            return waitForExit(within: seconds)
+        }
+
+        func waitForExit(within seconds: Double) -> Int32? {
+            let deadline = Date().addingTimeInterval(seconds)
+            while process.isRunning && Date() < deadline { usleep(20_000) }
+            return process.isRunning ? nil : process.terminationStatus
+        }
+    }
+
+    static func eventually(within seconds: Double, _ condition: () -> Bool) -> Bool {
+        let deadline = Date().addingTimeInterval(seconds)
+        while Date() < deadline {
+            if condition() { return true }
+            usleep(100_000)
+        }
+        return condition()
+    }
+
+    /// A repository with one model whose training takes `trainSeconds`.
+    static func repository(_ temp: TempDir, trainSeconds: Int = 0) throws -> GitRepo {
+        let repo = try GitRepo(at: temp.sub("repo"))
+        try repo.write("capstan.yaml", """
+            apiVersion: capstan/v1
+            kind: Config
+            metadata: {name: default}
+            spec:
+              manifests: [models]
+
+            """)
+        try repo.write("models/churn/model.yaml", Manifests.model(inputs: "[models/churn]"))
+        try repo.write("models/churn/train.py", """
+            import os, time
+            print('training', flush=True)
+            time.sleep(\(trainSeconds))
+            with open(os.path.join(os.environ['CAPSTAN_OUTPUT_DIR'], 'model.txt'), 'w') as f:
+                f.write('weights')
+            with open(os.environ['CAPSTAN_METRICS_FILE'], 'w') as f:
+                f.write('{"accuracy": 0.9}')
+            print('trained', flush=True)
+
+            """)
+        try repo.commit("one model")
+        return repo
+    }
+
+    @Test func aCommitIsPickedUpByPollingAndTheControllerStopsCleanly() throws {
+        let temp = try TempDir()
+        let repo = try Self.repository(temp)
+        let controller = try RunningController(repo: repo.path, state: temp.sub("state").path, log: temp.sub("run.log"),
+                                               arguments: ["--interval", "1s"])
+        #expect(controller.request("GET", "/healthz").0 == 200)
+        #expect(Self.eventually(within: 60) { controller.request("GET", "/readyz").0 == 200 }, "never ready: \(controller.logText)")
+        #expect(controller.versions() == [1])
+        let (_, ready) = controller.request("GET", "/readyz")
+        #expect(ready.contains("converged"))
+
+        try repo.write("models/churn/model.yaml", Manifests.model(learningRate: "0.2", inputs: "[models/churn]"))
+        let commit = try repo.commit("learning rate 0.2")
+        #expect(Self.eventually(within: 60) { controller.versions() == [1, 2] }, "the new commit was not reconciled: \(controller.logText)")
+        let passes = controller.logLines.filter { $0["msg"] as? String == "pass started" }
+        #expect(passes.contains { ($0["trigger"] as? String)?.hasPrefix("new commit \(commit.prefix(7))") == true })
+        #expect(passes.allSatisfy { $0["commit"] != nil && $0["ts"] != nil && $0["level"] as? String == "info" })
+        #expect(Self.eventually(within: 10) {
+            controller.request("GET", "/metrics").1.contains("capstan_last_applied_commit_info{commit=\"\(commit)\"} 1")
+        })
+
+        #expect(controller.stop(SIGTERM) == 0)
+        #expect(controller.logLines.contains { $0["msg"] as? String == "controller stopped" })
+        let status = try CLI.run(["status", "--state-dir", temp.sub("state").path, "--format", "json"])
+        #expect(!status.stdout.contains("\"holder\""), "the lock was not released: \(status.stdout)")
+    }
+
+    @Test func aSignedWebhookTriggersAPassAndForgedOnesDoNot() throws {
+        let temp = try TempDir()
+        let repo = try Self.repository(temp)
+        let secret = "s3cret-\(UUID().uuidString)"
+        let controller = try RunningController(
+            repo: repo.path, state: temp.sub("state").path, log: temp.sub("run.log"),
+            arguments: ["--interval", "1h", "--resync", "1h", "--webhook-secret-env", "HOOK_SECRET"],
+            environment: ["HOOK_SECRET": secret])
+        #expect(Self.eventually(within: 60) { controller.request("GET", "/readyz").0 == 200 }, "never ready: \(controller.logText)")
+        try repo.write("models/churn/model.yaml", Manifests.model(learningRate: "0.3", inputs: "[models/churn]"))
+        try repo.commit("learning rate 0.3")
+        let payload = Data(#"{"ref": "refs/heads/main", "after": "0000000000000000000000000000000000000000"}"#.utf8)
+        let key = SymmetricKey(data: Data(secret.utf8))
+        let good = "sha256=" + HMAC<SHA256>.authenticationCode(for: payload, using: key).map { String(format: "%02x", $0) }.joined()
+        let forged = "sha256=" + HMAC<SHA256>.authenticationCode(for: payload, using: SymmetricKey(data: Data("guess".utf8)))
+            .map { String(format: "%02x", $0) }.joined()
+
+        // Forged, missing, or signed for another body: 401, and no pass.
+        #expect(controller.request("POST", "/hooks/git", body: payload, headers: ["X-Hub-Signature-256": forged]).0 == 401)
+        #expect(controller.request("POST", "/hooks/git", body: payload).0 == 401)
+        #expect(controller.request("POST", "/hooks/git", body: Data("{}".utf8), headers: ["X-Hub-Signature-256": good]).0 == 401)
+        #expect(controller.request("POST", "/hooks/git", body: payload, headers: ["X-Gitlab-Token": "guess"]).0 == 401)
+        let (code, body) = controller.request("POST", "/hooks/git", body: payload, headers: ["X-Capstan-Signature": "sha256=zz"])
+        #expect(code == 401 && body.contains("sha256=<64 hex digits>"))
+        let tooBig = Data(repeating: UInt8(ascii: "x"), count: 2 << 20)
+        #expect(controller.request("POST", "/hooks/git", body: tooBig, headers: ["X-Hub-Signature-256": good]).0 == 413)
+        usleep(1_500_000)
+        #expect(controller.versions() == [1], "a forged webhook started a pass")
+        #expect(controller.logLines.filter { $0["msg"] as? String == "pass started" }.count == 1)
+        #expect(!controller.logText.contains(secret), "the secret reached the log")
+
+        // Signed: 202 and a pass within a second.
+        let sent = Date()
+        #expect(controller.request("POST", "/hooks/git", body: payload, headers: ["X-Hub-Signature-256": good, "X-GitHub-Event": "push"]).0 == 202)
+        #expect(Self.eventually(within: 5) { controller.logLines.filter { $0["msg"] as? String == "pass started" }.count == 2 })
+        let started = controller.logLines.filter { $0["msg"] as? String == "pass started" }.last
+        #expect(started?["trigger"] as? String == "github webhook")
+        let formatter = ISO8601DateFormatter()
+        formatter.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
+        if let ts = started?["ts"] as? String, let at = formatter.date(from: ts) {
+            #expect(at.timeIntervalSince(sent) < 1.0, "the pass started \(at.timeIntervalSince(sent)) s after the webhook")
+        } else {
+            Issue.record("no timestamp on the pass: \(String(describing: started))")
+        }
+        #expect(Self.eventually(within: 60) { controller.versions() == [1, 2] })
+        // GitLab's token header works too.
+        #expect(controller.request("POST", "/hooks/git", body: payload, headers: ["X-Gitlab-Token": secret]).0 == 202)
+        let metrics = controller.request("GET", "/metrics").1
+        #expect(metrics.contains("capstan_webhooks_total{result=\"rejected\"} 6"), "\(metrics)")
+        #expect(metrics.contains("capstan_webhooks_total{result=\"accepted\"} 2"))
+        #expect(controller.stop() == 0)
+    }
+
+    @Test func theReconcileAPINeedsItsToken() throws {
+        let temp = try TempDir()
+        let repo = try Self.repository(temp)
+        let controller = try RunningController(
+            repo: repo.path, state: temp.sub("state").path, log: temp.sub("run.log"),
+            arguments: ["--interval", "1h", "--api-token-env", "API_TOKEN"], environment: ["API_TOKEN": "tok-123"])
+        #expect(Self.eventually(within: 60) { controller.request("GET", "/readyz").0 == 200 }, "never ready: \(controller.logText)")
+        #expect(controller.request("POST", "/api/v1/reconcile").0 == 401)
+        #expect(controller.request("POST", "/api/v1/reconcile", headers: ["Authorization": "Bearer nope"]).0 == 401)
+        #expect(controller.request("GET", "/api/v1/reconcile").0 == 405)
+        #expect(controller.request("POST", "/api/v1/reconcile", headers: ["Authorization": "Bearer tok-123"]).0 == 202)
+        #expect(Self.eventually(within: 10) {
+            controller.logLines.contains { $0["msg"] as? String == "pass started" && $0["trigger"] as? String == "POST /api/v1/reconcile" }
+        })
+        #expect(controller.request("GET", "/nowhere").0 == 404)
+        #expect(controller.stop() == 0)
+    }
+
+    @Test func metricsAreValidPrometheusText() throws {
+        let temp = try TempDir()
+        let repo = try Self.repository(temp)
+        let controller = try RunningController(repo: repo.path, state: temp.sub("state").path, log: temp.sub("run.log"),
+                                               arguments: ["--interval", "1h"])
+        #expect(Self.eventually(within: 60) { controller.request("GET", "/readyz").0 == 200 }, "never ready: \(controller.logText)")
+        let (code, text) = controller.request("GET", "/metrics")
+        #expect(code == 200)
+        try Data(text.utf8).write(to: temp.sub("metrics.txt"))
+        // The reference parser (prometheus_client, pip) reads it; its families are listed.
+        let parsed = try Shell.run("/usr/bin/env", ["python3", "-c", """
+            import sys
+            from prometheus_client.parser import text_string_to_metric_families
+            for family in text_string_to_metric_families(open(sys.argv[1]).read()):
+                for sample in family.samples:
+                    print(family.type, sample.name, ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items())), float(sample.value))
+            """, temp.sub("metrics.txt").path])
+        #expect(parsed.status == 0, "prometheus_client could not parse /metrics: \(parsed.stderr)\n\(text)")
+        let samples = parsed.stdout.split(separator: "\n").map(String.init)
+        #expect(samples.contains("counter capstan_passes_total outcome=converged 1.0"), "\(parsed.stdout)")
+        #expect(samples.contains { $0.hasPrefix("histogram capstan_pass_duration_seconds_count  1.0") })
+        #expect(samples.contains { $0.hasPrefix("counter capstan_steps_total kind=train,result=done 1.0") })
+        #expect(samples.contains { $0.hasPrefix("gauge capstan_last_applied_commit_info commit=") })
+        #expect(samples.contains("counter capstan_source_fetch_errors_total  0.0"))
+        #expect(controller.stop() == 0)
+    }
+
+    @Test func sigtermDuringALongTrainingStopsTheStepAndReleasesTheLock() throws {
+        let temp = try TempDir()
+        let repo = try Self.repository(temp, trainSeconds: 120)
+        let state = temp.sub("state").path
+        let controller = try RunningController(repo: repo.path, state: state, log: temp.sub("run.log"),
+                                               arguments: ["--interval", "1h", "--shutdown-grace", "2s"])
+        #expect(Self.eventually(within: 60) { controller.logText.contains("churn: training") }, "training never started: \(controller.logText)")
+        usleep(500_000)
+        #expect(controller.request("GET", "/readyz").0 == 503, "ready before the first pass finished")
+        let stopped = Date()
+        let status = controller.stop(SIGTERM, within: 30)
+        #expect(status == 0, "exit status \(String(describing: status)): \(controller.logText)")
+        #expect(Date().timeIntervalSince(stopped) < 15)
+        #expect(controller.logText.contains("did not finish within the shutdown grace"))
+        // No training process is left, and the next apply takes the lock and resumes the version.
+        let left = try Shell.run("/usr/bin/env", ["pgrep", "-f", temp.url.path + ".*train.py"])
+        #expect(left.stdout.isEmpty, "training processes left: \(left.stdout)")
+        try repo.write("models/churn/train.py", """
+            import os
+            open(os.path.join(os.environ['CAPSTAN_OUTPUT_DIR'], 'model.txt'), 'w').write('quick')
+
+            """)
+        try repo.commit("quick training")
+        let apply = try CLI.run(["apply", "--repo", repo.path, "--state-dir", state])
+        #expect(apply.status == 0, "\(apply.stdout)\(apply.stderr)")
+    }
+
+    @Test func aSecondSignalStopsAtOnce() throws {
+        let temp = try TempDir()
+        let repo = try Self.repository(temp, trainSeconds: 120)
+        let controller = try RunningController(repo: repo.path, state: temp.sub("state").path, log: temp.sub("run.log"),
+                                               arguments: ["--interval", "1h", "--shutdown-grace", "10m"])
+        #expect(Self.eventually(within: 60) { controller.logText.contains("churn: training") }, "training never started: \(controller.logText)")
+        kill(controller.process.processIdentifier, SIGTERM)
+        usleep(500_000)
+        #expect(controller.process.isRunning, "the first SIGTERM must wait for the pass (grace 10m)")
+        let status = controller.stop(SIGTERM, within: 20)
+        #expect(status == 128 + SIGTERM, "exit status \(String(describing: status)): \(controller.logText)")
+        let left = try Shell.run("/usr/bin/env", ["pgrep", "-f", temp.url.path + ".*train.py"])
+        #expect(left.stdout.isEmpty, "training processes left: \(left.stdout)")
+        let locks = try CLI.run(["status", "--state-dir", temp.sub("state").path, "--format", "json"])
+        #expect(!locks.stdout.contains("\"holder\""), "the lock was not released: \(locks.stdout)")
+    }
+
+    @Test func theStatusPageLoadsInHeadlessChromium() throws {
+        let temp = try TempDir()
+        let repo = try Self.repository(temp)
+        let controller = try RunningController(repo: repo.path, state: temp.sub("state").path, log: temp.sub("run.log"),
+                                               arguments: ["--interval", "1h"])
+        #expect(Self.eventually(within: 60) { controller.request("GET", "/readyz").0 == 200 }, "never ready: \(controller.logText)")
+        guard let chromium = ["/usr/bin/chromium", "/usr/bin/chromium-browser"].first(where: { FileManager.default.isExecutableFile(atPath: $0) }) else {
+            Issue.record("Chromium is missing: apt-get install chromium (.ci/run installs it)")
+            return
+        }
+        let page = try Shell.run("/usr/bin/timeout", ["60", chromium, "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                                                       "--user-data-dir=\(temp.sub("chromium").path)", "--dump-dom",
+                                                       "http://127.0.0.1:\(controller.http)/"])
+        #expect(page.status == 0, "chromium failed: \(page.stderr)")
+        #expect(page.stdout.contains("id=\"model-churn\""), "\(page.stdout.prefix(2000))")
+        #expect(page.stdout.contains("<svg") && page.stdout.contains("id=\"plot-churn\""), "no metric plot")
+        #expect(page.stdout.contains("http-equiv=\"refresh\""))
+        #expect(controller.stop() == 0)
+    }
+
+    @Test func notificationsReachWebhookAndSlackReceivers() throws {
+        let temp = try TempDir()
+        let repo = try Self.repository(temp)
+        let received = temp.sub("received.jsonl")
+        // A receiver that appends each POST (path and body) to a file, one JSON line each.
+        let receiver = try PythonServer(script: """
+            import json, sys
+            from http.server import BaseHTTPRequestHandler, HTTPServer
+            class H(BaseHTTPRequestHandler):
+                def do_POST(self):
+                    body = self.rfile.read(int(self.headers.get('Content-Length', 0)))
+                    with open(sys.argv[1], 'a') as f:
+                        f.write(json.dumps({'path': self.path, 'body': json.loads(body)}) + '\\n')
+                    self.send_response(200); self.end_headers()
+                def log_message(self, *a): pass
+            s = HTTPServer(('127.0.0.1', 0), H)
+            print(s.server_address[1], flush=True)
+            s.serve_forever()
+            """, arguments: [received.path])
+        defer { receiver.stop() }
+        let token = "tok\(UUID().uuidString.prefix(8))"
+        let controller = try RunningController(
+            repo: repo.path, state: temp.sub("state").path, log: temp.sub("run.log"),
+            arguments: ["--interval", "1h", "--notify-webhook-env", "HOOK_URL", "--notify-slack-env", "SLACK_URL"],
+            environment: ["HOOK_URL": "http://127.0.0.1:\(receiver.port)/generic/\(token)",
+                          "SLACK_URL": "http://127.0.0.1:\(receiver.port)/services/\(token)"])
+        #expect(Self.eventually(within: 60) { controller.request("GET", "/readyz").0 == 200 }, "never ready: \(controller.logText)")
+        func lines() -> [[String: Any]] {
+            ((try? String(contentsOf: received, encoding: .utf8)) ?? "").split(separator: "\n")
+                .compactMap { try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any] }
+        }
+        #expect(Self.eventually(within: 30) { lines().count >= 4 }, "notifications: \(lines())")
+        let generic = lines().filter { ($0["path"] as? String)?.hasPrefix("/generic/") == true }.compactMap { $0["body"] as? [String: Any] }
+        let kinds = generic.compactMap { ($0["event"] as? [String: Any])?["kind"] as? String }
+        #expect(kinds.contains("version.validated"), "\(generic)")
+        #expect(kinds.contains("alias.moved"), "\(generic)")
+        #expect(generic.allSatisfy { $0["format_version"] as? Int == 1 })
+        let validated = generic.compactMap { $0["event"] as? [String: Any] }.first { $0["kind"] as? String == "version.validated" }
+        #expect(validated?["model"] as? String == "churn")
+        #expect(validated?["version"] as? Int == 1)
+        let slack = lines().filter { ($0["path"] as? String)?.hasPrefix("/services/") == true }.compactMap { $0["body"] as? [String: Any] }
+        #expect(slack.count == generic.count)
+        #expect(slack.allSatisfy { ($0["text"] as? String)?.isEmpty == false }, "\(slack)")
+        #expect(slack.contains { ($0["text"] as? String)?.contains("churn v1") == true }, "\(slack)")
+        #expect(!controller.logText.contains(token), "a notification URL reached the log")
+        #expect(controller.stop() == 0)
+    }
+
+    @Test func badFlagsAndMissingSecretsAreRefused() throws {
+        let temp = try TempDir()
+        let repo = try Self.repository(temp)
+        let missing = try CLI.run(["run", "--repo", repo.path, "--state-dir", temp.sub("s").path, "--webhook-secret-env", "NOT_SET_ANYWHERE"])
+        #expect(missing.status == 1)
+        #expect(missing.stderr.contains("--webhook-secret-env names NOT_SET_ANYWHERE, which is not set"))
+        let interval = try CLI.run(["run", "--repo", repo.path, "--interval", "soon"])
+        #expect(interval.status == 64)
+        #expect(interval.stderr.contains("--interval 'soon' is not a duration"))
+        let noRepo = try CLI.run(["run"])
+        #expect(noRepo.status == 64 && noRepo.stderr.contains("--repo is required"))
+        let badAddress = try CLI.run(["run", "--repo", repo.path, "--http", "nowhere"])
+        #expect(badAddress.status == 64)
+    }
+}
