@@ -93,6 +93,16 @@ import Testing
         }
     }
 
+    /// Live processes (zombies count as dead) whose environment has a variable starting with
+    /// `prefix` (CAPSTAN_MODEL_DIR or CAPSTAN_OUTPUT_DIR under the test's folder).
+    static func processes(withEnvironment prefix: String) -> [Int32] {
+        let entries = (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []
+        return entries.compactMap(Int32.init).filter { pid in
+            guard ApplyCommandTests.isRunning(pid), let data = FileManager.default.contents(atPath: "/proc/\(pid)/environ") else { return false }
+            return data.split(separator: 0).contains { String(decoding: $0, as: UTF8.self).hasPrefix(prefix) }
+        }
+    }
+
     static func eventually(within seconds: Double, _ condition: () -> Bool) -> Bool {
         let deadline = Date().addingTimeInterval(seconds)
         while Date() < deadline {
@@ -261,7 +271,7 @@ import Testing
         let controller = try RunningController(repo: repo.path, state: state, log: temp.sub("run.log"),
                                                arguments: ["--interval", "1h", "--shutdown-grace", "2s"])
         #expect(Self.eventually(within: 60) { controller.logText.contains("churn: training") }, "training never started: \(controller.logText)")
-        usleep(500_000)
+        #expect(Self.eventually(within: 10) { !Self.processes(withEnvironment: "CAPSTAN_OUTPUT_DIR=\(state)").isEmpty }, "no training process seen")
         #expect(controller.request("GET", "/readyz").0 == 503, "ready before the first pass finished")
         let stopped = Date()
         let status = controller.stop(SIGTERM, within: 30)
@@ -269,8 +279,8 @@ import Testing
         #expect(Date().timeIntervalSince(stopped) < 15)
         #expect(controller.logText.contains("did not finish within the shutdown grace"))
         // No training process is left, and the next apply takes the lock and resumes the version.
-        let left = try Shell.run("/usr/bin/env", ["pgrep", "-f", temp.url.path + ".*train.py"])
-        #expect(left.stdout.isEmpty, "training processes left: \(left.stdout)")
+        #expect(Self.eventually(within: 10) { Self.processes(withEnvironment: "CAPSTAN_OUTPUT_DIR=\(state)").isEmpty },
+                "training processes left: \(Self.processes(withEnvironment: "CAPSTAN_OUTPUT_DIR=\(state)"))")
         try repo.write("models/churn/train.py", """
             import os
             open(os.path.join(os.environ['CAPSTAN_OUTPUT_DIR'], 'model.txt'), 'w').write('quick')
@@ -287,13 +297,16 @@ import Testing
         let controller = try RunningController(repo: repo.path, state: temp.sub("state").path, log: temp.sub("run.log"),
                                                arguments: ["--interval", "1h", "--shutdown-grace", "10m"])
         #expect(Self.eventually(within: 60) { controller.logText.contains("churn: training") }, "training never started: \(controller.logText)")
+        #expect(Self.eventually(within: 10) { !Self.processes(withEnvironment: "CAPSTAN_OUTPUT_DIR=\(temp.sub("state").path)").isEmpty },
+                "no training process seen")
         kill(controller.process.processIdentifier, SIGTERM)
         usleep(500_000)
         #expect(controller.process.isRunning, "the first SIGTERM must wait for the pass (grace 10m)")
         let status = controller.stop(SIGTERM, within: 20)
         #expect(status == 128 + SIGTERM, "exit status \(String(describing: status)): \(controller.logText)")
-        let left = try Shell.run("/usr/bin/env", ["pgrep", "-f", temp.url.path + ".*train.py"])
-        #expect(left.stdout.isEmpty, "training processes left: \(left.stdout)")
+        let state = temp.sub("state").path
+        #expect(Self.eventually(within: 10) { Self.processes(withEnvironment: "CAPSTAN_OUTPUT_DIR=\(state)").isEmpty },
+                "training processes left: \(Self.processes(withEnvironment: "CAPSTAN_OUTPUT_DIR=\(state)"))")
         let locks = try CLI.run(["status", "--state-dir", temp.sub("state").path, "--format", "json"])
         #expect(!locks.stdout.contains("\"holder\""), "the lock was not released: \(locks.stdout)")
     }
@@ -364,6 +377,72 @@ import Testing
         #expect(slack.contains { ($0["text"] as? String)?.contains("churn v1") == true }, "\(slack)")
         #expect(!controller.logText.contains(token), "a notification URL reached the log")
         #expect(controller.stop() == 0)
+    }
+
+    /// `capstan run --serve` alone: the first pass creates the endpoint in the in-process agent; a
+    /// commit is rolled out by canary on the tick while requests flow; a broken version is rolled
+    /// back; SIGTERM stops the model servers too.
+    @Test func theControllerRollsOutACanaryOnItsTick() throws {
+        let temp = try TempDir()
+        let gateway = try Ports.free(), admin = try Ports.free()
+        let repo = try GitRepo(at: temp.sub("repo"))
+        let example = CLI.packageRoot.appendingPathComponent("examples/quickstart")
+        for file in try FileManager.default.subpathsOfDirectory(atPath: example.path) {
+            var isDir: ObjCBool = false
+            _ = FileManager.default.fileExists(atPath: example.appendingPathComponent(file).path, isDirectory: &isDir)
+            if isDir.boolValue { continue }
+            let text = try String(contentsOf: example.appendingPathComponent(file), encoding: .utf8)
+                .replacingOccurrences(of: "http://127.0.0.1:7070", with: "http://127.0.0.1:\(admin)")
+                .replacingOccurrences(of: "pause: 5s", with: "pause: 1s")
+                .replacingOccurrences(of: "minRequests: 20", with: "minRequests: 5")
+            try repo.write(file, text)
+        }
+        try repo.commit("quick start")
+        let controller = try RunningController(
+            repo: repo.path, state: temp.sub("state").path, log: temp.sub("run.log"),
+            arguments: ["--interval", "1s", "--tick", "1s", "--serve", "--gateway", "127.0.0.1:\(gateway)", "--admin", "127.0.0.1:\(admin)"])
+        func predict() -> (Int, String?) {
+            var request = URLRequest(url: URL(string: "http://127.0.0.1:\(gateway)/churn-prod/predict")!)
+            request.httpMethod = "POST"
+            request.httpBody = Data(#"{"tenure_months": 3, "monthly_charges": 99.5, "support_calls": 4}"#.utf8)
+            request.timeoutInterval = 10
+            let result = Mutex<(Int, String?)>((0, nil))
+            let done = DispatchSemaphore(value: 0)
+            URLSession.shared.dataTask(with: request) { _, response, _ in
+                let http = response as? HTTPURLResponse
+                result.withLock { $0 = (http?.statusCode ?? 0, http?.value(forHTTPHeaderField: "X-Capstan-Version")) }
+                done.signal()
+            }.resume()
+            _ = done.wait(timeout: .now() + 12)
+            return result.withLock { $0 }
+        }
+        #expect(Self.eventually(within: 90) { predict() == (200, "1") }, "v1 never served: \(controller.logText)")
+        #expect(!Self.processes(withEnvironment: "CAPSTAN_MODEL_DIR=\(temp.sub("state").path)").isEmpty, "no model server seen")
+
+        let model = repo.url.appendingPathComponent("models/churn/model.yaml")
+        try repo.write("models/churn/model.yaml", try String(contentsOf: model, encoding: .utf8).replacingOccurrences(of: "epochs: 20,", with: "epochs: 200,"))
+        try repo.commit("more epochs")
+        #expect(Self.eventually(within: 120) { predict() == (200, "2") && !controller.logText.contains("\"phase\":\"stepping\"") && controller.logText.contains("promote done") },
+                "v2 was not promoted: \(controller.logText.suffix(4000))")
+        let triggers = Set(controller.logLines.filter { $0["msg"] as? String == "pass started" }.compactMap { $0["trigger"] as? String })
+        #expect(triggers.contains("rollout in progress"), "\(triggers)")
+        #expect(controller.logText.contains("advance-rollout done"))
+
+        let serve = repo.url.appendingPathComponent("models/churn/serve.py")
+        try repo.write("models/churn/serve.py", try String(contentsOf: serve, encoding: .utf8).replacingOccurrences(
+            of: #"self._send(200, {"churn_probability": round(predict(row), 4)})"#, with: #"self._send(500, {"error": "broken"})"#))
+        try repo.commit("broken server")
+        #expect(Self.eventually(within: 120) { _ = predict(); return controller.logText.contains("v3 rolled back and quarantined") },
+                "v3 was not rolled back: \(controller.logText.suffix(4000))")
+        #expect(predict() == (200, "2"))
+        let metrics = controller.request("GET", "/metrics").1
+        #expect(metrics.contains("capstan_steps_total{kind=\"rollback\",result=\"failed\"} 1"), "\(metrics)")
+        #expect(metrics.contains("capstan_rollout_phase{deployment=\"churn-prod\",phase=\"stable\"} 1"))
+
+        #expect(controller.stop() == 0)
+        let modelDirs = "CAPSTAN_MODEL_DIR=\(temp.sub("state").path)"
+        #expect(Self.eventually(within: 10) { Self.processes(withEnvironment: modelDirs).isEmpty },
+                "model servers left after SIGTERM: \(Self.processes(withEnvironment: modelDirs))")
     }
 
     @Test func badFlagsAndMissingSecretsAreRefused() throws {
