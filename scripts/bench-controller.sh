@@ -5,7 +5,11 @@
 #      log line's timestamp (same machine, same clock);
 #   2. idle CPU and memory of the controller process over IDLE seconds (default 600) with
 #      nothing to do (targets: < 1% of one core, < 50 MiB resident): CPU from /proc/PID/stat,
-#      resident memory (VmRSS) sampled every 5 s.
+#      resident memory (VmRSS) sampled every 5 s; at the end its split into private (RssAnon)
+#      and file-backed pages (RssFile: the binary's and the Swift runtime's code, shared and
+#      reclaimable), and the proportional set size (PSS).
+#   WITH_SERVE=0 leaves out --serve (the controller alone; the quick start's Deployment is then
+#   reported ServingUnavailable, which changes nothing).
 #   scripts/bench-controller.sh
 #   IDLE=60 WEBHOOKS=10 scripts/bench-controller.sh      # shorter
 set -euo pipefail
@@ -37,7 +41,7 @@ git -C "$work/repo" -c user.name=bench -c user.email=bench@example.invalid commi
 
 export BENCH_WEBHOOK_SECRET="bench-secret-$RANDOM$RANDOM"
 "$capstan" run --repo "$work/repo" --state-dir "$work/state" --http "127.0.0.1:$http" \
-  --serve --gateway "127.0.0.1:$gateway" --admin "127.0.0.1:$admin" \
+  $([[ "${WITH_SERVE:-1}" == 1 ]] && echo --serve --gateway "127.0.0.1:$gateway" --admin "127.0.0.1:$admin") \
   --interval 1m --resync 10m --webhook-secret-env BENCH_WEBHOOK_SECRET --log-format json 2>"$work/run.log" &
 pid=$!
 for _ in $(seq 1 600); do
@@ -104,9 +108,15 @@ tick = os.sysconf("SC_CLK_TCK")
 def cpu():
     fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / tick  # utime + stime
-def rss():
+def status(key):
     for line in open(f"/proc/{pid}/status"):
-        if line.startswith("VmRSS:"):
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) / 1024
+def rss():
+    return status("VmRSS")
+def pss():
+    for line in open(f"/proc/{pid}/smaps_rollup"):
+        if line.startswith("Pss:"):
             return int(line.split()[1]) / 1024
 start_cpu, start = cpu(), time.time()
 peak = rss()
@@ -117,5 +127,7 @@ while time.time() - start < duration:
 used = cpu() - start_cpu
 elapsed = time.time() - start
 print(f"idle {elapsed:.0f} s: CPU {used:.2f} s = {100 * used / elapsed:.3f}% of one core; "
-      f"resident memory {samples[0]:.1f} MiB at start, {samples[-1]:.1f} MiB at end, peak {peak:.1f} MiB")
+      f"resident memory (RSS) {samples[0]:.1f} MiB at start, {samples[-1]:.1f} MiB at end, peak {peak:.1f} MiB; "
+      f"at the end: private (RssAnon) {status('RssAnon'):.1f} MiB, file-backed code and data (RssFile) {status('RssFile'):.1f} MiB, "
+      f"proportional share (PSS) {pss():.1f} MiB")
 EOF

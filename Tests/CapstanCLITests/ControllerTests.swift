@@ -166,6 +166,36 @@ import Testing
         #expect(!status.stdout.contains("\"holder\""), "the lock was not released: \(status.stdout)")
     }
 
+    /// A remote over git://: a push is fetched by the next poll; when the remote goes away,
+    /// /readyz says so, the fetch errors are counted, and nothing else changes.
+    @Test func aPushToARemoteIsFetchedAndAnUnreachableRemoteMakesItUnready() throws {
+        let temp = try TempDir()
+        let work = try Self.repository(temp)
+        let served = temp.sub("served/models.git")
+        _ = try GitRepo(at: served, bare: true)
+        try work.push(to: served.path)
+        let daemon = try GitDaemon(base: temp.sub("served"))
+        let controller = try RunningController(repo: daemon.url("models.git"), state: temp.sub("state").path, log: temp.sub("run.log"),
+                                               arguments: ["--ref", "main", "--interval", "1s", "--fetch-timeout", "5s"])
+        #expect(Self.eventually(within: 60) { controller.request("GET", "/readyz").0 == 200 }, "never ready: \(controller.logText)")
+        try work.write("models/churn/model.yaml", Manifests.model(learningRate: "0.4", inputs: "[models/churn]"))
+        let pushed = try work.commit("learning rate 0.4")
+        try work.push(to: served.path)
+        #expect(Self.eventually(within: 60) { controller.versions() == [1, 2] }, "the push was not reconciled: \(controller.logText)")
+        #expect(controller.logLines.contains { ($0["trigger"] as? String) == "new commit \(pushed.prefix(7))" })
+
+        daemon.stop()
+        #expect(Self.eventually(within: 30) { controller.request("GET", "/readyz").0 == 503 }, "still ready without its source")
+        let (_, reason) = controller.request("GET", "/readyz")
+        #expect(reason.contains("the source is unreachable"), "\(reason)")
+        let errors = controller.request("GET", "/metrics").1.split(separator: "\n").first { $0.hasPrefix("capstan_source_fetch_errors_total ") }
+        #expect(errors.flatMap { Double($0.split(separator: " ").last ?? "") }.map { $0 >= 1 } == true, "\(String(describing: errors))")
+        // Logged once, not once per poll.
+        #expect(controller.logLines.filter { ($0["msg"] as? String)?.hasPrefix("cannot read the source") == true && $0["level"] as? String == "error" }.count == 1)
+        #expect(controller.versions() == [1, 2])
+        #expect(controller.stop() == 0)
+    }
+
     @Test func aSignedWebhookTriggersAPassAndForgedOnesDoNot() throws {
         let temp = try TempDir()
         let repo = try Self.repository(temp)
