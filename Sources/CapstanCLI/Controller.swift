@@ -35,7 +35,7 @@ final class Controller: Sendable {
     /// Returns once the controller may start passes (the in-process agent listens).
     let startGate: @Sendable () async -> Void
     /// Called after every pass with the audit events it recorded and its outcome (notifications).
-    let afterPass: @Sendable (_ events: [AuditEvent], _ failure: String?, _ commit: String) -> Void
+    let afterPass: @Sendable (_ events: [AuditEvent], _ deployments: [PlanEntry], _ failure: String?, _ commit: String) -> Void
     let startedAt = Date()
 
     private let wakeup = Wakeup()
@@ -54,7 +54,7 @@ final class Controller: Sendable {
 
     init(options: RepositoryOptions, timing: ControllerTiming, database: StateDatabase, metrics: ControllerMetrics, logger: Logger,
          actor: String, startGate: @escaping @Sendable () async -> Void = {},
-         afterPass: @escaping @Sendable ([AuditEvent], String?, String) -> Void) {
+         afterPass: @escaping @Sendable ([AuditEvent], [PlanEntry], String?, String) -> Void) {
         self.options = options
         self.timing = timing
         self.database = database
@@ -174,6 +174,8 @@ final class Controller: Sendable {
             }
             nextPoll = clock.now + Self.jittered(timing.interval)
             nextResync = clock.now + timing.resync
+            // A shutdown that came during the fetch: no new pass.
+            if state.withLock({ $0.shuttingDown }) { return }
             let result = await pass(why: why, commit: commit)
             if result.ran { lastCommit = commit }
             again = result.again.map { (clock.now + timing.tick, $0) }
@@ -281,6 +283,7 @@ final class Controller: Sendable {
         let outcome: String
         var failure: String?
         var deploymentsSettling = false
+        var deploymentEntries: [PlanEntry] = []
         var rollouts: [String: RolloutState] = [:]
         var applied: [String: [BackendWeight]] = [:]
         do {
@@ -293,6 +296,7 @@ final class Controller: Sendable {
         switch result {
         case .success(let done):
             outcome = done.result.outcome.rawValue
+            deploymentEntries = done.result.deploymentEntries
             // A deployment still starting (or waiting on the serving layer) is looked at again soon.
             deploymentsSettling = done.result.conditions.contains { $0.object.hasPrefix("deployment/") && $0.type == .progressing }
             metrics.recordPass(outcome: outcome, duration: duration, changes: done.changeCount, waiting: done.waitingCount)
@@ -324,7 +328,7 @@ final class Controller: Sendable {
         let after = state.withLock { $0.lastAuditID }
         let events = ((try? AuditLog(database: database).query(after: after)) ?? []).reversed()
         if let last = events.last?.id { state.withLock { $0.lastAuditID = last } }
-        afterPass(Array(events), failure, commit)
+        afterPass(Array(events), deploymentEntries, failure, commit)
         return (true, !rollouts.isEmpty ? "rollout in progress" : deploymentsSettling ? "deployment starting" : nil)
     }
 

@@ -123,7 +123,13 @@ struct ControllerStatusBackend: ControllerBackend {
 /// Audit events → notifications: versions validated or rejected, aliases moved, rollouts started,
 /// promoted or rolled back; and a failed pass.
 enum NotificationMapping {
-    static func events(from audit: [AuditEvent], passFailure: String?, commit: String?, now: Date = Date()) -> [NotificationEvent] {
+    /// `deployments`: the pass's deployment entries, for the model and version of a rollout event.
+    static func events(from audit: [AuditEvent], deployments: [PlanEntry] = [], passFailure: String?, commit: String?,
+                       now: Date = Date()) -> [NotificationEvent] {
+        var details: [String: DeploymentDetail] = [:]
+        for entry in deployments {
+            if case .deployment(let detail) = entry.detail { details["\(entry.name) \(entry.action.rawValue)"] = detail }
+        }
         var out: [NotificationEvent] = []
         for event in audit {
             let parts = event.object.split(separator: "/", omittingEmptySubsequences: false).map(String.init)
@@ -154,6 +160,10 @@ enum NotificationMapping {
                 var n = NotificationEvent(kind: kind, message: "\(parts[1]): \(event.reason)", at: event.at)
                 n.deployment = parts[1]
                 n.commit = event.commit
+                if let detail = details["\(parts[1]) \(event.action)"] {
+                    n.model = detail.model
+                    n.version = detail.to
+                }
                 out.append(n)
             default:
                 continue

@@ -183,9 +183,9 @@ struct RunCommand: AsyncParsableCommand {
             options: options, timing: timing, database: database, metrics: metrics, logger: logger,
             actor: "capstan run (\(host))",
             startGate: { [serve] in if serve { _ = await agentListening.value() } },
-            afterPass: { events, failure, commit in
+            afterPass: { events, deployments, failure, commit in
                 guard let notifier else { return }
-                notifier.send(NotificationMapping.events(from: events, passFailure: failure, commit: commit))
+                notifier.send(NotificationMapping.events(from: events, deployments: deployments, passFailure: failure, commit: commit))
             })
         if agent != nil {
             let controllerRef = controller

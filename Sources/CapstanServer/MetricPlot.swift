@@ -107,7 +107,9 @@ struct MetricPlot {
                 out += "<circle class=\"point validated\" data-version=\"\(point.version)\" cx=\"\(c(px))\" cy=\"\(c(py))\" r=\"5\"><title>\(tip)</title></circle>\n"
             }
             if let names = aliases[point.version] {
-                out += "<text class=\"alias-label\" x=\"\(c(px))\" y=\"\(c(py - 10))\" text-anchor=\"middle\">\(names.joined(separator: ", "))</text>\n"
+                // Kept inside the plot near its left and right edges.
+                let anchor = px > Self.left + plotWidth - 60 ? "end" : px < Self.left + 60 ? "start" : "middle"
+                out += "<text class=\"alias-label\" x=\"\(c(px))\" y=\"\(c(py - 10))\" text-anchor=\"\(anchor)\">\(names.joined(separator: ", "))</text>\n"
             }
         }
         return out + "</svg>"

@@ -38,6 +38,7 @@ public final class Notifier: Service, Sendable {
     private let configuration: NotifierConfiguration
     private let logger: Logger
     private let queues: [TargetQueue]
+    private let started = Atomic<Bool>(false)
 
     public init(targets: [NotificationTarget], configuration: NotifierConfiguration = NotifierConfiguration(), logger: Logger) {
         self.configuration = configuration
@@ -69,13 +70,20 @@ public final class Notifier: Service, Sendable {
         }
     }
 
+    /// Delivers until graceful shutdown (or cancellation). A notifier runs once.
     public func run() async throws {
+        guard !started.exchange(true, ordering: .relaxed) else {
+            throw NotifierError(message: "this notifier has already run; create a new one")
+        }
         guard !queues.isEmpty else {
             try? await gracefulShutdown()
             return
         }
         var clientConfiguration = HTTPClient.Configuration()
         clientConfiguration.redirectConfiguration = .disallow
+        // Retries are ours (with backoff and logs); the client's own would spend the whole
+        // timeout reconnecting to a refused port.
+        clientConfiguration.connectionPool.retryConnectionEstablishment = false
         clientConfiguration.timeout = .init(connect: Self.timeAmount(configuration.requestTimeout), read: Self.timeAmount(configuration.requestTimeout))
         let client = HTTPClient(eventLoopGroup: HTTPClient.defaultEventLoopGroup, configuration: clientConfiguration)
         for queue in queues {
@@ -106,6 +114,8 @@ public final class Notifier: Service, Sendable {
             _ = await group.next()
             group.cancelAll()
         }
+        // Stopped (gracefully or cancelled): later events are refused, not queued for no one.
+        for queue in queues { queue.continuation.finish() }
         for queue in queues where queue.pending() > 0 {
             logger.warning("events left unsent at shutdown", metadata: [
                 "target": "\(queue.target.name)", "host": "\(queue.target.host ?? "?")", "events": "\(queue.pending())",
@@ -251,6 +261,11 @@ public final class Notifier: Service, Sendable {
         let (seconds, attoseconds) = duration.components
         return .nanoseconds(seconds * 1_000_000_000 + attoseconds / 1_000_000_000)
     }
+}
+
+public struct NotifierError: Error, CustomStringConvertible, Sendable {
+    public var message: String
+    public var description: String { message }
 }
 
 /// One target's queue: the stream its worker reads, and how many events wait in it.

@@ -38,8 +38,8 @@ struct LenientList<Element: Decodable>: Decodable {
         while !container.isAtEnd {
             if let item = try? container.decode(Element.self) {
                 items.append(item)
-            } else {
-                _ = try? container.decode(ParamValue.self)
+            } else if (try? container.decode(ParamValue.self)) == nil {
+                break  // cannot even step over it
             }
         }
     }

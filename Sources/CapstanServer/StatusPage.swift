@@ -165,7 +165,7 @@ public enum StatusPage {
                 let pid: Markup = entry.pid.map { ", pid \($0)" } ?? .empty
                 let host: Markup = entry.host.isEmpty ? .empty : " on \(entry.host)"
                 lock += """
-                    <div class="lock-held"><span class="badge lock-held">held</span> by <code>\(entry.holder)</code> \
+                    <div class="lock-entry"><span class="badge lock-held">held</span> by <code>\(entry.holder)</code> \
                     (\(entry.command)\(pid)\(host)), since \(PageFormat.time(entry.started, now: now)), \
                     expires \(PageFormat.time(entry.expires, now: now))</div>
                     """

@@ -1,4 +1,4 @@
-import CapstanServer
+@testable import CapstanServer
 @testable import CapstanTestSupport
 import Foundation
 import Logging
@@ -259,6 +259,33 @@ func event(_ n: Int) -> NotificationEvent {
         // Events sent after the notifier stopped are dropped with a warning, not queued.
         notifier.send([event(3)])
         #expect(logs.lines(containing: "notifier stopped").count == 1)
+    }
+
+    @Test func backoffDoublesUpToTheCapAndHonoursRetryAfter() {
+        var configuration = NotifierConfiguration()
+        configuration.initialBackoff = .seconds(1)
+        configuration.maxBackoff = .seconds(10)
+        let notifier = Notifier(targets: [], configuration: configuration, logger: quietLogger)
+        #expect((1...6).map { notifier.backoff(after: $0, retryAfter: nil) } == [.seconds(1), .seconds(2), .seconds(4), .seconds(8), .seconds(10), .seconds(10)])
+        #expect(notifier.backoff(after: 1, retryAfter: .seconds(5)) == .seconds(5))
+        #expect(notifier.backoff(after: 3, retryAfter: .seconds(2)) == .seconds(4))
+        #expect(notifier.backoff(after: 1, retryAfter: .seconds(3600)) == .seconds(10))
+        let defaults = NotifierConfiguration()
+        #expect(defaults.queueLimit == 1000 && defaults.requestTimeout == .seconds(10) && defaults.initialBackoff == .seconds(1))
+    }
+
+    @Test func aNotifierRunsOnce() async throws {
+        let receiver = Receiver()
+        try await receiver.serve { base in
+            let notifier = Notifier(targets: [NotificationTarget(name: "HOOK", url: base + "/hook", format: .json)],
+                                    configuration: fastConfiguration(), logger: quietLogger)
+            try await withRunningNotifier(notifier) { _ in
+                notifier.send([event(1)])
+                // Delivered: the service group's run() is under way.
+                #expect(await eventually { receiver.received.count == 1 })
+                await #expect(throws: NotifierError.self) { try await notifier.run() }
+            }
+        }
     }
 
     @Test func aFullQueueDropsTheOldestWithAWarning() async throws {

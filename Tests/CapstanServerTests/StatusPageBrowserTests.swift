@@ -160,17 +160,17 @@ let pngColours = #"""
             #expect(dom.occurrences(of: "<article") == html.occurrences(of: "<article"))
             #expect(dom.occurrences(of: "<tr") == html.occurrences(of: "<tr"))
 
-            // What a person sees: a 1280×1600 screenshot that is not blank.
+            // What a person sees: a 1280×2400 (the whole fixture page) screenshot that is not blank.
             let screenshot = folder.url.appendingPathComponent("status-page.png")
-            let shot = try await Chromium.run(chromium, ["--screenshot=" + screenshot.path, "--window-size=1280,1600", "--hide-scrollbars", url],
+            let shot = try await Chromium.run(chromium, ["--screenshot=" + screenshot.path, "--window-size=1280,2400", "--hide-scrollbars", url],
                                               in: folder.url, name: "screenshot")
             #expect(!shot.timedOut && shot.status == 0, "chromium --screenshot exited \(shot.status): \(shot.stderr.suffix(2000))")
             let png = try Data(contentsOf: screenshot)
             let size = try #require(pngSize(png), "the screenshot is not a PNG")
-            #expect(size.width == 1280 && size.height == 1600)
+            #expect(size.width == 1280 && size.height == 2400)
 
             let blankShot = folder.url.appendingPathComponent("blank.png")
-            _ = try await Chromium.run(chromium, ["--screenshot=" + blankShot.path, "--window-size=1280,1600", "--hide-scrollbars", url + "blank"],
+            _ = try await Chromium.run(chromium, ["--screenshot=" + blankShot.path, "--window-size=1280,2400", "--hide-scrollbars", url + "blank"],
                                        in: folder.url, name: "blank")
             let blankPNG = try Data(contentsOf: blankShot)
             #expect(pngSize(blankPNG)?.width == 1280)
