@@ -6,17 +6,19 @@
 # trained and deployed by `capstan apply`), found through its process environment.
 #   scripts/bench-gateway.sh               # 10 s per measurement, 8 connections
 #   DURATION=30s CONNECTIONS=32 scripts/bench-gateway.sh
+#   SCRATCH=.build-gw scripts/bench-gateway.sh   # build in another scratch folder (default .build)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
 duration="${DURATION:-10s}"
 connections="${CONNECTIONS:-8}"
+scratch="${SCRATCH:-.build}"
 threads=$(( connections < 2 ? connections : 2 ))
 command -v wrk >/dev/null || { echo "bench-gateway: wrk is missing (apt-get install wrk)" >&2; exit 1; }
 
 echo "==> building capstan (release)" >&2
-swift build -c release --product capstan >/dev/null
-capstan="$(swift build -c release --show-bin-path)/capstan"
+swift build -c release --scratch-path "$scratch" --product capstan >/dev/null
+capstan="$(swift build -c release --scratch-path "$scratch" --show-bin-path)/capstan"
 
 work="$(mktemp -d "${TMPDIR:-/tmp}/capstan-bench-gateway.XXXXXX")"
 agent_pid=""

@@ -51,7 +51,7 @@ struct AdminAPI: HTTPResponder {
             return Response(status: .ok, headers: [.contentType: "text/plain; charset=utf-8"], body: ResponseBody(byteBuffer: ByteBuffer(string: "ok\n")))
         }
         if let token, !Self.authorized(request.headers[.authorization], token: token) {
-            var response = Gateway.error(.unauthorized, request.headers[.authorization] == nil
+            var response = Self.error(.unauthorized, request.headers[.authorization] == nil
                 ? "this agent needs a bearer token: send Authorization: Bearer <token> (the value of its --admin-token-env variable)"
                 : "the bearer token is not this agent's token")
             response.headers[.wwwAuthenticate] = "Bearer"
@@ -59,7 +59,7 @@ struct AdminAPI: HTTPResponder {
         }
         let segments = path.split(separator: "/", omittingEmptySubsequences: true)
         guard segments.count >= 2, segments[0] == "v1", segments[1] == "endpoints", segments.count <= 3 else {
-            return Gateway.error(.notFound, "no such route: \(method) \(path); the admin API serves /healthz, /v1/endpoints and /v1/endpoints/<deployment>")
+            return Self.error(.notFound, "no such route: \(method) \(path); the admin API serves /healthz, /v1/endpoints and /v1/endpoints/<deployment>")
         }
         if segments.count == 2 {
             guard method == .get else { return Self.methodNotAllowed(method, path, allow: "GET") }
@@ -70,7 +70,7 @@ struct AdminAPI: HTTPResponder {
         switch method {
         case .get:
             guard let status = await supervisor.status(deployment: deployment) else {
-                return Gateway.error(.notFound, "unknown deployment \(deployment)")
+                return Self.error(.notFound, "unknown deployment \(deployment)")
             }
             return Self.json(.ok, status)
         case .put:
@@ -78,11 +78,11 @@ struct AdminAPI: HTTPResponder {
         case .delete:
             do {
                 guard try await supervisor.remove(deployment: deployment) else {
-                    return Gateway.error(.notFound, "unknown deployment \(deployment)")
+                    return Self.error(.notFound, "unknown deployment \(deployment)")
                 }
                 return Response(status: .noContent)
             } catch {
-                return Gateway.error(.internalServerError, error.message)
+                return Self.error(.internalServerError, error.message)
             }
         default:
             return Self.methodNotAllowed(method, path, allow: "GET, PUT, DELETE")
@@ -91,28 +91,28 @@ struct AdminAPI: HTTPResponder {
 
     private func put(_ deployment: String, request: Request) async -> Response {
         if let length = request.headers[.contentLength].flatMap({ Int($0) }), length > Self.bodyLimit {
-            return Gateway.error(.contentTooLarge, "the body is \(length) bytes; the admin API accepts at most 1 MiB")
+            return Self.error(.contentTooLarge, "the body is \(length) bytes; the admin API accepts at most 1 MiB")
         }
         let buffer: ByteBuffer
         do {
             buffer = try await request.body.collect(upTo: Self.bodyLimit)
         } catch {
-            return Gateway.error(.contentTooLarge, "the body is larger than 1 MiB, the admin API's limit")
+            return Self.error(.contentTooLarge, "the body is larger than 1 MiB, the admin API's limit")
         }
         let spec: EndpointSpec
         do {
             spec = try EndpointSpecDocument.decode(Data(buffer.readableBytesView))
         } catch {
-            return Gateway.error(.badRequest, error.message)
+            return Self.error(.badRequest, error.message)
         }
         let problems = EndpointValidation.problems(spec, pathDeployment: deployment)
         if !problems.isEmpty {
-            return Gateway.error(.badRequest, "invalid endpoint spec for '\(deployment)': " + problems.joined(separator: "; "))
+            return Self.error(.badRequest, "invalid endpoint spec for '\(deployment)': " + problems.joined(separator: "; "))
         }
         do {
             return Self.json(.ok, try await supervisor.apply(spec))
         } catch {
-            return Gateway.error(.internalServerError, error.message)
+            return Self.error(.internalServerError, error.message)
         }
     }
 
@@ -129,7 +129,7 @@ struct AdminAPI: HTTPResponder {
     }
 
     static func methodNotAllowed(_ method: HTTPRequest.Method, _ path: String, allow: String) -> Response {
-        var response = Gateway.error(.methodNotAllowed, "\(method) is not allowed on \(path); use \(allow)")
+        var response = Self.error(.methodNotAllowed, "\(method) is not allowed on \(path); use \(allow)")
         response.headers[.allow] = allow
         return response
     }
@@ -146,7 +146,13 @@ struct AdminAPI: HTTPResponder {
             data.append(0x0A)
             return Response(status: status, headers: [.contentType: "application/json"], body: ResponseBody(byteBuffer: ByteBuffer(bytes: data)))
         } catch {
-            return Gateway.error(.internalServerError, "cannot encode the answer (\(error))")
+            return Self.error(.internalServerError, "cannot encode the answer (\(error))")
         }
+    }
+
+    /// A JSON error answer: `{"error": "..."}`.
+    static func error(_ status: HTTPResponse.Status, _ message: String) -> Response {
+        Response(status: status, headers: [.contentType: "application/json"],
+                 body: ResponseBody(byteBuffer: ByteBuffer(string: ProxyHeaders.errorBody(message))))
     }
 }

@@ -14,6 +14,12 @@ final class BackendCounters: Sendable {
         }
     }
 
+    /// One answer cut short after its head (already counted by `recordResponse`): the model server
+    /// closed the connection, or paused too long, in the middle of the body.
+    func recordBrokenResponse() {
+        stats.withLock { $0.connectionErrors += 1 }
+    }
+
     /// One request that never got a response from the model server.
     func recordConnectionError() {
         stats.withLock { stats in
@@ -28,14 +34,14 @@ final class BackendCounters: Sendable {
 /// One ready model-server process as the gateway sees it.
 final class ReplicaTarget: Sendable {
     let port: Int
-    /// `http://127.0.0.1:PORT`, prefix of every upstream URL.
-    let base: String
+    /// `127.0.0.1:PORT`, the `Host` of requests sent to it.
+    let authority: String
     /// Requests being proxied to it right now; a stopping replica waits for zero (bounded).
     let inFlight = Atomic<Int>(0)
 
     init(port: Int) {
         self.port = port
-        self.base = "http://127.0.0.1:\(port)"
+        self.authority = "127.0.0.1:\(port)"
     }
 }
 

@@ -140,11 +140,7 @@ public final class ServingAgent: Sendable {
                                     environment: configuration.environment, logDirectory: logDirectory, store: store,
                                     onEvent: configuration.onEvent)
         let gate = ListeningGate(gateway: configuration.gateway, admin: configuration.admin, bootID: bootID, onListening: onListening)
-        let gateway = Application(
-            responder: Gateway(routes: routes, client: client, upstreamTimeout: .milliseconds(configuration.upstreamTimeout.milliseconds)),
-            configuration: ApplicationConfiguration(address: .hostname(configuration.gateway.host, port: configuration.gateway.port)),
-            onServerRunning: { channel in gate.listening(.gateway, port: channel.localAddress?.port ?? configuration.gateway.port) },
-            logger: logger)
+        let gateway = Gateway(routes: routes, upstreamTimeout: .milliseconds(configuration.upstreamTimeout.milliseconds))
         let admin = Application(
             responder: AdminAPI(supervisor: supervisor, token: configuration.adminToken.map { Array($0.utf8) }, bootID: bootID, startedAt: startedAt),
             configuration: ApplicationConfiguration(address: .hostname(configuration.admin.host, port: configuration.admin.port)),
@@ -155,7 +151,8 @@ public final class ServingAgent: Sendable {
         var groupConfiguration = ServiceGroupConfiguration(
             services: [
                 .init(service: SupervisorService(supervisor: supervisor, gate: gate)),
-                .init(service: Listener(role: "gateway", address: configuration.gateway, application: gateway)),
+                .init(service: GatewayService(gateway: gateway, address: configuration.gateway,
+                                              onListening: { port in gate.listening(.gateway, port: port) })),
                 .init(service: Listener(role: "admin API", address: configuration.admin, application: admin)),
             ],
             gracefulShutdownSignals: handleSignals ? [.sigterm, .sigint] : [],
@@ -225,9 +222,9 @@ public final class ServingAgent: Sendable {
         }
     }
 
-    /// The HTTP client of the gateway and of readiness probes: HTTP/1.1 to 127.0.0.1, pooled,
-    /// no redirects, no retries of a failed connect (a dead replica must fail fast), at most
-    /// 5 minutes without a byte from a model server.
+    /// The HTTP client of readiness probes: HTTP/1.1 to 127.0.0.1, pooled, no redirects, no
+    /// retries of a failed connect (a dead replica must fail fast), at most 5 minutes without a
+    /// byte from a model server.
     static var clientConfiguration: HTTPClient.Configuration {
         var pool = HTTPClient.Configuration.ConnectionPool(idleTimeout: .seconds(60), concurrentHTTP1ConnectionsPerHostSoftLimit: 256)
         pool.retryConnectionEstablishment = false
@@ -333,7 +330,7 @@ struct SupervisorService: Service {
     }
 }
 
-/// One Hummingbird listener; a failure to listen becomes a message that names the address.
+/// One Hummingbird listener (the admin API); a failure to listen becomes a message that names the address.
 struct Listener<Responder: HTTPResponder>: Service where Responder.Context == BasicRequestContext {
     let role: String
     let address: ListenAddress
@@ -343,19 +340,25 @@ struct Listener<Responder: HTTPResponder>: Service where Responder.Context == Ba
         do {
             try await application.run()
         } catch let error as IOError {
-            let reason: String
-            switch error.errnoCode {
-            case EADDRINUSE: reason = "the address is already in use (another `capstan serve`?)"
-            case EADDRNOTAVAIL: reason = "this machine has no such address"
-            case EACCES: reason = "permission denied (ports below 1024 need privileges)"
-            default: reason = error.description
-            }
-            let flag = role == "gateway" ? "--gateway" : "--admin"
-            throw ServingAgentError(message: "cannot listen on \(address) for the \(role): \(reason); choose another address with \(flag)")
+            throw ListenFailure.error(error, role: role, address: address, flag: "--admin")
         } catch {
             // Cut short by a stop that took too long: that is how stopping ends, not a failure.
             if Task.isCancelled || Task.isShuttingDownGracefully { return }
             throw error
         }
+    }
+}
+
+/// Why a listener could not open its address, in words that say what to do.
+enum ListenFailure {
+    static func error(_ error: any Error, role: String, address: ListenAddress, flag: String) -> ServingAgentError {
+        let reason: String
+        switch (error as? IOError)?.errnoCode {
+        case EADDRINUSE: reason = "the address is already in use (another `capstan serve`?)"
+        case EADDRNOTAVAIL: reason = "this machine has no such address"
+        case EACCES: reason = "permission denied (ports below 1024 need privileges)"
+        default: reason = (error as? IOError)?.description ?? "\(error)"
+        }
+        return ServingAgentError(message: "cannot listen on \(address) for the \(role): \(reason); choose another address with \(flag)")
     }
 }

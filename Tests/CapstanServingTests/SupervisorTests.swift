@@ -121,7 +121,8 @@ import Testing
         try await f.withAgent { agent, client in
             try await client.apply(EndpointSpec(deployment: "shrink", model: "m", backends: [f.backend(1, weight: 50, replicas: 2), f.backend(2, weight: 50)]))
             try await waitReady(client, "shrink")
-            let v1 = f.events.pids(version: 1)
+            // By replica number (the two start at the same time, in either order).
+            let v1 = f.events.of(.started, version: 1).sorted { ($0.replica ?? 0) < ($1.replica ?? 0) }.compactMap(\.pid)
             let v2 = try #require(f.events.pids(version: 2).first)
             #expect(v1.count == 2)
 
