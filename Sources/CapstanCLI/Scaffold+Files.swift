@@ -350,6 +350,9 @@ def predict(row):
 
 
 class Handler(BaseHTTPRequestHandler):
+    # Keep-alive, as production model servers do: one connection serves many requests.
+    protocol_version = "HTTP/1.1"
+
     def _send(self, status, body):
         data = json.dumps(body).encode()
         self.send_response(status)
@@ -379,8 +382,13 @@ class Handler(BaseHTTPRequestHandler):
         pass
 
 
+class Server(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 128  # the listen backlog (http.server's default is 5)
+
+
 if __name__ == "__main__":
-    ThreadingHTTPServer(("127.0.0.1", int(os.environ.get("PORT", "8000"))), Handler).serve_forever()
+    Server(("127.0.0.1", int(os.environ.get("PORT", "8000"))), Handler).serve_forever()
 """#),
         ScaffoldFile(path: "models/churn/train.py", executable: false, contents: #"""
 """Trains a churn classifier (logistic regression) with the Python standard library only.
