@@ -76,7 +76,7 @@ final class LogCapture: Sendable {
 
 /// Polls `condition` until it holds, for at most `seconds`. Bounds a test whose subject works in
 /// the background; it is not a timing assertion.
-func eventually(seconds: Double = 20, _ condition: () -> Bool) async -> Bool {
+func eventually(seconds: Double = 60, _ condition: () -> Bool) async -> Bool {
     let deadline = ContinuousClock.now + .seconds(seconds)
     while ContinuousClock.now < deadline {
         if condition() { return true }
