@@ -32,8 +32,9 @@ final class Controller: Sendable {
     let actor: String
     /// The serving layer, when not the one capstan.yaml names (the in-process agent of --serve).
     private let serving = Mutex<ServingConnection?>(nil)
-    /// Returns once the controller may start passes (the in-process agent listens).
-    let startGate: @Sendable () async -> Void
+    /// Returns once the controller may start passes (the in-process agent listens), with the
+    /// serving layer to use instead of the one capstan.yaml names, if any.
+    let startGate: @Sendable () async -> ServingConnection?
     /// Called after every pass with the audit events it recorded and its outcome (notifications).
     let afterPass: @Sendable (_ events: [AuditEvent], _ deployments: [PlanEntry], _ failure: String?, _ commit: String) -> Void
     let startedAt = Date()
@@ -53,7 +54,7 @@ final class Controller: Sendable {
     private let state = Mutex(State())
 
     init(options: RepositoryOptions, timing: ControllerTiming, database: StateDatabase, metrics: ControllerMetrics, logger: Logger,
-         actor: String, startGate: @escaping @Sendable () async -> Void = {},
+         actor: String, startGate: @escaping @Sendable () async -> ServingConnection? = { nil },
          afterPass: @escaping @Sendable ([AuditEvent], [PlanEntry], String?, String) -> Void) {
         self.options = options
         self.timing = timing
@@ -63,11 +64,6 @@ final class Controller: Sendable {
         self.actor = actor
         self.startGate = startGate
         self.afterPass = afterPass
-    }
-
-    /// Passes talk to this serving layer from now on.
-    func useServing(_ connection: ServingConnection) {
-        serving.withLock { $0 = connection }
     }
 
     // MARK: What the HTTP side reads
@@ -125,7 +121,7 @@ final class Controller: Sendable {
     // MARK: The loop
 
     func run() async {
-        await startGate()
+        if let connection = await startGate() { serving.withLock { $0 = connection } }
         state.withLock { $0.lastAuditID = (try? AuditLog(database: database).query(limit: 1).first?.id ?? 0) ?? 0 }
         let clock = ContinuousClock()
         var nextPoll = clock.now + Self.jittered(timing.interval)

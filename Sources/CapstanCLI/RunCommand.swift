@@ -163,7 +163,6 @@ struct RunCommand: AsyncParsableCommand {
 
         // The in-process serving agent (--serve); passes wait until it listens.
         let agentListening = AsyncGate<RunningAgent>()
-        var agent: ServingAgent?
         if serve {
             var configuration = ServingAgentConfiguration(stateDirectory: options.stateDirectory)
             configuration.gateway = try Self.address(gateway, "--gateway")
@@ -172,7 +171,6 @@ struct RunCommand: AsyncParsableCommand {
             let agentLogger = logger
             configuration.onEvent = { event in agentLogger.info("\(event)", metadata: ["component": "serve"]) }
             let created = try ServingAgent(configuration: configuration)
-            agent = created
             services.append(.init(service: AgentService(agent: created, listening: agentListening, logger: logger),
                                   successTerminationBehavior: .gracefullyShutdownGroup, failureTerminationBehavior: .gracefullyShutdownGroup))
         }
@@ -182,19 +180,16 @@ struct RunCommand: AsyncParsableCommand {
         let controller = Controller(
             options: options, timing: timing, database: database, metrics: metrics, logger: logger,
             actor: "capstan run (\(host))",
-            startGate: { [serve] in if serve { _ = await agentListening.value() } },
+            startGate: { [serve] in
+                // With --serve, passes wait for the in-process agent and talk to it.
+                guard serve, let running = await agentListening.value() else { return nil }
+                let client = AgentClient(adminURL: running.adminURL, token: adminToken, timeout: .seconds(10))
+                return ServingConnection(target: client, close: { try? await client.shutdown() })
+            },
             afterPass: { events, deployments, failure, commit in
                 guard let notifier else { return }
                 notifier.send(NotificationMapping.events(from: events, deployments: deployments, passFailure: failure, commit: commit))
             })
-        if agent != nil {
-            let controllerRef = controller
-            Task {
-                guard let running = await agentListening.value() else { return }
-                let client = AgentClient(adminURL: running.adminURL, token: adminToken, timeout: .seconds(10))
-                controllerRef.useServing(ServingConnection(target: client, close: { try? await client.shutdown() }))
-            }
-        }
         services.append(.init(service: ControllerLoopService(controller: controller),
                               successTerminationBehavior: .gracefullyShutdownGroup, failureTerminationBehavior: .gracefullyShutdownGroup))
         let backend = ControllerStatusBackend(controller: controller, database: database, stateDirectory: options.stateDirectory,

@@ -422,7 +422,8 @@ import Testing
             _ = FileManager.default.fileExists(atPath: example.appendingPathComponent(file).path, isDirectory: &isDir)
             if isDir.boolValue { continue }
             let text = try String(contentsOf: example.appendingPathComponent(file), encoding: .utf8)
-                .replacingOccurrences(of: "http://127.0.0.1:7070", with: "http://127.0.0.1:\(admin)")
+                // Nothing listens there: with --serve, passes talk to the in-process agent.
+                .replacingOccurrences(of: "http://127.0.0.1:7070", with: "http://127.0.0.1:1")
                 .replacingOccurrences(of: "pause: 5s", with: "pause: 1s")
                 .replacingOccurrences(of: "minRequests: 20", with: "minRequests: 5")
             try repo.write(file, text)
@@ -448,6 +449,7 @@ import Testing
         }
         #expect(Self.eventually(within: 90) { predict() == (200, "1") }, "v1 never served: \(controller.logText)")
         #expect(!Self.processes(withEnvironment: "CAPSTAN_MODEL_DIR=\(temp.sub("state").path)").isEmpty, "no model server seen")
+        #expect(!controller.logText.contains("serving-unavailable"), "a pass did not use the in-process agent: \(controller.logText)")
 
         let model = repo.url.appendingPathComponent("models/churn/model.yaml")
         try repo.write("models/churn/model.yaml", try String(contentsOf: model, encoding: .utf8).replacingOccurrences(of: "epochs: 20,", with: "epochs: 200,"))
