@@ -101,7 +101,8 @@ final class Controller: Sendable {
         let logger = self.logger
         Task {
             try? await Task.sleep(for: grace)
-            if !task.isCancelled {
+            // Only if that pass is still running (a finished one has left `passTask`).
+            if self.state.withLock({ $0.passTask == task }), !task.isCancelled {
                 logger.warning("the pass did not finish within the shutdown grace; stopping its step (the next pass resumes it)")
                 task.cancel()
             }
