@@ -63,6 +63,10 @@ struct RunCommand: AsyncParsableCommand {
     @Option(name: .customLong("admin"), help: ArgumentHelp("With --serve: where the agent's admin API listens.", valueName: "host:port"))
     var admin = "127.0.0.1:7070"
 
+    @Option(name: .customLong("gateway-threads"), help: ArgumentHelp(
+        "With --serve: event-loop threads of the gateway (default: half the cores, at least 1).", valueName: "n"))
+    var gatewayThreads: Int?
+
     @Option(name: .customLong("admin-token-env"), help: ArgumentHelp(
         "With --serve: the agent's admin API requires this environment variable's value as a bearer token.", valueName: "name"))
     var adminTokenEnv: String?
@@ -86,6 +90,9 @@ struct RunCommand: AsyncParsableCommand {
         for (text, name) in [(interval, "--interval"), (resync, "--resync"), (tick, "--tick"), (shutdownGrace, "--shutdown-grace")] {
             let d = try ManifestDuration.option(text, name)
             if name != "--shutdown-grace", d.milliseconds < 1000 { throw ValidationError("\(name) '\(text)' is shorter than 1s") }
+        }
+        if let gatewayThreads, !(1...256).contains(gatewayThreads) {
+            throw ValidationError("--gateway-threads \(gatewayThreads) is not between 1 and 256")
         }
         if serve {
             _ = try Self.usage { () throws(ServingAgentError) in try ListenAddress(parsing: gateway, option: "--gateway") }
@@ -168,6 +175,7 @@ struct RunCommand: AsyncParsableCommand {
             configuration.gateway = try Self.address(gateway, "--gateway")
             configuration.admin = try Self.address(admin, "--admin")
             configuration.adminToken = adminToken
+            if let gatewayThreads { configuration.gatewayThreads = gatewayThreads }
             let agentLogger = logger
             configuration.onEvent = { event in agentLogger.info("\(event)", metadata: ["component": "serve"]) }
             let created = try ServingAgent(configuration: configuration)

@@ -22,6 +22,10 @@ struct ServeCommand: AsyncParsableCommand {
     @Option(name: .customLong("admin"), help: ArgumentHelp("Where the admin API listens.", valueName: "host:port"))
     var admin = "127.0.0.1:7070"
 
+    @Option(name: .customLong("gateway-threads"), help: ArgumentHelp(
+        "Event-loop threads of the gateway (default: half the cores, at least 1).", valueName: "n"))
+    var gatewayThreads: Int?
+
     @OptionGroup var state: StateDirectoryOption
 
     @Option(name: .customLong("admin-token-env"), help: ArgumentHelp(
@@ -35,6 +39,9 @@ struct ServeCommand: AsyncParsableCommand {
             _ = try ListenAddress(parsing: admin, option: "--admin")
         } catch {
             throw ValidationError(error.message)
+        }
+        if let gatewayThreads, !(1...256).contains(gatewayThreads) {
+            throw ValidationError("--gateway-threads \(gatewayThreads) is not between 1 and 256")
         }
         if let adminTokenEnv, !Names.isEnvName(adminTokenEnv) {
             throw ValidationError("--admin-token-env '\(adminTokenEnv)' is not an environment variable name")
@@ -62,6 +69,7 @@ struct ServeCommand: AsyncParsableCommand {
         configuration.gateway = try ListenAddress(parsing: gateway, option: "--gateway")
         configuration.admin = try ListenAddress(parsing: admin, option: "--admin")
         configuration.environment = environment
+        if let gatewayThreads { configuration.gatewayThreads = gatewayThreads }
         if let adminTokenEnv {
             guard let token = environment[adminTokenEnv], !token.isEmpty else {
                 throw CommandFailure(message: "--admin-token-env names \(adminTokenEnv), which is not set (or empty) in this environment; "

@@ -3,6 +3,7 @@ import Foundation
 import Hummingbird
 import Logging
 import NIOCore
+import NIOPosix
 import ServiceLifecycle
 import Synchronization
 
@@ -48,6 +49,11 @@ public struct ServingAgentConfiguration: Sendable {
     /// How long the admin API and the gateway get to finish the requests in flight when the
     /// agent stops; then they are cancelled. The model servers are stopped after that.
     public var gracefulShutdownTimeout: Duration = .seconds(10)
+    /// Event-loop threads of the gateway. The agent shares its machine with the model servers it
+    /// runs, so by default the gateway takes half the cores (at least one): on two cores one
+    /// thread proxies eight connections faster than two threads competing with the servers
+    /// (docs/benchmarks.md).
+    public var gatewayThreads = max(1, System.coreCount / 2)
     /// Supervisor events (started, ready, crashed, restarting, stopped, refused).
     public var onEvent: @Sendable (ServingEvent) -> Void = { _ in }
 
@@ -140,7 +146,8 @@ public final class ServingAgent: Sendable {
                                     environment: configuration.environment, logDirectory: logDirectory, store: store,
                                     onEvent: configuration.onEvent)
         let gate = ListeningGate(gateway: configuration.gateway, admin: configuration.admin, bootID: bootID, onListening: onListening)
-        let gateway = Gateway(routes: routes, upstreamTimeout: .milliseconds(configuration.upstreamTimeout.milliseconds))
+        let gatewayLoops = MultiThreadedEventLoopGroup(numberOfThreads: max(1, configuration.gatewayThreads))
+        let gateway = Gateway(routes: routes, upstreamTimeout: .milliseconds(configuration.upstreamTimeout.milliseconds), group: gatewayLoops)
         let admin = Application(
             responder: AdminAPI(supervisor: supervisor, token: configuration.adminToken.map { Array($0.utf8) }, bootID: bootID, startedAt: startedAt),
             configuration: ApplicationConfiguration(address: .hostname(configuration.admin.host, port: configuration.admin.port)),
@@ -177,6 +184,7 @@ public final class ServingAgent: Sendable {
         }
         state.withLock { $0.group = nil }
         try? await client.shutdown()
+        try? await gatewayLoops.shutdownGracefully()
         if let failure { throw failure }
     }
 

@@ -490,5 +490,9 @@ import Testing
         #expect(noRepo.status == 64 && noRepo.stderr.contains("--repo is required"))
         let badAddress = try CLI.run(["run", "--repo", repo.path, "--http", "nowhere"])
         #expect(badAddress.status == 64)
+        for command in ["run", "serve"] {
+            let threads = try CLI.run([command, "--repo", repo.path, "--gateway-threads", "0"].filter { command == "run" || ($0 != "--repo" && $0 != repo.path) })
+            #expect(threads.status == 64 && threads.stderr.contains("--gateway-threads 0 is not between 1 and 256"), "\(command): \(threads.stderr)")
+        }
     }
 }
