@@ -81,18 +81,9 @@ struct ApplyCommand: AsyncParsableCommand {
             work.cancel()
         }
         // The lease is renewed while the pass runs; losing it stops the pass.
-        let renewal = Task {
-            while !Task.isCancelled {
-                try? await Task.sleep(for: .seconds(ttl / 4))
-                if Task.isCancelled { return }
-                do {
-                    try lock.renew(holder: holder, ttl: ttl)
-                } catch {
-                    Terminal.err("capstan: error: \(error); stopping\n")
-                    work.cancel()
-                    return
-                }
-            }
+        let renewal = renewingLease(lock, holder: holder, ttl: ttl) { error in
+            Terminal.err("capstan: error: \(error); stopping\n")
+            work.cancel()
         }
         let result = await work.result
         renewal.cancel()

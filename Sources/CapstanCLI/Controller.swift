@@ -259,18 +259,9 @@ final class Controller: Sendable {
             return state.shuttingDown
         }
         if stopNow { beginShutdown() }
-        let renewal = Task {
-            while !Task.isCancelled {
-                try? await Task.sleep(for: .seconds(ttl / 4))
-                if Task.isCancelled { return }
-                do {
-                    try lock.renew(holder: holder, ttl: ttl)
-                } catch {
-                    log.error("lost the state lock (\(error)); stopping the pass")
-                    task.cancel()
-                    return
-                }
-            }
+        let renewal = renewingLease(lock, holder: holder, ttl: ttl) { [log] error in
+            log.error("lost the state lock (\(error)); stopping the pass")
+            task.cancel()
         }
         let result = await task.result
         renewal.cancel()

@@ -93,6 +93,24 @@ enum PassPreparation {
     }
 }
 
+/// Renews a lease every quarter of its `ttl` while a pass runs; when renewal fails, calls
+/// `onLost` (which stops the pass) and ends. Cancel the returned task when the pass is over.
+func renewingLease(_ lock: StateLock, holder: String, ttl: TimeInterval,
+                   onLost: @escaping @Sendable (any Error) -> Void) -> Task<Void, Never> {
+    Task {
+        while !Task.isCancelled {
+            try? await Task.sleep(for: .seconds(ttl / 4))
+            if Task.isCancelled { return }
+            do {
+                try lock.renew(holder: holder, ttl: ttl)
+            } catch {
+                onLost(error)
+                return
+            }
+        }
+    }
+}
+
 /// The serving layer a pass talks to, and how to let go of it.
 struct ServingConnection: Sendable {
     var target: any ServingTarget
