@@ -6,6 +6,7 @@ import CapstanStore
 import Foundation
 import Hummingbird
 import Logging
+import NIOCore
 import ServiceLifecycle
 import Synchronization
 
@@ -203,14 +204,14 @@ struct RunCommand: AsyncParsableCommand {
         let backend = ControllerStatusBackend(controller: controller, database: database, stateDirectory: options.stateDirectory,
                                               repository: options.repo ?? ".", ref: options.ref, interval: interval)
         let httpLogger = logger
-        let application = Application(
+        let application = ControllerListener(address: httpAddress, application: Application(
             responder: ControllerHTTP(backend: backend, metrics: metrics, configuration: httpConfiguration, logger: logger),
             configuration: ApplicationConfiguration(address: .hostname(httpAddress.host, port: httpAddress.port), serverName: "capstan"),
             onServerRunning: { channel in
                 let port = channel.localAddress?.port ?? httpAddress.port
                 httpLogger.info("controller HTTP on http://\(ListenAddress(host: httpAddress.host, port: port)) (status page /, /healthz, /readyz, /metrics)")
             },
-            logger: Self.quiet(logger))
+            logger: Self.quiet(logger)))
         services.append(.init(service: application, successTerminationBehavior: .gracefullyShutdownGroup,
                               failureTerminationBehavior: .gracefullyShutdownGroup))
 
@@ -236,8 +237,9 @@ struct RunCommand: AsyncParsableCommand {
         let result = await run.result
         stopper.stop()
         if case .failure(let error) = result, !(error is CancellationError) {
-            logger.error("the controller stopped: \(error)")
-            throw CommandFailure(message: "the controller stopped: \(error)")
+            let message = (error as? ServingAgentError)?.message ?? "\(error)"
+            logger.error("the controller stopped: \(message)")
+            throw CommandFailure(message: "the controller stopped: \(message)")
         }
         logger.info("controller stopped")
         if stopper.secondSignal { throw ExitCode(128 + (stopper.received ?? SIGTERM)) }
@@ -249,6 +251,21 @@ struct RunCommand: AsyncParsableCommand {
 
     static func address(_ text: String, _ option: String) throws -> ListenAddress {
         do { return try ListenAddress(parsing: text, option: option) } catch { throw CommandFailure(message: error.message, exitCode: ExitStatus.usage) }
+    }
+
+    /// The controller's HTTP server; a failure to listen becomes a message that names the
+    /// address and the flag to change.
+    struct ControllerListener<Responder: HTTPResponder>: Service where Responder.Context == BasicRequestContext {
+        let address: ListenAddress
+        let application: Application<Responder>
+
+        func run() async throws {
+            do {
+                try await application.run()
+            } catch let error as IOError {
+                throw ListenFailure.error(error, role: "controller's HTTP server", address: address, flag: "--http")
+            }
+        }
     }
 
     /// Library loggers (Hummingbird, ServiceLifecycle) say only what goes wrong.

@@ -358,11 +358,11 @@ struct Listener<Responder: HTTPResponder>: Service where Responder.Context == Ba
 }
 
 /// Why a listener could not open its address, in words that say what to do.
-enum ListenFailure {
-    static func error(_ error: any Error, role: String, address: ListenAddress, flag: String) -> ServingAgentError {
+public enum ListenFailure {
+    public static func error(_ error: any Error, role: String, address: ListenAddress, flag: String) -> ServingAgentError {
         let reason: String
         switch (error as? IOError)?.errnoCode {
-        case EADDRINUSE: reason = "the address is already in use (another `capstan serve`?)"
+        case EADDRINUSE: reason = "the address is already in use (another `capstan serve` or `capstan run`?)"
         case EADDRNOTAVAIL: reason = "this machine has no such address"
         case EACCES: reason = "permission denied (ports below 1024 need privileges)"
         default: reason = (error as? IOError)?.description ?? "\(error)"

@@ -490,6 +490,19 @@ import Testing
         #expect(noRepo.status == 64 && noRepo.stderr.contains("--repo is required"))
         let badAddress = try CLI.run(["run", "--repo", repo.path, "--http", "nowhere"])
         #expect(badAddress.status == 64)
+        // The HTTP port taken: a message that names the address and the flag, exit 1.
+        let taken = try PythonServer(script: """
+            import socket, time
+            s = socket.socket(); s.bind(('127.0.0.1', 0)); s.listen()
+            print(s.getsockname()[1], flush=True)
+            time.sleep(120)
+            """)
+        defer { taken.stop() }
+        let busy = try CLI.run(["run", "--repo", repo.path, "--state-dir", temp.sub("busy").path, "--http", "127.0.0.1:\(taken.port)"])
+        #expect(busy.status == 1)
+        #expect(busy.stderr.contains("cannot listen on 127.0.0.1:\(taken.port) for the controller's HTTP server: the address is already in use"),
+                "\(busy.stderr)")
+        #expect(busy.stderr.contains("choose another address with --http"))
         for command in ["run", "serve"] {
             let threads = try CLI.run([command, "--repo", repo.path, "--gateway-threads", "0"].filter { command == "run" || ($0 != "--repo" && $0 != repo.path) })
             #expect(threads.status == 64 && threads.stderr.contains("--gateway-threads 0 is not between 1 and 256"), "\(command): \(threads.stderr)")
