@@ -10,6 +10,11 @@
 #      reclaimable), and the proportional set size (PSS).
 #   WITH_SERVE=0 leaves out --serve (the controller alone; the quick start's Deployment is then
 #   reported ServingUnavailable, which changes nothing).
+#   The binary is the one we ship, built by scripts/build-release.sh (static runtime, code laid out
+#   by scripts/capstan.order); CAPSTAN_BIN=path measures another build instead, e.g. a plain
+#   `swift build -c release` one, for comparison.
+#   Before the idle period the status page, /metrics and /api/v1/status are each loaded once, so
+#   the figure includes the code that serves them.
 #   scripts/bench-controller.sh
 #   IDLE=60 WEBHOOKS=10 scripts/bench-controller.sh      # shorter
 set -euo pipefail
@@ -17,11 +22,13 @@ cd "$(dirname "$0")/.."
 root=$PWD
 idle="${IDLE:-600}"
 webhooks="${WEBHOOKS:-20}"
-scratch="${SCRATCH:-.build}"
-
-echo "==> building capstan (release)" >&2
-swift build -c release --scratch-path "$scratch" --product capstan >/dev/null
-capstan="$(swift build -c release --scratch-path "$scratch" --show-bin-path)/capstan"
+if [[ -n "${CAPSTAN_BIN:-}" ]]; then
+  capstan="$CAPSTAN_BIN"
+else
+  echo "==> building capstan (scripts/build-release.sh)" >&2
+  capstan="$(scripts/build-release.sh)"
+fi
+echo "==> binary: $capstan" >&2
 
 work="$(mktemp -d "${TMPDIR:-/tmp}/capstan-bench-controller.XXXXXX")"
 pid=""
@@ -100,6 +107,7 @@ print(f"webhook -> pass start: median {statistics.median(delays):.1f} ms, p90 {d
       f"max {delays[-1]:.1f} ms over {len(delays)} webhooks (log timestamps have 1 ms resolution)")
 EOF
 
+for path in / /metrics /api/v1/status; do curl -s -o /dev/null "http://127.0.0.1:$http$path"; done
 echo "==> idle for $idle s (nothing to do; one poll a minute)" >&2
 python3 - "$pid" "$idle" <<'EOF'
 import os, sys, time
