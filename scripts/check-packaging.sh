@@ -5,11 +5,12 @@
 #   2. Kubernetes objects against the API schemas (kubernetes-validate, when installed), the
 #      kustomization renders (kubectl, when installed), the workflow against GitHub's workflow
 #      schema (check-jsonschema's built-in copy, when installed) and its script's syntax (node);
-#   3. every capstan option used by the Dockerfile, the Kubernetes manifests, the systemd units,
+#   3. the Debian packages the Dockerfile installs exist in bookworm, and the files it copies exist;
+#   4. every capstan option used by the Dockerfile, the Kubernetes manifests, the systemd units,
 #      env.example and the workflow exists in `capstan <command> --help`;
-#   4. the systemd units with `systemd-analyze verify` (when present), in a temporary root with a
+#   5. the systemd units with `systemd-analyze verify` (when present), in a temporary root with a
 #      stand-in binary at /usr/local/bin/capstan; any warning fails;
-#   5. the workflow's own validate / state / plan step scripts, extracted from the YAML and run
+#   6. the workflow's own validate / state / plan step scripts, extracted from the YAML and run
 #      with bash against a temporary Git copy of examples/quickstart: validate exits 0, plan
 #      exits 2 (changes) and its comment is Markdown with the marker.
 #
@@ -81,6 +82,21 @@ PY
 else
   skip "Dockerfile packages (no bookworm apt lists here; run apt-get update)"
 fi
+
+# Every file the Dockerfile copies from the build context exists (globs like Package.resolve[d]
+# may match nothing, by design).
+missing_copies=$(python3 - <<'PY'
+import glob, re
+for line in open("manifests/Dockerfile"):
+    m = re.match(r"COPY (?!--from)(.+)", line.strip())
+    if m:
+        for src in m.group(1).split()[:-1]:
+            if not any(c in src for c in "*?[") and not glob.glob(src):
+                print(src)
+PY
+)
+[ -z "$missing_copies" ] || fail "manifests/Dockerfile copies what the repository does not have: $missing_copies"
+ok "manifests/Dockerfile: every COPY source exists"
 
 # Step scripts of the workflow, by step name, into $work/steps/.
 mkdir -p "$work/steps"

@@ -14,9 +14,13 @@ set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$here"
 
-echo "==> building capstan"
-swift build --product capstan >/dev/null
-capstan="$(swift build --show-bin-path)/capstan"
+if [[ -n "${CAPSTAN_BIN:-}" ]]; then
+  capstan="$CAPSTAN_BIN"   # CI runs the quick start again with the shipped build (scripts/build-release.sh)
+else
+  echo "==> building capstan"
+  swift build --product capstan >/dev/null
+  capstan="$(swift build --show-bin-path)/capstan"
+fi
 
 work="$(mktemp -d "${TMPDIR:-/tmp}/capstan-quickstart.XXXXXX")"
 repo="$work/models-repo"

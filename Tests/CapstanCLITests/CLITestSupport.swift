@@ -11,8 +11,12 @@ struct CLI {
     }
 
     /// The `capstan` executable next to the test bundle (SwiftPM builds it because the test
-    /// target depends on it).
+    /// target depends on it), or the one `CAPSTAN_TEST_BINARY` names: CI runs the controller
+    /// tests again against the shipped build of scripts/build-release.sh.
     static let binary: URL = {
+        if let path = ProcessInfo.processInfo.environment["CAPSTAN_TEST_BINARY"], !path.isEmpty {
+            return URL(fileURLWithPath: path)
+        }
         let runner = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath()
         var dir = runner.deletingLastPathComponent()
         while dir.path != "/" {
