@@ -4,7 +4,7 @@
 #   - every function in its own section, linked by lld in the order of scripts/capstan.order:
 #     the functions the controller runs are packed together at the front of the code, so the
 #     pages the process touches (and keeps resident) are few instead of one in every stretch of
-#     the 40 MB of code (idle RSS of `capstan run` 57 → about 40 MiB, docs/benchmarks.md);
+#     the 40 MB of code (idle RSS of `capstan run` about 56 → 40 MiB, docs/benchmarks.md);
 #   - packed relative relocations (DT_RELR, glibc ≥ 2.36) and no exported dynamic symbols,
 #     so the loader reads and writes less at start-up.
 # A stale order file costs memory, never correctness: functions it does not name are laid out

@@ -9,7 +9,7 @@
 # callgrind records every function that ran, however briefly; sampling profilers miss the ones
 # that run once, and each of those would otherwise keep a stretch of cold code resident.
 # The list is sorted (stable diffs); the order inside the hot set does not matter, that it is
-# together does. Takes about 5 minutes after the build.
+# together does. Takes about 3 minutes after the build.
 #
 #   scripts/gen-order-file.sh && git diff --stat scripts/capstan.order
 set -euo pipefail
