@@ -12,7 +12,7 @@ import Synchronization
 struct ControllerTiming: Sendable {
     /// Polls the source this often (±10% jitter).
     var interval: Duration = .seconds(60)
-    /// A full pass this often even without a new commit (drift, backoffs that expired).
+    /// A full pass this often even without a new commit (drift in the serving layer).
     var resync: Duration = .seconds(600)
     /// While a rollout is in progress, a pass this often.
     var tick: Duration = .seconds(10)
@@ -130,6 +130,8 @@ final class Controller: Sendable {
         /// When to come back without a new commit, and why (a rollout in progress, a busy lock,
         /// an unreachable source).
         var again: (at: ContinuousClock.Instant, why: String)?
+        /// When the earliest training backoff of the last pass ends: a pass then retries it.
+        var backoffEnds: ContinuousClock.Instant?
         var pending: String? = "startup"
         /// A commit a poll just fetched, to use without fetching again.
         var polled: String?
@@ -138,6 +140,7 @@ final class Controller: Sendable {
             if pending == nil {
                 var deadline = min(nextPoll, nextResync)
                 if let again { deadline = min(deadline, again.at) }
+                if let backoffEnds { deadline = min(deadline, backoffEnds) }
                 switch await wakeup.wait(until: deadline) {
                 case .shutdown:
                     return
@@ -149,6 +152,9 @@ final class Controller: Sendable {
                         pending = "resync"
                     } else if let due = again, now >= due.at {
                         pending = due.why
+                    } else if let ends = backoffEnds, now >= ends {
+                        backoffEnds = nil
+                        pending = "a training backoff ended"
                     } else if now >= nextPoll {
                         nextPoll = now + Self.jittered(timing.interval)
                         if let commit = await poll(), commit != lastCommit {
@@ -174,13 +180,23 @@ final class Controller: Sendable {
             // A shutdown that came during the fetch: no new pass.
             if state.withLock({ $0.shuttingDown }) { return }
             let result = await pass(why: why, commit: commit)
-            if result.ran { lastCommit = commit }
+            if result.ran {
+                lastCommit = commit
+                backoffEnds = result.retryAt.map { Self.instant(ofEpochMilliseconds: $0, clock: clock) }
+            }
             again = result.again.map { (clock.now + timing.tick, $0) }
         }
     }
 
     static func jittered(_ interval: Duration) -> Duration {
         interval * Double.random(in: 0.9...1.1)
+    }
+
+    /// The monotonic instant of a wall-clock time (ms since the epoch), a little after it, so
+    /// the pass that wakes then finds the backoff over.
+    static func instant(ofEpochMilliseconds ms: Int64, clock: ContinuousClock) -> ContinuousClock.Instant {
+        let wait = max(0, ms - Int64((Date().timeIntervalSince1970 * 1000).rounded(.down)))
+        return clock.now + .milliseconds(wait + 100)
     }
 
     /// Fetches the source and resolves the ref; nil (and logged, counted) when it cannot.
@@ -212,8 +228,9 @@ final class Controller: Sendable {
     }
 
     /// One pass at `commit`, under the state lock. `ran`: the pass ran (even if it failed);
-    /// `again`: why to come back on the next tick (a rollout in progress, the lock was busy).
-    private func pass(why: String, commit: String) async -> (ran: Bool, again: String?) {
+    /// `again`: why to come back on the next tick (a rollout in progress, the lock was busy);
+    /// `retryAt`: when the earliest training backoff it waits out ends (ms since the epoch).
+    private func pass(why: String, commit: String) async -> (ran: Bool, again: String?, retryAt: Int64?) {
         let clock = ContinuousClock()
         let started = clock.now
         var log = logger
@@ -229,7 +246,7 @@ final class Controller: Sendable {
             }
         } catch {
             log.warning("the state is locked; trying again in \(timing.tick): \((error as? StoreError)?.message ?? "\(error)")")
-            return (false, "retry: \(why) (the state was locked)")
+            return (false, "retry: \(why) (the state was locked)", nil)
         }
         log.info("pass started")
         var passOptions = options
@@ -271,6 +288,7 @@ final class Controller: Sendable {
         let outcome: String
         var failure: String?
         var deploymentsSettling = false
+        var retryAt: Int64?
         var deploymentEntries: [PlanEntry] = []
         var rollouts: [String: RolloutState] = [:]
         var applied: [String: [BackendWeight]] = [:]
@@ -287,6 +305,10 @@ final class Controller: Sendable {
             deploymentEntries = done.result.deploymentEntries
             // A deployment still starting (or waiting on the serving layer) is looked at again soon.
             deploymentsSettling = done.result.conditions.contains { $0.object.hasPrefix("deployment/") && $0.type == .progressing }
+            retryAt = done.result.residual.entries.compactMap { entry -> Int64? in
+                guard entry.action == .wait, case .wait(let wait) = entry.detail else { return nil }
+                return wait.until
+            }.min()
             metrics.recordPass(outcome: outcome, duration: duration, changes: done.changeCount, waiting: done.waitingCount)
             if done.result.outcome == .failed {
                 failure = ApplyOutput.failures(done.plan, done.result).joined(separator: "; ")
@@ -317,7 +339,7 @@ final class Controller: Sendable {
         let events = ((try? AuditLog(database: database).query(after: after)) ?? []).reversed()
         if let last = events.last?.id { state.withLock { $0.lastAuditID = last } }
         afterPass(Array(events), deploymentEntries, failure, commit)
-        return (true, !rollouts.isEmpty ? "rollout in progress" : deploymentsSettling ? "deployment starting" : nil)
+        return (true, !rollouts.isEmpty ? "rollout in progress" : deploymentsSettling ? "deployment starting" : nil, retryAt)
     }
 
     static func seconds(_ d: Duration) -> String {

@@ -35,7 +35,7 @@ struct RunCommand: AsyncParsableCommand {
     @Option(name: .long, help: ArgumentHelp("Poll the repository this often (jittered by ±10%).", valueName: "duration"))
     var interval = "1m"
 
-    @Option(name: .long, help: ArgumentHelp("Run a pass this often even without a new commit (drift, expired backoffs).", valueName: "duration"))
+    @Option(name: .long, help: ArgumentHelp("Run a pass this often even without a new commit (drift).", valueName: "duration"))
     var resync = "10m"
 
     @Option(name: .long, help: ArgumentHelp("While a rollout is in progress, run a pass this often.", valueName: "duration"))

@@ -166,6 +166,59 @@ import Testing
         #expect(!status.stdout.contains("\"holder\""), "the lock was not released: \(status.stdout)")
     }
 
+    /// A failed training is retried when its backoff ends, not at the next resync (10 minutes
+    /// here) nor the next poll (a minute): the controller wakes for it.
+    @Test func aFailedTrainingIsRetriedWhenItsBackoffEnds() throws {
+        let temp = try TempDir()
+        let repo = try GitRepo(at: temp.sub("repo"))
+        let fixed = temp.sub("fixed")
+        try repo.write("capstan.yaml", """
+            apiVersion: capstan/v1
+            kind: Config
+            metadata: {name: default}
+            spec:
+              manifests: [models]
+              policy: {retry: {initial: 3s, max: 3s}}
+
+            """)
+        try repo.write("models/churn/model.yaml", Manifests.model(inputs: "[models/churn]"))
+        // Fails until the test creates `fixed` (a flaky dependency that comes back).
+        try repo.write("models/churn/train.py", """
+            import os, sys
+            if not os.path.exists(\(String(reflecting: fixed.path))):
+                print('the feature store is down', flush=True)
+                sys.exit(3)
+            with open(os.path.join(os.environ['CAPSTAN_OUTPUT_DIR'], 'model.txt'), 'w') as f:
+                f.write('weights')
+            with open(os.environ['CAPSTAN_METRICS_FILE'], 'w') as f:
+                f.write('{"accuracy": 0.9}')
+
+            """)
+        try repo.commit("a model whose training fails at first")
+        let controller = try RunningController(repo: repo.path, state: temp.sub("state").path, log: temp.sub("run.log"),
+                                               arguments: ["--interval", "1m", "--resync", "10m"])
+        func statusOfV1() -> String? {
+            let models = controller.status()["models"] as? [[String: Any]] ?? []
+            let versions = models.first { $0["name"] as? String == "churn" }?["versions"] as? [[String: Any]] ?? []
+            return versions.first { $0["version"] as? Int == 1 }?["status"] as? String
+        }
+        #expect(Self.eventually(within: 60) { statusOfV1() == "failed" }, "the first training did not fail: \(controller.logText)")
+        // The backoff (3 s) ends: the controller retries on its own, and fails again.
+        #expect(Self.eventually(within: 20) {
+            controller.logLines.filter { $0["msg"] as? String == "pass started" && $0["trigger"] as? String == "a training backoff ended" }.count >= 1
+        }, "no pass when the backoff ended: \(controller.logText)")
+        try Data().write(to: fixed)
+        let started = Date()
+        #expect(Self.eventually(within: 30) { statusOfV1() == "validated" }, "the training was not retried: \(controller.logText)")
+        #expect(Date().timeIntervalSince(started) < 30)
+        #expect(!controller.logLines.contains { $0["trigger"] as? String == "resync" })
+        // Converged: nothing left to wake for.
+        let passes = controller.logLines.filter { $0["msg"] as? String == "pass started" }.count
+        usleep(5_000_000)
+        #expect(controller.logLines.filter { $0["msg"] as? String == "pass started" }.count == passes)
+        #expect(controller.stop() == 0)
+    }
+
     /// A remote over git://: a push is fetched by the next poll; when the remote goes away,
     /// /readyz says so, the fetch errors are counted, and nothing else changes.
     @Test func aPushToARemoteIsFetchedAndAnUnreachableRemoteMakesItUnready() throws {
