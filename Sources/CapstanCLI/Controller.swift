@@ -412,6 +412,15 @@ final class Wakeup: Sendable {
     }
 
     private let state = Mutex(State())
+    private let sleep: @Sendable (ContinuousClock.Instant) async -> Void
+
+    /// `sleep` waits until a deadline (tests replace it to see when timers start).
+    init(sleep: @escaping @Sendable (ContinuousClock.Instant) async -> Void = { try? await Task.sleep(until: $0, clock: .continuous) }) {
+        self.sleep = sleep
+    }
+
+    /// Someone is waiting.
+    var isWaiting: Bool { state.withLock { $0.waiter != nil } }
 
     func nudge(_ why: String) {
         let waiter = state.withLock { state -> CheckedContinuation<Reason, Never>? in
@@ -440,11 +449,8 @@ final class Wakeup: Sendable {
             state.nextID += 1
             return state.nextID
         }
-        let timer = Task {
-            try? await Task.sleep(until: deadline, clock: .continuous)
-            self.fire(id, .timeout)
-        }
-        defer { timer.cancel() }
+        let timer = Mutex<Task<Void, Never>?>(nil)
+        defer { timer.withLock { $0?.cancel() } }
         return await withTaskCancellationHandler {
             await withCheckedContinuation { (continuation: CheckedContinuation<Reason, Never>) in
                 let immediate = state.withLock { state -> Reason? in
@@ -453,7 +459,20 @@ final class Wakeup: Sendable {
                     state.waiter = (id, continuation)
                     return nil
                 }
-                if let immediate { continuation.resume(returning: immediate) }
+                if let immediate {
+                    continuation.resume(returning: immediate)
+                    return
+                }
+                // The timer starts only once the waiter is registered: started before, a deadline
+                // that is already due (or a waiting task slow to get a thread) fired into nothing,
+                // and the loop slept until the next nudge.
+                timer.withLock {
+                    $0 = Task {
+                        await self.sleep(deadline)
+                        guard !Task.isCancelled else { return }
+                        self.fire(id, .timeout)
+                    }
+                }
             }
         } onCancel: {
             self.fire(id, .shutdown)
