@@ -5,8 +5,10 @@ import Testing
 
 /// The controller loop's wake-up: deadlines, nudges and shutdown, and that none is ever lost.
 @Suite struct WakeupTests {
-    /// Waits, but gives up (cancelling the wait) after `seconds`; nil when it had to give up.
-    func wait(_ wakeup: Wakeup, until deadline: ContinuousClock.Instant, giveUpAfter seconds: Int = 5) async -> Wakeup.Reason? {
+    /// Waits, but gives up (cancelling the wait) after `seconds`; nil when it had to give up. A
+    /// lost timeout never returns; a slow one can take seconds while other suites keep the
+    /// cooperative threads busy, hence the minute.
+    func wait(_ wakeup: Wakeup, until deadline: ContinuousClock.Instant, giveUpAfter seconds: Int = 60) async -> Wakeup.Reason? {
         await withTaskGroup(of: Wakeup.Reason?.self) { group in
             group.addTask { await wakeup.wait(until: deadline) }
             group.addTask {
@@ -23,8 +25,9 @@ import Testing
     /// start first; when it fired before the registration (a deadline already due, a thread
     /// preempted), the timeout went nowhere and the controller slept until the next webhook
     /// (seen in CI as a canary that stopped advancing). The sleep here returns at once and checks
-    /// that the waiter is already there.
-    @Test func theTimerStartsOnlyOnceTheWaiterIsRegistered() async {
+    /// that the waiter is already there. (A lost timeout hangs the wait: the time limit fails it.)
+    @Test(.timeLimit(.minutes(1)))
+    func theTimerStartsOnlyOnceTheWaiterIsRegistered() async {
         let early = Atomic<Int>(0)
         let current = Mutex<Wakeup?>(nil)
         let wakeup = Wakeup(sleep: { _ in
@@ -33,8 +36,8 @@ import Testing
         current.withLock { $0 = wakeup }
         let clock = ContinuousClock()
         for round in 0..<10000 {
-            let reason = await wait(wakeup, until: clock.now + .seconds(60))
-            #expect(reason == .timeout, "round \(round): \(String(describing: reason))")
+            let reason = await wakeup.wait(until: clock.now + .seconds(60))
+            #expect(reason == .timeout, "round \(round): \(reason)")
             if reason != .timeout { break }
         }
         #expect(early.load(ordering: .relaxed) == 0, "timers started before their waiter: \(early.load(ordering: .relaxed))")
@@ -42,12 +45,13 @@ import Testing
     }
 
     /// A deadline already due times out at once.
-    @Test func aDueDeadlineTimesOut() async {
+    @Test(.timeLimit(.minutes(1)))
+    func aDueDeadlineTimesOut() async {
         let wakeup = Wakeup()
         let clock = ContinuousClock()
         for round in 0..<500 {
-            let reason = await wait(wakeup, until: clock.now - .milliseconds(1))
-            #expect(reason == .timeout, "round \(round): \(String(describing: reason))")
+            let reason = await wakeup.wait(until: clock.now - .milliseconds(1))
+            #expect(reason == .timeout, "round \(round): \(reason)")
             if reason != .timeout { break }
         }
     }
