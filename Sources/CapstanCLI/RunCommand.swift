@@ -204,7 +204,7 @@ struct RunCommand: AsyncParsableCommand {
         let backend = ControllerStatusBackend(controller: controller, database: database, stateDirectory: options.stateDirectory,
                                               repository: options.repo ?? ".", ref: options.ref, interval: interval)
         let httpLogger = logger
-        let application = ControllerListener(address: httpAddress, application: Application(
+        let application = Listener(role: "controller's HTTP server", address: httpAddress, flag: "--http", application: Application(
             responder: ControllerHTTP(backend: backend, metrics: metrics, configuration: httpConfiguration, logger: logger),
             configuration: ApplicationConfiguration(address: .hostname(httpAddress.host, port: httpAddress.port), serverName: "capstan"),
             onServerRunning: { channel in
@@ -251,21 +251,6 @@ struct RunCommand: AsyncParsableCommand {
 
     static func address(_ text: String, _ option: String) throws -> ListenAddress {
         do { return try ListenAddress(parsing: text, option: option) } catch { throw CommandFailure(message: error.message, exitCode: ExitStatus.usage) }
-    }
-
-    /// The controller's HTTP server; a failure to listen becomes a message that names the
-    /// address and the flag to change.
-    struct ControllerListener<Responder: HTTPResponder>: Service where Responder.Context == BasicRequestContext {
-        let address: ListenAddress
-        let application: Application<Responder>
-
-        func run() async throws {
-            do {
-                try await application.run()
-            } catch let error as IOError {
-                throw ListenFailure.error(error, role: "controller's HTTP server", address: address, flag: "--http")
-            }
-        }
     }
 
     /// Library loggers (Hummingbird, ServiceLifecycle) say only what goes wrong.

@@ -160,7 +160,7 @@ public final class ServingAgent: Sendable {
                 .init(service: SupervisorService(supervisor: supervisor, gate: gate)),
                 .init(service: GatewayService(gateway: gateway, address: configuration.gateway,
                                               onListening: { port in gate.listening(.gateway, port: port) })),
-                .init(service: Listener(role: "admin API", address: configuration.admin, application: admin)),
+                .init(service: Listener(role: "admin API", address: configuration.admin, flag: "--admin", application: admin)),
             ],
             gracefulShutdownSignals: handleSignals ? [.sigterm, .sigint] : [],
             logger: logger)
@@ -338,17 +338,26 @@ struct SupervisorService: Service {
     }
 }
 
-/// One Hummingbird listener (the admin API); a failure to listen becomes a message that names the address.
-struct Listener<Responder: HTTPResponder>: Service where Responder.Context == BasicRequestContext {
+/// One Hummingbird listener (the agent's admin API, the controller's HTTP); a failure to listen
+/// becomes a message that names the address and the flag that sets it.
+public struct Listener<Responder: HTTPResponder>: Service where Responder.Context == BasicRequestContext {
     let role: String
     let address: ListenAddress
+    let flag: String
     let application: Application<Responder>
 
-    func run() async throws {
+    public init(role: String, address: ListenAddress, flag: String, application: Application<Responder>) {
+        self.role = role
+        self.address = address
+        self.flag = flag
+        self.application = application
+    }
+
+    public func run() async throws {
         do {
             try await application.run()
         } catch let error as IOError {
-            throw ListenFailure.error(error, role: role, address: address, flag: "--admin")
+            throw ListenFailure.error(error, role: role, address: address, flag: flag)
         } catch {
             // Cut short by a stop that took too long: that is how stopping ends, not a failure.
             if Task.isCancelled || Task.isShuttingDownGracefully { return }
