@@ -14,9 +14,15 @@ set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$here"
 
+# What the build (libgit2 through pkg-config) and the quick start (a Git repository, curl for
+# predictions, Python for the example's training and model server) need.
+. "$here/scripts/lib/packages.sh"
+need_packages "the quick start" libgit2-dev pkg-config git:git curl:curl python3:python3
+
 if [[ -n "${CAPSTAN_BIN:-}" ]]; then
   capstan="$CAPSTAN_BIN"   # CI runs the quick start again with the shipped build (scripts/build-release.sh)
 else
+  need_swift
   echo "==> building capstan"
   swift build --product capstan >/dev/null
   capstan="$(swift build --show-bin-path)/capstan"

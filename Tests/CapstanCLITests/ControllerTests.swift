@@ -337,7 +337,7 @@ import Testing
                 for sample in family.samples:
                     print(family.type, sample.name, ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items())), float(sample.value))
             """, temp.sub("metrics.txt").path])
-        #expect(parsed.status == 0, "prometheus_client could not parse /metrics: \(parsed.stderr)\n\(text)")
+        #expect(parsed.status == 0, "prometheus_client (a test peer: run the tests with scripts/test.sh, which installs it) could not parse /metrics: \(parsed.stderr)\n\(text)")
         let samples = parsed.stdout.split(separator: "\n").map(String.init)
         #expect(samples.contains("counter capstan_passes_total outcome=converged 1.0"), "\(parsed.stdout)")
         #expect(samples.contains { $0.hasPrefix("histogram capstan_pass_duration_seconds_count  1.0") })
@@ -401,7 +401,7 @@ import Testing
                                                arguments: ["--interval", "1h"])
         #expect(Self.eventually(within: 60) { controller.request("GET", "/readyz").0 == 200 }, "never ready: \(controller.logText)")
         guard let chromium = ["/usr/bin/chromium", "/usr/bin/chromium-browser"].first(where: { FileManager.default.isExecutableFile(atPath: $0) }) else {
-            Issue.record("Chromium is missing: apt-get install chromium (.ci/run installs it)")
+            Issue.record("Chromium is missing: apt-get install chromium (scripts/test.sh installs it)")
             return
         }
         let page = try Shell.run("/usr/bin/timeout", ["60", chromium, "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",

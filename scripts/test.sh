@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# The README's test command: runs the test suite on a machine set up by scripts/quickstart.sh,
+# with nothing else installed by hand. It installs what the tests need first:
+#   - Debian packages (as root with apt-get; otherwise it prints the one command to run): sshd for
+#     the SSH transport tests, Chromium for the status page, procps for process checks;
+#   - the Python peers of scripts/test-peers.txt, in a virtual environment of their own under
+#     .build/test-peers (created once, and again when that file changes), put first on PATH.
+# Arguments go to `swift test` (e.g. scripts/test.sh --filter ApplyCommandTests).
+set -euo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$here"
+. "$here/scripts/lib/packages.sh"
+
+need_swift
+need_packages "the tests" libgit2-dev pkg-config git:git curl:curl python3:python3 openssh-server openssh-client \
+  chromium procps
+python3 -m venv --help >/dev/null 2>&1 || need_packages "the tests' Python environment" python3-venv
+
+peers="$here/.build/test-peers"
+stamp="$peers/.requirements.sha256"
+want="$(sha256sum scripts/test-peers.txt | cut -d' ' -f1)"
+if [[ ! -x "$peers/bin/python3" || "$(cat "$stamp" 2>/dev/null)" != "$want" ]]; then
+  echo "==> the tests' Python peers (scripts/test-peers.txt) into $peers"
+  rm -rf "$peers"
+  mkdir -p "$here/.build"
+  python3 -m venv "$peers"
+  "$peers/bin/python3" -m pip install --quiet --disable-pip-version-check -r scripts/test-peers.txt
+  echo "$want" > "$stamp"
+fi
+export PATH="$peers/bin:$PATH"
+export CAPSTAN_TEST_PYTHON="$peers/bin/python3"
+
+exec swift test "$@"
