@@ -63,6 +63,7 @@ struct ReconcilePass {
             for note in try await reconciler.recover() { report(.note(note)) }
             var prepared = try await PassPreparation.prepare(options, database: database, now: context.now())
             commit = prepared.desired.commit
+            try reconciler.checkSecrets(prepared.desired)
             let plan: Plan
             if let saved {
                 try ApplyCommand.check(saved, against: prepared)

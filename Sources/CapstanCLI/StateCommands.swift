@@ -97,7 +97,7 @@ enum StatusReport {
     }
 
     static func metrics(_ m: [String: Double]) -> String {
-        m.keys.sorted().prefix(4).map { "\($0)=\(String(format: "%.4g", m[$0]!))" }.joined(separator: " ")
+        m.keys.sorted().prefix(4).map { "\(PrintableText.escaped($0))=\(String(format: "%.4g", m[$0]!))" }.joined(separator: " ")
     }
 
     /// What the state holds besides the registry: conditions, the last pass, the lock.
@@ -122,7 +122,7 @@ enum StatusReport {
             let endpoint = extras.endpoints[name]
             out += "Deployment \(name)" + (endpoint.map { " (model \($0.model))" } ?? "") + "\n"
             if let c = extras.conditions["deployment/\(name)"] {
-                out += "  condition: \(c.type.rawValue) (\(c.reason)) at \((c.commit ?? "-").prefix(7)): \(c.message)\n"
+                out += "  condition: \(c.type.rawValue) (\(c.reason)) at \((c.commit ?? "-").prefix(7)): \(PrintableText.escaped(c.message))\n"
             }
             if let endpoint {
                 let traffic = endpoint.backends.sorted { $0.spec.version < $1.spec.version }.map { b in
@@ -159,7 +159,7 @@ enum StatusReport {
         for (model, versions, aliases) in models {
             out += "Model \(model.name)" + (model.description.map { ": \($0)" } ?? "") + "\n"
             if let c = extras.conditions["model/\(model.name)"] {
-                out += "  condition: \(c.type.rawValue) (\(c.reason)) at \((c.commit ?? "-").prefix(7)): \(c.message)\n"
+                out += "  condition: \(c.type.rawValue) (\(c.reason)) at \((c.commit ?? "-").prefix(7)): \(PrintableText.escaped(c.message))\n"
             }
             if !aliases.isEmpty {
                 out += "  aliases: " + aliases.keys.sorted().map { "\($0) → \(aliases[$0]!)" }.joined(separator: ", ") + "\n"
@@ -182,10 +182,10 @@ enum StatusReport {
                     metrics(v.metrics),
                 ].joined(separator: "  ") + tags + (v.archivedAt != nil ? "  (archived)" : "") + "\n"
                 if v.status == .failed, let tail = v.logTail, !tail.isEmpty {
-                    for line in tail.split(separator: "\n").suffix(3) { out += "           | \(line)\n" }
+                    for line in tail.split(separator: "\n").suffix(3) { out += "           | \(PrintableText.escaped(String(line), keepingTabs: true))\n" }
                 }
                 if v.status == .rejected {
-                    for g in v.gateResults where !g.passed { out += "           ✗ \(g.gate): \(g.detail)\n" }
+                    for g in v.gateResults where !g.passed { out += "           ✗ \(PrintableText.escaped(g.gate)): \(PrintableText.escaped(g.detail))\n" }
                 }
             }
         }
@@ -440,6 +440,8 @@ struct HistoryCommand: AsyncParsableCommand {
                 }
                 if let commit = e.commit { line += "  commit \(commit.prefix(10))" }
                 if !e.reason.isEmpty { line += "  (\(e.reason))" }
+                // One event per line, whatever its texts hold (a failed step's tail has newlines).
+                line = PrintableText.escaped(line)
                 Terminal.out(line + "\n")
             }
         }

@@ -19,6 +19,15 @@ public enum EntryOutcome: Hashable, Sendable {
         case .done(let m), .skipped(let m), .failed(let m): return m
         }
     }
+
+    func scrubbed(_ scrubber: SecretScrubber) -> EntryOutcome {
+        guard !scrubber.isEmpty else { return self }
+        switch self {
+        case .done(let m): return .done(scrubber.scrub(m))
+        case .skipped(let m): return .skipped(scrubber.scrub(m))
+        case .failed(let m): return .failed(scrubber.scrub(m))
+        }
+    }
 }
 
 /// What a pass reports while it runs (the CLI prints it; the controller logs it).
@@ -224,6 +233,10 @@ struct ModelPipeline: Sendable {
     }
 
     func run(_ entries: [PlanEntry]) async -> [String: EntryOutcome] {
+        // An outcome's message may quote what a step returned (its output, metrics, file
+        // names): the steps scrub what they quote, and every message is scrubbed once more
+        // here, where it leaves the model's pipeline for the output, the log and the state.
+        let scrubber = model.map { StepEnvironment.scrubber(spec: $0.manifest.spec.train, reconciler: context.environment) } ?? .none
         var outcomes: [String: EntryOutcome] = [:]
         var produced: [String: Int] = [:]
         for entry in Self.ordered(entries) {
@@ -240,12 +253,13 @@ struct ModelPipeline: Sendable {
                 continue
             }
             context.events(.started(entry))
-            let outcome: EntryOutcome
+            var outcome: EntryOutcome
             do {
                 outcome = try await execute(entry, produced: &produced)
             } catch {
                 outcome = .failed(Self.describe(error))
             }
+            outcome = outcome.scrubbed(scrubber)
             outcomes[entry.id] = outcome
             context.events(.finished(entry, outcome))
         }

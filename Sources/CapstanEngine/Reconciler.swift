@@ -137,10 +137,18 @@ public struct Reconciler: Sendable {
         }
     }
 
+    /// Refuses a desired state whose steps would get a secret too short to be redacted from
+    /// what they print and return (`SecretScrubber.minimumLength`). Called when the desired
+    /// state is loaded, before anything runs; `execute` checks again.
+    public func checkSecrets(_ desired: DesiredState) throws {
+        try StepEnvironment.checkLengths(desired.models, reconciler: context.environment)
+    }
+
     /// Executes `plan` (its model entries), then the Deployments against the registry as it is
     /// now, and computes what is left and each object's condition.
     public func execute(_ plan: Plan, desired: DesiredState, manifests: ManifestSet, repository: GitRepository, commit: ObjectID,
                         serving: (any ServingTarget)?) async throws -> PassResult {
+        try checkSecrets(desired)
         let modelEntries = Plan(repository: plan.repository, ref: plan.ref, commit: plan.commit, actualDigest: plan.actualDigest,
                                 createdAt: plan.createdAt, entries: plan.entries.filter { $0.kind == .model })
         var outcomes = await Executor(context: context).execute(modelEntries, desired: desired, repository: repository, commit: commit)

@@ -45,6 +45,24 @@ struct StepWorkspace {
         try encoder.encode(params).write(to: URL(fileURLWithPath: paramsFile))
     }
 
+    /// Checks what the step left in `output` before it is stored: the folder itself (a step may
+    /// have replaced it with a symlink, whose target would be stored) and that it is not empty.
+    /// The entries inside are checked by the artifact store.
+    func checkOutput() throws {
+        var info = stat()
+        guard lstat(output, &info) == 0 else {
+            let code = errno
+            throw StepOutputError(message: "cannot read the training's output folder '\(output)' (CAPSTAN_OUTPUT_DIR): \(String(cString: strerror(code))); write the model's files into that folder and leave the folder itself in place")
+        }
+        guard info.st_mode & S_IFMT == S_IFDIR else {
+            let kind = MetricsFile.nonRegularKind(info.st_mode) ?? "a file"
+            throw StepOutputError(message: "the training replaced its output folder '\(output)' (CAPSTAN_OUTPUT_DIR) with \(kind); artifacts may hold only files and folders. Write the model's files into the folder instead of replacing it")
+        }
+        guard try !FileManager.default.contentsOfDirectory(atPath: output).isEmpty else {
+            throw StepOutputError(message: "the training command succeeded but wrote nothing to CAPSTAN_OUTPUT_DIR ('\(output)'); write the model's files there")
+        }
+    }
+
     /// Removes everything but the log.
     func clean() {
         try? FileManager.default.removeItem(atPath: folder)
@@ -78,21 +96,47 @@ enum StepEnvironment {
         return env
     }
 
-    /// The secret values a step sees: scrubbed from its output before it is shown or kept.
-    static func secrets(spec: TrainSpec, reconciler: [String: String]) -> [String] {
-        spec.secretEnv.values.compactMap { reconciler[$0] }.filter { $0.count >= 4 }
+    /// The scrubber of everything a model's steps return: the secret values they see.
+    static func scrubber(spec: TrainSpec, reconciler: [String: String]) -> SecretScrubber {
+        SecretScrubber(secrets: spec.secretEnv.values.compactMap { reconciler[$0] })
     }
-}
 
-/// Replaces secret values in a line of output.
-struct SecretScrubber: Sendable {
-    let secrets: [String]
+    /// Secrets too short to be redacted (`SecretScrubber.minimumLength`), refused before a pass
+    /// runs anything. Names the model, the variable the step gets and the one it comes from;
+    /// never the value.
+    struct ShortSecrets: Error, CustomStringConvertible {
+        struct Problem: Hashable, Sendable {
+            var model: String
+            var name: String
+            var source: String
+            var length: Int
+        }
 
-    func scrub(_ line: String) -> String {
-        guard !secrets.isEmpty else { return line }
-        var out = line
-        for s in secrets where out.contains(s) { out = out.replacingOccurrences(of: s, with: "[secret]") }
-        return out
+        var problems: [Problem]
+
+        var description: String {
+            problems.map { p in
+                let length = p.length == 0 ? "is empty" : "has only \(p.length) character\(p.length == 1 ? "" : "s")"
+                return "model \(p.model): secretEnv \(p.name) is taken from the environment variable \(p.source), whose value \(length); "
+                    + "Capstan redacts secrets of at least \(SecretScrubber.minimumLength) characters from what a step prints and returns, "
+                    + "so it refuses shorter ones: set a longer secret in \(p.source), or move \(p.name) to env if it is not a secret"
+            }.joined(separator: "\n")
+        }
+    }
+
+    /// Throws `ShortSecrets` when a model's `secretEnv` takes a value shorter than
+    /// `SecretScrubber.minimumLength` from `reconciler`. A variable that is not set is left to
+    /// the training, which fails that model's entry alone (`MissingSecret`).
+    static func checkLengths(_ models: [DesiredModel], reconciler: [String: String]) throws(ShortSecrets) {
+        var problems: [ShortSecrets.Problem] = []
+        for model in models {
+            for (name, source) in model.manifest.spec.train.secretEnv.sorted(by: { $0.key < $1.key }) {
+                if let value = reconciler[source], value.count < SecretScrubber.minimumLength {
+                    problems.append(.init(model: model.name, name: name, source: source, length: value.count))
+                }
+            }
+        }
+        if !problems.isEmpty { throw ShortSecrets(problems: problems) }
     }
 }
 
@@ -149,7 +193,9 @@ struct Training {
         ]), recording: created)
 
         let workspace = StepWorkspace(stateDirectory: context.stateDirectory, model: name, version: number, label: "a\(detail.attempt)")
-        let scrubber = SecretScrubber(secrets: StepEnvironment.secrets(spec: spec, reconciler: context.environment))
+        // Everything the step returns (output, metrics, the names of its outputs, errors that
+        // quote them) goes through this before it is shown, logged or stored.
+        let scrubber = StepEnvironment.scrubber(spec: spec, reconciler: context.environment)
         let result: StepResult
         do {
             let materialized = try await context.materializer.materialize(repository, commit: commit)
@@ -184,7 +230,7 @@ struct Training {
             workspace.clean()
             return (number, .skipped("v\(number): stopped during training; the next pass trains it again"))
         } catch {
-            let message = ModelPipeline.describe(error)
+            let message = scrubber.scrub(ModelPipeline.describe(error))
             try await fail(number, detail, journalID, tail: message, workspace: workspace)
             return (number, .failed("v\(number): \(message)"))
         }
@@ -203,11 +249,9 @@ struct Training {
         }
 
         do {
-            let metrics = try MetricsFile.read(workspace.metricsFile, required: false)
-            guard try !FileManager.default.contentsOfDirectory(atPath: workspace.output).isEmpty else {
-                throw StepOutputError(message: "the training command succeeded but wrote nothing to CAPSTAN_OUTPUT_DIR")
-            }
-            let stored = try context.artifacts.store(directory: workspace.output)
+            let metrics = try MetricsFile.read(workspace.metricsFile, required: false, scrubber: scrubber)
+            try workspace.checkOutput()
+            let stored = try context.artifacts.store(directory: workspace.output, scrubber: scrubber)
             Failpoint.hit("train.after-artifact")
             try await registry.updateVersion(model: name, number: number, VersionUpdate(
                 status: .trained, metrics: metrics, artifactDigest: stored.digest, artifactLocation: stored.path, logTail: ""))
@@ -221,7 +265,7 @@ struct Training {
             return (number, .done("v\(number) trained in \(ManifestDuration.format(result.durationMilliseconds)); " +
                                   (metrics.isEmpty ? "no metrics" : MetricsFile.describe(metrics))))
         } catch {
-            let message = ModelPipeline.describe(error)
+            let message = scrubber.scrub(ModelPipeline.describe(error))
             try await fail(number, detail, journalID, tail: message, workspace: workspace)
             return (number, .failed("v\(number): \(message)"))
         }
@@ -268,38 +312,4 @@ struct Training {
 struct StepOutputError: Error, CustomStringConvertible {
     var message: String
     var description: String { message }
-}
-
-/// The metrics file a step writes: one JSON object of finite numbers.
-enum MetricsFile {
-    static let limit = 1 << 20
-
-    static func read(_ path: String, required: Bool) throws -> [String: Double] {
-        guard FileManager.default.fileExists(atPath: path) else {
-            if required { throw StepOutputError(message: "the step wrote no metrics file (CAPSTAN_METRICS_FILE)") }
-            return [:]
-        }
-        let data = try Data(contentsOf: URL(fileURLWithPath: path))
-        guard data.count <= limit else {
-            throw StepOutputError(message: "the metrics file is \(data.count) bytes, more than the 1 MiB allowed")
-        }
-        guard case .map(let object)? = try? JSONDecoder().decode(ParamValue.self, from: data) else {
-            let start = String(decoding: data.prefix(80), as: UTF8.self)
-            throw StepOutputError(message: "the metrics file is not a JSON object of numbers (it starts with '\(start)'); write e.g. {\"accuracy\": 0.93}")
-        }
-        var metrics: [String: Double] = [:]
-        for (key, value) in object {
-            switch value {
-            case .int(let i): metrics[key] = Double(i)
-            case .double(let d) where d.isFinite: metrics[key] = d
-            default:
-                throw StepOutputError(message: "metric '\(key)' in the metrics file is \(value), not a number; metrics must be numbers")
-            }
-        }
-        return metrics
-    }
-
-    static func describe(_ metrics: [String: Double]) -> String {
-        metrics.sorted { $0.key < $1.key }.map { "\($0.key)=\(Gates.format($0.value))" }.joined(separator: " ")
-    }
 }

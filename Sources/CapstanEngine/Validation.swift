@@ -79,18 +79,19 @@ struct Validation {
         ])
         let workdir = spec.workdir ?? train.workdir
         let events = context.events
+        let scrubber = StepEnvironment.scrubber(spec: train, reconciler: context.environment)
         let result = try await context.runner.run(
             StepRequest(argv: command, workdir: workspace.tree + "/" + (workdir == "." ? "" : workdir), environment: env,
                         timeout: spec.timeout, logPath: workspace.logFile, outputPrefix: "[\(name) v\(version.number) validate] ",
                         killGrace: context.killGrace,
-                        redact: StepEnvironment.secrets(spec: train, reconciler: context.environment)),
+                        redact: scrubber.secrets),
             started: { _ in }, line: { events(.output($0)) })
         switch result.termination {
         case .exited(0):
-            let extra = try MetricsFile.read(workspace.metricsFile, required: false)
+            let extra = try MetricsFile.read(workspace.metricsFile, required: false, scrubber: scrubber)
             return (GateResult(gate: gate, passed: true, detail: "exited 0"), extra)
         case .exited(let code):
-            let tail = result.outputTail.split(separator: "\n").suffix(3).joined(separator: " | ")
+            let tail = scrubber.scrub(result.outputTail.split(separator: "\n").suffix(3).joined(separator: " | "))
             return (GateResult(gate: gate, passed: false, detail: "exited with status \(code)" + (tail.isEmpty ? "" : ": \(tail)")), [:])
         case .signalled(let sig):
             return (GateResult(gate: gate, passed: false, detail: "killed by signal \(sig)"), [:])

@@ -4,7 +4,8 @@ import Foundation
 /// Writes a commit's tree (or one folder of it) into a directory, for steps that need files
 /// (training, serving). One directory per tree id under `<stateDir>/trees/`, reused while the id
 /// is unchanged, written to a temporary name and renamed into place (a half-written tree is never
-/// used). Symlinks that point outside the tree are refused.
+/// used). Symlinks that lead outside the tree, by their own text or through other links, and
+/// whether or not their final target exists, are refused before anything is written.
 public struct Materializer: Sendable {
     public let root: String
 
@@ -31,12 +32,20 @@ public struct Materializer: Sendable {
             return target
         }
         let entries = try await repository.walk(tree)
-        // Check every symlink before writing anything.
+        // Check every symlink before writing anything, resolved against the tree as it will be
+        // on disk: chains through other links included, and whether or not the final target
+        // exists (a step may create it, and writes through the chain land where it resolves).
+        var links: [String: String] = [:]
         for entry in entries where entry.kind == .symlink {
-            let link = String(decoding: try await repository.blob(entry.id), as: UTF8.self)
-            let parent = (entry.path as NSString).deletingLastPathComponent
-            if link.hasPrefix("/") || RepoPath.normalize(RepoPath.join(parent, link)) == nil {
-                throw MaterializeError(message: "commit \(commit.short): symlink '\(RepoPath.join(folder, entry.path))' points outside the tree ('\(link)'); refusing to write it")
+            links[entry.path] = String(decoding: try await repository.blob(entry.id), as: UTF8.self)
+        }
+        for path in links.keys.sorted() {
+            switch Self.resolve(path, links: links) {
+            case .inside: continue
+            case .outside:
+                throw MaterializeError(message: "commit \(commit.short): symlink '\(RepoPath.join(folder, path))' points outside the tree ('\(PrintableText.escaped(links[path]!))'\(Self.isDirect(path, links) ? "" : ", through other links")); refusing to write it. Make it a relative link that stays inside \(folder.isEmpty ? "the repository" : "'\(folder)'")")
+            case .tooManyLinks:
+                throw MaterializeError(message: "commit \(commit.short): symlink '\(RepoPath.join(folder, path))' does not resolve within \(Self.maximumLinks) links (a loop?); refusing to write it. Fix the links")
             }
         }
         try fm.createDirectory(atPath: root, withIntermediateDirectories: true)
@@ -58,18 +67,6 @@ public struct Materializer: Sendable {
                     try fm.createSymbolicLink(atPath: path, withDestinationPath: link)
                 }
             }
-            // Links can leave the tree through each other (a/up -> .., a/out -> up/..): resolve
-            // every link on disk, chains included, and refuse any that lands outside.
-            let base = temporary.resolvingSymlinksInPath().path
-            for entry in entries where entry.kind == .symlink {
-                let path = temporary.appendingPathComponent(entry.path).path
-                guard let resolved = realpath(path, nil) else { continue }  // dangling: checked lexically above
-                let real = String(cString: resolved)
-                free(resolved)
-                if real != base && !real.hasPrefix(base + "/") {
-                    throw MaterializeError(message: "commit \(commit.short): symlink '\(RepoPath.join(folder, entry.path))' resolves outside the tree through other links; refusing to write it")
-                }
-            }
             if rename(temporary.path, target.path) != 0 {
                 let code = errno
                 try? fm.removeItem(at: temporary)
@@ -83,6 +80,49 @@ public struct Materializer: Sendable {
             throw error
         }
         return target
+    }
+
+    /// Where a path of the tree leads once written, following its symlinks.
+    enum Resolution: Equatable { case inside, outside, tooManyLinks }
+
+    /// The most links one path may go through (Linux's MAXSYMLINKS).
+    static let maximumLinks = 40
+
+    /// Resolves `path` (relative to the tree's root) as the kernel will once the tree is written,
+    /// with `links` (every symlink of the tree: path → link text) followed wherever they occur,
+    /// chains included. A component that is not a link is taken as it is, whether or not it
+    /// exists: a dangling final target stays where the chain led. `.outside` when an absolute
+    /// link or a `..` leaves the root.
+    static func resolve(_ path: String, links: [String: String]) -> Resolution {
+        var resolved: [Substring] = []
+        var pending: [Substring] = path.split(separator: "/").reversed()
+        var followed = 0
+        while let part = pending.popLast() {
+            switch part {
+            case ".": continue
+            case "..":
+                if resolved.isEmpty { return .outside }
+                resolved.removeLast()
+            default:
+                let candidate = (resolved + [part]).joined(separator: "/")
+                guard let target = links[candidate] else {
+                    resolved.append(part)
+                    continue
+                }
+                followed += 1
+                if followed > maximumLinks { return .tooManyLinks }
+                if target.hasPrefix("/") { return .outside }
+                // Relative to the link's folder, which is `resolved`.
+                pending.append(contentsOf: target.split(separator: "/").reversed())
+            }
+        }
+        return .inside
+    }
+
+    /// Whether the link at `path` leaves the tree by its own text, without other links.
+    static func isDirect(_ path: String, _ links: [String: String]) -> Bool {
+        let link = links[path] ?? ""
+        return link.hasPrefix("/") || RepoPath.normalize(RepoPath.join((path as NSString).deletingLastPathComponent, link)) == nil
     }
 
     /// Removes materialized trees not in `keep` that were last used before `cutoff`, and any

@@ -113,7 +113,7 @@ public enum JSONSchemaGenerator {
         case .dnsLabel: return ["type": "string", "pattern": "^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"]
         case .envName: return ["type": "string", "pattern": "^[A-Za-z_][A-Za-z0-9_]*$"]
         case .aliasName: return ["type": "string", "pattern": "^[a-z][a-z0-9_-]{0,62}$", "not": ["enum": ["latest"]]]
-        case .metricName: return ["type": "string", "pattern": "^[A-Za-z0-9_./: -]+$"]
+        case .metricName: return ["type": "string", "pattern": "^[A-Za-z0-9_./-]{1,128}$"]
         case .labelKey: return ["type": "string", "pattern": "^([^/]{1,253}/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"]
         case .repoPath: return ["type": "string", "minLength": 1, "pattern": "^[^/]"]
         case .inputPath: return ["type": "string", "minLength": 1]

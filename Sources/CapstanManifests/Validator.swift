@@ -291,9 +291,9 @@ enum Validator {
                 ctx.error(.invalidName, "alias name '\(s)' is not valid: \(problem)", node)
             }
         case .metricName:
-            if s.isEmpty || !s.unicodeScalars.allSatisfy({ Names.isAlnum($0) || "_-./: ".unicodeScalars.contains($0) }) {
-                ctx.error(.invalidName, "'\(s)' is not a valid metric name", node,
-                          hint: "use letters, digits and _ - . / :")
+            if let problem = Names.metricNameProblem(s) {
+                ctx.error(.invalidName, "'\(PrintableText.escaped(s))' is not a valid metric name: \(problem)", node,
+                          hint: "use 1 to \(Names.metricNameLimit) letters, digits and _ . - / (the rule of the metrics file)")
             }
         case .labelKey:
             if let problem = Names.labelKeyProblem(s) {

@@ -101,10 +101,12 @@ struct OutputTail {
     var text: String { lines.joined(separator: "\n") }
 }
 
-/// Turns a child's raw output into lines: each is cut if overlong, scrubbed of secrets, appended
-/// to the log, handed to the echo and kept in the tail, until the output limit is reached; after
-/// that lines only go to the tail. Memory stays bounded by the line and tail limits whatever the
-/// child prints. Owned by the one task that reads the pipe.
+/// Turns a child's raw output into lines: each is scrubbed of secrets, then cut if overlong,
+/// appended to the log, handed to the echo and kept in the tail, until the output limit is
+/// reached; after that lines only go to the tail. A secret that straddles the cut is replaced
+/// whole: a line is kept up to the longest secret's length past the cut, so that any secret
+/// starting before the cut is seen entire. Memory stays bounded by the line and tail limits
+/// whatever the child prints. Owned by the one task that reads the pipe.
 struct StepOutput {
     struct Summary: Sendable {
         var tail: String
@@ -116,10 +118,11 @@ struct StepOutput {
     private let limits: OutputLimits
     private let log: LogFile?
     private let prefix: String
-    private let secrets: [String]
+    private let scrubber: SecretScrubber
     private let echo: @Sendable (String) -> Void
 
-    /// The start of a line whose newline has not arrived yet (never more than `lineBytes`).
+    /// The start of a line whose newline has not arrived yet (never more than `lineBytes` plus
+    /// the scrubber's lookahead).
     private var pending: [UInt8] = []
     /// The current line was cut; drop bytes until its newline.
     private var discardingRest = false
@@ -134,7 +137,7 @@ struct StepOutput {
         self.limits = limits
         self.log = log
         self.prefix = prefix
-        self.secrets = secrets.filter { !$0.isEmpty }
+        self.scrubber = SecretScrubber(secrets: secrets)
         self.echo = echo
         self.tail = OutputTail(maxLines: limits.tailLines, maxBytes: limits.tailBytes)
     }
@@ -171,7 +174,7 @@ struct StepOutput {
     private mutating func take(_ segment: UnsafeRawBufferPointer, endsLine: Bool) {
         defer { if endsLine { discardingRest = false } }
         if discardingRest { return }
-        let room = limits.lineBytes - pending.count
+        let room = limits.lineBytes + scrubber.lookahead - pending.count
         if segment.count > room {
             pending.append(contentsOf: segment.prefix(max(0, room)))
             let line = pending
@@ -195,11 +198,10 @@ struct StepOutput {
     private mutating func emit(_ raw: UnsafeRawBufferPointer, cut: Bool) {
         var bytes = raw
         if !cut, bytes.last == 0x0D { bytes = UnsafeRawBufferPointer(rebasing: bytes.dropLast()) }
-        var text = String(decoding: bytes, as: UTF8.self)
-        if cut { text += " [line cut: longer than \(OutputLimits.describe(bytes: limits.lineBytes))]" }
-        for secret in secrets where text.contains(secret) {
-            text = text.replacing(secret, with: "[secret]")
-        }
+        // Scrubbed before it is cut (`bytes` reaches past the cut by the lookahead).
+        let scrubbed = scrubber.scrubbedPrefix(bytes, limit: limits.lineBytes)
+        var text = scrubbed.text
+        if cut || scrubbed.cut { text += " [line cut: longer than \(OutputLimits.describe(bytes: limits.lineBytes))]" }
         tail.append(text)
         guard !truncated else { return }
         let size = text.utf8.count + 1

@@ -36,6 +36,9 @@ struct Markup: ExpressibleByStringInterpolation, Sendable, Equatable {
     }
 
     /// `&`, `<`, `>`, `"` and `'` as character references: safe in text and in quoted attributes.
+    /// Control characters other than tab, newline and carriage return (NUL among them, which
+    /// HTML cannot carry) become U+FFFD: text from older state or from outside cannot put them
+    /// in the page.
     static func escape(_ text: String) -> String {
         var out = ""
         out.reserveCapacity(text.utf8.count)
@@ -46,6 +49,8 @@ struct Markup: ExpressibleByStringInterpolation, Sendable, Equatable {
             case ">": out += "&gt;"
             case "\"": out += "&quot;"
             case "'": out += "&#39;"
+            case "\t", "\n", "\r": out.unicodeScalars.append(scalar)
+            case _ where scalar.value < 0x20 || (0x7F...0x9F).contains(scalar.value): out += "\u{FFFD}"
             default: out.unicodeScalars.append(scalar)
             }
         }

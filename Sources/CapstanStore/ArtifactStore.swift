@@ -1,3 +1,4 @@
+import CapstanCore
 import Crypto
 import Foundation
 
@@ -21,7 +22,11 @@ import Darwin
 ///     "F <x|-> <sha256 of contents> <path>\0"   a file, `x` when any execute bit is set
 ///
 /// Ownership, times and the other mode bits are not part of it. This format NEVER changes: every
-/// stored digest depends on it. Symlinks and special files are refused.
+/// stored digest depends on it. Symlinks and special files are refused, the stored folder itself
+/// included (a step that replaced its output folder with a symlink stores nothing).
+///
+/// The names of a training's outputs come from the step: `store` refuses a name that holds a
+/// secret (names are kept in the state folder) and scrubs and escapes whatever it quotes.
 public struct ArtifactStore: Sendable {
     /// `<stateDir>/artifacts`.
     public let root: String
@@ -44,15 +49,27 @@ public struct ArtifactStore: Sendable {
         objects + "/" + (try Self.hex(of: digest))
     }
 
-    /// Copies `directory` into the store and returns its digest and stored path.
-    public func store(directory: String) throws -> StoredArtifact {
+    /// Copies `directory` into the store and returns its digest and stored path. `scrubber`
+    /// holds the secrets of the step that wrote it.
+    public func store(directory: String, scrubber: SecretScrubber = .none) throws -> StoredArtifact {
         let fm = FileManager.default
-        var isFolder: ObjCBool = false
-        guard fm.fileExists(atPath: directory, isDirectory: &isFolder), isFolder.boolValue else {
-            throw StoreError(code: .fileSystem, message: "training output '\(directory)' is not a folder", path: directory)
+        var info = stat()
+        guard lstat(directory, &info) == 0 else {
+            let code = errno
+            throw StoreError(code: .fileSystem, message: "cannot read training output '\(directory)': \(String(cString: strerror(code)))",
+                             path: directory)
+        }
+        switch info.st_mode & S_IFMT {
+        case S_IFDIR: break
+        case S_IFLNK:
+            throw StoreError(code: .unsupportedEntry,
+                             message: "training output '\(directory)' is a symlink, not a folder; the step must write its files into the folder instead of replacing it",
+                             path: directory)
+        default:
+            throw StoreError(code: .unsupportedEntry, message: "training output '\(directory)' is not a folder", path: directory)
         }
         // Refuse before copying anything.
-        let entries = try Self.listing(of: directory)
+        let entries = try Self.listing(of: directory, scrubber: scrubber)
         try Self.make(objects)
         let temporary = root + "/.tmp-\(getpid())-\(UInt64.random(in: 0...UInt64.max))"
         do {
@@ -127,24 +144,31 @@ public struct ArtifactStore: Sendable {
         var executable: Bool
     }
 
-    /// Every entry below `directory`, sorted by relative path; refuses symlinks and special files.
-    static func listing(of directory: String) throws -> [Entry] {
+    /// Every entry below `directory`, sorted by relative path; refuses symlinks, special files
+    /// and names that hold a secret of `scrubber`. Paths in messages are scrubbed and escaped.
+    static func listing(of directory: String, scrubber: SecretScrubber = .none) throws -> [Entry] {
         var entries: [Entry] = []
+        func shown(_ path: String) -> String { PrintableText.escaped(scrubber.scrub(path)) }
         func walk(_ relative: String) throws {
             let folder = relative.isEmpty ? directory : directory + "/" + relative
             let names: [String]
             do {
                 names = try FileManager.default.contentsOfDirectory(atPath: folder)
             } catch {
-                throw StoreError(code: .fileSystem, message: "cannot list '\(folder)'", path: folder, underlying: error)
+                throw StoreError(code: .fileSystem, message: "cannot list '\(shown(folder))': \(Self.reason(error))", path: shown(folder))
             }
             for name in names {
                 let path = relative.isEmpty ? name : relative + "/" + name
                 let full = directory + "/" + path
+                if scrubber.reveals(name) {
+                    throw StoreError(code: .unsupportedEntry,
+                                     message: "'\(shown(full))' has the value of a secret in its name; artifact names are kept in the state folder, so rename it",
+                                     path: shown(full))
+                }
                 var info = stat()
                 guard lstat(full, &info) == 0 else {
                     throw StoreError(code: .fileSystem,
-                                     message: "cannot read '\(full)': \(String(cString: strerror(errno)))", path: full)
+                                     message: "cannot read '\(shown(full))': \(String(cString: strerror(errno)))", path: shown(full))
                 }
                 switch info.st_mode & S_IFMT {
                 case S_IFDIR:
@@ -154,12 +178,12 @@ public struct ArtifactStore: Sendable {
                     entries.append(Entry(path: path, isFolder: false, executable: info.st_mode & 0o111 != 0))
                 case S_IFLNK:
                     throw StoreError(code: .unsupportedEntry,
-                                     message: "'\(full)' is a symlink; artifacts may hold only files and folders. Copy the file it points to instead",
-                                     path: full)
+                                     message: "'\(shown(full))' is a symlink; artifacts may hold only files and folders. Copy the file it points to instead",
+                                     path: shown(full))
                 default:
                     throw StoreError(code: .unsupportedEntry,
-                                     message: "'\(full)' is not a regular file or folder; artifacts may hold only files and folders",
-                                     path: full)
+                                     message: "'\(shown(full))' is not a regular file or folder; artifacts may hold only files and folders",
+                                     path: shown(full))
                 }
             }
         }
@@ -244,6 +268,15 @@ public struct ArtifactStore: Sendable {
         } catch {
             throw StoreError(code: .fileSystem, message: "cannot copy '\(source)' to '\(target)'", path: target, underlying: error)
         }
+    }
+
+    /// The errno text of a Foundation file error, or its description.
+    static func reason(_ error: any Error) -> String {
+        let ns = error as NSError
+        if let posix = ns.userInfo[NSUnderlyingErrorKey] as? NSError, posix.domain == NSPOSIXErrorDomain {
+            return String(cString: strerror(Int32(posix.code)))
+        }
+        return ns.localizedDescription
     }
 
     static func remove(_ path: String) throws {

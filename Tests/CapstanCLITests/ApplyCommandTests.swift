@@ -34,8 +34,21 @@ final class TrainingRepo {
             print("Traceback (most recent call last):\nValueError: " + b["fail"], flush=True); sys.exit(3)
         out = os.environ["CAPSTAN_OUTPUT_DIR"]
         open(os.path.join(out, "model.json"), "w").write(json.dumps({"lr": params.get("learning_rate")}))
+        if b.get("replace_output"):
+            # The output folder swapped for a symlink to a folder of files elsewhere.
+            elsewhere = os.path.join(os.environ["MARKER_DIR"], "elsewhere")
+            os.makedirs(elsewhere, exist_ok=True)
+            open(os.path.join(elsewhere, "model.json"), "w").write("{}")
+            os.remove(os.path.join(out, "model.json")); os.rmdir(out); os.symlink(elsewhere, out)
         m = os.environ["CAPSTAN_METRICS_FILE"]
-        if "garbage" in b:
+        special = b.get("special_metrics")
+        if special == "fifo":
+            os.mkfifo(m)
+        elif special == "zero-link":
+            os.symlink("/dev/zero", m)
+        elif special == "device":
+            os.mknod(m, 0o644 | __import__("stat").S_IFCHR, os.makedev(1, 5))
+        elif "garbage" in b:
             open(m, "w").write(b["garbage"])
         else:
             open(m, "w").write(json.dumps({"accuracy": b.get("accuracy", 0.9), "loss": 0.3}))
@@ -274,10 +287,101 @@ final class TrainingRepo {
         let t = try TrainingRepo(behavior: #"{"garbage": "accuracy: high"}"#)
         let r = try t.capstan(["apply"])
         #expect(r.status == 1)
-        #expect(r.stdout.contains("the metrics file is not a JSON object of numbers"), "\(r.stdout)")
-        let strings = try TrainingRepo(behavior: #"{"garbage": "{\"accuracy\": \"high\"}"}"#)
+        #expect(r.stdout.contains("/metrics.json' is not a JSON object of numbers (it starts with 'accuracy: high')"), "\(r.stdout)")
+        let strings = try TrainingRepo(behavior: #"{"garbage": "{\"accuracy\": \"0.9\"}"}"#)
         let s = try strings.capstan(["apply"])
-        #expect(s.stdout.contains("metric 'accuracy' in the metrics file is"), "\(s.stdout)")
+        #expect(s.status == 1)
+        #expect(s.stdout.contains(#"metric 'accuracy' in the metrics file '"#), "\(s.stdout)")
+        #expect(s.stdout.contains(#"/metrics.json' is the string "0.9", not a number; write it without quotes"#), "\(s.stdout)")
+    }
+
+    /// Metric names follow one rule (letters, digits, `_ . - /`, 1 to 128 characters) and each
+    /// is written once; the error names the key, escaped, on one line.
+    @Test(arguments: [
+        (#"{"a\u0000b": 1}"#, #"has a metric named 'a\0b', which is not a metric name: it contains '\0' (a control character)"#),
+        (#"{"a\nb": 1}"#, #"has a metric named 'a\nb', which is not a metric name: it contains '\n' (a control character)"#),
+        (#"{"": 1}"#, "has a metric named '', which is not a metric name: it is empty"),
+        ("{\"\(String(repeating: "m", count: 129))\": 1}", "which is not a metric name: it is 129 characters long; the limit is 128"),
+        (#"{"accuracy": 0.9, "accuracy": 0.95}"#, "has metric 'accuracy' more than once; write each metric once"),
+    ])
+    func metricNamesAreChecked(_ metrics: String, _ expected: String) throws {
+        let behavior = String(decoding: try JSONSerialization.data(withJSONObject: ["garbage": metrics]), as: UTF8.self)
+        let t = try TrainingRepo(behavior: behavior)
+        let r = try t.capstan(["apply"])
+        #expect(r.status == 1)
+        let line = try #require(r.stdout.split(separator: "\n").first { $0.contains("churn: train FAILED") }, "\(r.stdout)")
+        #expect(line.contains(expected), "\(r.stdout)")
+        #expect(!r.stdout.contains("\0"))
+        let versions = try t.versions()
+        #expect(versions.map { $0["status"] as? String } == ["failed"])
+        #expect((versions[0]["metrics"] as? [String: Double])?.isEmpty == true)
+        #expect((versions[0]["log_tail"] as? String)?.contains(expected) == true, "\(versions)")
+    }
+
+    /// A FIFO, a symlink to /dev/zero or a device as the metrics file: refused at once, named,
+    /// without blocking on the FIFO or reading the device.
+    @Test(arguments: [
+        ("fifo", "is a FIFO (named pipe), not a regular file; write a JSON object of numbers into the file itself"),
+        ("zero-link", "is a symlink, not a regular file; write a JSON object of numbers into the file itself"),
+        ("device", "is a character device, not a regular file"),
+    ])
+    func aMetricsFileThatIsNotARegularFileIsRefused(_ kind: String, _ expected: String) throws {
+        if kind == "device" && getuid() != 0 { return }  // mknod of a device needs root
+        let t = try TrainingRepo(behavior: #"{"special_metrics": "\#(kind)"}"#)
+        let r = try t.capstan(["apply"])
+        #expect(r.status == 1)
+        #expect(r.stdout.contains("/runs/churn/v1-a1/metrics.json' \(expected)"), "\(r.stdout)")
+        #expect(!r.stdout.contains("NSCocoaErrorDomain") && !r.stdout.contains("permission"), "\(r.stdout)")
+    }
+
+    /// A training that replaces `$CAPSTAN_OUTPUT_DIR` with a symlink stores nothing: the link's
+    /// target is not its output.
+    @Test func anOutputFolderReplacedByASymlinkIsRefused() throws {
+        let t = try TrainingRepo(behavior: #"{"replace_output": true}"#)
+        let r = try t.capstan(["apply"])
+        #expect(r.status == 1)
+        #expect(r.stdout.contains("/runs/churn/v1-a1/output' (CAPSTAN_OUTPUT_DIR) with a symlink"), "\(r.stdout)")
+        #expect(try t.versions().map { $0["status"] as? String } == ["failed"])
+        #expect(try t.versions().first?["artifact_digest"] == nil)
+        let stored = (try? FileManager.default.contentsOfDirectory(atPath: t.state + "/artifacts/sha256")) ?? []
+        #expect(stored.isEmpty, "\(stored)")
+    }
+
+    /// Links that look inside one by one but lead four folders above the tree through each
+    /// other, to a file that does not exist yet: refused before the training runs (which would
+    /// write through them into the state folder).
+    @Test func aDanglingSymlinkChainOutOfTheTreeIsRefused() throws {
+        let t = try TrainingRepo()
+        try t.repo.symlink("a/b/c/d/up", to: "../../../..")
+        try t.repo.symlink("a/b/c/d/out", to: "up/../../../../escaped")
+        try t.repo.write("models/churn/train.py", """
+            import os
+            open(os.path.join(os.getcwd(), "../../a/b/c/d/out"), "w").write("written through the chain")
+            open(os.path.join(os.environ["CAPSTAN_OUTPUT_DIR"], "m"), "w").write("m")
+            """)
+        try t.repo.commit("a chain of links")
+        let r = try t.capstan(["apply"])
+        #expect(r.status == 1, "\(r.stdout)")
+        #expect(r.stdout.contains("symlink 'a/b/c/d/out' points outside the tree ('up/../../../../escaped', through other links)"), "\(r.stdout)")
+        #expect(!FileManager.default.fileExists(atPath: t.state + "/escaped"))
+        #expect(!FileManager.default.fileExists(atPath: t.temp.sub("escaped").path))
+    }
+
+    /// A secret of fewer than 4 characters cannot be redacted reliably: the pass refuses it
+    /// before anything runs, naming the model and both variables but not the value.
+    @Test func aSecretShorterThanFourCharactersIsRefusedBeforeAnythingRuns() throws {
+        let t = try TrainingRepo()
+        try t.writeModel(learningRate: "0.1", extraTrain: "    secretEnv: {API_TOKEN: CAPSTAN_TEST_TOKEN}")
+        try t.repo.commit("needs a token")
+        let r = try t.capstan(["apply"], environment: ["CAPSTAN_TEST_TOKEN": "Q7z"])
+        #expect(r.status == 1)
+        #expect(r.stderr.contains("model churn: secretEnv API_TOKEN is taken from the environment variable CAPSTAN_TEST_TOKEN, whose value has only 3 characters"), "\(r.stderr)")
+        #expect(r.stderr.contains("set a longer secret in CAPSTAN_TEST_TOKEN"), "\(r.stderr)")
+        #expect(!r.stdout.contains("Q7z") && !r.stderr.contains("Q7z"))
+        #expect(!r.stdout.contains("register model"), "nothing is planned: \(r.stdout)")
+        #expect((try t.status()["models"] as? [Any])?.isEmpty == true)
+        let fixed = try t.capstan(["apply"], environment: ["CAPSTAN_TEST_TOKEN": "Q7z-longer"])
+        #expect(fixed.status == 0, "\(fixed.stdout)\n\(fixed.stderr)")
     }
 
     @Test func hugeOutputIsStreamedAndBounded() throws {
@@ -412,6 +516,36 @@ final class TrainingRepo {
         // Without the variable the step does not start, and the message names it.
         let missing = try t.capstan(["apply", "--retry-failed"])
         #expect(missing.stdout.contains("CAPSTAN_TEST_TOKEN, which is not set"), "\(missing.stdout)")
+    }
+
+    /// A training that returns its secret every way a step can (defect 2 of issue 13): in the
+    /// text of a metrics file that is not JSON (also cut through the secret where the error
+    /// quotes it), as a metric's string value, as a metric's name, as an output file's name, in
+    /// a 64 KiB+ line with the secret across the cut, in its error output, and a validation
+    /// command that prints it. None of apply's output, status (text and JSON), history (text
+    /// and JSON) or any byte under the state folder (database and WAL included) holds it.
+    @Test func aSecretNeverLeavesATrainingAnyWayItIsReturned() throws {
+        let secret = "ZqJx-canary-\(UUID().uuidString)"
+        let t = try CanaryTraining(secret: secret)
+        var printed = ""
+        for (way, expected) in CanaryTraining.ways {
+            try t.repo.write("models/churn/behavior.json", #"{"leak": "\#(way)"}"#)
+            try t.repo.commit("leak by \(way)")
+            let r = try t.capstan(["apply"], environment: t.environment)
+            printed += r.stdout + r.stderr
+            #expect(r.stdout.contains(expected), "\(way): \(r.stdout)")
+            #expect(r.stderr.contains("token is [secret]"), "\(way): \(r.stderr.suffix(2000))")
+            #expect(r.stderr.contains("xxxx[secret] [line cut: longer than 64 KiB]"), "\(way)")
+            for command in [["status"], ["status", "--format", "json"], ["history"], ["history", "--format", "json"]] {
+                printed += try CLI.run(command + ["--state-dir", t.state]).stdout
+            }
+        }
+        #expect(printed.contains("[secret]"))
+        #expect(try CanaryTraining.leaks(of: [secret], in: printed).isEmpty)
+        #expect(try CanaryTraining.leaks(of: [secret], under: t.state).isEmpty)
+        // Nor the part of it before a cut (the 64 KiB line, the start of the metrics file quoted).
+        #expect(try CanaryTraining.leaks(of: [String(secret.prefix(4))], in: printed).isEmpty)
+        #expect(try CanaryTraining.leaks(of: [String(secret.prefix(4))], under: t.state).isEmpty)
     }
 
     @Test func modelsTrainInParallelUpToThePolicy() throws {
@@ -643,5 +777,108 @@ final class TrainingRepo {
               let close = stat.lastIndex(of: ")") else { return false }
         let state = stat[stat.index(close, offsetBy: 2)...].prefix(1)
         return state != "Z" && state != "X"
+    }
+}
+
+/// A model whose training and validation command return the secret in `$API_TOKEN` in the way
+/// `behavior.json` says (`leak`).
+final class CanaryTraining {
+    let secret: String
+    let base: TrainingRepo
+    var repo: GitRepo { base.repo }
+    var state: String { base.state }
+    var environment: [String: String] { ["CAPSTAN_TEST_TOKEN": secret] }
+
+    /// Each way, with what apply's outcome line says about it.
+    static let ways: [(String, String)] = [
+        ("text", "is not a JSON object of numbers (it starts with 'token [secret]\\nnot json')"),
+        ("text-cut", "is not a JSON object of numbers (it starts with 'xxxxx"),
+        ("value", #"metric 'token' in the metrics file '"#),
+        ("key", "has a metric named '[secret]', which holds the value of a secret"),
+        ("name", "weights-[secret].bin' has the value of a secret in its name"),
+        ("error", "training exited with status 3"),
+        ("validate-key", "has a metric named '[secret]', which holds the value of a secret"),
+        ("none", "churn: validate done"),
+    ]
+
+    static let script = #"""
+        import json, os, sys
+        here = os.path.dirname(os.path.abspath(__file__))
+        way = json.load(open(os.path.join(here, "behavior.json")))["leak"]
+        secret = os.environ["API_TOKEN"]
+        out, m = os.environ["CAPSTAN_OUTPUT_DIR"], os.environ["CAPSTAN_METRICS_FILE"]
+        print("token is", secret, flush=True)
+        # The secret across the 64 KiB line cut.
+        print("x" * (64 * 1024 - 5) + secret + "-rest of the line", flush=True)
+        open(os.path.join(out, "model.json"), "w").write("{}")
+        metrics = {"accuracy": 0.9}
+        if way == "text":
+            open(m, "w").write("token " + secret + "\nnot json")
+        elif way == "text-cut":
+            open(m, "w").write("x" * 76 + secret + " not json")
+        elif way == "value":
+            metrics["token"] = secret
+        elif way == "key":
+            metrics[secret] = 1
+        elif way == "name":
+            open(os.path.join(out, "weights-" + secret + ".bin"), "w").write("w")
+        elif way == "error":
+            print("Traceback (most recent call last):\nValueError: bad token " + secret, flush=True)
+            sys.exit(3)
+        if not os.path.exists(m):
+            json.dump(metrics, open(m, "w"))
+        """#
+
+    static let evaluate = #"""
+        import json, os, sys
+        here = os.path.dirname(os.path.abspath(__file__))
+        way = json.load(open(os.path.join(here, "behavior.json")))["leak"]
+        secret = os.environ["API_TOKEN"]
+        print("evaluating with", secret, flush=True)
+        json.dump({secret: 1} if way == "validate-key" else {"p95_ms": 10}, open(os.environ["CAPSTAN_METRICS_FILE"], "w"))
+        """#
+
+    init(secret: String) throws {
+        self.secret = secret
+        base = try TrainingRepo(validate: """
+            validate:
+                metrics: {accuracy: {min: 0.8}}
+                command: [python3, evaluate.py]
+            """)
+        try base.writeModel(learningRate: "0.1", extraTrain: "    secretEnv: {API_TOKEN: CAPSTAN_TEST_TOKEN}", validate: """
+            validate:
+                metrics: {accuracy: {min: 0.8}}
+                command: [python3, evaluate.py]
+            """)
+        try repo.write("models/churn/train.py", Self.script)
+        try repo.write("models/churn/evaluate.py", Self.evaluate)
+        try repo.commit("canary training")
+    }
+
+    @discardableResult
+    func capstan(_ arguments: [String], environment: [String: String] = [:]) throws -> CLI.Result {
+        try base.capstan(arguments, environment: environment)
+    }
+
+    /// Which of `secrets` occur in `text`.
+    static func leaks(of secrets: [String], in text: String) throws -> [String] {
+        secrets.filter { text.contains($0) }
+    }
+
+    /// `file: secret` for every file under `folder` (recursively, whatever its type of
+    /// contents: the database and its WAL included) whose bytes or name hold one of `secrets`.
+    static func leaks(of secrets: [String], under folder: String) throws -> [String] {
+        var found: [String] = []
+        let fm = FileManager.default
+        guard let walker = fm.enumerator(atPath: folder) else { return ["cannot list \(folder)"] }
+        while let relative = walker.nextObject() as? String {
+            let path = folder + "/" + relative
+            for secret in secrets where relative.contains(secret) { found.append("\(relative) (name): \(secret)") }
+            var isFolder: ObjCBool = false
+            guard fm.fileExists(atPath: path, isDirectory: &isFolder), !isFolder.boolValue,
+                  let data = fm.contents(atPath: path) else { continue }
+            for secret in secrets where data.range(of: Data(secret.utf8)) != nil { found.append("\(relative): \(secret)") }
+        }
+        return found
     }
 }

@@ -89,6 +89,34 @@ struct StateCommandTests {
         #expect(try CLI.run(["history", "--state-dir", dir.url.path, "--since", "yesterday"]).status == 64)
     }
 
+    /// A database written before metric names were checked can hold a NUL, an escape sequence
+    /// or a newline in a metric name (tails and reasons end at a NUL when read back, but may
+    /// hold the rest): status and history print them escaped, one version row and one event
+    /// per line.
+    @Test func controlCharactersFromOlderStateArePrintedEscaped() async throws {
+        let dir = try TemporaryDirectory()
+        let database = try StateDatabase(stateDirectory: dir.url.path)
+        let registry = EmbeddedRegistry(database: database)
+        try await registry.upsertModel(name: "churn", description: nil, labels: [:])
+        let v1 = try await registry.createVersion(NewVersion(model: "churn", fingerprint: "f1aaaaaaaaaaaaaa"))
+        try await registry.updateVersion(model: "churn", number: v1.number, VersionUpdate(status: .trained, metrics: ["acc\0x\u{1B}[2J\nrow": 0.5]))
+        let v2 = try await registry.createVersion(NewVersion(model: "churn", fingerprint: "f2bbbbbbbbbbbbbb"))
+        try await registry.updateVersion(model: "churn", number: v2.number, VersionUpdate(status: .failed, logTail: "first\nsecond\u{1B}]0;title\u{7}\tend"))
+        _ = try AuditLog(database: database).record(AuditEvent(actor: "capstan", object: "model/churn/v2", action: "training-failed",
+                                                               reason: "Traceback\nValueError: \u{1B}[31mbad"))
+        try database.close()
+
+        let status = try CLI.run(["status", "--state-dir", dir.url.path])
+        #expect(status.status == 0, "\(status.stderr)")
+        for control in ["\0", "\u{1B}", "\u{7}"] { #expect(!status.stdout.contains(control), "\(status.stdout.debugDescription)") }
+        #expect(status.stdout.contains(#"acc\0x\u{1B}[2J\nrow=0.5"#), "\(status.stdout)")
+        #expect(status.stdout.contains(#"| second\u{1B}]0;title\u{7}"# + "\tend"), "\(status.stdout)")
+        let history = try CLI.run(["history", "--state-dir", dir.url.path])
+        let lines = history.stdout.split(separator: "\n")
+        #expect(lines.count == 1, "\(history.stdout)")
+        #expect(history.stdout.contains(#"(Traceback\nValueError: \u{1B}[31mbad)"#), "\(history.stdout)")
+    }
+
     @Test func unlockRemovesALeaseByIdAndSaysWhenThereIsNone() async throws {
         let dir = try TemporaryDirectory()
         let database = try StateDatabase(stateDirectory: dir.url.path)

@@ -166,6 +166,51 @@ struct MaterializerTests {
         }
     }
 
+    /// The same chain with a final target that does not exist: on disk nothing resolves, so only
+    /// resolving against the tree itself sees that a write through `a/out` lands two folders
+    /// above it. Refused before anything is written.
+    @Test(arguments: [
+        ("a/out", "up/../../escaped-file"), ("a/out", "up/a/up/../../y"), ("a/out", "deep/../up/../../x"),
+    ])
+    func aDanglingChainOutOfTheTreeIsRefused(_ link: String, _ destination: String) async throws {
+        let f = try Fixture()
+        try f.repo.symlink("a/up", to: "..")
+        try f.repo.symlink(link, to: destination)
+        let commit = try f.repo.commit("dangling chain")
+        let error = await #expect(throws: Materializer.MaterializeError.self) { try await f.materialize(commit) }
+        #expect(error?.message.contains("symlink '\(link)' points outside the tree ('\(destination)', through other links)") == true,
+                "\(String(describing: error))")
+        #expect(f.treeEntries.isEmpty, "left behind: \(f.treeEntries)")
+    }
+
+    /// Chains that stay inside are kept, dangling or not; a loop is refused by name.
+    @Test func chainsInsideTheTreeAreKeptAndLoopsRefused() async throws {
+        let f = try Fixture()
+        try f.repo.symlink("a/up", to: "..")
+        try f.repo.symlink("a/data", to: "up/data/x.csv")
+        try f.repo.symlink("a/later", to: "up/models/not-yet/../../new-file")
+        let commit = try f.repo.commit("inside")
+        let url = try await f.materialize(commit)
+        #expect(try Self.text(url, "a/data") == "a,b\n1,2\n")
+
+        let loop = try Fixture()
+        try loop.repo.symlink("l1", to: "l2")
+        try loop.repo.symlink("l2", to: "l1")
+        let looped = try loop.repo.commit("loop")
+        let error = await #expect(throws: Materializer.MaterializeError.self) { try await loop.materialize(looped) }
+        #expect(error?.message.contains("does not resolve within 40 links") == true, "\(String(describing: error))")
+    }
+
+    @Test(arguments: [
+        ("a/x", ["a/x": "../b"], Materializer.Resolution.inside), ("a/x", ["a/x": "../../b"], .outside),
+        ("a/x", ["a/x": "/b"], .outside), ("a/x", ["a/x": "y/../../../b", "a/y": "c/d"], .inside),
+        ("a/x", ["a/x": "y/../b", "a/y": ".."], .outside), ("a/x", ["a/x": "y/z/../..", "a/y": "../c"], .inside),
+        ("a/x", ["a/x": "y/..", "a/y": "../c/d/../.."], .outside),
+    ])
+    func resolutionFollowsLinksAgainstTheTree(_ path: String, _ links: [String: String], _ expected: Materializer.Resolution) {
+        #expect(Materializer.resolve(path, links: links) == expected)
+    }
+
     @Test func garbageCollectionRemovesOldUnusedTreesAndKeepsListedOnes() async throws {
         let f = try Fixture()
         let a = try f.repo.commit("a")

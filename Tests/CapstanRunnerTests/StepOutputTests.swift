@@ -61,4 +61,48 @@ import Testing
         #expect(!log.contains("s3cret"))
         #expect(!summary.tail.contains("s3cret"))
     }
+
+    /// A secret that straddles the line cut leaves no part of itself: the line is scrubbed
+    /// before it is cut. Every position of the secret across the cut, in one chunk and byte by
+    /// byte, with a newline right after it or the line going on.
+    @Test(arguments: 0...9)
+    func aSecretAcrossTheCutIsReplacedWhole(_ before: Int) throws {
+        let secret = "SECRETVALUE"
+        let limits = OutputLimits(lineBytes: 16)
+        let start = 16 - before - 1  // the secret starts `before + 1` bytes before the cut
+        let line = String(repeating: "x", count: start) + secret + "tail"
+        for rest in ["\n", "-the-line-goes-on-and-on\n", ""] {
+            for chunks in [[line + rest], (line + rest).map { String($0) }] {
+                let (lines, log, summary) = try feed(chunks, limits: limits, redact: [secret])
+                let shown = lines.joined(separator: "\n")
+                for length in 3...secret.count {
+                    // No piece of the secret of 3 or more bytes is left at the cut.
+                    let piece = String(secret.prefix(length))
+                    #expect(!shown.contains(piece), "\(before) \(rest.debugDescription): \(shown)")
+                    #expect(!log.contains(piece), "\(log)")
+                    #expect(!summary.tail.contains(piece), "\(summary.tail)")
+                }
+                #expect(lines == ["> " + String(repeating: "x", count: start) + "[secret] [line cut: longer than 16 bytes]"])
+            }
+        }
+    }
+
+    /// A secret that only begins after the cut is not part of what is kept, and a line within
+    /// the lookahead is still cut where the limit says.
+    @Test func theCutStaysAtTheLimit() throws {
+        let limits = OutputLimits(lineBytes: 8)
+        let (lines, _, _) = try feed(["0123456789\n", "01234567SECRET\n", "abc\n"], limits: limits, redact: ["SECRET"])
+        #expect(lines == [
+            "> 01234567 [line cut: longer than 8 bytes]",
+            "> 01234567 [line cut: longer than 8 bytes]",
+            "> abc",
+        ])
+    }
+
+    /// Several secrets, overlapping each other and repeated, across the cut and in the tail.
+    @Test func overlappingSecretsAreReplacedOnce() throws {
+        let (lines, _, summary) = try feed(["aaSECRETbbb SECRET\n", "ETbbbSECR\n"], limits: .standard, redact: ["SECRETbbb", "aaSECRET"])
+        #expect(lines == ["> [secret] SECRET", "> ETbbbSECR"])
+        #expect(summary.tail == "[secret] SECRET\nETbbbSECR")
+    }
 }

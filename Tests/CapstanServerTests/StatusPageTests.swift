@@ -99,6 +99,24 @@ import Testing
         #expect(html.occurrences(of: "<svg") == html.occurrences(of: "</svg>"))
     }
 
+    /// A database written before metric names were checked may hold a NUL or an escape
+    /// sequence in a metric name or a tail: the page shows them as U+FFFD, never raw.
+    @Test func controlCharactersFromOlderStateNeverReachThePage() throws {
+        let name = "acc\0uracy\u{1B}[31m"
+        let model = StatusFixture.model("churn", versions: [
+            StatusFixture.version(1, "validated", metrics: [name: 0.5, "auc": 0.8]),
+            StatusFixture.version(2, "failed", extra: ["log_tail": "line\0one\u{7}\nline two\ttabbed\u{9B}"]),
+        ])
+        let status = try StatusFixture.status(models: [model], deployments: [])
+        let history = try StatusFixture.history([StatusFixture.event(1, object: "model/churn", action: "trained", reason: "r\0\u{1B}", secondsAgo: 5)])
+        let html = try render(status, history)
+        for control in ["\0", "\u{1B}", "\u{7}", "\u{9B}"] {
+            #expect(!html.contains(control), "\(control.debugDescription) reached the page")
+        }
+        #expect(html.contains("acc\u{FFFD}uracy\u{FFFD}[31m"))
+        #expect(html.contains("line\u{FFFD}one\u{FFFD}\nline two\ttabbed\u{FFFD}"))
+    }
+
     @Test func anEmptyStateRendersAHelpfulPage() throws {
         let status = try StatusFixture.status(models: [], lastPass: nil)
         let html = try render(status, try StatusFixture.history([]))

@@ -1,3 +1,4 @@
+import CapstanCore
 @testable import CapstanStore
 import Foundation
 import Testing
@@ -105,6 +106,42 @@ import Testing
         #expect(error?.message.contains("'\(output)/meta/weights' is a symlink") == true)
         #expect(try contents(temp.path + "/state/artifacts/sha256") == [])
         #expect(try contents(temp.path + "/state/artifacts").allSatisfy { !$0.hasPrefix(".tmp-") })
+    }
+
+    /// An output folder replaced by a symlink (to a folder full of files) stores nothing: the
+    /// link's target is not the training's output.
+    @Test func anOutputFolderThatIsASymlinkIsRefused() throws {
+        let temp = try TemporaryDirectory()
+        let store = ArtifactStore(stateDirectory: temp.path + "/state")
+        let elsewhere = try makeOutput(in: temp, at: "elsewhere")
+        try FileManager.default.createSymbolicLink(atPath: temp.path + "/output", withDestinationPath: elsewhere)
+        let error = #expect(throws: StoreError.self) { try store.store(directory: temp.path + "/output") }
+        #expect(error?.code == .unsupportedEntry)
+        #expect(error?.message.contains("training output '\(temp.path)/output' is a symlink, not a folder") == true,
+                "\(String(describing: error))")
+        #expect(try contents(temp.path + "/state/artifacts/sha256") == [])
+    }
+
+    /// Output names come from the step: one that holds a secret is refused (names are kept in
+    /// the state folder), and no message quotes the secret or a raw control character.
+    @Test func anOutputNameHoldingASecretIsRefusedAndNeverQuoted() throws {
+        let temp = try TemporaryDirectory()
+        let store = ArtifactStore(stateDirectory: temp.path + "/state")
+        let secret = "canary-in-a-name"
+        let scrubber = SecretScrubber(secrets: [secret])
+        let output = try makeOutput(in: temp)
+        try temp.write("output/meta/weights-\(secret).bin", "w")
+        let error = #expect(throws: StoreError.self) { try store.store(directory: output, scrubber: scrubber) }
+        #expect(error?.code == .unsupportedEntry)
+        #expect(error?.message.contains("'\(output)/meta/weights-[secret].bin' has the value of a secret in its name") == true,
+                "\(String(describing: error))")
+        #expect(error.map { !"\($0)".contains(secret) && !$0.path.contains(secret) } == true)
+        #expect(try contents(temp.path + "/state/artifacts/sha256") == [])
+
+        let other = try makeOutput(in: temp, at: "other")
+        try FileManager.default.createSymbolicLink(atPath: other + "/\(secret)\nlink", withDestinationPath: "model.bin")
+        let link = #expect(throws: StoreError.self) { try store.store(directory: other, scrubber: SecretScrubber(secrets: ["unrelated"])) }
+        #expect(link?.message.contains("'\(other)/\(secret)\\nlink' is a symlink") == true, "\(String(describing: link))")
     }
 
     /// A copy that fails halfway (here: the copy's paths grow past PATH_MAX while the source's

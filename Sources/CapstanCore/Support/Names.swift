@@ -47,6 +47,23 @@ public enum Names {
         return nil
     }
 
+    /// The longest metric name.
+    public static let metricNameLimit = 128
+
+    /// Why `s` is not a metric name, or nil when it is one. A metric name is 1 to 128 ASCII
+    /// letters, digits and `_ . - /`: the same rule for metrics files (training and validation)
+    /// and for the gates of a manifest.
+    public static func metricNameProblem(_ s: String) -> String? {
+        let u = Array(s.unicodeScalars)
+        if u.isEmpty { return "it is empty" }
+        if let bad = u.first(where: { !isAlnum($0) && !"_.-/".unicodeScalars.contains($0) }) {
+            let shown = PrintableText.escaped(String(bad))
+            return "it contains '\(shown)'" + (shown == String(bad) ? "" : " (a control character)")
+        }
+        if u.count > metricNameLimit { return "it is \(u.count) characters long; the limit is \(metricNameLimit)" }
+        return nil
+    }
+
     public static func labelKeyProblem(_ s: String) -> String? {
         let parts = s.split(separator: "/", omittingEmptySubsequences: false)
         guard parts.count <= 2, let name = parts.last, !name.isEmpty else { return "write name or prefix/name" }
