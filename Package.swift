@@ -126,6 +126,8 @@ let package = Package(
         ]),
         .testTarget(name: "CapstanServingTests", dependencies: ["CapstanServing", "CapstanCore", "CapstanStore", "CapstanTestSupport"]),
         .testTarget(name: "CapstanServerTests", dependencies: ["CapstanServer", "CapstanCore", "CapstanTestSupport"]),
+        // A real `mlflow server` (scripts/test.sh installs it) and MLflow's own Python client as the judge.
+        .testTarget(name: "CapstanMLflowTests", dependencies: ["CapstanMLflow", "CapstanCore", "CapstanTestSupport"]),
         .testTarget(name: "CapstanRunnerTests", dependencies: ["CapstanRunner", "CapstanCore", "CapstanTestSupport"]),
         .testTarget(name: "CapstanEngineTests", dependencies: [
             "CapstanEngine", "CapstanCore", "CapstanGit", "CapstanStore", "CapstanManifests", "CapstanTestSupport",

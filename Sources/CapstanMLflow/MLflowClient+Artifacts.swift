@@ -115,7 +115,8 @@ extension MLflowClient {
     /// MLflow keeps files only, so empty folders do not come back on download. A folder without
     /// any file is an error.
     @discardableResult
-    public func uploadArtifacts(from folder: String, to location: MLflowArtifactLocation) async throws -> [MLflowArtifactFile] {
+    public func uploadArtifacts(from source: String, to location: MLflowArtifactLocation) async throws -> [MLflowArtifactFile] {
+        let folder = Self.withoutTrailingSlashes(source)
         let operation = "upload '\(folder)' to \(location)"
         let files = try localFiles(in: folder, operation: operation)
         guard !files.isEmpty else {
@@ -164,6 +165,12 @@ extension MLflowClient {
             throw transportFailure(error, operation: operation, transfer: true)
         }
         log(.PUT, artifactURL(location), status, since: started)
+    }
+
+    static func withoutTrailingSlashes(_ path: String) -> String {
+        var path = path
+        while path.count > 1, path.hasSuffix("/") { path.removeLast() }
+        return path
     }
 
     /// The files below `folder` (relative paths, sizes), sorted; refuses symlinks and special files.
@@ -271,7 +278,8 @@ extension MLflowClient {
     /// listing gave, and the staging folder becomes `folder` only when all are complete: on any
     /// error nothing is left behind. Returns the files (paths relative to `folder`, sizes).
     @discardableResult
-    public func downloadArtifacts(from location: MLflowArtifactLocation, into folder: String) async throws -> [MLflowArtifactFile] {
+    public func downloadArtifacts(from location: MLflowArtifactLocation, into destination: String) async throws -> [MLflowArtifactFile] {
+        let folder = Self.withoutTrailingSlashes(destination)
         let operation = "download \(location) into '\(folder)'"
         let fm = FileManager.default
         func local(_ message: String, _ hint: String? = nil) -> MLflowError {
@@ -326,7 +334,7 @@ extension MLflowClient {
     func downloadArtifact(at location: MLflowArtifactLocation, into target: String, expectedSize: Int64, operation: String) async throws {
         let started = ContinuousClock.now
         let deadline = started.advanced(by: configuration.transferTimeout)
-        let request = makeRequest(.GET, url: artifactURL(location), body: nil, contentType: nil)
+        let request = makeRequest(.GET, url: artifactURL(location), body: nil, contentType: nil, accept: "*/*")
         let written: Int64
         let status: Int
         do {

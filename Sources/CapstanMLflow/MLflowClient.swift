@@ -58,7 +58,18 @@ public final class MLflowClient: Sendable {
     public init(_ configuration: Configuration, logger: Logger = Logger(label: "capstan.mlflow", factory: { _ in SwiftLogNoOpLogHandler() })) throws {
         var url = configuration.url.trimmingCharacters(in: .whitespaces)
         while url.hasSuffix("/") { url.removeLast() }
-        server = try Self.checkedURL(url, original: configuration.url)
+        let server = try Self.checkedURL(url, original: configuration.url)
+        self.server = server
+        func refuse(_ what: String) -> MLflowError {
+            MLflowError(kind: .invalidConfiguration, server: server, operation: "configure the MLflow client", message: what)
+        }
+        guard configuration.timeout >= .milliseconds(1), configuration.timeout <= .seconds(86_400) else {
+            throw refuse("the timeout must be between 1ms and 1d")
+        }
+        guard configuration.transferTimeout >= .milliseconds(1), configuration.transferTimeout <= .seconds(7 * 86_400) else {
+            throw refuse("the transfer timeout must be between 1ms and 7d")
+        }
+        guard configuration.maxResponseBytes > 0, configuration.maxDownloadBytes > 0 else { throw refuse("the size limits must be positive") }
         self.configuration = configuration
         self.logger = logger
         do {
@@ -162,11 +173,12 @@ public final class MLflowClient: Sendable {
         return answer
     }
 
-    func makeRequest(_ method: HTTPMethod, url: String, body: HTTPClientRequest.Body?, contentType: String?) -> HTTPClientRequest {
+    func makeRequest(_ method: HTTPMethod, url: String, body: HTTPClientRequest.Body?, contentType: String?,
+                     accept: String = "application/json") -> HTTPClientRequest {
         var request = HTTPClientRequest(url: url)
         request.method = method
         request.headers.add(name: "User-Agent", value: "capstan")
-        request.headers.add(name: "Accept", value: "application/json")
+        request.headers.add(name: "Accept", value: accept)
         if let authorization { request.headers.add(name: "Authorization", value: authorization) }
         if let contentType { request.headers.add(name: "Content-Type", value: contentType) }
         if let body { request.body = body }
