@@ -106,6 +106,12 @@ public struct ManifestDecoder: Sendable {
         let spec = root["spec"]
         switch kind {
         case .config:
+            // Accepted by the schema (editors complete it) but not built yet: refused rather than
+            // silently trained into the embedded registry (issue 15 builds the backend).
+            if let mlflow = spec?["registry"]?["mlflow"] {
+                ctx.error(.unsupportedBackend, "spec.registry.mlflow: the MLflow registry backend is not available in this version of Capstan", mlflow,
+                          hint: "use registry: {embedded: {}} (the default) for now; nothing would be written to MLflow")
+            }
             return .config(ConfigManifest(metadata: metadata, spec: Build.config(spec), origin: origin))
         case .model:
             let (model, inputIndices) = Build.model(spec)

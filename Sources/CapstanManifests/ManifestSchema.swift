@@ -32,7 +32,7 @@ public enum ManifestSchema {
         id: "Registry", doc: "Which model registry holds versions and aliases (the actual state). Set exactly one backend.",
         fields: [
             FieldSpec("embedded", .object(embedded), doc: "The embedded registry (the default).", example: "{}"),
-            FieldSpec("mlflow", .object(mlflow), doc: "An MLflow registry.", example: "{url: \"http://127.0.0.1:5000\"}"),
+            FieldSpec("mlflow", .object(mlflow), doc: "An MLflow registry (not in this version yet: refused with unsupported-backend).", example: "{url: \"http://127.0.0.1:5000\"}"),
         ], exactlyOneOf: ["embedded", "mlflow"])
 
     static let localServing = ObjectSchema(id: "LocalServing", doc: "Capstan's own serving agent (`capstan serve`).", fields: [
