@@ -249,6 +249,34 @@ import Testing
         #expect(controller.stop() == 0)
     }
 
+    @Test(.enabled(if: NonLoopbackAddress.ipv4 != nil, "this machine has no non-loopback IPv4 address"))
+    func aTokenSentOverPlainHTTPIsLoggedOnceNotOnEveryPoll() throws {
+        let address = try #require(NonLoopbackAddress.ipv4)
+        let temp = try TempDir()
+        let work = try Self.repository(temp)
+        let served = temp.sub("served/models.git")
+        _ = try GitRepo(at: served, bare: true)
+        try work.push(to: served.path)
+        let requests = temp.sub("requests.log").path
+        let token = "controller-plain-http-token-1f2e"
+        let server = try PythonServer.gitHTTP(root: temp.sub("served").path, user: "x-access-token", password: token,
+                                              options: ["bind": address, "log": requests])
+        let url = "http://\(address):\(server.port)/models.git"
+        let controller = try RunningController(repo: url, state: temp.sub("state").path, log: temp.sub("run.log"),
+                                               arguments: ["--ref", "main", "--interval", "1s"], environment: ["CAPSTAN_GIT_TOKEN": token])
+        #expect(Self.eventually(within: 60) { controller.request("GET", "/readyz").0 == 200 }, "never ready: \(controller.logText)")
+        // Three fetches that sent the token.
+        #expect(Self.eventually(within: 60) {
+            PythonServer.loggedAuthorizations(requests).filter { $0 != nil }.count >= 6
+        }, "\(PythonServer.loggedAuthorizations(requests))")
+        let warnings = controller.logLines.filter { $0["level"] as? String == "warning" && ($0["msg"] as? String)?.contains("plain http://") == true }
+        #expect(warnings.count == 1, "\(controller.logText)")
+        #expect((warnings.first?["msg"] as? String)?.contains("the credentials from $CAPSTAN_GIT_TOKEN are sent to \(url.dropLast("/models.git".count))") == true,
+                "\(warnings)")
+        #expect(!controller.logText.contains(token))
+        #expect(controller.stop() == 0)
+    }
+
     @Test func aSignedWebhookTriggersAPassAndForgedOnesDoNot() throws {
         let temp = try TempDir()
         let repo = try Self.repository(temp)
