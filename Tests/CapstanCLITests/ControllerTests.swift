@@ -265,7 +265,7 @@ import Testing
         let controller = try RunningController(repo: url, state: temp.sub("state").path, log: temp.sub("run.log"),
                                                arguments: ["--ref", "main", "--interval", "1s"], environment: ["CAPSTAN_GIT_TOKEN": token])
         #expect(Self.eventually(within: 60) { controller.request("GET", "/readyz").0 == 200 }, "never ready: \(controller.logText)")
-        // Three fetches that sent the token.
+        // At least three fetches that sent the token (one or two requests with it each).
         #expect(Self.eventually(within: 60) {
             PythonServer.loggedAuthorizations(requests).filter { $0 != nil }.count >= 6
         }, "\(PythonServer.loggedAuthorizations(requests))")
@@ -275,6 +275,20 @@ import Testing
                 "\(warnings)")
         #expect(!controller.logText.contains(token))
         #expect(controller.stop() == 0)
+    }
+
+    @Test func theAgentsAdminAPIListensOnLoopbackOnlyWithoutAToken() throws {
+        let temp = try TempDir()
+        let repo = try Self.repository(temp)
+        for admin in ["0.0.0.0:0", "[::]:0", "192.0.2.1:7070", "agent.example.com:7070"] {
+            // Under `timeout`: a controller that starts anyway is stopped, not waited for.
+            let r = try Shell.run("timeout", ["30", CLI.binary.path, "run", "--repo", repo.path, "--state-dir", temp.sub("s").path,
+                                              "--serve", "--admin", admin, "--gateway", "127.0.0.1:0", "--http", "127.0.0.1:0"])
+            #expect(r.status == 64, "\(admin): \(r.stderr)")
+            #expect(r.stderr.contains("--admin \(admin) is not a loopback address"), "\(r.stderr)")
+            #expect(r.stderr.contains("--admin-token-env"), "\(r.stderr)")
+        }
+        #expect(!FileManager.default.fileExists(atPath: temp.sub("s").path), "nothing was started")
     }
 
     @Test func aSignedWebhookTriggersAPassAndForgedOnesDoNot() throws {

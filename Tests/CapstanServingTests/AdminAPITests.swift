@@ -131,6 +131,54 @@ let invalidSpecCases: [InvalidSpecCase] = [
         }
     }
 
+    @Test func withoutATokenOnlyLoopbackHostsAreAnswered() async throws {
+        let f = try ServingFixture()
+        try await f.withAgent { (agent: RunningAgent, client: AgentClient) async throws in
+            let port = agent.adminPort
+            func get(_ path: String, _ hostLines: String, version: String = "HTTP/1.1") async -> RawSocket.Exchange {
+                await RawSocket.exchange(port: port, "GET \(path) \(version)\r\n\(hostLines)Connection: close\r\n\r\n")
+            }
+            for host in ["127.0.0.1:\(port)", "127.0.0.1", "localhost:\(port)", "LOCALHOST", "[::1]:\(port)", "[::1]", "127.8.9.10:\(port)"] {
+                let answer = await get("/v1/endpoints", "Host: \(host)\r\n")
+                #expect(answer.status == 200, "Host \(host): \(answer.text)")
+            }
+            for host in ["rebound.example:\(port)", "rebound.example", "127.0.0.1.nip.io:\(port)", "localhost.example.com", "0.0.0.0:\(port)",
+                         "192.0.2.1", "[::ffff:192.0.2.1]", "127.0.0.1:http", "", String(repeating: "h", count: 4000)] {
+                let answer = await get("/v1/endpoints", "Host: \(host)\r\n")
+                #expect(answer.status == 403, "Host \(host.prefix(40)): \(answer.text.prefix(300))")
+                #expect(answer.headers["content-type"] == ["application/json"])
+                let message = (try? JSONSerialization.jsonObject(with: Data(answer.body.utf8)) as? [String: String])?["error"] ?? ""
+                #expect(message.contains("Use http://127.0.0.1:<port>, or start the agent with --admin-token-env"), "\(answer.body.prefix(300))")
+                #expect(answer.body.utf8.count < 1000, "the Host is not echoed whole")
+            }
+            // The write routes too, and a second Host or none.
+            let put = await RawSocket.exchange(port: port, "PUT /v1/endpoints/d HTTP/1.1\r\nHost: rebound.example\r\nContent-Length: \(body().utf8.count)\r\nConnection: close\r\n\r\n\(body())")
+            #expect(put.status == 403, "\(put.text)")
+            let twice = await get("/v1/endpoints", "Host: 127.0.0.1\r\nHost: rebound.example\r\n")
+            #expect(twice.status == 403 || twice.status == 400, "\(twice.text)")
+            let none = await get("/v1/endpoints", "", version: "HTTP/1.0")
+            #expect(none.status == 403, "\(none.text)")
+            // /healthz says nothing worth protecting.
+            #expect(await get("/healthz", "Host: rebound.example\r\n").status == 200)
+            #expect(try await client.endpoints().isEmpty, "AgentClient sends Host: 127.0.0.1:PORT")
+        }
+        // With a token, the token decides, whatever the Host.
+        try await f.withAgent(token: "t0ken-value") { agent, _ in
+            let answer = await RawSocket.exchange(port: agent.adminPort,
+                "GET /v1/endpoints HTTP/1.1\r\nHost: agent.example:7070\r\nAuthorization: Bearer t0ken-value\r\nConnection: close\r\n\r\n")
+            #expect(answer.status == 200, "\(answer.text)")
+        }
+    }
+
+    @Test func anAgentOffLoopbackWithoutATokenDoesNotStart() throws {
+        var configuration = ServingAgentConfiguration(stateDirectory: try ServingFixture().stateDir)
+        configuration.admin = ListenAddress(host: "0.0.0.0", port: 0)
+        let error = #expect(throws: ServingAgentError.self) { try ServingAgent(configuration: configuration) }
+        #expect(error?.message.contains("--admin 0.0.0.0:0 is not a loopback address") == true, "\(String(describing: error))")
+        configuration.adminToken = "t"
+        #expect(throws: Never.self) { try ServingAgent(configuration: configuration) }
+    }
+
     @Test func agentClientReportsRefusalsWithTheAgentsMessage() async throws {
         let f = try ServingFixture()
         try await f.withAgent { _, client in
