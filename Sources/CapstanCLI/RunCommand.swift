@@ -210,6 +210,7 @@ struct RunCommand: AsyncParsableCommand {
         let httpLogger = logger
         let application = Listener(role: "controller's HTTP server", address: httpAddress, flag: "--http", application: Application(
             responder: ControllerHTTP(backend: backend, metrics: metrics, configuration: httpConfiguration, logger: logger),
+            server: HTTPBoundary.http1(server: "the controller", allow: "GET, HEAD, POST"),
             configuration: ApplicationConfiguration(address: .hostname(httpAddress.host, port: httpAddress.port), serverName: "capstan"),
             onServerRunning: { channel in
                 let port = channel.localAddress?.port ?? httpAddress.port

@@ -188,6 +188,7 @@ public final class ServingAgent: Sendable {
         let gateway = Gateway(routes: routes, upstreamTimeout: .milliseconds(configuration.upstreamTimeout.milliseconds), group: gatewayLoops)
         let admin = Application(
             responder: AdminAPI(supervisor: supervisor, token: configuration.adminToken.map { Array($0.utf8) }, bootID: bootID, startedAt: startedAt),
+            server: HTTPBoundary.http1(server: "the admin API", allow: "GET, HEAD, PUT, DELETE"),
             configuration: ApplicationConfiguration(address: .hostname(configuration.admin.host, port: configuration.admin.port)),
             onServerRunning: { channel in gate.listening(.admin, ListenAddress(boundTo: channel.localAddress, otherwise: configuration.admin)) },
             logger: logger)

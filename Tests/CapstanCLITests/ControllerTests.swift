@@ -362,6 +362,28 @@ import Testing
         #expect(controller.stop() == 0)
     }
 
+    @Test func connectAndHeldBackBodiesAreAnsweredCompletely() async throws {
+        let temp = try TempDir()
+        let repo = try Self.repository(temp)
+        let controller = try RunningController(repo: repo.path, state: temp.sub("state").path, log: temp.sub("run.log"),
+                                               arguments: ["--interval", "1h"])
+        let port = Int(controller.http)
+        let connect = await RawSocket.exchange(port: port, "CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n")
+        #expect(connect.closed, "the connection was left open: \(connect.text)")
+        #expect(connect.status == 405, "\(connect.text)")
+        #expect(connect.headers["allow"] == ["GET, HEAD, POST"])
+        #expect(connect.headers["content-length"] == ["\(connect.body.utf8.count)"], "\(connect.text)")
+        // A webhook refused before its body is read (webhooks are off) gets 100 Continue first.
+        let webhook = await RawSocket.exchange(
+            port: port, "POST /hooks/git HTTP/1.1\r\nHost: 127.0.0.1\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n",
+            more: "{}" + "GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        #expect(webhook.text.hasPrefix("HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 401 "), "\(webhook.text)")
+        #expect(webhook.text.contains("\r\n\r\nok\n") && webhook.closed, "\(webhook.text)")
+        let old = await RawSocket.exchange(port: port, "GET /healthz HTTP/1.0\r\n\r\n")
+        #expect(old.closed && old.status == 200, "\(old.text)")
+        #expect(controller.stop() == 0)
+    }
+
     @Test func metricsAreValidPrometheusText() throws {
         let temp = try TempDir()
         let repo = try Self.repository(temp)

@@ -170,6 +170,50 @@ let invalidSpecCases: [InvalidSpecCase] = [
         }
     }
 
+    @Test func connectIsAComplete405AndTheConnectionCloses() async throws {
+        let f = try ServingFixture()
+        try await f.withAgent { agent, _ in
+            let answer = await RawSocket.exchange(port: agent.adminPort, "CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n",
+                                                  more: "GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            #expect(answer.closed, "the connection was left open: \(answer.text)")
+            #expect(answer.status == 405, "\(answer.text)")
+            #expect(answer.headers["allow"] == ["GET, HEAD, PUT, DELETE"])
+            #expect(answer.headers["connection"] == ["close"])
+            #expect(answer.headers["content-length"] == ["\(answer.body.utf8.count)"], "\(answer.text)")
+            #expect(answer.body.contains("the admin API makes no tunnels"), "\(answer.text)")
+        }
+    }
+
+    @Test func aBodyHeldBackFor100ContinueIsAskedForAtOnce() async throws {
+        // Refused before its body is read (403: not a loopback Host), the request must not leave
+        // its body to be taken for the next request: the client gets 100 Continue first, sends
+        // it, and the next request on the connection is answered as itself.
+        let f = try ServingFixture()
+        try await f.withAgent { agent, _ in
+            let answer = await RawSocket.exchange(
+                port: agent.adminPort,
+                "PUT /v1/endpoints/d HTTP/1.1\r\nHost: rebound.example\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n",
+                more: "hello" + "GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+            #expect(answer.text.hasPrefix("HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 403 "), "\(answer.text)")
+            #expect(answer.text.contains("\r\n\r\nok\n"), "the next request was answered: \(answer.text)")
+            #expect(!answer.text.contains("400 Bad Request"), "\(answer.text)")
+            #expect(answer.closed)
+        }
+    }
+
+    @Test func http10ConnectionsCloseUnlessKeptAlive() async throws {
+        let f = try ServingFixture()
+        try await f.withAgent { agent, _ in
+            let closing = await RawSocket.exchange(port: agent.adminPort, "GET /healthz HTTP/1.0\r\n\r\n")
+            #expect(closing.closed, "\(closing.text)")
+            #expect(closing.status == 200 && closing.body == "ok\n", "\(closing.text)")
+            let kept = await RawSocket.exchange(port: agent.adminPort, "GET /healthz HTTP/1.0\r\nConnection: keep-alive\r\n\r\n",
+                                                more: "GET /healthz HTTP/1.0\r\n\r\n")
+            #expect(kept.text.components(separatedBy: "ok\n").count == 3, "two answers on one connection: \(kept.text)")
+            #expect(kept.closed)
+        }
+    }
+
     @Test func anAgentOffLoopbackWithoutATokenDoesNotStart() throws {
         var configuration = ServingAgentConfiguration(stateDirectory: try ServingFixture().stateDir)
         configuration.admin = ListenAddress(host: "0.0.0.0", port: 0)
