@@ -394,6 +394,8 @@ public struct Listener<Responder: HTTPResponder>: Service where Responder.Contex
             try await application.run()
         } catch let error as IOError {
             throw ListenFailure.error(error, role: role, address: address, flag: flag)
+        } catch let error as SocketAddressError.UnknownHost {
+            throw ListenFailure.error(error, role: role, address: address, flag: flag)
         } catch {
             // Cut short by a stop that took too long: that is how stopping ends, not a failure.
             if Task.isCancelled || Task.isShuttingDownGracefully { return }
@@ -410,7 +412,12 @@ public enum ListenFailure {
         case EADDRINUSE: reason = "the address is already in use (another `capstan serve` or `capstan run`?)"
         case EADDRNOTAVAIL: reason = "this machine has no such address"
         case EACCES: reason = "permission denied (ports below 1024 need privileges)"
-        default: reason = (error as? IOError)?.description ?? "\(error)"
+        default:
+            if error is SocketAddressError.UnknownHost {
+                reason = "the host name cannot be resolved"
+            } else {
+                reason = (error as? IOError)?.description ?? "\(error)"
+            }
         }
         return ServingAgentError(message: "cannot listen on \(address) for the \(role): \(reason); choose another address with \(flag)")
     }

@@ -148,6 +148,18 @@ final class ServeProcess {
     }
 
     @Test(.enabled(if: CapstanBinary.hasServe, "needs `capstan serve` registered in CapstanMain"),
+          arguments: [("--admin", "admin API"), ("--gateway", "gateway")])
+    func aHostNameThatDoesNotResolveSaysSo(_ flag: String, _ role: String) throws {
+        let f = try ServingFixture()
+        var arguments = ["serve", "--admin", "127.0.0.1:0", "--gateway", "127.0.0.1:0", "--admin-token-env", "AGENT_TOKEN", "--state-dir", f.stateDir]
+        arguments[arguments.firstIndex(of: flag)! + 1] = "no-such-host.invalid:0"
+        let r = try Shell.run("timeout", ["30", CapstanBinary.path!] + arguments, environment: ["AGENT_TOKEN": "t"])
+        #expect(r.status == 1, "\(r.stderr)")
+        #expect(r.stderr.contains("cannot listen on no-such-host.invalid:0 for the \(role): the host name cannot be resolved; choose another address with \(flag)"),
+                "\(r.stderr)")
+    }
+
+    @Test(.enabled(if: CapstanBinary.hasServe, "needs `capstan serve` registered in CapstanMain"),
           arguments: [("0.0.0.0", "127.0.0.1"), ("::", "::1")])
     func theAddressesPrintedAreTheOnesBound(_ wildcard: String, _ loopback: String) async throws {
         let f = try ServingFixture()
