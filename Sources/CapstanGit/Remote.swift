@@ -16,7 +16,7 @@ final class RemoteCallbackContext {
     /// What the fetch should tell its caller (credentials sent in clear text).
     var warnings: [String] = []
     /// The count (`LibGit2.lastConnection`) of the last connection that presented a TLS
-    /// certificate: a later credentials request on it comes over https.
+    /// certificate: a later credentials request on it comes over https (for messages).
     var tlsConnection: UInt64?
 
     init(url: String, credentials: GitCredentials, timeout: TimeInterval) {
@@ -192,10 +192,12 @@ extension RemoteCallbackContext {
         // A redirect makes libgit2 connect to another host but hand this callback the URL it
         // started from: where the request went is known from the socket stream.
         var target: NetworkEndpoint?
+        // The scheme cannot get weaker on the same host and port (libgit2 follows no redirect
+        // from https to http), so host and port decide; the scheme is for the message.
         if let origin, let (endpoint, count) = LibGit2.lastConnection() {
             target = endpoint
-            let scheme = tlsConnection == count ? "https" : "http"
-            if scheme != origin.scheme || !endpoint.matches(origin.endpoint) {
+            if !endpoint.matches(origin.endpoint) {
+                let scheme = tlsConnection == count ? "https" : "http"
                 return fail(.authentication, Self.redirectRefusal(from: origin, to: HTTPOrigin(scheme: scheme, endpoint: endpoint), url: shownURL, already: false))
             }
         }
@@ -256,8 +258,10 @@ extension RemoteCallbackContext {
     /// The connection the pin refused, as the error the user sees.
     func refusedRedirect() -> GitError? {
         guard let origin, let refused = LibGit2.refusedConnection() else { return nil }
+        // Never connected: its scheme is a guess from the port.
+        let scheme = refused.port == "443" ? "https" : refused.port == "80" ? "http" : origin.scheme
         return GitError(kind: .authentication, function: "capstan",
-                        message: Self.redirectRefusal(from: origin, to: HTTPOrigin(scheme: origin.scheme, endpoint: refused), url: shownURL, already: true))
+                        message: Self.redirectRefusal(from: origin, to: HTTPOrigin(scheme: scheme, endpoint: refused), url: shownURL, already: true))
     }
 
     static func redirectRefusal(from origin: HTTPOrigin, to target: HTTPOrigin, url: String, already: Bool) -> String {
