@@ -98,6 +98,8 @@ extension Repository {
             throw error
         }
 
+        // No proxy (GIT_PROXY_NONE): every connection goes to the remote itself, which the
+        // credentials check relies on (it compares the socket's host and port with the URL's).
         var proxy = git_proxy_options()
         git_proxy_options_init(&proxy, UInt32(GIT_PROXY_OPTIONS_VERSION))
         let connected = withExtendedLifetime(context) { git_remote_connect(remote, GIT_DIRECTION_FETCH, &callbacks, &proxy, nil) }

@@ -131,8 +131,7 @@ struct AdminAPI: HTTPResponder {
             + "to this machine. Use http://127.0.0.1:<port>, or start the agent with --admin-token-env"
         guard let authority = request.head.authority else { return "the request has no Host header" + advice }
         if request.headers[values: HTTPField.Name("Host")!].count > 0 { return "the request has more than one Host header" + advice }
-        guard let (host, _) = Loopback.splitAuthority(authority), Loopback.isLoopbackHost(host),
-              authority.hasPrefix("[") || !host.contains(":") else {
+        guard let (host, _) = Loopback.splitAuthority(authority), Loopback.isLoopbackHost(host) else {
             let shown = authority.count > 100 ? String(authority.prefix(100)) + "…" : authority
             return "Host '\(shown)' is not a loopback name" + advice
         }
