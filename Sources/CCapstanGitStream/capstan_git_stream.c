@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/socket.h>
 #include <sys/time.h>
 #include <unistd.h>
@@ -43,6 +44,63 @@ static int wait_budget_ms(void) {
         if (left < budget) budget = (int)left;
     }
     return budget;
+}
+
+/* Where the calling thread's connections went, and where they may go (per thread, like the
+   timeouts: one libgit2 operation runs on one thread from start to end). */
+#define ENDPOINT_HOST_MAX 256
+#define ENDPOINT_PORT_MAX 16
+typedef struct {
+    char host[ENDPOINT_HOST_MAX];
+    char port[ENDPOINT_PORT_MAX];
+} endpoint;
+
+static _Thread_local endpoint last_connection;
+static _Thread_local unsigned long long connection_count = 0;
+static _Thread_local endpoint pinned;
+static _Thread_local int is_pinned = 0;
+static _Thread_local endpoint refused;
+static _Thread_local int has_refused = 0;
+
+/* Copies host and port; 0 when either is too long to keep whole. */
+static int endpoint_set(endpoint *e, const char *host, const char *port) {
+    size_t h = strlen(host), p = strlen(port);
+    if (h >= ENDPOINT_HOST_MAX || p >= ENDPOINT_PORT_MAX) {
+        e->host[0] = e->port[0] = '\0';
+        return 0;
+    }
+    memcpy(e->host, host, h + 1);
+    memcpy(e->port, port, p + 1);
+    return 1;
+}
+
+static int endpoint_is(const endpoint *e, const char *host, const char *port) {
+    return e->host[0] != '\0' && strcasecmp(e->host, host) == 0 && strcmp(e->port, port) == 0;
+}
+
+void capstan_git_stream_reset_endpoints(void) {
+    memset(&last_connection, 0, sizeof last_connection);
+    memset(&pinned, 0, sizeof pinned);
+    memset(&refused, 0, sizeof refused);
+    is_pinned = has_refused = 0;
+}
+
+unsigned long long capstan_git_stream_last_connection(char *host, size_t host_len, char *port, size_t port_len) {
+    if (host_len > 0) snprintf(host, host_len, "%s", last_connection.host);
+    if (port_len > 0) snprintf(port, port_len, "%s", last_connection.port);
+    return connection_count;
+}
+
+int capstan_git_stream_pin(const char *host, const char *port) {
+    is_pinned = 1;
+    return endpoint_set(&pinned, host, port);
+}
+
+int capstan_git_stream_refused(char *host, size_t host_len, char *port, size_t port_len) {
+    if (!has_refused) return 0;
+    if (host_len > 0) snprintf(host, host_len, "%s", refused.host);
+    if (port_len > 0) snprintf(port, port_len, "%s", refused.port);
+    return 1;
 }
 
 typedef struct {
@@ -85,6 +143,16 @@ static int connect_with_deadline(int fd, const struct sockaddr *addr, socklen_t 
 
 static int stream_connect(git_stream *s) {
     capstan_stream *st = (capstan_stream *)s;
+    if (is_pinned && !endpoint_is(&pinned, st->host, st->port)) {
+        /* Credentials went to the pinned endpoint in this operation; libgit2 may send them again
+           to wherever a redirect points (it keeps them on the transport). */
+        has_refused = 1;
+        endpoint_set(&refused, st->host, st->port);
+        char message[512];
+        snprintf(message, sizeof message, "refusing to connect to %s:%s: credentials were sent to another host in this fetch", st->host, st->port);
+        git_error_set_str(GIT_ERROR_NET, message);
+        return -1;
+    }
     int ms = wait_budget_ms();
     if (ms == 0) { set_error("connecting to", st->host, st->port, ETIME); return -1; }
     struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM}, *res = NULL, *ai;
@@ -102,6 +170,8 @@ static int stream_connect(git_stream *s) {
         int err = connect_with_deadline(fd, ai->ai_addr, ai->ai_addrlen, ms);
         if (err == 0) {
             st->fd = fd;
+            endpoint_set(&last_connection, st->host, st->port);
+            connection_count++;
             freeaddrinfo(res);
             return 0;
         }

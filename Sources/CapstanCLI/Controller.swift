@@ -44,6 +44,8 @@ final class Controller: Sendable {
     private struct State {
         var firstPassDone = false
         var sourceError: String?
+        /// Warnings of the source already logged: each is logged once, not on every poll.
+        var sourceWarnings: Set<String> = []
         var lastPass: (commit: String?, outcome: String, at: Date)?
         var lastAppliedCommit: String?
         var shuttingDown = false
@@ -204,6 +206,9 @@ final class Controller: Sendable {
         do {
             let source = try options.source(for: options.repo ?? ".")
             let opened = try await source.open(fetch: !options.noFetch)
+            for warning in opened.warnings where state.withLock({ $0.sourceWarnings.insert(warning).inserted }) {
+                logger.warning("\(warning)")
+            }
             let revision = try await opened.resolve(options.ref)
             let recovered = state.withLock { state -> Bool in
                 defer { state.sourceError = nil }

@@ -34,7 +34,7 @@ struct AgentService: Service {
     func run() async throws {
         defer { listening.close() }
         try await agent.run { running in
-            logger.info("serving agent: gateway on \(running.gatewayURL), admin API on \(running.adminURL)", metadata: ["component": "serve"])
+            logger.info("serving agent: gateway on \(running.gateway.url), admin API on \(running.admin.url)", metadata: ["component": "serve"])
             listening.open(running)
         }
     }

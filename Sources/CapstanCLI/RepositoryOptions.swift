@@ -87,6 +87,9 @@ enum GitDesiredStateReader {
         } catch {
             throw CommandFailure(message: error.description)
         }
+        for warning in opened.warnings {
+            Terminal.err("capstan: warning: \(warning)\n")
+        }
         for forced in opened.forcedUpdates {
             Terminal.err("capstan: note: \(forced.ref) was force-pushed (\(forced.from.short) → \(forced.to.short), not a fast-forward); following the new commit\n")
         }

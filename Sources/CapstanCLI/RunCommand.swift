@@ -61,7 +61,8 @@ struct RunCommand: AsyncParsableCommand {
     @Option(name: .customLong("gateway"), help: ArgumentHelp("With --serve: where the gateway listens.", valueName: "host:port"))
     var gateway = "127.0.0.1:8080"
 
-    @Option(name: .customLong("admin"), help: ArgumentHelp("With --serve: where the agent's admin API listens.", valueName: "host:port"))
+    @Option(name: .customLong("admin"), help: ArgumentHelp(
+        "With --serve: where the agent's admin API listens; an address other than loopback needs --admin-token-env.", valueName: "host:port"))
     var admin = "127.0.0.1:7070"
 
     @Option(name: .customLong("gateway-threads"), help: ArgumentHelp(
@@ -97,7 +98,10 @@ struct RunCommand: AsyncParsableCommand {
         }
         if serve {
             _ = try Self.usage { () throws(ServingAgentError) in try ListenAddress(parsing: gateway, option: "--gateway") }
-            _ = try Self.usage { () throws(ServingAgentError) in try ListenAddress(parsing: admin, option: "--admin") }
+            let adminAddress = try Self.usage { () throws(ServingAgentError) in try ListenAddress(parsing: admin, option: "--admin") }
+            if let problem = AdminBinding.problem(adminAddress, hasToken: adminTokenEnv != nil) {
+                throw ValidationError(problem)
+            }
         }
         for name in [webhookSecretEnv, apiTokenEnv, adminTokenEnv].compactMap({ $0 }) + notifyWebhookEnv + notifySlackEnv where !Names.isEnvName(name) {
             throw ValidationError("'\(name)' is not an environment variable name")
@@ -206,6 +210,7 @@ struct RunCommand: AsyncParsableCommand {
         let httpLogger = logger
         let application = Listener(role: "controller's HTTP server", address: httpAddress, flag: "--http", application: Application(
             responder: ControllerHTTP(backend: backend, metrics: metrics, configuration: httpConfiguration, logger: logger),
+            server: HTTPBoundary.http1(server: "the controller", allow: "GET, HEAD, POST"),
             configuration: ApplicationConfiguration(address: .hostname(httpAddress.host, port: httpAddress.port), serverName: "capstan"),
             onServerRunning: { channel in
                 let port = channel.localAddress?.port ?? httpAddress.port

@@ -19,7 +19,8 @@ struct ServeCommand: AsyncParsableCommand {
     @Option(name: .customLong("gateway"), help: ArgumentHelp("Where the gateway listens.", valueName: "host:port"))
     var gateway = "127.0.0.1:8080"
 
-    @Option(name: .customLong("admin"), help: ArgumentHelp("Where the admin API listens.", valueName: "host:port"))
+    @Option(name: .customLong("admin"), help: ArgumentHelp(
+        "Where the admin API listens; an address other than loopback needs --admin-token-env.", valueName: "host:port"))
     var admin = "127.0.0.1:7070"
 
     @Option(name: .customLong("gateway-threads"), help: ArgumentHelp(
@@ -34,11 +35,15 @@ struct ServeCommand: AsyncParsableCommand {
     var adminTokenEnv: String?
 
     func validate() throws {
+        let adminAddress: ListenAddress
         do {
             _ = try ListenAddress(parsing: gateway, option: "--gateway")
-            _ = try ListenAddress(parsing: admin, option: "--admin")
+            adminAddress = try ListenAddress(parsing: admin, option: "--admin")
         } catch {
             throw ValidationError(error.message)
+        }
+        if let problem = AdminBinding.problem(adminAddress, hasToken: adminTokenEnv != nil) {
+            throw ValidationError(problem)
         }
         if let gatewayThreads, !(1...256).contains(gatewayThreads) {
             throw ValidationError("--gateway-threads \(gatewayThreads) is not between 1 and 256")
@@ -83,7 +88,7 @@ struct ServeCommand: AsyncParsableCommand {
             Terminal.err("capstan serve: \(agent.savedEndpoints.count) endpoint(s) restored from \(agent.endpointsFile)\n")
         }
         try await agent.run(handleSignals: true) { running in
-            Terminal.out("capstan serve: gateway on \(running.gatewayURL), admin API on \(running.adminURL)\n")
+            Terminal.out("capstan serve: gateway on \(running.gateway.url), admin API on \(running.admin.url)\n")
         }
         Terminal.err("capstan serve: stopped\n")
     }

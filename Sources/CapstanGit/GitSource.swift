@@ -31,6 +31,9 @@ public struct OpenedRepository: Sendable {
     public var mirrorPath: String?
     /// Branches that were force-pushed since the last fetch (already recorded in the state directory).
     public var forcedUpdates: [ForcedUpdate]
+    /// What the fetch wants the user to know, one sentence each (credentials sent over plain
+    /// http:// to another machine). The caller shows them: on stderr, in the log.
+    public var warnings: [String] = []
 }
 
 /// A ref resolved to one exact commit.
@@ -108,23 +111,25 @@ public struct GitSource: Sendable {
             guard fetch else {
                 throw self.error(.notFound, "there is no mirror of this remote in \(options.stateDirectory) yet; run once without --no-fetch")
             }
-            try await createMirror(url: url, at: path)
+            let warnings = try await createMirror(url: url, at: path)
             let repo = try await openExisting(path)
-            return OpenedRepository(repository: repo, location: location, mirrorPath: path, forcedUpdates: [])
+            return OpenedRepository(repository: repo, location: location, mirrorPath: path, forcedUpdates: [], warnings: warnings)
         }
         var repo: GitRepository?
         do {
             repo = try await GitRepository.open(at: path)
         } catch {
             discard(path)
-            try await createMirror(url: url, at: path)
-            return OpenedRepository(repository: try await openExisting(path), location: location, mirrorPath: path, forcedUpdates: [])
+            let warnings = try await createMirror(url: url, at: path)
+            return OpenedRepository(repository: try await openExisting(path), location: location, mirrorPath: path, forcedUpdates: [],
+                                    warnings: warnings)
         }
         var forced: [ForcedUpdate] = []
+        var warnings: [String] = []
         do throws(GitSourceError) {
             var fetchError: GitSourceError?
             if fetch {
-                do throws(GitSourceError) { forced = try await self.fetch(repo!, url: url) } catch { fetchError = error }
+                do throws(GitSourceError) { (forced, warnings) = try await self.fetch(repo!, url: url) } catch { fetchError = error }
             }
             // Refs that point at objects the mirror cannot read mean lost or damaged packs (a
             // fetch over such a mirror fails in odd ways: "object not found", "no branches").
@@ -138,12 +143,12 @@ public struct GitSource: Sendable {
             // repository is closed first: libgit2 caches pack files by path.
             repo = nil
             discard(path)
-            try await createMirror(url: url, at: path)
+            warnings = try await createMirror(url: url, at: path)
             repo = try await openExisting(path)
             forced = []
         }
         if !forced.isEmpty { record(forced, mirror: path) }
-        return OpenedRepository(repository: repo!, location: location, mirrorPath: path, forcedUpdates: forced)
+        return OpenedRepository(repository: repo!, location: location, mirrorPath: path, forcedUpdates: forced, warnings: warnings)
     }
 
     private func openExisting(_ path: String) async throws(GitSourceError) -> GitRepository {
@@ -152,14 +157,15 @@ public struct GitSource: Sendable {
         }
     }
 
-    /// Fetches into an existing mirror; returns the branches that were force-pushed.
-    private func fetch(_ repo: GitRepository, url: String) async throws(GitSourceError) -> [ForcedUpdate] {
+    /// Fetches into an existing mirror; returns the branches that were force-pushed, and the
+    /// fetch's warnings.
+    private func fetch(_ repo: GitRepository, url: String) async throws(GitSourceError) -> ([ForcedUpdate], [String]) {
         let credentials = options.credentials, timeout = options.fetchTimeout
         do {
-            return try await repo.withRepository { r throws -> [ForcedUpdate] in
+            return try await repo.withRepository { r throws -> ([ForcedUpdate], [String]) in
                 let before = try r.references(under: "refs/heads/")
-                let head = try r.fetch(url: url, refspecs: Self.refspecs, credentials: credentials, timeout: timeout)
-                if let head { try r.setSymbolicReference("HEAD", to: head) }
+                let fetched = try r.fetch(url: url, refspecs: Self.refspecs, credentials: credentials, timeout: timeout)
+                if let head = fetched.defaultBranch { try r.setSymbolicReference("HEAD", to: head) }
                 let after = try r.references(under: "refs/heads/")
                 var forced: [ForcedUpdate] = []
                 for (name, old) in before.sorted(by: { $0.key < $1.key }) {
@@ -168,7 +174,7 @@ public struct GitSource: Sendable {
                         forced.append(ForcedUpdate(ref: name, from: old, to: new, at: Date()))
                     }
                 }
-                return forced
+                return (forced, fetched.warnings)
             }
         } catch let e as GitError {
             throw self.error(e.kind, fetchAdvice(e))
@@ -188,7 +194,8 @@ public struct GitSource: Sendable {
         }
     }
 
-    private func createMirror(url: String, at path: String) async throws(GitSourceError) {
+    /// Clones the remote into a new mirror at `path`; returns the fetch's warnings.
+    private func createMirror(url: String, at path: String) async throws(GitSourceError) -> [String] {
         let fm = FileManager.default
         let parent = (path as NSString).deletingLastPathComponent
         let temporary = "\(path).tmp-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
@@ -199,13 +206,13 @@ public struct GitSource: Sendable {
         }
         let credentials = options.credentials, timeout = options.fetchTimeout
         let executor = DispatchQueueExecutor(label: "capstan.git.clone")
-        let result: Result<Void, GitError> = await withCheckedContinuation { continuation in
+        let result: Result<[String], GitError> = await withCheckedContinuation { continuation in
             executor.queue.async {
                 do {
                     let r = try Repository.initBare(at: temporary)
-                    let head = try r.fetch(url: url, refspecs: Self.refspecs, credentials: credentials, timeout: timeout)
-                    if let head { try r.setSymbolicReference("HEAD", to: head) }
-                    continuation.resume(returning: .success(()))
+                    let fetched = try r.fetch(url: url, refspecs: Self.refspecs, credentials: credentials, timeout: timeout)
+                    if let head = fetched.defaultBranch { try r.setSymbolicReference("HEAD", to: head) }
+                    continuation.resume(returning: .success(fetched.warnings))
                 } catch let e as GitError {
                     continuation.resume(returning: .failure(e))
                 } catch {
@@ -213,7 +220,10 @@ public struct GitSource: Sendable {
                 }
             }
         }
-        if case .failure(let e) = result {
+        let warnings: [String]
+        switch result {
+        case .success(let fetched): warnings = fetched
+        case .failure(let e):
             try? fm.removeItem(atPath: temporary)
             throw self.error(e.kind, fetchAdvice(e))
         }
@@ -233,6 +243,7 @@ public struct GitSource: Sendable {
                 throw self.error(.other, "cannot move the new mirror into place at \(path): \(String(cString: strerror(code)))")
             }
         }
+        return warnings
     }
 
     /// Throws away the mirror of a remote (found damaged while reading it); the next `open`

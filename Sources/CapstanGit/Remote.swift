@@ -1,3 +1,4 @@
+import CapstanCore
 import CLibGit2
 import Foundation
 
@@ -10,12 +11,20 @@ final class RemoteCallbackContext {
     /// A clearer explanation than libgit2's, set by a callback that refused.
     var failure: GitError?
     let deadline: Date
+    /// For http(s): where credentials may go (the URL's scheme, host and port).
+    let origin: HTTPOrigin?
+    /// What the fetch should tell its caller (credentials sent in clear text).
+    var warnings: [String] = []
+    /// The count (`LibGit2.lastConnection`) of the last connection that presented a TLS
+    /// certificate: a later credentials request on it comes over https (for messages).
+    var tlsConnection: UInt64?
 
     init(url: String, credentials: GitCredentials, timeout: TimeInterval) {
         self.url = url
         self.shownURL = RepositoryLocation.redact(url)
         self.credentials = credentials
         self.deadline = Date().addingTimeInterval(timeout)
+        self.origin = HTTPOrigin(url: url)
     }
 
     func fail(_ kind: GitError.Kind, _ message: String) -> Int32 {
@@ -50,9 +59,10 @@ extension Repository {
     /// Fetches `refspecs` from `url` with an anonymous remote (nothing about the remote, least
     /// of all credentials, is written to the repository's config), pruning deleted refs. Returns
     /// the remote's default branch (`refs/heads/main`) when it advertises one.
-    func fetch(url: String, refspecs: [String], credentials: GitCredentials, timeout: TimeInterval) throws(GitError) -> String? {
+    func fetch(url: String, refspecs: [String], credentials: GitCredentials, timeout: TimeInterval) throws(GitError) -> FetchResult {
         // Per thread: this fetch runs on the calling thread, start to end.
         LibGit2.setNetworkTimeout(milliseconds: Int(timeout * 1000))
+        LibGit2.resetEndpoints()
         defer { LibGit2.clearNetworkDeadline() }
         let context = RemoteCallbackContext(url: url, credentials: credentials, timeout: timeout)
         var remote: OpaquePointer?
@@ -81,11 +91,15 @@ extension Repository {
         func rethrow(_ rc: Int32, _ function: String) throws(GitError) {
             guard rc < 0 else { return }
             var error = GitError.last(code: rc, function: function)
-            if let failure = context.failure { error = GitError(kind: failure.kind, code: rc, function: function, message: failure.message) }
+            if let failure = context.failure ?? context.refusedRedirect() {
+                error = GitError(kind: failure.kind, code: rc, function: function, message: failure.message)
+            }
             error.context = "fetching \(context.shownURL)"
             throw error
         }
 
+        // No proxy (GIT_PROXY_NONE): every connection goes to the remote itself, which the
+        // credentials check relies on (it compares the socket's host and port with the URL's).
         var proxy = git_proxy_options()
         git_proxy_options_init(&proxy, UInt32(GIT_PROXY_OPTIONS_VERSION))
         let connected = withExtendedLifetime(context) { git_remote_connect(remote, GIT_DIRECTION_FETCH, &callbacks, &proxy, nil) }
@@ -111,8 +125,63 @@ extension Repository {
             }
         }
         try rethrow(rc, "git_remote_fetch")
-        return defaultBranch
+        return FetchResult(defaultBranch: defaultBranch, warnings: context.warnings)
     }
+}
+
+/// What a fetch found besides the objects.
+struct FetchResult {
+    /// The remote's default branch (`refs/heads/main`) when it advertises one.
+    var defaultBranch: String?
+    /// Things the user should know (credentials sent in clear text).
+    var warnings: [String]
+}
+
+/// The scheme, host and port of an `http(s)://` URL: the one place its credentials may go.
+struct HTTPOrigin: Equatable, CustomStringConvertible {
+    var scheme: String
+    var host: String
+    /// As libgit2 gives it to the socket: the URL's port, else 80 or 443.
+    var port: String
+
+    init?(url: String) {
+        guard let schemeEnd = url.range(of: "://") else { return nil }
+        let scheme = url[..<schemeEnd.lowerBound].lowercased()
+        guard scheme == "http" || scheme == "https" else { return nil }
+        let rest = url[schemeEnd.upperBound...]
+        var authority = rest.prefix { $0 != "/" && $0 != "?" && $0 != "#" }
+        if let at = authority.lastIndex(of: "@") { authority = authority[authority.index(after: at)...] }
+        var host = Substring(authority), port = Substring("")
+        if authority.hasPrefix("["), let close = authority.firstIndex(of: "]") {
+            host = authority[authority.index(after: authority.startIndex)..<close]
+            let after = authority[authority.index(after: close)...]
+            if after.hasPrefix(":") { port = after.dropFirst() }
+        } else if let colon = authority.lastIndex(of: ":") {
+            host = authority[..<colon]
+            port = authority[authority.index(after: colon)...]
+        }
+        self.scheme = scheme
+        self.host = String(host)
+        self.port = port.isEmpty ? (scheme == "https" ? "443" : "80") : String(port)
+    }
+
+    init(scheme: String, endpoint: NetworkEndpoint) {
+        self.scheme = scheme
+        self.host = endpoint.host
+        self.port = endpoint.port
+    }
+
+    var endpoint: NetworkEndpoint { NetworkEndpoint(host: host, port: port) }
+
+    /// `http://127.0.0.1:8080`, `https://github.com` (a default port is left out).
+    var description: String {
+        let shownHost = host.contains(":") ? "[\(host)]" : host
+        let defaultPort = scheme == "https" ? "443" : "80"
+        return "\(scheme)://\(shownHost)\(port == defaultPort ? "" : ":\(port)")"
+    }
+
+    /// Credentials sent to it in clear text stay on this machine.
+    var isLoopback: Bool { Loopback.isLoopbackHost(host) }
 }
 
 extension RemoteCallbackContext {
@@ -122,6 +191,18 @@ extension RemoteCallbackContext {
         else if allowed & GIT_CREDENTIAL_USERPASS_PLAINTEXT.rawValue != 0 { type = GIT_CREDENTIAL_USERPASS_PLAINTEXT.rawValue }
         else if allowed & GIT_CREDENTIAL_USERNAME.rawValue != 0 { type = GIT_CREDENTIAL_USERNAME.rawValue }
         else { return fail(.authentication, "\(shownURL) asks for an authentication method Capstan does not support") }
+        // A redirect makes libgit2 connect to another host but hand this callback the URL it
+        // started from: where the request went is known from the socket stream.
+        var target: NetworkEndpoint?
+        // The scheme cannot get weaker on the same host and port (libgit2 follows no redirect
+        // from https to http), so host and port decide; the scheme is for the message.
+        if let origin, let (endpoint, count) = LibGit2.lastConnection() {
+            target = endpoint
+            if !endpoint.matches(origin.endpoint) {
+                let scheme = tlsConnection == count ? "https" : "http"
+                return fail(.authentication, Self.redirectRefusal(from: origin, to: HTTPOrigin(scheme: scheme, endpoint: endpoint), url: shownURL, already: false))
+            }
+        }
         attempts[type, default: 0] += 1
         let c = credentials
         if attempts[type]! > 1 {
@@ -139,9 +220,11 @@ extension RemoteCallbackContext {
         switch type {
         case GIT_CREDENTIAL_USERPASS_PLAINTEXT.rawValue:
             if let token = c.value(c.tokenEnv) {
+                sending("$\(c.tokenEnv)", to: target)
                 return git_credential_userpass_plaintext_new(out, c.value(c.usernameEnv) ?? "x-access-token", token)
             }
             if let user = c.value(c.usernameEnv), let password = c.value(c.passwordEnv) {
+                sending("$\(c.usernameEnv) and $\(c.passwordEnv)", to: target)
                 return git_credential_userpass_plaintext_new(out, user, password)
             }
             return fail(.authentication, "\(shownURL) needs credentials: set $\(c.tokenEnv) (or $\(c.usernameEnv) and $\(c.passwordEnv))")
@@ -163,10 +246,37 @@ extension RemoteCallbackContext {
         }
     }
 
+    /// Credentials are about to go to the origin: from now on this fetch connects nowhere else
+    /// (libgit2 keeps them on the transport and may offer them to a redirect's target unasked);
+    /// over plain http to another machine, the caller is warned.
+    private func sending(_ source: String, to target: NetworkEndpoint?) {
+        guard let origin else { return }
+        LibGit2.pin(target ?? origin.endpoint)
+        if origin.scheme == "http", !origin.isLoopback, !warnings.contains(where: { $0.contains(source) }) {
+            warnings.append("the credentials from \(source) are sent to \(origin) over plain http://, readable by anyone on the way; use an https:// URL for \(shownURL)")
+        }
+    }
+
+    /// The connection the pin refused, as the error the user sees.
+    func refusedRedirect() -> GitError? {
+        guard let origin, let refused = LibGit2.refusedConnection() else { return nil }
+        // Never connected: its scheme is a guess from the port.
+        let scheme = refused.port == "443" ? "https" : refused.port == "80" ? "http" : origin.scheme
+        return GitError(kind: .authentication, function: "capstan",
+                        message: Self.redirectRefusal(from: origin, to: HTTPOrigin(scheme: scheme, endpoint: refused), url: shownURL, already: true))
+    }
+
+    static func redirectRefusal(from origin: HTTPOrigin, to target: HTTPOrigin, url: String, already: Bool) -> String {
+        "\(url) redirected from \(origin) to \(target)\(already ? " after credentials were sent to \(origin)" : ", which asks for credentials"); "
+            + "Capstan sends credentials only to the host they were configured for (\(origin)) and follows no redirect to another host with them; "
+            + "if \(target) is the repository's new home, update the remote URL (--repo) to it"
+    }
+
     func checkCertificate(_ cert: UnsafeMutablePointer<git_cert>?, valid: Bool, host: String) -> Int32 {
         guard let cert else { return fail(.hostKey, "no certificate from \(host)") }
         guard cert.pointee.cert_type == GIT_CERT_HOSTKEY_LIBSSH2 else {
             // TLS: libgit2 has verified the chain against the system's trust store.
+            tlsConnection = LibGit2.lastConnection()?.count
             return valid ? 0 : fail(.hostKey, "the TLS certificate of \(host) is not trusted")
         }
         if credentials.insecureSkipHostKeyCheck { return 0 }

@@ -1,3 +1,4 @@
+import CapstanCore
 import Foundation
 import HTTPTypes
 import Hummingbird
@@ -33,6 +34,8 @@ public struct AgentErrorBody: Hashable, Sendable, Codable {
 ///     DELETE /v1/endpoints/{deployment}    204 | 404
 ///
 /// With a token, every route but /healthz needs `Authorization: Bearer <token>` (else 401).
+/// Without one (the agent then listens on loopback only), every route but /healthz needs a
+/// loopback `Host` (else 403): a web page that rebinds its own name to 127.0.0.1 cannot use it.
 struct AdminAPI: HTTPResponder {
     typealias Context = BasicRequestContext
 
@@ -49,6 +52,9 @@ struct AdminAPI: HTTPResponder {
         if path == "/healthz" {
             guard method == .get || method == .head else { return Self.methodNotAllowed(method, path, allow: "GET, HEAD") }
             return Response(status: .ok, headers: [.contentType: "text/plain; charset=utf-8"], body: ResponseBody(byteBuffer: ByteBuffer(string: "ok\n")))
+        }
+        if token == nil, let problem = Self.hostProblem(request) {
+            return Self.error(.forbidden, problem)
         }
         if let token, !Self.authorized(request.headers[.authorization], token: token) {
             var response = Self.error(.unauthorized, request.headers[.authorization] == nil
@@ -114,6 +120,22 @@ struct AdminAPI: HTTPResponder {
         } catch {
             return Self.error(.internalServerError, error.message)
         }
+    }
+
+    /// Why a request to the token-less admin API is refused for its `Host`, or nil: the host
+    /// must be `localhost`, a 127.0.0.0/8 address or `[::1]`, with or without a port, and there
+    /// must be exactly one.
+    static func hostProblem(_ request: Request) -> String? {
+        let advice = "; this admin API has no token, so it answers only requests addressed to a loopback name "
+            + "(Host: 127.0.0.1, localhost or [::1], with or without the port), which a web page cannot forge by rebinding its own name "
+            + "to this machine. Use http://127.0.0.1:<port>, or start the agent with --admin-token-env"
+        guard let authority = request.head.authority else { return "the request has no Host header" + advice }
+        if request.headers[values: HTTPField.Name("Host")!].count > 0 { return "the request has more than one Host header" + advice }
+        guard let (host, _) = Loopback.splitAuthority(authority), Loopback.isLoopbackHost(host) else {
+            let shown = authority.count > 100 ? String(authority.prefix(100)) + "…" : authority
+            return "Host '\(shown)' is not a loopback name" + advice
+        }
+        return nil
     }
 
     /// Compares in time independent of where the values differ.

@@ -97,7 +97,8 @@ final class Gateway: Sendable {
 struct GatewayService: Service {
     let gateway: Gateway
     let address: ListenAddress
-    let onListening: @Sendable (Int) -> Void
+    /// Called with the address as bound.
+    let onListening: @Sendable (ListenAddress) -> Void
 
     func run() async throws {
         let server: any Channel
@@ -106,7 +107,7 @@ struct GatewayService: Service {
         } catch {
             throw ListenFailure.error(error, role: "gateway", address: address, flag: "--gateway")
         }
-        onListening(server.localAddress?.port ?? address.port)
+        onListening(ListenAddress(boundTo: server.localAddress, otherwise: address))
         await withTaskCancellationHandler {
             await withGracefulShutdownHandler {
                 try? await server.closeFuture.get()

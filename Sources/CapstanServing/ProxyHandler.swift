@@ -126,8 +126,14 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamDelegate {
     // MARK: The exchange
 
     private func begin(_ head: HTTPRequestHead, context: ChannelHandlerContext) {
-        let keepAlive = head.isKeepAlive
-        guard let (deployment, target) = ProxyHeaders.split(target: head.uri) else {
+        if head.method == .CONNECT {
+            return refuseTunnel(head, context: context)
+        }
+        let expectsContinue = HTTPBoundary.expectsContinue(head)
+        // Answered without `100 Continue`, a client that expects it may send its body or not:
+        // only closing the connection keeps its next request from being read as that body.
+        let keepAlive = head.isKeepAlive && !expectsContinue
+        guard let (deployment, target) = ProxyHeaders.split(target: ProxyHeaders.originForm(head.uri)) else {
             return answer(.notFound, "no deployment in the request path '\(head.uri)'; send requests to /<deployment>/<path>",
                           version: head.version, keepAlive: keepAlive)
         }
@@ -138,11 +144,11 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamDelegate {
             return answer(.serviceUnavailable, "no ready backend for deployment \(deployment)", version: head.version, keepAlive: keepAlive)
         }
         let replica = backend.pickReplica()
-        if head.headers[canonicalForm: "expect"].contains(where: { $0.equalsIgnoringASCIICase("100-continue") }) {
+        if expectsContinue {
             context.writeAndFlush(wrapOutboundOut(.head(HTTPResponseHead(version: head.version, status: .continue))), promise: nil)
         }
         let exchange = Exchange(deployment: route.deployment, backend: backend, replica: replica, clientVersion: head.version,
-                                keepAlive: keepAlive, idempotent: Self.isIdempotent(head.method))
+                                keepAlive: head.isKeepAlive, idempotent: Self.isIdempotent(head.method))
         replica.inFlight.wrappingAdd(1, ordering: .relaxed)
         state = .proxying(exchange)
         exchange.parts.append(.head(ProxyHeaders.upstreamRequest(head, target: target, authority: replica.authority)))
@@ -345,6 +351,15 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamDelegate {
     }
 
     // MARK: Answers
+
+    /// CONNECT asks for a tunnel, which the gateway does not make: 405, then the connection
+    /// closes (`HTTPBoundary`).
+    private func refuseTunnel(_ head: HTTPRequestHead, context: ChannelHandlerContext) {
+        state = .discarding
+        HTTPBoundary.writeRawAndClose(HTTPBoundary.tunnelRefusal(version: head.version, target: head.uri, server: "the gateway, a reverse proxy to model servers,",
+                                                                 allow: ProxyHeaders.allowedMethods),
+                                      context: context)
+    }
 
     /// An answer of the gateway's own: the rest of the request is read and dropped.
     private func answer(_ status: HTTPResponseStatus, _ message: String, version: HTTPVersion, keepAlive: Bool) {

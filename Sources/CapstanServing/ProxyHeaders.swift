@@ -1,3 +1,4 @@
+import Foundation
 import NIOCore
 import NIOHTTP1
 
@@ -25,6 +26,21 @@ enum ProxyHeaders {
         }
         return (uri[nameStart..<nameEnd], target)
     }
+
+    /// The origin-form of a request target: `http://host/churn/x?q` (absolute-form, which a
+    /// server must accept: RFC 9112, 3.2.2) → `/churn/x?q`; anything else unchanged.
+    static func originForm(_ uri: String) -> String {
+        let utf8 = uri.utf8
+        guard utf8.first != UInt8(ascii: "/"), let schemeEnd = uri.range(of: "://"),
+              ["http", "https"].contains(where: { uri[..<schemeEnd.lowerBound].equalsIgnoringASCIICase($0) }) else { return uri }
+        let afterAuthority = uri[schemeEnd.upperBound...].firstIndex { $0 == "/" || $0 == "?" || $0 == "#" }
+        guard let afterAuthority else { return "/" }
+        let rest = uri[afterAuthority...].prefix { $0 != "#" }
+        return rest.first == "?" ? "/" + rest : String(rest)
+    }
+
+    /// The methods the gateway passes on (the model server answers them); CONNECT is refused.
+    static let allowedMethods = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"
 
     /// The request head sent to the model server: the client's headers less the hop-by-hop ones,
     /// `Expect` and `Host`; `Host` set to the model server's `127.0.0.1:PORT`; framing as the

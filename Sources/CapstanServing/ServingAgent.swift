@@ -1,4 +1,5 @@
 import AsyncHTTPClient
+import CapstanCore
 import Foundation
 import Hummingbird
 import Logging
@@ -30,6 +31,43 @@ public struct ListenAddress: Hashable, Sendable, CustomStringConvertible {
     }
 
     public var description: String { host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)" }
+
+    /// `localhost`, 127.0.0.0/8 or `::1`: reachable only from this machine. Any other name
+    /// counts as not loopback, even one that resolves to 127.0.0.1.
+    public var isLoopback: Bool { Loopback.isLoopbackHost(host) }
+
+    /// `http://0.0.0.0:8080`: the address as bound.
+    public var url: String { "http://\(self)" }
+
+    /// A URL that reaches this address from this machine: the wildcard addresses (`0.0.0.0`,
+    /// `::`) are reached over loopback.
+    public var localURL: String {
+        let reachable = host == "0.0.0.0" ? "127.0.0.1" : host == "::" ? "::1" : host
+        return ListenAddress(host: reachable, port: port).url
+    }
+
+    /// The address a listening channel is bound to, as the system reports it.
+    init(boundTo address: SocketAddress?, otherwise: ListenAddress) {
+        if let address, let ip = address.ipAddress, let port = address.port {
+            self.init(host: ip, port: port)
+        } else {
+            self = otherwise
+        }
+    }
+}
+
+/// The admin API can start, change and stop model servers (commands the machine runs): without
+/// a token it listens only on loopback (docs/serving.md, "Admin API binding").
+public enum AdminBinding {
+    /// Why the admin API may not listen on `address`, or nil. `flag` and `tokenFlag` name the
+    /// options that set the address and the token.
+    public static func problem(_ address: ListenAddress, hasToken: Bool, flag: String = "--admin",
+                               tokenFlag: String = "--admin-token-env") -> String? {
+        guard !hasToken, !address.isLoopback else { return nil }
+        return "\(flag) \(address) is not a loopback address, and the admin API starts, changes and stops model servers: "
+            + "anyone who can reach it could run them. Pass \(tokenFlag) NAME (NAME holding a secret bearer token) to require "
+            + "that token, or listen on 127.0.0.1 or [::1]"
+    }
 }
 
 /// How to run a serving agent.
@@ -64,21 +102,18 @@ public struct ServingAgentConfiguration: Sendable {
 
 /// Where a running agent listens.
 public struct RunningAgent: Sendable {
-    public var gatewayPort: Int
-    public var adminPort: Int
-    public var gatewayHost: String
-    public var adminHost: String
+    /// The gateway's address as bound (`127.0.0.1:8080`, `0.0.0.0:8080`, `[::]:8080`).
+    public var gateway: ListenAddress
+    /// The admin API's address as bound.
+    public var admin: ListenAddress
     public var bootID: String
 
-    /// `http://127.0.0.1:8080`.
-    public var gatewayURL: String { Self.url(gatewayHost, gatewayPort) }
-    /// `http://127.0.0.1:7070`.
-    public var adminURL: String { Self.url(adminHost, adminPort) }
-
-    static func url(_ host: String, _ port: Int) -> String {
-        let shown = host == "0.0.0.0" ? "127.0.0.1" : host == "::" ? "::1" : host
-        return "http://\(shown.contains(":") ? "[\(shown)]" : shown):\(port)"
-    }
+    public var gatewayPort: Int { gateway.port }
+    public var adminPort: Int { admin.port }
+    /// A URL that reaches the gateway from this machine (`http://127.0.0.1:8080`).
+    public var gatewayURL: String { gateway.localURL }
+    /// A URL that reaches the admin API from this machine (`http://127.0.0.1:7070`).
+    public var adminURL: String { admin.localURL }
 }
 
 /// The local serving agent: the supervisor of model servers, the gateway and the admin API,
@@ -109,6 +144,9 @@ public final class ServingAgent: Sendable {
     private let state = Mutex(RunState())
 
     public init(configuration: ServingAgentConfiguration) throws(ServingAgentError) {
+        if let problem = AdminBinding.problem(configuration.admin, hasToken: configuration.adminToken != nil) {
+            throw ServingAgentError(message: problem)
+        }
         self.configuration = configuration
         let serving = configuration.stateDirectory + "/serving"
         logDirectory = serving + "/logs"
@@ -145,13 +183,14 @@ public final class ServingAgent: Sendable {
         let supervisor = Supervisor(bootID: bootID, routes: routes, client: client, timing: configuration.timing,
                                     environment: configuration.environment, logDirectory: logDirectory, store: store,
                                     onEvent: configuration.onEvent)
-        let gate = ListeningGate(gateway: configuration.gateway, admin: configuration.admin, bootID: bootID, onListening: onListening)
+        let gate = ListeningGate(bootID: bootID, onListening: onListening)
         let gatewayLoops = MultiThreadedEventLoopGroup(numberOfThreads: max(1, configuration.gatewayThreads))
         let gateway = Gateway(routes: routes, upstreamTimeout: .milliseconds(configuration.upstreamTimeout.milliseconds), group: gatewayLoops)
         let admin = Application(
             responder: AdminAPI(supervisor: supervisor, token: configuration.adminToken.map { Array($0.utf8) }, bootID: bootID, startedAt: startedAt),
+            server: HTTPBoundary.http1(server: "the admin API", allow: "GET, HEAD, PUT, DELETE"),
             configuration: ApplicationConfiguration(address: .hostname(configuration.admin.host, port: configuration.admin.port)),
-            onServerRunning: { channel in gate.listening(.admin, port: channel.localAddress?.port ?? configuration.admin.port) },
+            onServerRunning: { channel in gate.listening(.admin, ListenAddress(boundTo: channel.localAddress, otherwise: configuration.admin)) },
             logger: logger)
         // Graceful shutdown goes in reverse order: the admin API, the gateway, then the processes.
         // Past the timeout the group is cancelled, which stops the processes too.
@@ -159,7 +198,7 @@ public final class ServingAgent: Sendable {
             services: [
                 .init(service: SupervisorService(supervisor: supervisor, gate: gate)),
                 .init(service: GatewayService(gateway: gateway, address: configuration.gateway,
-                                              onListening: { port in gate.listening(.gateway, port: port) })),
+                                              onListening: { address in gate.listening(.gateway, address) })),
                 .init(service: Listener(role: "admin API", address: configuration.admin, flag: "--admin", application: admin)),
             ],
             gracefulShutdownSignals: handleSignals ? [.sigterm, .sigint] : [],
@@ -251,35 +290,32 @@ final class ListeningGate: Sendable {
     enum Role { case gateway, admin }
 
     private struct State {
-        var gatewayPort: Int?
-        var adminPort: Int?
+        var gateway: ListenAddress?
+        var admin: ListenAddress?
         var open: Bool?
         var waiters: [CheckedContinuation<Bool, Never>] = []
     }
 
     private let state = Mutex(State())
-    private let gateway: ListenAddress
-    private let admin: ListenAddress
     private let bootID: String
     private let onListening: @Sendable (RunningAgent) -> Void
 
-    init(gateway: ListenAddress, admin: ListenAddress, bootID: String, onListening: @escaping @Sendable (RunningAgent) -> Void) {
-        self.gateway = gateway
-        self.admin = admin
+    init(bootID: String, onListening: @escaping @Sendable (RunningAgent) -> Void) {
         self.bootID = bootID
         self.onListening = onListening
     }
 
-    func listening(_ role: Role, port: Int) {
+    /// `role` listens on `address` (as bound).
+    func listening(_ role: Role, _ address: ListenAddress) {
         let opened = state.withLock { state -> (RunningAgent, [CheckedContinuation<Bool, Never>])? in
             switch role {
-            case .gateway: state.gatewayPort = port
-            case .admin: state.adminPort = port
+            case .gateway: state.gateway = address
+            case .admin: state.admin = address
             }
-            guard state.open == nil, let g = state.gatewayPort, let a = state.adminPort else { return nil }
+            guard state.open == nil, let g = state.gateway, let a = state.admin else { return nil }
             state.open = true
             defer { state.waiters = [] }
-            return (RunningAgent(gatewayPort: g, adminPort: a, gatewayHost: gateway.host, adminHost: admin.host, bootID: bootID), state.waiters)
+            return (RunningAgent(gateway: g, admin: a, bootID: bootID), state.waiters)
         }
         guard let (running, waiters) = opened else { return }
         onListening(running)
@@ -358,6 +394,8 @@ public struct Listener<Responder: HTTPResponder>: Service where Responder.Contex
             try await application.run()
         } catch let error as IOError {
             throw ListenFailure.error(error, role: role, address: address, flag: flag)
+        } catch let error as SocketAddressError.UnknownHost {
+            throw ListenFailure.error(error, role: role, address: address, flag: flag)
         } catch {
             // Cut short by a stop that took too long: that is how stopping ends, not a failure.
             if Task.isCancelled || Task.isShuttingDownGracefully { return }
@@ -374,7 +412,12 @@ public enum ListenFailure {
         case EADDRINUSE: reason = "the address is already in use (another `capstan serve` or `capstan run`?)"
         case EADDRNOTAVAIL: reason = "this machine has no such address"
         case EACCES: reason = "permission denied (ports below 1024 need privileges)"
-        default: reason = (error as? IOError)?.description ?? "\(error)"
+        default:
+            if error is SocketAddressError.UnknownHost {
+                reason = "the host name cannot be resolved"
+            } else {
+                reason = (error as? IOError)?.description ?? "\(error)"
+            }
         }
         return ServingAgentError(message: "cannot listen on \(address) for the \(role): \(reason); choose another address with \(flag)")
     }

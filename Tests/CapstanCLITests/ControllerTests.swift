@@ -249,6 +249,48 @@ import Testing
         #expect(controller.stop() == 0)
     }
 
+    @Test(.enabled(if: NonLoopbackAddress.ipv4 != nil, "this machine has no non-loopback IPv4 address"))
+    func aTokenSentOverPlainHTTPIsLoggedOnceNotOnEveryPoll() throws {
+        let address = try #require(NonLoopbackAddress.ipv4)
+        let temp = try TempDir()
+        let work = try Self.repository(temp)
+        let served = temp.sub("served/models.git")
+        _ = try GitRepo(at: served, bare: true)
+        try work.push(to: served.path)
+        let requests = temp.sub("requests.log").path
+        let token = "controller-plain-http-token-1f2e"
+        let server = try PythonServer.gitHTTP(root: temp.sub("served").path, user: "x-access-token", password: token,
+                                              options: ["bind": address, "log": requests])
+        let url = "http://\(address):\(server.port)/models.git"
+        let controller = try RunningController(repo: url, state: temp.sub("state").path, log: temp.sub("run.log"),
+                                               arguments: ["--ref", "main", "--interval", "1s"], environment: ["CAPSTAN_GIT_TOKEN": token])
+        #expect(Self.eventually(within: 60) { controller.request("GET", "/readyz").0 == 200 }, "never ready: \(controller.logText)")
+        // At least three fetches that sent the token (one or two requests with it each).
+        #expect(Self.eventually(within: 60) {
+            PythonServer.loggedAuthorizations(requests).filter { $0 != nil }.count >= 6
+        }, "\(PythonServer.loggedAuthorizations(requests))")
+        let warnings = controller.logLines.filter { $0["level"] as? String == "warning" && ($0["msg"] as? String)?.contains("plain http://") == true }
+        #expect(warnings.count == 1, "\(controller.logText)")
+        #expect((warnings.first?["msg"] as? String)?.contains("the credentials from $CAPSTAN_GIT_TOKEN are sent to \(url.dropLast("/models.git".count))") == true,
+                "\(warnings)")
+        #expect(!controller.logText.contains(token))
+        #expect(controller.stop() == 0)
+    }
+
+    @Test func theAgentsAdminAPIListensOnLoopbackOnlyWithoutAToken() throws {
+        let temp = try TempDir()
+        let repo = try Self.repository(temp)
+        for admin in ["0.0.0.0:0", "[::]:0", "192.0.2.1:7070", "agent.example.com:7070"] {
+            // Under `timeout`: a controller that starts anyway is stopped, not waited for.
+            let r = try Shell.run("timeout", ["30", CLI.binary.path, "run", "--repo", repo.path, "--state-dir", temp.sub("s").path,
+                                              "--serve", "--admin", admin, "--gateway", "127.0.0.1:0", "--http", "127.0.0.1:0"])
+            #expect(r.status == 64, "\(admin): \(r.stderr)")
+            #expect(r.stderr.contains("--admin \(admin) is not a loopback address"), "\(r.stderr)")
+            #expect(r.stderr.contains("--admin-token-env"), "\(r.stderr)")
+        }
+        #expect(!FileManager.default.fileExists(atPath: temp.sub("s").path), "nothing was started")
+    }
+
     @Test func aSignedWebhookTriggersAPassAndForgedOnesDoNot() throws {
         let temp = try TempDir()
         let repo = try Self.repository(temp)
@@ -317,6 +359,28 @@ import Testing
             controller.logLines.contains { $0["msg"] as? String == "pass started" && $0["trigger"] as? String == "POST /api/v1/reconcile" }
         })
         #expect(controller.request("GET", "/nowhere").0 == 404)
+        #expect(controller.stop() == 0)
+    }
+
+    @Test func connectAndHeldBackBodiesAreAnsweredCompletely() async throws {
+        let temp = try TempDir()
+        let repo = try Self.repository(temp)
+        let controller = try RunningController(repo: repo.path, state: temp.sub("state").path, log: temp.sub("run.log"),
+                                               arguments: ["--interval", "1h"])
+        let port = Int(controller.http)
+        let connect = await RawSocket.exchange(port: port, "CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n")
+        #expect(connect.closed, "the connection was left open: \(connect.text)")
+        #expect(connect.status == 405, "\(connect.text)")
+        #expect(connect.headers["allow"] == ["GET, HEAD, POST"])
+        #expect(connect.headers["content-length"] == ["\(connect.body.utf8.count)"], "\(connect.text)")
+        // A webhook refused before its body is read (webhooks are off) gets 100 Continue first.
+        let webhook = await RawSocket.exchange(
+            port: port, "POST /hooks/git HTTP/1.1\r\nHost: 127.0.0.1\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n",
+            more: "{}" + "GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        #expect(webhook.text.hasPrefix("HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 401 "), "\(webhook.text)")
+        #expect(webhook.text.contains("\r\n\r\nok\n") && webhook.closed, "\(webhook.text)")
+        let old = await RawSocket.exchange(port: port, "GET /healthz HTTP/1.0\r\n\r\n")
+        #expect(old.closed && old.status == 200, "\(old.text)")
         #expect(controller.stop() == 0)
     }
 

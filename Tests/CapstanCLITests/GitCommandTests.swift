@@ -282,6 +282,43 @@ struct GitHTTPCredentialsCommandTests {
         #expect(f.stateFiles(containing: wrong).isEmpty)
         #expect(!f.dir.files(under: URL(fileURLWithPath: f.state)).isEmpty)
     }
+
+    @Test func aRedirectToAnotherHostGetsNoCredentialsAndTheErrorSaysWhy() throws {
+        let f = try GitCLIFixture()
+        let log = f.dir.sub("second.log").path
+        let second = try PythonServer.gitHTTP(root: f.dir.sub("served").path, user: "x-access-token", password: Self.token, options: ["log": log])
+        let first = try PythonServer.gitHTTP(root: f.dir.sub("served").path, user: "x-access-token", password: Self.token,
+                                             options: ["redirectFrom": "/old.git", "redirectTo": "http://localhost:\(second.port)/models.git"])
+        let r = try CLI.run(["validate", "--repo", "http://127.0.0.1:\(first.port)/old.git", "--ref", "main", "--state-dir", f.state],
+                            environment: ["CAPSTAN_GIT_TOKEN": Self.token])
+        let received = PythonServer.loggedAuthorizations(log)
+        #expect(!received.isEmpty && received.allSatisfy { $0 == nil }, "the second host received: \(received)")
+        #expect(r.status == 1)
+        #expect(r.stderr.contains("redirected from http://127.0.0.1:\(first.port) to http://localhost:\(second.port)"), "\(r.stderr)")
+        #expect(r.stderr.contains("update the remote URL (--repo)"), "\(r.stderr)")
+        #expect(!r.stderr.contains(Self.token) && !r.stdout.contains(Self.token))
+    }
+
+    @Test(.enabled(if: NonLoopbackAddress.ipv4 != nil, "this machine has no non-loopback IPv4 address"))
+    func aTokenOverPlainHTTPToAnotherMachinePrintsOneWarning() throws {
+        let address = try #require(NonLoopbackAddress.ipv4)
+        let f = try GitCLIFixture()
+        let server = try PythonServer.gitHTTP(root: f.dir.sub("served").path, user: "x-access-token", password: Self.token, options: ["bind": address])
+        let url = "http://\(address):\(server.port)/models.git"
+        let r = try CLI.run(["validate", "--repo", url, "--ref", "main", "--state-dir", f.state], environment: ["CAPSTAN_GIT_TOKEN": Self.token])
+        #expect(r.status == 0, "\(r.stderr)")
+        let warnings = r.stderr.split(separator: "\n").filter { $0.hasPrefix("capstan: warning: ") }
+        #expect(warnings.count == 1, "\(r.stderr)")
+        #expect(warnings.first?.contains("the credentials from $CAPSTAN_GIT_TOKEN are sent to http://\(address):\(server.port) over plain http://") == true,
+                "\(r.stderr)")
+        #expect(!r.stderr.contains(Self.token))
+        // Over loopback: no warning.
+        let local = try PythonServer.gitHTTP(root: f.dir.sub("served").path, user: "x-access-token", password: Self.token)
+        let quiet = try CLI.run(["validate", "--repo", "http://127.0.0.1:\(local.port)/models.git", "--ref", "main", "--state-dir", f.state],
+                                environment: ["CAPSTAN_GIT_TOKEN": Self.token])
+        #expect(quiet.status == 0)
+        #expect(!quiet.stderr.contains("warning"), "\(quiet.stderr)")
+    }
 }
 
 /// `capstan diff`: what a change does to the desired state.

@@ -131,6 +131,98 @@ let invalidSpecCases: [InvalidSpecCase] = [
         }
     }
 
+    @Test func withoutATokenOnlyLoopbackHostsAreAnswered() async throws {
+        let f = try ServingFixture()
+        try await f.withAgent { (agent: RunningAgent, client: AgentClient) async throws in
+            let port = agent.adminPort
+            func get(_ path: String, _ hostLines: String, version: String = "HTTP/1.1") async -> RawSocket.Exchange {
+                await RawSocket.exchange(port: port, "GET \(path) \(version)\r\n\(hostLines)Connection: close\r\n\r\n")
+            }
+            for host in ["127.0.0.1:\(port)", "127.0.0.1", "localhost:\(port)", "LOCALHOST", "[::1]:\(port)", "[::1]", "127.8.9.10:\(port)"] {
+                let answer = await get("/v1/endpoints", "Host: \(host)\r\n")
+                #expect(answer.status == 200, "Host \(host): \(answer.text)")
+            }
+            for host in ["rebound.example:\(port)", "rebound.example", "127.0.0.1.nip.io:\(port)", "localhost.example.com", "0.0.0.0:\(port)",
+                         "192.0.2.1", "[::ffff:192.0.2.1]", "127.0.0.1:http", "", String(repeating: "h", count: 4000)] {
+                let answer = await get("/v1/endpoints", "Host: \(host)\r\n")
+                #expect(answer.status == 403, "Host \(host.prefix(40)): \(answer.text.prefix(300))")
+                #expect(answer.headers["content-type"] == ["application/json"])
+                let message = (try? JSONSerialization.jsonObject(with: Data(answer.body.utf8)) as? [String: String])?["error"] ?? ""
+                #expect(message.contains("Use http://127.0.0.1:<port>, or start the agent with --admin-token-env"), "\(answer.body.prefix(300))")
+                #expect(answer.body.utf8.count < 1000, "the Host is not echoed whole")
+            }
+            // The write routes too, and a second Host or none.
+            let put = await RawSocket.exchange(port: port, "PUT /v1/endpoints/d HTTP/1.1\r\nHost: rebound.example\r\nContent-Length: \(body().utf8.count)\r\nConnection: close\r\n\r\n\(body())")
+            #expect(put.status == 403, "\(put.text)")
+            let twice = await get("/v1/endpoints", "Host: 127.0.0.1\r\nHost: rebound.example\r\n")
+            #expect(twice.status == 403 || twice.status == 400, "\(twice.text)")
+            let none = await get("/v1/endpoints", "", version: "HTTP/1.0")
+            #expect(none.status == 403, "\(none.text)")
+            // /healthz says nothing worth protecting.
+            #expect(await get("/healthz", "Host: rebound.example\r\n").status == 200)
+            #expect(try await client.endpoints().isEmpty, "AgentClient sends Host: 127.0.0.1:PORT")
+        }
+        // With a token, the token decides, whatever the Host.
+        try await f.withAgent(token: "t0ken-value") { agent, _ in
+            let answer = await RawSocket.exchange(port: agent.adminPort,
+                "GET /v1/endpoints HTTP/1.1\r\nHost: agent.example:7070\r\nAuthorization: Bearer t0ken-value\r\nConnection: close\r\n\r\n")
+            #expect(answer.status == 200, "\(answer.text)")
+        }
+    }
+
+    @Test func connectIsAComplete405AndTheConnectionCloses() async throws {
+        let f = try ServingFixture()
+        try await f.withAgent { agent, _ in
+            let answer = await RawSocket.exchange(port: agent.adminPort, "CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n",
+                                                  more: "GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            #expect(answer.closed, "the connection was left open: \(answer.text)")
+            #expect(answer.status == 405, "\(answer.text)")
+            #expect(answer.headers["allow"] == ["GET, HEAD, PUT, DELETE"])
+            #expect(answer.headers["connection"] == ["close"])
+            #expect(answer.headers["content-length"] == ["\(answer.body.utf8.count)"], "\(answer.text)")
+            #expect(answer.body.contains("the admin API makes no tunnels"), "\(answer.text)")
+        }
+    }
+
+    @Test func aBodyHeldBackFor100ContinueIsAskedForAtOnce() async throws {
+        // Refused before its body is read (403: not a loopback Host), the request must not leave
+        // its body to be taken for the next request: the client gets 100 Continue first, sends
+        // it, and the next request on the connection is answered as itself.
+        let f = try ServingFixture()
+        try await f.withAgent { agent, _ in
+            let answer = await RawSocket.exchange(
+                port: agent.adminPort,
+                "PUT /v1/endpoints/d HTTP/1.1\r\nHost: rebound.example\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n",
+                more: "hello" + "GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+            #expect(answer.text.hasPrefix("HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 403 "), "\(answer.text)")
+            #expect(answer.text.contains("\r\n\r\nok\n"), "the next request was answered: \(answer.text)")
+            #expect(!answer.text.contains("400 Bad Request"), "\(answer.text)")
+            #expect(answer.closed)
+        }
+    }
+
+    @Test func http10ConnectionsCloseUnlessKeptAlive() async throws {
+        let f = try ServingFixture()
+        try await f.withAgent { agent, _ in
+            let closing = await RawSocket.exchange(port: agent.adminPort, "GET /healthz HTTP/1.0\r\n\r\n")
+            #expect(closing.closed, "\(closing.text)")
+            #expect(closing.status == 200 && closing.body == "ok\n", "\(closing.text)")
+            let kept = await RawSocket.exchange(port: agent.adminPort, "GET /healthz HTTP/1.0\r\nConnection: keep-alive\r\n\r\n",
+                                                more: "GET /healthz HTTP/1.0\r\n\r\n")
+            #expect(kept.text.components(separatedBy: "ok\n").count == 3, "two answers on one connection: \(kept.text)")
+            #expect(kept.closed)
+        }
+    }
+
+    @Test func anAgentOffLoopbackWithoutATokenDoesNotStart() throws {
+        var configuration = ServingAgentConfiguration(stateDirectory: try ServingFixture().stateDir)
+        configuration.admin = ListenAddress(host: "0.0.0.0", port: 0)
+        let error = #expect(throws: ServingAgentError.self) { try ServingAgent(configuration: configuration) }
+        #expect(error?.message.contains("--admin 0.0.0.0:0 is not a loopback address") == true, "\(String(describing: error))")
+        configuration.adminToken = "t"
+        #expect(throws: Never.self) { try ServingAgent(configuration: configuration) }
+    }
+
     @Test func agentClientReportsRefusalsWithTheAgentsMessage() async throws {
         let f = try ServingFixture()
         try await f.withAgent { _, client in

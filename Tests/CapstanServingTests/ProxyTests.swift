@@ -6,6 +6,7 @@ import NIOPosix
 import Synchronization
 import Testing
 @testable import CapstanServing
+@testable import CapstanTestSupport
 
 /// The gateway's proxy alone (no agent), against HTTP servers on 127.0.0.1 that misbehave on
 /// purpose: connection reuse, stale pooled connections, a crash in the middle of an answer, a
@@ -192,6 +193,99 @@ import Testing
         }
     }
 
+    // MARK: Requests the gateway answers itself, each complete and, when it must, closing.
+
+    @Test(arguments: [
+        "CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n",
+        "CONNECT 127.0.0.1:22 HTTP/1.1\r\nHost: 127.0.0.1:22\r\n\r\nSSH-2.0-tunnel-data\r\n",
+        "CONNECT /d/x HTTP/1.0\r\n\r\n",
+    ])
+    func connectIsAComplete405AndTheConnectionCloses(_ request: String) async throws {
+        let upstream = try await TestUpstream.start(.echo)
+        try await withGateway(upstream) { url, backend in
+            let port = Int(url.split(separator: ":").last!)!
+            let answer = await RawSocket.exchange(port: port, request, more: "GET /d/after HTTP/1.1\r\nHost: gw\r\n\r\n")
+            #expect(answer.closed, "the connection was left open: \(answer.text)")
+            #expect(answer.status == 405, "\(answer.text)")
+            #expect(answer.headers["allow"] == [ProxyHeaders.allowedMethods])
+            #expect(answer.headers["connection"] == ["close"])
+            #expect(answer.headers["content-type"] == ["application/json"])
+            let body = answer.body
+            #expect(answer.headers["content-length"] == ["\(body.utf8.count)"], "\(answer.text)")
+            let json = try #require(try JSONSerialization.jsonObject(with: Data(body.utf8)) as? [String: String], "\(body)")
+            #expect(json["error"]?.contains("makes no tunnels; use GET, HEAD, POST") == true, "\(body)")
+            #expect(!answer.text.contains("conn="), "nothing reached the model server: \(answer.text)")
+            #expect(upstream.accepted.load(ordering: .relaxed) == 0)
+            #expect(backend.counters.snapshot.requests == 0)
+        }
+    }
+
+    @Test func anAbsoluteFormTargetIsRoutedByItsPath() async throws {
+        let upstream = try await TestUpstream.start(.echo)
+        try await withGateway(upstream) { url, _ in
+            try await RawClient.withConnection(to: url) { send in
+                let answer = try await send("GET http://gw.example:8080/d/item?q=1 HTTP/1.1\r\nHost: gw.example:8080\r\n\r\n")
+                #expect(answer.status == 200)
+                #expect(answer.body.contains("path=/item?q=1 "), "\(answer.body)")
+                #expect(answer.body.contains("host=127.0.0.1:\(upstream.port)"), "\(answer.body)")
+                let root = try await send("GET HTTPS://gw.example/d HTTP/1.1\r\nHost: gw.example\r\n\r\n")
+                #expect(root.body.contains("path=/ "), "\(root.body)")
+                let none = try await send("GET http://gw.example HTTP/1.1\r\nHost: gw.example\r\n\r\n")
+                #expect(none.status == 404)
+            }
+        }
+    }
+
+    @Test func anAnswerWithout100ContinueClosesTheConnection() async throws {
+        // The client waits for 100 Continue before its body; refused at once, it may never send
+        // it: the gateway must not read its next request as that body.
+        let upstream = try await TestUpstream.start(.echo)
+        try await withGateway(upstream) { url, _ in
+            let port = Int(url.split(separator: ":").last!)!
+            let answer = await RawSocket.exchange(port: port, "POST /nope/predict HTTP/1.1\r\nHost: gw\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n")
+            #expect(answer.closed, "the connection was left waiting for a body: \(answer.text)")
+            #expect(answer.status == 404, "\(answer.text)")
+            #expect(answer.headers["connection"] == ["close"])
+            #expect(!answer.text.contains("100 Continue"))
+            // With a backend: 100 Continue, then the answer, and the connection stays.
+            try await RawClient.withConnection(to: url) { send in
+                let first = try await send("POST /d/x HTTP/1.1\r\nHost: gw\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n{}")
+                #expect(first.status == 100 || first.status == 200, "\(first)")
+            }
+        }
+    }
+
+    @Test func http10ClosesUnlessAskedToKeepAlive() async throws {
+        let upstream = try await TestUpstream.start(.echo)
+        try await withGateway(upstream) { url, _ in
+            let port = Int(url.split(separator: ":").last!)!
+            for request in ["GET /d/a HTTP/1.0\r\n\r\n", "GET /nope/a HTTP/1.0\r\n\r\n"] {
+                let answer = await RawSocket.exchange(port: port, request)
+                #expect(answer.closed, "\(request): \(answer.text)")
+                #expect(answer.text.hasPrefix("HTTP/1.0 "), "\(answer.text)")
+                #expect(answer.headers["connection"] == nil, "\(answer.text)")
+            }
+            try await RawClient.withConnection(to: url) { send in
+                for i in 0..<2 {
+                    let answer = try await send("GET /d/k\(i) HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+                    #expect(answer.status == 200)
+                    #expect(answer.headers["connection"] == "keep-alive", "\(answer.headers)")
+                }
+            }
+        }
+    }
+
+    @Test func anOversizedHostIsRefusedAndClosed() async throws {
+        let upstream = try await TestUpstream.start(.echo)
+        try await withGateway(upstream) { url, _ in
+            let port = Int(url.split(separator: ":").last!)!
+            let answer = await RawSocket.exchange(port: port, "GET /d/a HTTP/1.1\r\nHost: " + String(repeating: "h", count: 100_000) + "\r\n\r\n")
+            #expect(answer.closed, "\(answer.text.prefix(300))")
+            #expect(answer.status == 400, "\(answer.text.prefix(300))")
+            #expect(upstream.accepted.load(ordering: .relaxed) == 0)
+        }
+    }
+
     @Test(arguments: [
         ("/churn/predict", "churn", "/predict"),
         ("/churn", "churn", "/"),
@@ -208,6 +302,14 @@ import Testing
     @Test(arguments: ["/", "//x", "*", "http://example.com/a", ""])
     func targetsWithoutADeploymentAreRefused(_ uri: String) {
         #expect(ProxyHeaders.split(target: uri) == nil)
+    }
+
+    @Test(arguments: [
+        ("http://gw/d/x?q=1", "/d/x?q=1"), ("HTTP://gw:80/d", "/d"), ("https://gw?x", "/?x"), ("http://gw", "/"),
+        ("/d/http://x", "/d/http://x"), ("*", "*"), ("example.com:443", "example.com:443"), ("ftp://gw/d", "ftp://gw/d"),
+    ])
+    func absoluteFormTargetsBecomeOriginForm(_ uri: String, _ origin: String) {
+        #expect(ProxyHeaders.originForm(uri) == origin)
     }
 
     @Test func hopByHopHeadersStayOnTheirSide() {

@@ -35,9 +35,9 @@ final class ServeProcess {
     let log: String
     private(set) var exit: ProcessTermination?
 
-    init(_ arguments: [String], log: String, workdir: String) throws {
+    init(_ arguments: [String], log: String, workdir: String, environment: [String: String] = ProcessInfo.processInfo.environment) throws {
         self.log = log
-        var environment = ProcessInfo.processInfo.environment
+        var environment = environment
         environment["NO_COLOR"] = "1"
         process = try ModelServerProcess.spawn(executable: CapstanBinary.path!, argv: ["capstan", "serve"] + arguments,
                                                environment: environment, workdir: workdir, logPath: log)
@@ -133,5 +133,75 @@ final class ServeProcess {
         await eventually("the second agent exits") { second.poll() != nil }
         #expect(second.poll() == .exited(0), "\(second.output)")
         for pid in secondPIDs { #expect(isGone(pid)) }
+    }
+
+    @Test(.enabled(if: CapstanBinary.hasServe, "needs `capstan serve` registered in CapstanMain"),
+          arguments: ["0.0.0.0:0", "[::]:0", "192.0.2.1:7070", "agent.example.com:7070"])
+    func anAdminAPIOffLoopbackNeedsAToken(_ admin: String) throws {
+        let f = try ServingFixture()
+        // Under `timeout`: an agent that starts anyway is stopped (exit 124 or 0), not waited for.
+        let r = try Shell.run("timeout", ["30", CapstanBinary.path!, "serve", "--admin", admin, "--gateway", "127.0.0.1:0", "--state-dir", f.stateDir])
+        #expect(r.status == 64, "\(r.stderr)")
+        #expect(r.stderr.contains("--admin \(admin) is not a loopback address"), "\(r.stderr)")
+        #expect(r.stderr.contains("Pass --admin-token-env NAME"), "\(r.stderr)")
+        #expect(!FileManager.default.fileExists(atPath: f.stateDir + "/serving"), "nothing was started")
+    }
+
+    @Test(.enabled(if: CapstanBinary.hasServe, "needs `capstan serve` registered in CapstanMain"),
+          arguments: [("--admin", "admin API"), ("--gateway", "gateway")])
+    func aHostNameThatDoesNotResolveSaysSo(_ flag: String, _ role: String) throws {
+        let f = try ServingFixture()
+        var arguments = ["serve", "--admin", "127.0.0.1:0", "--gateway", "127.0.0.1:0", "--admin-token-env", "AGENT_TOKEN", "--state-dir", f.stateDir]
+        arguments[arguments.firstIndex(of: flag)! + 1] = "no-such-host.invalid:0"
+        let r = try Shell.run("timeout", ["30", CapstanBinary.path!] + arguments, environment: ["AGENT_TOKEN": "t"])
+        #expect(r.status == 1, "\(r.stderr)")
+        #expect(r.stderr.contains("cannot listen on no-such-host.invalid:0 for the \(role): the host name cannot be resolved; choose another address with \(flag)"),
+                "\(r.stderr)")
+    }
+
+    @Test(.enabled(if: CapstanBinary.hasServe, "needs `capstan serve` registered in CapstanMain"),
+          arguments: [("0.0.0.0", "127.0.0.1"), ("::", "::1")])
+    func theAddressesPrintedAreTheOnesBound(_ wildcard: String, _ loopback: String) async throws {
+        let f = try ServingFixture()
+        let bracketed = wildcard.contains(":") ? "[\(wildcard)]" : wildcard
+        var environment = ProcessInfo.processInfo.environment
+        environment["AGENT_TOKEN"] = "agent-token-5c1d"
+        let agent = try ServeProcess(["--gateway", "\(bracketed):0", "--admin", "\(bracketed):0", "--admin-token-env", "AGENT_TOKEN",
+                                      "--state-dir", f.stateDir], log: f.dir.path + "/serve.log", workdir: f.dir.path, environment: environment)
+        defer { agent.kill() }
+        await eventually("the agent listens: \(agent.output)") { agent.listening != nil || agent.poll() != nil }
+        let (gateway, admin) = try #require(agent.listening, "\(agent.output)")
+        #expect(gateway.hasPrefix("http://\(bracketed):") && admin.hasPrefix("http://\(bracketed):"), "\(agent.output)")
+        let adminPort = try #require(Int(admin.split(separator: ":").last ?? ""))
+        let reachable = ListenAddress(host: loopback, port: adminPort).url
+        #expect(try await HTTP.get(reachable + "/v1/endpoints").status == 401)
+        #expect(try await HTTP.get(reachable + "/v1/endpoints", headers: [("Authorization", "Bearer agent-token-5c1d")]).status == 200)
+        if wildcard == "0.0.0.0", let address = NonLoopbackAddress.ipv4 {
+            // Bound to every interface, as it says.
+            #expect(try await HTTP.get("http://\(address):\(adminPort)/v1/endpoints", headers: [("Authorization", "Bearer agent-token-5c1d")]).status == 200)
+        }
+        _ = Glibc.kill(agent.process.pid, SIGTERM)
+        await eventually("the agent exits") { agent.poll() != nil }
+        #expect(agent.poll() == .exited(0), "\(agent.output)")
+    }
+
+    @Test(.enabled(if: CapstanBinary.hasServe, "needs `capstan serve` registered in CapstanMain"))
+    func aTokenlessAdminAPIAnswersLoopbackNamesOnly() async throws {
+        let f = try ServingFixture()
+        let agent = try ServeProcess(["--gateway", "127.0.0.1:0", "--admin", "127.0.0.1:0", "--state-dir", f.stateDir],
+                                     log: f.dir.path + "/serve.log", workdir: f.dir.path)
+        defer { agent.kill() }
+        await eventually("the agent listens: \(agent.output)") { agent.listening != nil || agent.poll() != nil }
+        let (_, admin) = try #require(agent.listening, "\(agent.output)")
+        let port = try #require(Int(admin.split(separator: ":").last ?? ""))
+        // A page on rebound.example, its name now pointing at 127.0.0.1, sends its own Host.
+        let rebound = await RawSocket.exchange(port: port, "GET /v1/endpoints HTTP/1.1\r\nHost: rebound.example:\(port)\r\nConnection: close\r\n\r\n")
+        #expect(rebound.status == 403, "\(rebound.text)")
+        #expect(rebound.body.contains("is not a loopback name"), "\(rebound.text)")
+        // capstan apply's client (Host: 127.0.0.1:PORT) still gets through.
+        let endpoints = try await AgentClient.with(adminURL: admin) { client in try await client.endpoints() }
+        #expect(endpoints.isEmpty)
+        _ = Glibc.kill(agent.process.pid, SIGTERM)
+        await eventually("the agent exits") { agent.poll() != nil }
     }
 }

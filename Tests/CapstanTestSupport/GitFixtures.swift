@@ -442,6 +442,22 @@ final class PythonServer {
 
     deinit { stop() }
 
+    /// `gitHTTP` over the repositories below `root`, with its options (see `gitHTTP`).
+    static func gitHTTP(root: String, user: String, password: String, options: [String: Any] = [:]) throws -> PythonServer {
+        let encoded = options.isEmpty ? [] : [String(decoding: try JSONSerialization.data(withJSONObject: options), as: UTF8.self)]
+        return try PythonServer(script: gitHTTP, arguments: [root, user, password] + encoded)
+    }
+
+    /// The `Authorization` header of each request a `gitHTTP` server logged (`log` option), nil
+    /// for a request without one.
+    static func loggedAuthorizations(_ log: String) -> [String?] {
+        let text = (try? String(contentsOfFile: log, encoding: .utf8)) ?? ""
+        return text.split(separator: "\n").map { line in
+            let object = try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any]
+            return object?["authorization"] as? String
+        }
+    }
+
     /// Accepts every TCP connection and never sends a byte.
     static let silent = """
         import socket, time
@@ -480,10 +496,20 @@ final class PythonServer {
 
     /// Serves `git http-backend` for the repositories below argv[1], behind HTTP Basic auth with
     /// user argv[2] and password argv[3]; requests without the right credentials get 401.
+    /// argv[4], optional, is a JSON object of options:
+    /// - `bind`: the address to listen on (default 127.0.0.1);
+    /// - `log`: a file that gets one JSON line per request (`method`, `path`, `authorization`);
+    /// - `open`: no credentials needed;
+    /// - `redirectFrom` + `redirectTo`: a request whose path starts with `redirectFrom` is
+    ///   answered 302 to `redirectTo` + the rest of its path and query (`redirectTo` is a URL,
+    ///   or a path on this server);
+    /// - `redirectAfterAuth`: only requests with the right credentials are redirected (the others
+    ///   get 401), and `challengeOnRedirect`: the 302 carries `WWW-Authenticate: Basic`.
     static let gitHTTP = #"""
-        import base64, http.server, os, socketserver, subprocess, sys
+        import base64, http.server, json, os, socketserver, subprocess, sys
 
         ROOT, USER, PASSWORD = sys.argv[1], sys.argv[2], sys.argv[3]
+        OPTIONS = json.loads(sys.argv[4]) if len(sys.argv) > 4 else {}
         EXPECTED = "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -503,7 +529,25 @@ final class PythonServer {
                 return self.rfile.read(int(self.headers.get("Content-Length") or 0))
 
             def handle_git(self, method):
-                if self.headers.get("Authorization") != EXPECTED:
+                authorization = self.headers.get("Authorization")
+                if OPTIONS.get("log"):
+                    with open(OPTIONS["log"], "a") as log:
+                        log.write(json.dumps({"method": method, "path": self.path, "authorization": authorization}) + "\n")
+                authorized = OPTIONS.get("open") or authorization == EXPECTED
+                source = OPTIONS.get("redirectFrom")
+                if source and self.path.startswith(source) and (authorized or not OPTIONS.get("redirectAfterAuth")):
+                    if method == "POST":
+                        self.body()
+                    self.send_response(302)
+                    self.send_header("Location", OPTIONS["redirectTo"] + self.path[len(source):])
+                    if OPTIONS.get("challengeOnRedirect"):
+                        self.send_header("WWW-Authenticate", 'Basic realm="capstan-test"')
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                if not authorized:
+                    if method == "POST":
+                        self.body()
                     self.send_response(401)
                     self.send_header("WWW-Authenticate", 'Basic realm="capstan-test"')
                     self.send_header("Content-Length", "0")
@@ -540,7 +584,7 @@ final class PythonServer {
         class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
             daemon_threads = True
 
-        server = Server(("127.0.0.1", 0), Handler)
+        server = Server((OPTIONS.get("bind", "127.0.0.1"), 0), Handler)
         print(server.server_address[1], flush=True)
         server.serve_forever()
         """#
@@ -569,4 +613,28 @@ func withDeadline<T: Sendable>(seconds: Double, _ operation: @escaping @Sendable
             if once.claim() { continuation.resume(returning: nil) }
         }
     }
+}
+
+// MARK: - Addresses
+
+/// The first non-loopback IPv4 address of this machine, if it has one.
+enum NonLoopbackAddress {
+    static let ipv4: String? = {
+        var list: UnsafeMutablePointer<ifaddrs>?
+        guard getifaddrs(&list) == 0 else { return nil }
+        defer { freeifaddrs(list) }
+        var next = list
+        while let entry = next {
+            defer { next = entry.pointee.ifa_next }
+            guard let address = entry.pointee.ifa_addr, address.pointee.sa_family == sa_family_t(AF_INET),
+                  entry.pointee.ifa_flags & UInt32(IFF_UP) != 0, entry.pointee.ifa_flags & UInt32(IFF_LOOPBACK) == 0 else { continue }
+            var text = [CChar](repeating: 0, count: Int(INET_ADDRSTRLEN))
+            address.withMemoryRebound(to: sockaddr_in.self, capacity: 1) { sin in
+                var a = sin.pointee.sin_addr
+                _ = inet_ntop(AF_INET, &a, &text, socklen_t(text.count))
+            }
+            return String(decoding: text.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        }
+        return nil
+    }()
 }
