@@ -168,11 +168,9 @@ final class ReplicaWorker: Sendable {
 
     /// The last line of the server's log, for a failure message (secret values replaced).
     private var lastOutput: String {
-        guard var line = ServerLogs.lastLine(logPath) else { return " (log: \(logPath))" }
-        for name in spec.secretEnv.keys {
-            if let value = environment[name], !value.isEmpty { line = line.replacingOccurrences(of: value, with: "[secret]") }
-        }
-        return "; last output: \(line) (log: \(logPath))"
+        guard let line = ServerLogs.lastLine(logPath) else { return " (log: \(logPath))" }
+        let scrubber = SecretScrubber(secrets: spec.secretEnv.keys.compactMap { environment[$0] })
+        return "; last output: \(PrintableText.escaped(scrubber.scrub(line))) (log: \(logPath))"
     }
 
     private func stop(_ process: ModelServerProcess, drain: ReplicaTarget?) async -> (ProcessTermination?, Bool) {

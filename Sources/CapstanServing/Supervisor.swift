@@ -259,6 +259,13 @@ actor Supervisor {
                 + "set \(source) where `capstan serve` runs and restart the agent. Nothing was started")
             return
         }
+        // A value this short cannot be scrubbed from the server's output: refused, not leaked.
+        let short = spec.secretEnv.sorted { $0.key < $1.key }.filter { (agentEnvironment[$0.value]?.count ?? 0) < SecretScrubber.minimumLength }
+        if let (name, source) = short.first {
+            refuse(backend, "secret variable \(name) comes from \(source), whose value is shorter than \(SecretScrubber.minimumLength) "
+                + "characters: Capstan could not keep it out of logs and messages. Use a longer secret in \(source) and restart the agent. Nothing was started")
+            return
+        }
         let key = backend.key
         submit { [weak self] in
             // Nothing to verify for an agent that is stopping (a listener could not be opened).

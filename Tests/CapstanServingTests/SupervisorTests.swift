@@ -116,6 +116,22 @@ import Testing
         }
     }
 
+    @Test func aSecretTooShortToScrubRefusesTheBackend() async throws {
+        let f = try ServingFixture()
+        try await f.withAgent(environment: ["CAPSTAN_TEST_SHORT_SECRET": "abc"]) { _, client in
+            let status = try await client.put(EndpointSpec(deployment: "shorty", model: "m", backends: [
+                f.backend(1, weight: 100, secretEnv: ["API_TOKEN": "CAPSTAN_TEST_SHORT_SECRET"]),
+            ]))
+            let backend = try #require(status.backend(version: 1))
+            #expect(backend.health == .failing)
+            let message = try #require(backend.lastError)
+            #expect(message.contains("API_TOKEN") && message.contains("CAPSTAN_TEST_SHORT_SECRET"), "\(message)")
+            #expect(message.contains("shorter than 4 characters"), "\(message)")
+            #expect(!message.contains("abc"), "the value itself is never shown")
+            #expect(f.events.of(.started).isEmpty, "nothing was started")
+        }
+    }
+
     @Test func backendsAndReplicasLeftOutOfTheSpecAreStopped() async throws {
         let f = try ServingFixture()
         try await f.withAgent { agent, client in
