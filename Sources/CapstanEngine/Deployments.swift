@@ -64,12 +64,15 @@ public struct DeploymentPhase: Sendable {
         for entry in entries where entry.action.isChange || entry.action == .wait {
             guard case .deployment(let detail) = entry.detail else { continue }
             if entry.action == .wait { continue }
+            if Task.isCancelled { break }
             context.events(.started(entry))
             let outcome: EntryOutcome
             do {
+                // A pass that lost its lease does not touch the serving layer either.
+                try context.database.checkLease()
                 outcome = try await execute(entry, detail, manifests: manifests, repository: repository, commit: commit)
             } catch {
-                outcome = .failed(String(describing: error))
+                outcome = ModelPipeline.outcome(of: error)
             }
             outcomes[entry.id] = outcome
             context.events(.finished(entry, outcome))

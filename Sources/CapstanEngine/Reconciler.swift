@@ -71,13 +71,9 @@ public struct Reconciler: Sendable {
             let closing = missed
             let id = entry.id
             let closed = ParamValue.map(detail)
-            do {
-                try await context.database.pool.write { db in
-                    for event in closing { _ = try audit.record(db, event) }
-                    try journal.fail(db, id: id, detail: closed)
-                }
-            } catch {
-                throw context.database.failure("close journal entry \(id)", error)
+            try await context.database.write("close journal entry \(id)") { db in
+                for event in closing { _ = try audit.record(db, event) }
+                try journal.fail(db, id: id, detail: closed)
             }
             context.record(entry.subject, "interrupted", commit: nil, reason: note)
             notes.append(note)
@@ -150,7 +146,7 @@ public struct Reconciler: Sendable {
         // right after has nothing to do. Only bookkeeping entries; never a training.
         var followUps: [PlanEntry] = []
         let bookkeeping: Set<PlanAction> = [.moveAlias, .deleteAlias, .archiveVersions, .updateModel]
-        for round in 1...2 where !outcomes.values.contains(where: { if case .failed = $0 { return true } else { return false } }) {
+        for round in 1...2 where !outcomes.values.contains(where: \.isFailure) {
             let next = Planner.plan(desired: desired, actual: afterModels, now: context.now(), options: PlanOptions())
             let entries = next.entries.filter { bookkeeping.contains($0.action) && $0.dependsOn.allSatisfy { id in next.entries.first { $0.id == id } == nil } }
             if entries.isEmpty { break }
@@ -166,6 +162,8 @@ public struct Reconciler: Sendable {
             afterModels = try await observe()
         }
 
+        // A pass stopped (a signal, a lost lease) changes nothing in the serving layer.
+        try Task.checkCancellation()
         // Deployments follow the registry as the model entries left it.
         var deploymentEntries: [PlanEntry] = []
         var deploymentResidual: [PlanEntry] = []
@@ -195,7 +193,7 @@ public struct Reconciler: Sendable {
         try context.passes.setConditions(conditions)
         try context.passes.removeConditions(except: Set(conditions.map(\.object)), prefix: "model/")
         try context.passes.removeConditions(except: Set(conditions.map(\.object)), prefix: "deployment/")
-        let failed = outcomes.values.contains { if case .failed = $0 { return true } else { return false } }
+        let failed = outcomes.values.contains(where: \.isFailure)
         let left = residual.hasChanges || residual.entries.contains { $0.action == .wait || $0.action == .blocked }
             || deploymentResidual.contains { $0.action.isChange || $0.action == .wait || $0.action == .blocked || $0.action == .servingUnavailable || $0.action == .drift }
         let outcome: PassResult.Outcome = failed ? .failed : (left ? .progressing : .converged)

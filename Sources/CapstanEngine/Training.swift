@@ -35,14 +35,19 @@ struct StepWorkspace {
     func prepare(materialized: URL, params: [String: ParamValue]) throws {
         let fm = FileManager.default
         if fm.fileExists(atPath: folder) { try fm.removeItem(atPath: folder) }
-        try fm.createDirectory(atPath: folder, withIntermediateDirectories: true)
+        // Private like the rest of the state folder (runs/ and logs/ hold data and metrics).
+        try StateFolder.makeFolder(folder, parentsMode: StateFolder.folderMode, what: "create the step's folder")
         try fm.copyItem(atPath: materialized.path, toPath: tree)
-        try fm.createDirectory(atPath: output, withIntermediateDirectories: true)
-        try fm.createDirectory(atPath: (logFile as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
+        try StateFolder.makeFolder(output, what: "create the step's output folder")
+        try StateFolder.makeFolder((logFile as NSString).deletingLastPathComponent, parentsMode: StateFolder.folderMode,
+                                   what: "create the log folder")
         if fm.fileExists(atPath: logFile) { try fm.removeItem(atPath: logFile) }
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys, .prettyPrinted]
-        try encoder.encode(params).write(to: URL(fileURLWithPath: paramsFile))
+        guard fm.createFile(atPath: paramsFile, contents: try encoder.encode(params),
+                            attributes: [.posixPermissions: Int(StateFolder.fileMode)]) else {
+            throw StepOutputError(message: "cannot write the params file '\(paramsFile)'")
+        }
     }
 
     /// Removes everything but the log.
@@ -184,6 +189,7 @@ struct Training {
             workspace.clean()
             return (number, .skipped("v\(number): stopped during training; the next pass trains it again"))
         } catch {
+            if let deferred = deferIfTransient(error, number, detail, journalID, workspace: workspace) { return (number, deferred) }
             let message = ModelPipeline.describe(error)
             try await fail(number, detail, journalID, tail: message, workspace: workspace)
             return (number, .failed("v\(number): \(message)"))
@@ -221,10 +227,31 @@ struct Training {
             return (number, .done("v\(number) trained in \(ManifestDuration.format(result.durationMilliseconds)); " +
                                   (metrics.isEmpty ? "no metrics" : MetricsFile.describe(metrics))))
         } catch {
+            if let deferred = deferIfTransient(error, number, detail, journalID, workspace: workspace) { return (number, deferred) }
             let message = ModelPipeline.describe(error)
             try await fail(number, detail, journalID, tail: message, workspace: workspace)
             return (number, .failed("v\(number): \(message)"))
         }
+    }
+
+    /// A failure of the machine rather than of the training (the disk is full: the output could
+    /// not be stored, the step's folder not written) is not held against the version: it is not
+    /// marked failed and gets no backoff. It stays `training`, its journal entry is closed as
+    /// interrupted, and the next pass trains it again. Nil for any other error, and for a lost
+    /// lease (which must write nothing: it is rethrown by the caller's writes).
+    func deferIfTransient(_ error: any Error, _ number: Int, _ detail: TrainDetail, _ journalID: Int64,
+                          workspace: StepWorkspace) -> EntryOutcome? {
+        guard FileSystemFailure.isDiskFull(error) else { return nil }
+        let message = ModelPipeline.describe(error)
+        // Space first: the step's folder is what filled the disk, most often.
+        workspace.clean()
+        try? context.journal.fail(id: journalID, detail: .map([
+            "fingerprint": .string(detail.fingerprint), "version": .int(Int64(number)), "interrupted": .bool(true),
+            "transient": .string(message),
+        ]))
+        context.record("model/\(name)/v\(number)", "interrupted", commit: plan.commit,
+                       reason: "disk full: \(message); v\(number) is not marked failed, and the next pass trains it again")
+        return .transient("v\(number): disk full: \(message). v\(number) is not marked failed; the next pass trains it again")
     }
 
     static func trainedEvent(_ context: EngineContext, name: String, number: Int, commit: String?, artifact: String,

@@ -1,4 +1,5 @@
 import AsyncHTTPClient
+import CapstanStore
 import Foundation
 import Hummingbird
 import Logging
@@ -97,6 +98,8 @@ public final class ServingAgent: Sendable {
     public let endpointsFile: String
     /// The endpoints read from `endpointsFile`, brought back by `run()`.
     public let savedEndpoints: [EndpointSpec]
+    /// What people should know about the state folder (other users can read it), to report.
+    public let warnings: [String]
     private let store: EndpointStore
     private let logDirectory: String
 
@@ -113,9 +116,12 @@ public final class ServingAgent: Sendable {
         let serving = configuration.stateDirectory + "/serving"
         logDirectory = serving + "/logs"
         do {
-            try FileManager.default.createDirectory(atPath: logDirectory, withIntermediateDirectories: true)
+            // The state folder and what the agent keeps in it are private (0700), like the rest
+            // of Capstan's state.
+            warnings = try StateFolder.prepare(configuration.stateDirectory)
+            try StateFolder.makeFolder(logDirectory, parentsMode: StateFolder.folderMode, what: "create the serving log folder")
         } catch {
-            throw ServingAgentError(message: "cannot create '\(logDirectory)' (\(error.localizedDescription)); check the state directory (--state-dir)")
+            throw ServingAgentError(message: "\((error as? StoreError)?.message ?? "cannot create '\(logDirectory)' (\(error))"); check the state directory (--state-dir)")
         }
         store = EndpointStore(servingDirectory: serving)
         endpointsFile = store.path

@@ -37,8 +37,11 @@ import Testing
         let mode = { (name: String) in
             try (FileManager.default.attributesOfItem(atPath: first.path + "/" + name)[.posixPermissions] as? NSNumber)?.intValue
         }
-        #expect(try mode("predict.sh") == 0o555)
-        #expect(try mode("model.bin") == 0o444)
+        // Read-only and private: 0500 / 0400 whatever the umask, folders 0700.
+        #expect(try mode("predict.sh") == 0o500)
+        #expect(try mode("model.bin") == 0o400)
+        #expect(try mode("meta") == 0o700)
+        #expect(try mode("") == 0o700)
 
         try store.verify(digest: first.digest)
         #expect(try store.open(digest: first.digest) == first.path)
