@@ -120,7 +120,7 @@ let package = Package(
         ]),
         .testTarget(name: "CapstanCLITests", dependencies: [
             "CapstanCLI", "capstan", "capstan-bench", "CapstanTestSupport", "CapstanStore", "CapstanCore",
-            .product(name: "Crypto", package: "swift-crypto"),
+            .product(name: "Crypto", package: "swift-crypto"), .product(name: "GRDB", package: "GRDB.swift"),
         ]),
     ],
     swiftLanguageModes: [.v6]

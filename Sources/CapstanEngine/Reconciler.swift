@@ -59,6 +59,15 @@ public struct Reconciler: Sendable {
                     note += "; stopped its leftover training processes (process group \(pgid))"
                 }
                 missed += try await missedTrainingEvents(entry, detail)
+            } else if entry.operation == validateCommandOperation {
+                if case .int(let pgid)? = detail["pgid"], case .string(let run)? = detail["run"], pgid > 1,
+                   ProcessGroups.kill(Int32(pgid), environmentMarker: (name: runMarker, value: run)) {
+                    note += "; stopped its leftover validation processes (process group \(pgid))"
+                }
+                if entry.subject.hasPrefix("model/"), case .int(let number)? = detail["version"] {
+                    StepWorkspace(stateDirectory: context.stateDirectory, model: String(entry.subject.dropFirst("model/".count)),
+                                  version: Int(number), label: "validate").clean()
+                }
             } else if case .map(let check)? = detail["check"], case .some(let audit) = detail["audit"],
                       let event = AuditCodec.event(audit), try await happened(entry.operation, check) {
                 var late = event
@@ -90,9 +99,18 @@ public struct Reconciler: Sendable {
         var events: [AuditEvent] = []
         let commit: String? = if case .string(let c)? = detail["commit"] { c } else { nil }
         if detail["version"] == nil {
-            events.append(context.event("model/\(model)/v\(version.number)", "create-version", commit: commit,
-                                        after: .map(["status": .string("training"), "fingerprint": .string(fingerprint)]),
-                                        reason: "recorded after an interrupted pass"))
+            // The crash came before the version was journaled with its event.
+            if detail["resumes"] == nil {
+                events.append(context.event("model/\(model)/v\(version.number)", "create-version", commit: commit,
+                                            after: .map(["status": .string("training"), "fingerprint": .string(fingerprint)]),
+                                            reason: "recorded after an interrupted pass"))
+            } else if case .int(let attempt)? = detail["attempt"], version.attempts >= Int(attempt) {
+                // A retry or a resumed run that had claimed the version (its attempt counted).
+                events.append(context.event("model/\(model)/v\(version.number)", "retrain-version", commit: commit,
+                                            after: .map(["status": .string("training"), "fingerprint": .string(fingerprint),
+                                                         "attempt": .int(attempt)]),
+                                            reason: "recorded after an interrupted pass"))
+            }
         }
         if version.status == .trained, let artifact = version.artifactDigest {
             events.append(Training.trainedEvent(context, name: model, number: version.number, commit: commit, artifact: artifact,

@@ -4,6 +4,8 @@ import Foundation
 
 /// The journal operation of a training run.
 let trainOperation = "train"
+/// The journal operation of a validation command's run.
+let validateCommandOperation = "validate-command"
 /// The variable that marks a step's processes as Capstan's, so a crashed run's leftovers can be
 /// found and killed safely (a recycled pid of another process never carries it).
 let runMarker = "CAPSTAN_RUN_ID"
@@ -127,10 +129,14 @@ struct Training {
             return (nil, .failed(ModelPipeline.describe(error)))
         }
         let runID = UUID().uuidString.lowercased()
-        let journalID = try context.journal.begin(operation: trainOperation, subject: "model/\(name)", detail: .map([
+        var begun: [String: ParamValue] = [
             "fingerprint": .string(detail.fingerprint), "commit": .string(plan.commit), "run": .string(runID),
             "attempt": .int(Int64(detail.attempt)),
-        ]))
+        ]
+        // A retry or a resumed run claims an existing version: recovery must not take it for a
+        // new version's creation.
+        if let number = detail.version { begun["resumes"] = .int(Int64(number)) }
+        let journalID = try context.journal.begin(operation: trainOperation, subject: "model/\(name)", detail: .map(begun))
         Failpoint.hit("train.after-journal")
         let version: ModelVersion
         do {

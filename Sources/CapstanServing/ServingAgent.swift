@@ -144,6 +144,15 @@ public final class ServingAgent: Sendable {
         guard !alreadyStarted else { throw ServingAgentError(message: "this serving agent has already run; create a new one") }
 
         let configuration = self.configuration
+        // Servers an agent killed on this state folder left running are stopped before any starts.
+        let servingDirectory = configuration.stateDirectory + "/serving"
+        let leftovers = LeftoverServers.takeOver(servingDirectory: servingDirectory, bootID: bootID)
+        for server in leftovers.stopped {
+            configuration.onEvent(ServingEvent(
+                kind: .stopped, deployment: server.deployment, version: server.version, pid: server.pid,
+                message: "pid \(server.pid) was left running by an agent that is gone (pid \(leftovers.previousAgent ?? 0)); stopped it"))
+        }
+        defer { LeftoverServers.release(servingDirectory: servingDirectory, bootID: bootID) }
         var logger = Logger(label: "capstan.serve") { StreamLogHandler.standardError(label: $0) }
         logger.logLevel = .warning
         let client = HTTPClient(eventLoopGroup: HTTPClient.defaultEventLoopGroup, configuration: Self.clientConfiguration, backgroundActivityLogger: logger)

@@ -54,6 +54,7 @@ public struct ArtifactStore: Sendable {
         // Refuse before copying anything.
         let entries = try Self.listing(of: directory)
         try Self.make(objects)
+        removeLeftovers()
         let temporary = root + "/.tmp-\(getpid())-\(UInt64.random(in: 0...UInt64.max))"
         do {
             try Self.make(temporary)
@@ -82,6 +83,17 @@ public struct ArtifactStore: Sendable {
         } catch {
             try? Self.remove(temporary)
             throw error
+        }
+    }
+
+    /// Removes the temporary copies (`.tmp-<pid>-…`) of processes that are gone: a process killed
+    /// while it stored an output leaves its half-made copy behind.
+    func removeLeftovers() {
+        guard let names = try? FileManager.default.contentsOfDirectory(atPath: root) else { return }
+        for name in names where name.hasPrefix(".tmp-") {
+            guard let pid = Int64(name.dropFirst(5).prefix { $0 != "-" }), pid != Int64(getpid()),
+                  case .gone = LocalProcess.liveness(pid: pid, startTime: nil) else { continue }
+            try? Self.remove(root + "/" + name)
         }
     }
 

@@ -521,6 +521,60 @@ final class TrainingRepo {
         }
     }
 
+    /// A training resumed after a crash is killed again before or after it claimed the version:
+    /// the audit log still has one creation of the version and one `retrain-version` per attempt
+    /// that claimed it (recovery used to record the version's creation a second time). Found by
+    /// the kill-anywhere suite.
+    @Test(arguments: ["train.after-journal", "train.after-create-version"])
+    func aResumedTrainingKilledAgainIsAuditedOnce(_ failpoint: String) throws {
+        let t = try TrainingRepo()
+        let killed = try t.capstan(["apply"], environment: ["CAPSTAN_FAILPOINT": "train.after-start"])
+        #expect(killed.status != 0 && killed.status != 1)
+        let resumed = try t.capstan(["apply"], environment: ["CAPSTAN_FAILPOINT": failpoint])
+        #expect(resumed.status != 0 && resumed.status != 1, "\(failpoint): \(resumed.stdout)")
+        let next = try t.capstan(["apply"])
+        #expect(next.status == 0, "\(failpoint): \(next.stdout)\n\(next.stderr)")
+        let version = try #require(try t.versions().first)
+        #expect(version["status"] as? String == "validated")
+        let attempts = try #require(version["attempts"] as? Int)
+        let events = try Self.events(t.state).filter { $0["object"] as? String == "model/churn/v1" }
+        let actions = events.compactMap { $0["action"] as? String }
+        #expect(actions.count { $0 == "create-version" } == 1, "\(failpoint): \(actions)")
+        #expect(actions.count { $0 == "retrain-version" } == attempts - 1, "\(failpoint): attempts \(attempts), \(actions)")
+    }
+
+    /// A pass killed while a validation command runs: the next pass stops that command's
+    /// processes (they were left running before: only trainings were journaled with their process
+    /// group), removes its folder, and validates again. Found by the kill-anywhere suite.
+    @Test func aValidationCommandOfAKilledPassDoesNotOutliveTheNextPass() throws {
+        let t = try TrainingRepo(validate: "validate: {metrics: {accuracy: {min: 0.8}}, command: [python3, validate.py]}")
+        try t.repo.write("models/churn/validate.py", """
+            import os, time
+            d = os.environ["MARKER_DIR"]
+            if not os.path.exists(os.path.join(d, "fast")):
+                open(os.path.join(d, "validating"), "w").write(str(os.getpid()))
+                time.sleep(300)
+
+            """)
+        try t.repo.commit("slow gate")
+        let killed = try t.capstan(["apply"], environment: ["CAPSTAN_FAILPOINT": "validate.after-start"])
+        #expect(killed.status != 0 && killed.status != 1, "\(killed.stdout)")
+        let marker = t.temp.sub("validating").path
+        var polls = 0
+        while !FileManager.default.fileExists(atPath: marker) && polls < 200 { usleep(50_000); polls += 1 }
+        let validating = try #require(Int32(try String(contentsOfFile: marker, encoding: .utf8)))
+        #expect(Self.isRunning(validating), "the killed pass's validation command runs on")
+
+        _ = FileManager.default.createFile(atPath: t.temp.sub("fast").path, contents: Data())
+        let next = try t.capstan(["apply"])
+        #expect(next.status == 0, "\(next.stdout)\n\(next.stderr)")
+        #expect(next.stdout.contains("recovered an interrupted validate-command of model/churn"), "\(next.stdout)")
+        #expect(next.stdout.contains("stopped its leftover validation processes"), "\(next.stdout)")
+        #expect(!Self.isRunning(validating))
+        #expect(try t.versions().map { $0["status"] as? String } == ["validated"])
+        #expect(((try? FileManager.default.contentsOfDirectory(atPath: t.state + "/runs/churn")) ?? []).isEmpty)
+    }
+
     /// SIGTERM (what docker stop, systemd and Kubernetes send) stops a pass cleanly: the training's
     /// processes are gone, the lock is released, and the next pass trains the version again at
     /// once (no backoff: nothing failed).

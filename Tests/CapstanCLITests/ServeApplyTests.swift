@@ -248,6 +248,36 @@ import Testing
         #expect(restarted.predict() == (200, "2"))
     }
 
+    /// An agent killed with SIGKILL cannot stop its model servers; the next agent on the same
+    /// state folder finds them (by the id the killed agent gave them) and stops them before it
+    /// starts its own, so they do not hold ports and memory for ever. (Found by the kill-anywhere
+    /// suite under `run --serve`.)
+    @Test func modelServersOfAKilledAgentAreStoppedByTheNextAgent() throws {
+        let temp = try TempDir()
+        let state = temp.sub("state").path
+        let (agent, _) = try Self.serving(temp, state: state)
+        let servers = ControllerTests.processes(withEnvironment: "CAPSTAN_MODEL_DIR=\(state)")
+        #expect(!servers.isEmpty)
+        defer { for pid in servers where ApplyCommandTests.isRunning(pid) { kill(pid, SIGKILL) } }
+        kill(agent.process.processIdentifier, SIGKILL)
+        agent.process.waitUntilExit()
+        #expect(servers.allSatisfy { ApplyCommandTests.isRunning($0) }, "the servers of a killed agent keep running until someone stops them")
+
+        let next = try Agent(state: temp.sub("agent").path, log: temp.sub("agent2.log"), gateway: agent.gateway, admin: agent.admin)
+        defer { next.stop() }
+        #expect(ControllerTests.eventually(within: 10) { servers.allSatisfy { !ApplyCommandTests.isRunning($0) } },
+                "left running: \(servers.filter { ApplyCommandTests.isRunning($0) })")
+        let log = try String(contentsOf: next.log, encoding: .utf8)
+        #expect(log.contains("was left running by an agent that is gone (pid \(agent.process.processIdentifier)); stopped it"), "\(log)")
+        // The endpoint the killed agent saved is served again, by new servers.
+        #expect(ControllerTests.eventually(within: 30) { next.predict() == (200, "1") })
+        let now = ControllerTests.processes(withEnvironment: "CAPSTAN_MODEL_DIR=\(state)")
+        #expect(!now.isEmpty && Set(now).isDisjoint(with: servers), "\(now) \(servers)")
+        // A clean stop forgets the record: the agent after it has nothing to stop.
+        next.stop()
+        #expect(!FileManager.default.fileExists(atPath: temp.sub("agent/serving/agent.json").path))
+    }
+
     /// A version whose server never answers its readiness path is rolled back once the agent
     /// gives up on it; traffic never left the old version.
     @Test func aVersionThatNeverBecomesReadyIsRolledBack() throws {

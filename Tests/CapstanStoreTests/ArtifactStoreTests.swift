@@ -147,4 +147,22 @@ import Testing
         let error = #expect(throws: StoreError.self) { try store.verify(digest: digest) }
         #expect(error?.code == .artifactMissing)
     }
+
+    /// A process killed while it stored an output leaves its temporary copy; the next store
+    /// removes the copies of processes that are gone, and leaves a live one's alone.
+    @Test func halfMadeCopiesOfGoneProcessesAreRemoved() throws {
+        let temp = try TemporaryDirectory()
+        let store = ArtifactStore(stateDirectory: temp.path + "/state")
+        let exited = Process()
+        exited.executableURL = URL(fileURLWithPath: "/bin/true")
+        try exited.run()
+        exited.waitUntilExit()
+        let dead = temp.path + "/state/artifacts/.tmp-\(exited.processIdentifier)-42"
+        let live = temp.path + "/state/artifacts/.tmp-\(getppid())-7"
+        try temp.write("state/artifacts/.tmp-\(exited.processIdentifier)-42/part.bin", garbage(count: 100))
+        try temp.write("state/artifacts/.tmp-\(getppid())-7/part.bin", garbage(count: 100))
+        _ = try store.store(directory: try makeOutput(in: temp))
+        #expect(!FileManager.default.fileExists(atPath: dead))
+        #expect(FileManager.default.fileExists(atPath: live))
+    }
 }
