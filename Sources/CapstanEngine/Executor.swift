@@ -137,10 +137,19 @@ public struct EngineContext: Sendable {
 
     /// Records `event` and closes journal entry `id` in one transaction.
     func finish(_ id: Int64, recording event: AuditEvent?, detail: ParamValue? = nil) throws {
+        try close(id, failed: false, recording: event, detail: detail)
+    }
+
+    /// Records `event` and closes journal entry `id` as finished or failed, in one transaction.
+    func close(_ id: Int64, failed: Bool, recording event: AuditEvent?, detail: ParamValue? = nil) throws {
         let journal = self.journal, audit = self.audit
         try database.write("record the end of journal entry \(id)") { db in
             if let event { _ = try audit.record(db, event) }
-            try journal.finish(db, id: id, detail: detail)
+            if failed {
+                try journal.fail(db, id: id, detail: detail)
+            } else {
+                try journal.finish(db, id: id, detail: detail)
+            }
         }
     }
 }

@@ -116,6 +116,11 @@ public struct Reconciler: Sendable {
             events.append(Training.trainedEvent(context, name: model, number: version.number, commit: commit, artifact: artifact,
                                                 metrics: version.metrics, reason: "recorded after an interrupted pass"))
         }
+        // The failure was journaled before the version was marked failed.
+        if version.status == .failed, let failure = detail["failure"], var event = AuditCodec.event(failure) {
+            event.reason += " (recorded after an interrupted pass)"
+            events.append(event)
+        }
         // Its working folder is of no further use.
         if case .int(let attempt)? = detail["attempt"] {
             StepWorkspace(stateDirectory: context.stateDirectory, model: model, version: version.number, label: "a\(attempt)").clean()

@@ -188,11 +188,11 @@ struct Training {
         } catch is CancellationError {
             // Stopped (a signal, a lost lease): the runner has ended the process group. The
             // version stays `training` and the next pass trains it again, with no backoff.
+            workspace.clean()
             try? context.journal.fail(id: journalID, detail: .map([
                 "fingerprint": .string(detail.fingerprint), "version": .int(Int64(number)), "interrupted": .bool(true),
             ]))
             context.record("model/\(name)/v\(number)", "interrupted", commit: plan.commit, reason: "the pass was stopped during training; the next pass trains v\(number) again")
-            workspace.clean()
             return (number, .skipped("v\(number): stopped during training; the next pass trains it again"))
         } catch {
             if let deferred = deferIfTransient(error, number, detail, journalID, workspace: workspace) { return (number, deferred) }
@@ -224,12 +224,14 @@ struct Training {
             try await registry.updateVersion(model: name, number: number, VersionUpdate(
                 status: .trained, metrics: metrics, artifactDigest: stored.digest, artifactLocation: stored.path, logTail: ""))
             Failpoint.hit("train.after-trained")
+            // Cleaned while the entry is still open: a crash meanwhile leaves it to recovery.
+            workspace.clean()
             try context.finish(journalID, recording: Self.trainedEvent(context, name: name, number: number, commit: plan.commit,
                                                                        artifact: stored.digest, metrics: metrics,
                                                                        reason: "training finished in \(ManifestDuration.format(result.durationMilliseconds))"),
                                detail: .map(["fingerprint": .string(detail.fingerprint), "version": .int(Int64(number)),
                                              "artifact": .string(stored.digest)]))
-            workspace.clean()
+            Failpoint.hit("train.after-finish")
             return (number, .done("v\(number) trained in \(ManifestDuration.format(result.durationMilliseconds)); " +
                                   (metrics.isEmpty ? "no metrics" : MetricsFile.describe(metrics))))
         } catch {
@@ -285,16 +287,26 @@ struct Training {
             training: detail.training))
     }
 
+    /// Marks the version failed (its backoff starts) and records `training-failed`. The event is
+    /// journaled before the version changes, so that a crash in between leaves recovery the event
+    /// to record (`Reconciler.missedTrainingEvents`): every failure is in the audit log once.
     func fail(_ number: Int, _ detail: TrainDetail, _ journalID: Int64, tail: String, workspace: StepWorkspace) async throws {
         let now = context.now()
+        let event = context.event("model/\(name)/v\(number)", "training-failed", commit: plan.commit, before: .string("training"),
+                                  after: .string("failed"), reason: String(tail.suffix(500)))
+        workspace.clean()
+        var journaled: [String: ParamValue] = [
+            "fingerprint": .string(detail.fingerprint), "commit": .string(plan.commit), "attempt": .int(Int64(detail.attempt)),
+            "version": .int(Int64(number)),
+        ]
+        if let resumed = detail.version { journaled["resumes"] = .int(Int64(resumed)) }
+        let closed = ParamValue.map(journaled)
+        journaled["failure"] = try AuditCodec.value(event)
+        try context.journal.update(id: journalID, detail: .map(journaled))
         try await registry.updateVersion(model: name, number: number, VersionUpdate(
             status: .failed, logTail: String(tail.suffix(8192)), failedAt: now))
-        try? context.journal.fail(id: journalID, detail: .map([
-            "fingerprint": .string(detail.fingerprint), "version": .int(Int64(number)),
-        ]))
-        context.record("model/\(name)/v\(number)", "training-failed", commit: plan.commit, before: .string("training"),
-                       after: .string("failed"), reason: String(tail.suffix(500)))
-        workspace.clean()
+        Failpoint.hit("train.after-failed")
+        try context.close(journalID, failed: true, recording: event, detail: closed)
     }
 }
 

@@ -102,19 +102,23 @@ struct Validation {
                 try? journal.update(id: journalID, detail: .map(detail))
                 Failpoint.hit("validate.after-start")
             }, line: { events(.output($0)) })
-        try journal.finish(id: journalID)
-        closed = true
+        let outcome: (GateResult, [String: Double])
         switch result.termination {
         case .exited(0):
-            let extra = try MetricsFile.read(workspace.metricsFile, required: false)
-            return (GateResult(gate: gate, passed: true, detail: "exited 0"), extra)
+            outcome = (GateResult(gate: gate, passed: true, detail: "exited 0"), try MetricsFile.read(workspace.metricsFile, required: false))
         case .exited(let code):
             let tail = result.outputTail.split(separator: "\n").suffix(3).joined(separator: " | ")
-            return (GateResult(gate: gate, passed: false, detail: "exited with status \(code)" + (tail.isEmpty ? "" : ": \(tail)")), [:])
+            outcome = (GateResult(gate: gate, passed: false, detail: "exited with status \(code)" + (tail.isEmpty ? "" : ": \(tail)")), [:])
         case .signalled(let sig):
-            return (GateResult(gate: gate, passed: false, detail: "killed by signal \(sig)"), [:])
+            outcome = (GateResult(gate: gate, passed: false, detail: "killed by signal \(sig)"), [:])
         case .timedOut:
-            return (GateResult(gate: gate, passed: false, detail: "ran longer than its timeout of \(spec.timeout)"), [:])
+            outcome = (GateResult(gate: gate, passed: false, detail: "ran longer than its timeout of \(spec.timeout)"), [:])
         }
+        // The folder goes while the entry is open: a crash meanwhile leaves it to recovery.
+        workspace.clean()
+        try journal.finish(id: journalID)
+        closed = true
+        Failpoint.hit("validate.after-command")
+        return outcome
     }
 }

@@ -483,8 +483,8 @@ final class TrainingRepo {
     /// checks that the next pass converges: no version number or fingerprint used twice, the alias
     /// only on a validated version, the journal closed, and a third pass has nothing to do.
     @Test(arguments: ["train.after-journal", "train.after-create-version", "train.after-start", "train.after-exit",
-                      "train.after-artifact", "train.after-trained", "validate.before-update", "validate.after-update",
-                      "alias.before-set", "alias.after-set"])
+                      "train.after-artifact", "train.after-trained", "train.after-finish", "validate.before-update",
+                      "validate.after-update", "alias.before-set", "alias.after-set"])
     func aPassKilledAnywhereConvergesOnTheNextOne(_ failpoint: String) throws {
         let t = try TrainingRepo()
         #expect(try t.capstan(["apply"]).status == 0)
@@ -516,9 +516,12 @@ final class TrainingRepo {
         #expect(count("model/churn/v2", "validated") == 1, "\(failpoint)")
         #expect(events.contains { $0["object"] as? String == "model/churn/alias/champion" && $0["action"] as? String == "move-alias"
                 && ($0["after"] as? Int) == 2 }, "\(failpoint)")
-        if failpoint != "alias.after-set" {
+        if failpoint != "alias.after-set" && failpoint != "train.after-finish" {
             #expect(events.contains { $0["action"] as? String == "interrupted" }, "\(failpoint): \(history.stdout)")
         }
+        // Nothing of the killed pass's steps is left in the state folder.
+        let runs = (try? FileManager.default.subpathsOfDirectory(atPath: t.state + "/runs"))?.filter { $0.split(separator: "/").count == 2 } ?? []
+        #expect(runs.isEmpty, "\(failpoint): \(runs)")
     }
 
     /// A training resumed after a crash is killed again before or after it claimed the version:
@@ -572,6 +575,40 @@ final class TrainingRepo {
         #expect(next.stdout.contains("stopped its leftover validation processes"), "\(next.stdout)")
         #expect(!Self.isRunning(validating))
         #expect(try t.versions().map { $0["status"] as? String } == ["validated"])
+        #expect(((try? FileManager.default.contentsOfDirectory(atPath: t.state + "/runs/churn")) ?? []).isEmpty)
+    }
+
+    /// A pass killed right after its validation command, or while it runs: the next pass
+    /// converges, the version is validated once, and no step folder is left.
+    @Test(arguments: ["validate.after-start", "validate.after-command"])
+    func aPassKilledAroundItsValidationCommandConverges(_ failpoint: String) throws {
+        let t = try TrainingRepo(validate: "validate: {metrics: {accuracy: {min: 0.8}}, command: [python3, validate.py]}")
+        try t.repo.write("models/churn/validate.py", "import json, os\nopen(os.environ['CAPSTAN_METRICS_FILE'], 'w').write(json.dumps({'auc': 0.8}))\n")
+        try t.repo.commit("gate command")
+        let killed = try t.capstan(["apply"], environment: ["CAPSTAN_FAILPOINT": failpoint])
+        #expect(killed.status != 0 && killed.status != 1, "\(failpoint): \(killed.stdout)")
+        let next = try t.capstan(["apply"])
+        #expect(next.status == 0, "\(failpoint): \(next.stdout)\n\(next.stderr)")
+        let version = try #require(try t.versions().first)
+        #expect(version["status"] as? String == "validated")
+        // The command's metrics are kept with the version.
+        #expect((version["metrics"] as? [String: Double])?["auc"] == 0.8, "\(version)")
+        let actions = try Self.events(t.state).filter { $0["object"] as? String == "model/churn/v1" }.compactMap { $0["action"] as? String }
+        #expect(actions.count { $0 == "validated" } == 1, "\(failpoint): \(actions)")
+        #expect(((try? FileManager.default.contentsOfDirectory(atPath: t.state + "/runs/churn")) ?? []).isEmpty)
+    }
+
+    /// A pass killed after it marked a training failed but before it recorded the failure: the
+    /// next pass records `training-failed` (it was journaled first), once.
+    @Test func aFailureKilledBeforeItsEventIsStillAuditedOnce() throws {
+        let t = try TrainingRepo(behavior: #"{"fail": "broken feature column"}"#)
+        let killed = try t.capstan(["apply"], environment: ["CAPSTAN_FAILPOINT": "train.after-failed"])
+        #expect(killed.status != 0 && killed.status != 1, "\(killed.stdout)")
+        #expect(try t.versions().first?["status"] as? String == "failed")
+        let next = try t.capstan(["apply"])
+        #expect(next.status == 0, "a failure waits out its backoff: \(next.stdout)\n\(next.stderr)")
+        let actions = try Self.events(t.state).filter { $0["object"] as? String == "model/churn/v1" }.compactMap { $0["action"] as? String }
+        #expect(actions.count { $0 == "training-failed" } == 1, "\(actions)")
         #expect(((try? FileManager.default.contentsOfDirectory(atPath: t.state + "/runs/churn")) ?? []).isEmpty)
     }
 
