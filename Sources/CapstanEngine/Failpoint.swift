@@ -11,7 +11,7 @@ enum Failpoint {
         "train.after-journal", "train.after-create-version", "train.after-start", "train.after-exit",
         "train.after-artifact", "train.after-trained", "train.after-finish", "train.after-failed",
         "validate.after-start", "validate.after-command", "validate.before-update", "validate.after-update",
-        "alias.before-set", "alias.after-set",
+        "alias.before-set", "alias.after-set", "deployment.after-serving",
     ]
 
     static func hit(_ name: String) {

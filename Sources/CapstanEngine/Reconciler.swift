@@ -48,7 +48,8 @@ public struct Reconciler: Sendable {
     /// then closed as interrupted. Returns a line per entry for people.
     public func recover() async throws -> [String] {
         var notes: [String] = []
-        for entry in try context.journal.unfinished() {
+        // Changes of the serving layer are closed by the deployment phase, which can see it.
+        for entry in try context.journal.unfinished() where entry.operation != deployOperation {
             var detail: [String: ParamValue] = [:]
             if case .map(let m)? = entry.detail { detail = m }
             var note = "recovered an interrupted \(entry.operation) of \(entry.subject) (journal entry \(entry.id))"
@@ -195,6 +196,7 @@ public struct Reconciler: Sendable {
         let phase = DeploymentPhase(context: context, serving: serving)
         let deployedBefore = !((try? phase.records.applied().isEmpty) ?? true)
         if serving != nil && (!deployments.isEmpty || deployedBefore) {
+            for note in try await phase.recoverInterrupted() { context.events(.note("capstan: \(note)")) }
             let observation = try await phase.observe()
             if !deployments.isEmpty || !(observation.endpoints?.isEmpty ?? true) {
                 deploymentEntries = DeploymentPlanner.plan(deployments, serving: observation, policy: desired.policy, now: context.now())
