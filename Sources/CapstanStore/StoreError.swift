@@ -51,12 +51,6 @@ public struct StoreError: Error, Sendable, CustomStringConvertible {
         self.errno = errno
     }
 
-    /// A failure of the file system or of the machine rather than of the spec or the data: the
-    /// same work can succeed on a later pass once an operator fixed the cause (a full disk).
-    public var isTransient: Bool {
-        code == .diskFull
-    }
-
     public var description: String {
         guard let underlying else { return message }
         return "\(message) (\(underlying))"
