@@ -123,7 +123,7 @@ let package = Package(
         .target(name: "CapstanTestSupport", path: "Tests/CapstanTestSupport"),
         .testTarget(name: "CapstanGitTests", dependencies: ["CapstanGit", "CapstanManifests", "CapstanCore", "CapstanTestSupport"]),
         .testTarget(name: "CapstanStoreTests", dependencies: [
-            "CapstanStore", "CapstanCore", .product(name: "GRDB", package: "GRDB.swift"),
+            "CapstanStore", "CapstanCore", "CapstanTestSupport", .product(name: "GRDB", package: "GRDB.swift"),
         ]),
         .testTarget(name: "CapstanServingTests", dependencies: ["CapstanServing", "CapstanCore", "CapstanStore", "CapstanTestSupport"]),
         .testTarget(name: "CapstanServerTests", dependencies: ["CapstanServer", "CapstanCore", "CapstanTestSupport"]),
@@ -136,7 +136,7 @@ let package = Package(
         ]),
         .testTarget(name: "CapstanCLITests", dependencies: [
             "CapstanCLI", "capstan", "capstan-bench", "CapstanTestSupport", "CapstanStore", "CapstanCore",
-            .product(name: "Crypto", package: "swift-crypto"),
+            .product(name: "Crypto", package: "swift-crypto"), .product(name: "GRDB", package: "GRDB.swift"),
         ]),
     ],
     swiftLanguageModes: [.v6]

@@ -63,16 +63,21 @@ struct ApplyCommand: AsyncParsableCommand {
         let command = (["capstan"] + CommandLine.arguments.dropFirst()).joined(separator: " ")
         let ttl: TimeInterval = 60
         let wait = Double(try ManifestDuration.option(lockTimeout, "--lock-timeout").milliseconds) / 1000
+        let acquired: StateLock.Acquired
         do {
-            let acquired = try await lock.acquire(holder: holder, command: command, ttl: ttl, wait: wait, pollInterval: 0.2)
+            acquired = try await lock.acquire(holder: holder, command: command, ttl: ttl, wait: wait, pollInterval: 0.2)
             if let previous = acquired.tookOver {
-                Terminal.err("capstan: note: took over the lock of holder \(previous.holder) (pid \(previous.pid) on \(previous.host), running '\(previous.command)'), which is gone\n")
+                Terminal.err("capstan: note: took over the lock of holder \(previous.holder) (pid \(previous.pid) on \(previous.host), running '\(previous.command)'): \(acquired.tookOverBecause ?? "it is gone")\n")
             }
         } catch let error as StoreError {
             throw CommandFailure(message: error.message)
         }
+        // Every write of the pass checks this lease (its holder and generation): once it is lost
+        // (`capstan unlock --force`, a takeover), the pass writes nothing more and stops.
+        let keeper = LeaseKeeper(lock: lock, fence: acquired.fence, ttl: ttl)
+        let passDatabase = keeper.fenced(database)
         let terminal = Terminal(noColor: noColor)
-        let work = Task { try await self.pass(options: options, saved: saved, database: database, terminal: terminal) }
+        let work = Task { try await self.pass(options: options, saved: saved, database: passDatabase, terminal: terminal) }
         // SIGINT/SIGTERM stop the pass: the running step's process group is terminated, the
         // version it trained is left for the next pass, the lock is released. A second signal
         // exits at once (the next pass recovers, as after a crash).
@@ -80,18 +85,20 @@ struct ApplyCommand: AsyncParsableCommand {
             Terminal.err("capstan: \(signal == SIGINT ? "interrupted" : "terminated"); stopping the running step and releasing the lock (send it again to stop at once)\n")
             work.cancel()
         }
-        // The lease is renewed while the pass runs; losing it stops the pass.
-        let renewal = renewingLease(lock, holder: holder, ttl: ttl) { error in
-            Terminal.err("capstan: error: \(error); stopping\n")
+        keeper.start { _ in
+            Terminal.err("capstan: the lease on the state folder was lost; stopping the running step, writing nothing more\n")
             work.cancel()
         }
         let result = await work.result
-        renewal.cancel()
-        _ = try? lock.release(holder: holder)
+        keeper.stop()
+        if keeper.lost == nil { _ = try? lock.release(holder: holder) }
         stopper.stop()
         if let signal = stopper.received {
             throw CommandFailure(message: "the pass was stopped by \(signal == SIGINT ? "SIGINT" : "SIGTERM"); the next apply finishes it",
                                  exitCode: 128 + signal)
+        }
+        if let lost = keeper.lost {
+            throw CommandFailure(message: lost.message)
         }
         try result.get()
     }
@@ -224,6 +231,7 @@ enum ApplyOutput {
             case .done: ("done", "\u{1B}[32m")
             case .skipped: ("skipped", "\u{1B}[2m")
             case .failed: ("FAILED", "\u{1B}[31;1m")
+            case .transient: ("FAILED (transient)", "\u{1B}[33;1m")
             }
             let label = color ? "\(paint)\(mark)\u{1B}[0m" : mark
             Terminal.out("\(entry.name): \(entry.action.rawValue) \(label): \(outcome.message)\n")
@@ -266,7 +274,7 @@ enum ApplyOutput {
         for entry in changes {
             switch result.outcomes[entry.id] {
             case .done?: done += 1
-            case .failed?: failed += 1
+            case .failed?, .transient?: failed += 1
             default: skipped += 1
             }
         }
@@ -278,8 +286,8 @@ enum ApplyOutput {
 
     static func failures(_ plan: Plan, _ result: PassResult) -> [String] {
         (plan.changes.filter { $0.kind == .model } + result.followUps + result.deploymentEntries).compactMap { entry in
-            if case .failed(let m)? = result.outcomes[entry.id] { return "\(entry.name) \(entry.action.rawValue): \(m)" }
-            return nil
+            guard let outcome = result.outcomes[entry.id], outcome.isFailure else { return nil }
+            return "\(entry.name) \(entry.action.rawValue): \(outcome.message)"
         }
     }
 }

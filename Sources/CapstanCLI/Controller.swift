@@ -244,21 +244,24 @@ final class Controller: Sendable {
         let lock = StateLock(database: database)
         let holder = StateLock.newHolderID()
         let ttl: TimeInterval = 60
+        let acquired: StateLock.Acquired
         do {
-            let acquired = try await lock.acquire(holder: holder, command: "capstan run", ttl: ttl, wait: 0)
+            acquired = try await lock.acquire(holder: holder, command: "capstan run", ttl: ttl, wait: 0)
             if let previous = acquired.tookOver {
-                log.notice("took over the lock of holder \(previous.holder) (pid \(previous.pid) on \(previous.host)), which is gone")
+                log.notice("took over the lock of holder \(previous.holder) (pid \(previous.pid) on \(previous.host)): \(acquired.tookOverBecause ?? "it is gone")")
             }
         } catch {
             log.warning("the state is locked; trying again in \(timing.tick): \((error as? StoreError)?.message ?? "\(error)")")
             return (false, "retry: \(why) (the state was locked)", nil)
         }
+        // Every write of the pass checks this lease; once it is lost the pass writes nothing more.
+        let keeper = LeaseKeeper(lock: lock, fence: acquired.fence, ttl: ttl)
         log.info("pass started")
         var passOptions = options
         passOptions.noFetch = true
         let metrics = self.metrics
         let pass = ReconcilePass(
-            options: passOptions, database: database, actor: actor, command: "run",
+            options: passOptions, database: keeper.fenced(database), actor: actor, command: "run",
             events: { [log] event in Self.log(event, log, metrics) },
             report: { [log] report in
                 switch report {
@@ -281,13 +284,13 @@ final class Controller: Sendable {
             return state.shuttingDown
         }
         if stopNow { beginShutdown() }
-        let renewal = renewingLease(lock, holder: holder, ttl: ttl) { [log] error in
-            log.error("lost the state lock (\(error)); stopping the pass")
+        keeper.start { [log] error in
+            log.error("lost the state lock; stopping the pass: \(error.message)")
             task.cancel()
         }
         let result = await task.result
-        renewal.cancel()
-        _ = try? lock.release(holder: holder)
+        keeper.stop()
+        if keeper.lost == nil { _ = try? lock.release(holder: holder) }
         state.withLock { $0.passTask = nil }
         let duration = clock.now - started
         let outcome: String
@@ -387,6 +390,10 @@ final class Controller: Sendable {
             case .failed(let message):
                 metrics.recordStep(kind: entry.action.rawValue, result: "failed")
                 logger.error("\(entry.name): \(entry.action.rawValue) failed: \(message)", metadata: metadata(entry, message))
+            case .transient(let message):
+                metrics.recordStep(kind: entry.action.rawValue, result: "failed")
+                logger.error("\(entry.name): \(entry.action.rawValue) failed (transient, retried on the next pass): \(message)",
+                             metadata: metadata(entry, message))
             }
         case .output(let line):
             logger.debug("\(line)", metadata: ["step": "output"])

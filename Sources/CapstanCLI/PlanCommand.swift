@@ -43,8 +43,14 @@ struct PlanCommand: AsyncParsableCommand {
             let database = try PassPreparation.openDatabase(repository.stateDirectory)
             let now = StoreTime.systemMilliseconds()
             var pass = try await PassPreparation.prepare(repository, database: database, now: now)
-            // A version `training` while another apply holds the lock is being trained, not interrupted.
-            let running = try? StateLock(database: database).current().first { !$0.isExpired(atMilliseconds: now) }
+            // A version `training` while another apply holds the lock is being trained, not
+            // interrupted (unless that holder is gone: killed, a zombie).
+            let lock = StateLock(database: database)
+            let running = try? lock.current().first { lease in
+                if lease.isExpired(atMilliseconds: now) { return false }
+                if case .gone = lock.holderState(lease) { return false }
+                return true
+            }
             let options = PlanOptions(retryFailed: retryFailed,
                                       applyInProgress: running.map { "pid \($0.pid) on \($0.host), running '\($0.command)'" })
             var computed = try await PassPreparation.plan(&pass, now: now, options: options)

@@ -7,6 +7,7 @@ import CapstanRunner
 import CapstanServing
 import CapstanStore
 import Foundation
+import Synchronization
 
 /// A commit's desired state, ready for the planner, with what executing it needs.
 struct PreparedPass {
@@ -83,31 +84,97 @@ enum PassPreparation {
         return plan
     }
 
-    /// Opens the state database of `options`, turning its refusals into command failures.
+    /// Opens the state database of `options`, turning its refusals into command failures and
+    /// printing its warnings (a state folder other users can read) on stderr.
     static func openDatabase(_ stateDirectory: String) throws -> StateDatabase {
+        let database: StateDatabase
         do {
-            return try StateDatabase(stateDirectory: stateDirectory)
+            database = try StateDatabase(stateDirectory: stateDirectory)
         } catch let error as StoreError {
             throw CommandFailure(message: error.message)
         }
+        for warning in database.warnings { Terminal.err("capstan: warning: \(warning)\n") }
+        return database
     }
 }
 
-/// Renews a lease every quarter of its `ttl` while a pass runs; when renewal fails, calls
-/// `onLost` (which stops the pass) and ends. Cancel the returned task when the pass is over.
-func renewingLease(_ lock: StateLock, holder: String, ttl: TimeInterval,
-                   onLost: @escaping @Sendable (any Error) -> Void) -> Task<Void, Never> {
-    Task {
-        while !Task.isCancelled {
-            try? await Task.sleep(for: .seconds(ttl / 4))
-            if Task.isCancelled { return }
-            do {
-                try lock.renew(holder: holder, ttl: ttl)
-            } catch {
-                onLost(error)
-                return
+/// Keeps the lease of one pass: renews it every quarter of its `ttl` and checks every second that
+/// it is still held; the pass's fenced database (`fenced(_:)`) reports a lost lease at its first
+/// write that finds it. Whichever notices first, `onLost` is called once (it stops the pass: the
+/// running step is cancelled) and `lost` keeps the error. A renewal that fails for another reason
+/// (a busy or full disk) is tried again: while the lease is not taken over, the pass may go on, and
+/// once it is, the fence stops it.
+final class LeaseKeeper: Sendable {
+    let lock: StateLock
+    let fence: Fence
+    let ttl: TimeInterval
+
+    private struct State {
+        var lost: StoreError?
+        var onLost: (@Sendable (StoreError) -> Void)?
+        var task: Task<Void, Never>?
+    }
+
+    private let state = Mutex(State())
+
+    init(lock: StateLock, fence: Fence, ttl: TimeInterval) {
+        self.lock = lock
+        self.fence = fence
+        self.ttl = ttl
+    }
+
+    /// `database` as the pass writes it: every write checks this lease.
+    func fenced(_ database: StateDatabase) -> StateDatabase {
+        database.fenced(by: fence) { [self] error in self.lose(error) }
+    }
+
+    /// The error the lease was lost with, if it was.
+    var lost: StoreError? { state.withLock { $0.lost } }
+
+    /// Starts renewing and checking; `onLost` runs at once if the lease was already found lost.
+    func start(onLost: @escaping @Sendable (StoreError) -> Void) {
+        let lock = self.lock, fence = self.fence, ttl = self.ttl
+        let task = Task { [self] in
+            let clock = ContinuousClock()
+            var renewed = clock.now
+            while !Task.isCancelled {
+                try? await Task.sleep(for: .seconds(1))
+                if Task.isCancelled { return }
+                do {
+                    if clock.now - renewed >= .seconds(ttl / 4) {
+                        try lock.renew(fence, ttl: ttl)
+                        renewed = clock.now
+                    } else {
+                        try lock.check(fence)
+                    }
+                } catch let error as StoreError where error.code == .leaseLost {
+                    self.lose(error)
+                    return
+                } catch {
+                    // Tried again in a second; the fence guards the writes meanwhile.
+                }
             }
         }
+        let already = state.withLock { state -> StoreError? in
+            state.onLost = onLost
+            state.task = task
+            return state.lost
+        }
+        if let already { onLost(already) }
+    }
+
+    /// Stops renewing (the pass is over).
+    func stop() {
+        state.withLock { $0.task }?.cancel()
+    }
+
+    private func lose(_ error: StoreError) {
+        let handler = state.withLock { state -> (@Sendable (StoreError) -> Void)? in
+            guard state.lost == nil else { return nil }
+            state.lost = error
+            return state.onLost
+        }
+        handler?(error)
     }
 }
 

@@ -84,6 +84,7 @@ struct ServeCommand: AsyncParsableCommand {
         }
         configuration.onEvent = { event in Terminal.err("capstan serve: \(event)\n") }
         let agent = try ServingAgent(configuration: configuration)
+        for warning in agent.warnings { Terminal.err("capstan serve: warning: \(warning)\n") }
         if !agent.savedEndpoints.isEmpty {
             Terminal.err("capstan serve: \(agent.savedEndpoints.count) endpoint(s) restored from \(agent.endpointsFile)\n")
         }

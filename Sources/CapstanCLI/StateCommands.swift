@@ -19,11 +19,7 @@ struct StateDirectoryOption: ParsableArguments {
 
     /// Opens the state database; a command that only reads never creates one.
     func open() throws -> StateDatabase {
-        do {
-            return try StateDatabase(stateDirectory: path)
-        } catch let error as StoreError {
-            throw CommandFailure(message: error.message)
-        }
+        try PassPreparation.openDatabase(path)
     }
 }
 
@@ -234,6 +230,7 @@ enum StatusReport {
         }
         struct Lock: Encodable {
             var holder: String
+            var generation: Int64
             var command: String
             var pid: Int64
             var host: String
@@ -322,7 +319,7 @@ enum StatusReport {
             Pass(command: $0.command, commit: $0.commit, outcome: $0.outcome.rawValue, started: time($0.startedAt),
                  finished: $0.finishedAt.map(time), summary: $0.summary)
         }, locks: extras.leases.map {
-            Lock(holder: $0.holder, command: $0.command, pid: $0.pid, host: $0.host, started: time($0.startedAtMilliseconds),
+            Lock(holder: $0.holder, generation: $0.generation, command: $0.command, pid: $0.pid, host: $0.host, started: time($0.startedAtMilliseconds),
                  expires: time($0.expiresAtMilliseconds))
         })
         let encoder = JSONEncoder()
@@ -335,10 +332,20 @@ struct UnlockCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "unlock",
         abstract: "Remove a lease on the state directory by its holder id.",
-        discussion: "Use it only when the process that holds the lease is gone; the error of a refused command names the id.")
+        discussion: """
+            Removes the lease when its process is gone (no such pid on this host, a zombie, or a pid \
+            now used by another process) or the lease expired. A lease whose process is alive on this \
+            host, or of another host and still renewed, is removed only with --force: that process then \
+            stops at its next check of the lease (within a second) and writes nothing more; the step it \
+            was running is killed and done again by the next pass. The error of a refused command names \
+            the id. Exit status: 0 removed, 1 refused or no such lease.
+            """)
 
     @Argument(help: "The holder id of the lease to remove.")
     var id: String
+
+    @Flag(name: .long, help: "Remove the lease even though its process may be alive (that process stops; its running step is lost).")
+    var force = false
 
     @OptionGroup var state: StateDirectoryOption
 
@@ -348,12 +355,26 @@ struct UnlockCommand: AsyncParsableCommand {
         }
         do {
             let lock = StateLock(database: try state.open())
-            guard let lease = try lock.forceUnlock(id: id) else {
+            guard let lease = try lock.lease(id: id) else {
                 let held = try lock.current().map { "\($0.holder) (\($0.command), pid \($0.pid) on \($0.host))" }
                 throw CommandFailure(message: "no lease with id '\(id)' in \(state.path)" +
                                      (held.isEmpty ? "; the state is not locked" : "; held: " + held.joined(separator: ", ")))
             }
-            Terminal.out("Removed lease \(lease.holder) on '\(lease.name)' (\(lease.command), pid \(lease.pid) on \(lease.host)).\n")
+            let why: String
+            switch lock.unlockCheck(lease) {
+            case .safe(let reason):
+                why = reason
+            case .holderMayBeAlive(let reason):
+                guard force else {
+                    throw CommandFailure(message: "refusing to remove lease \(lease.holder) on '\(lease.name)' in \(state.path): \(reason). Removing it would let another apply or run change the state beside that process. Wait for it to finish (or stop it: SIGTERM stops a pass cleanly), or, if you are sure, run `capstan unlock \(lease.holder) --force`")
+                }
+                Terminal.err("capstan: warning: removing the lease \(lease.holder) although \(reason). That process finds its lease gone within a second (or at its next write to the state) and stops: the step it is running is killed, and nothing more it does is recorded (the version it was training is trained again by the next pass, which also stops that step's leftover processes). Meanwhile the next apply or run may take the lock.\n")
+                why = "forced: \(reason)"
+            }
+            guard let removed = try lock.forceUnlock(id: lease.holder, generation: lease.generation) else {
+                throw CommandFailure(message: "lease \(lease.holder) was released or replaced meanwhile; nothing was removed")
+            }
+            Terminal.out("Removed lease \(removed.holder) on '\(removed.name)' (\(removed.command), pid \(removed.pid) on \(removed.host)): \(why).\n")
         } catch let failure as CommandFailure {
             throw Self.fail(failure)
         } catch {

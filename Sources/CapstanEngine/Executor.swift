@@ -8,15 +8,27 @@ public enum EntryOutcome: Hashable, Sendable {
     /// Not run: a dependency did not succeed, or there was nothing left to do.
     case skipped(String)
     case failed(String)
+    /// Failed for a reason outside the spec and the data, such as a full disk: nothing is held
+    /// against the version (no failure, no backoff) and the next pass tries again. (The first
+    /// of the failure classes: `transient`.)
+    case transient(String)
 
     public var succeeded: Bool {
         if case .done = self { return true }
         return false
     }
 
+    /// Failed, whatever the class: its dependents do not run and the pass did not converge.
+    public var isFailure: Bool {
+        switch self {
+        case .failed, .transient: return true
+        case .done, .skipped: return false
+        }
+    }
+
     public var message: String {
         switch self {
-        case .done(let m), .skipped(let m), .failed(let m): return m
+        case .done(let m), .skipped(let m), .failed(let m), .transient(let m): return m
         }
     }
 
@@ -26,6 +38,7 @@ public enum EntryOutcome: Hashable, Sendable {
         case .done(let m): return .done(scrubber.scrub(m))
         case .skipped(let m): return .skipped(scrubber.scrub(m))
         case .failed(let m): return .failed(scrubber.scrub(m))
+        case .transient(let m): return .transient(scrubber.scrub(m))
         }
     }
 }
@@ -88,6 +101,8 @@ public struct EngineContext: Sendable {
                 reason: String) {
         do {
             _ = try audit.record(event(object, action, commit: commit, before: before, after: after, reason: reason))
+        } catch let error as StoreError where error.code == .leaseLost {
+            // The pass is stopping; the lost lease is reported once, by whoever stops it.
         } catch {
             events(.note("capstan: warning: could not write the audit log: \(error)"))
         }
@@ -124,26 +139,27 @@ public struct EngineContext: Sendable {
     /// Replaces a started entry's detail and records `event`, in one transaction.
     func journalVersion(_ id: Int64, detail: ParamValue, recording event: AuditEvent) throws {
         let journal = self.journal, audit = self.audit
-        do {
-            try database.pool.write { db in
-                _ = try audit.record(db, event)
-                try journal.update(db, id: id, detail: detail)
-            }
-        } catch {
-            throw database.failure("journal the version of entry \(id)", error)
+        try database.write("journal the version of entry \(id)") { db in
+            _ = try audit.record(db, event)
+            try journal.update(db, id: id, detail: detail)
         }
     }
 
     /// Records `event` and closes journal entry `id` in one transaction.
     func finish(_ id: Int64, recording event: AuditEvent?, detail: ParamValue? = nil) throws {
+        try close(id, failed: false, recording: event, detail: detail)
+    }
+
+    /// Records `event` and closes journal entry `id` as finished or failed, in one transaction.
+    func close(_ id: Int64, failed: Bool, recording event: AuditEvent?, detail: ParamValue? = nil) throws {
         let journal = self.journal, audit = self.audit
-        do {
-            try database.pool.write { db in
-                if let event { _ = try audit.record(db, event) }
+        try database.write("record the end of journal entry \(id)") { db in
+            if let event { _ = try audit.record(db, event) }
+            if failed {
+                try journal.fail(db, id: id, detail: detail)
+            } else {
                 try journal.finish(db, id: id, detail: detail)
             }
-        } catch {
-            throw database.failure("record the end of journal entry \(id)", error)
         }
     }
 }
@@ -246,7 +262,7 @@ struct ModelPipeline: Sendable {
             }
             // A failed dependency stops its dependents; one skipped because there was nothing
             // left to do does not.
-            if let failed = entry.dependsOn.first(where: { if case .failed? = outcomes[$0] { return true } else { return false } }) {
+            if let failed = entry.dependsOn.first(where: { outcomes[$0]?.isFailure == true }) {
                 let outcome = EntryOutcome.skipped("\(failed) did not succeed")
                 outcomes[entry.id] = outcome
                 context.events(.finished(entry, outcome))
@@ -255,9 +271,11 @@ struct ModelPipeline: Sendable {
             context.events(.started(entry))
             var outcome: EntryOutcome
             do {
+                // A pass that lost its lease starts no step (its writes would fail anyway).
+                try context.database.checkLease()
                 outcome = try await execute(entry, produced: &produced)
             } catch {
-                outcome = .failed(Self.describe(error))
+                outcome = Self.outcome(of: error)
             }
             outcome = outcome.scrubbed(scrubber)
             outcomes[entry.id] = outcome
@@ -268,6 +286,21 @@ struct ModelPipeline: Sendable {
 
     static func describe(_ error: any Error) -> String {
         String(describing: error)
+    }
+
+    /// How an entry that threw ended: a lost lease stops it (the pass is stopping), a full disk
+    /// is transient, anything else is a failure.
+    static func outcome(of error: any Error) -> EntryOutcome {
+        if let error = error as? StoreError, error.code == .leaseLost {
+            return .skipped("stopped: \(error.message)")
+        }
+        if error is CancellationError {
+            return .skipped("the pass was stopped")
+        }
+        if FileSystemFailure.isDiskFull(error) {
+            return .transient("disk full: \(describe(error))")
+        }
+        return .failed(describe(error))
     }
 
     func execute(_ entry: PlanEntry, produced: inout [String: Int]) async throws -> EntryOutcome {

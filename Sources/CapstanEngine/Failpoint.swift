@@ -9,8 +9,9 @@ enum Failpoint {
     /// The points, in the order a pass meets them (tests iterate over this list).
     static let all = [
         "train.after-journal", "train.after-create-version", "train.after-start", "train.after-exit",
-        "train.after-artifact", "train.after-trained", "validate.before-update", "validate.after-update",
-        "alias.before-set", "alias.after-set",
+        "train.after-artifact", "train.after-trained", "train.after-finish", "train.after-failed",
+        "validate.after-start", "validate.after-command", "validate.before-update", "validate.after-update",
+        "alias.before-set", "alias.after-set", "deployment.after-serving",
     ]
 
     static func hit(_ name: String) {

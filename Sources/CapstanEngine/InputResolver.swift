@@ -423,17 +423,25 @@ public struct ExternalInputHasher: Sendable {
     }
 
     private func read<T>(_ what: String, _ body: (Database) throws -> T) throws -> T {
-        do { return try database.pool.read(body) } catch {
-            throw InputResolverError(code: .cacheFailure, message: "cannot \(what) in the state database '\(database.path)'",
-                                     path: database.path, underlying: error)
+        do { return try database.read(what, body) } catch {
+            throw cacheFailure(what, error)
         }
     }
 
+    /// Through the pass's database: a pass that lost its lease does not write the cache either.
     private func write<T>(_ what: String, _ body: (Database) throws -> T) throws -> T {
-        do { return try database.pool.write(body) } catch {
-            throw InputResolverError(code: .cacheFailure, message: "cannot \(what) in the state database '\(database.path)'",
-                                     path: database.path, underlying: error)
+        do { return try database.write(what, body) } catch {
+            throw cacheFailure(what, error)
         }
+    }
+
+    private func cacheFailure(_ what: String, _ error: any Error) -> any Error {
+        if let error = error as? StoreError {
+            if error.code == .leaseLost { return error }
+            return InputResolverError(code: .cacheFailure, message: error.message, path: database.path, underlying: error)
+        }
+        return InputResolverError(code: .cacheFailure, message: "cannot \(what) in the state database '\(database.path)': \(error)",
+                                  path: database.path, underlying: error)
     }
 
     // MARK: File system

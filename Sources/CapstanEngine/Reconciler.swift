@@ -48,7 +48,8 @@ public struct Reconciler: Sendable {
     /// then closed as interrupted. Returns a line per entry for people.
     public func recover() async throws -> [String] {
         var notes: [String] = []
-        for entry in try context.journal.unfinished() {
+        // Changes of the serving layer are closed by the deployment phase, which can see it.
+        for entry in try context.journal.unfinished() where entry.operation != deployOperation {
             var detail: [String: ParamValue] = [:]
             if case .map(let m)? = entry.detail { detail = m }
             var note = "recovered an interrupted \(entry.operation) of \(entry.subject) (journal entry \(entry.id))"
@@ -59,6 +60,15 @@ public struct Reconciler: Sendable {
                     note += "; stopped its leftover training processes (process group \(pgid))"
                 }
                 missed += try await missedTrainingEvents(entry, detail)
+            } else if entry.operation == validateCommandOperation {
+                if case .int(let pgid)? = detail["pgid"], case .string(let run)? = detail["run"], pgid > 1,
+                   ProcessGroups.kill(Int32(pgid), environmentMarker: (name: runMarker, value: run)) {
+                    note += "; stopped its leftover validation processes (process group \(pgid))"
+                }
+                if entry.subject.hasPrefix("model/"), case .int(let number)? = detail["version"] {
+                    StepWorkspace(stateDirectory: context.stateDirectory, model: String(entry.subject.dropFirst("model/".count)),
+                                  version: Int(number), label: "validate").clean()
+                }
             } else if case .map(let check)? = detail["check"], case .some(let audit) = detail["audit"],
                       let event = AuditCodec.event(audit), try await happened(entry.operation, check) {
                 var late = event
@@ -71,13 +81,9 @@ public struct Reconciler: Sendable {
             let closing = missed
             let id = entry.id
             let closed = ParamValue.map(detail)
-            do {
-                try await context.database.pool.write { db in
-                    for event in closing { _ = try audit.record(db, event) }
-                    try journal.fail(db, id: id, detail: closed)
-                }
-            } catch {
-                throw context.database.failure("close journal entry \(id)", error)
+            try await context.database.write("close journal entry \(id)") { db in
+                for event in closing { _ = try audit.record(db, event) }
+                try journal.fail(db, id: id, detail: closed)
             }
             context.record(entry.subject, "interrupted", commit: nil, reason: note)
             notes.append(note)
@@ -94,13 +100,27 @@ public struct Reconciler: Sendable {
         var events: [AuditEvent] = []
         let commit: String? = if case .string(let c)? = detail["commit"] { c } else { nil }
         if detail["version"] == nil {
-            events.append(context.event("model/\(model)/v\(version.number)", "create-version", commit: commit,
-                                        after: .map(["status": .string("training"), "fingerprint": .string(fingerprint)]),
-                                        reason: "recorded after an interrupted pass"))
+            // The crash came before the version was journaled with its event.
+            if detail["resumes"] == nil {
+                events.append(context.event("model/\(model)/v\(version.number)", "create-version", commit: commit,
+                                            after: .map(["status": .string("training"), "fingerprint": .string(fingerprint)]),
+                                            reason: "recorded after an interrupted pass"))
+            } else if case .int(let attempt)? = detail["attempt"], version.attempts >= Int(attempt) {
+                // A retry or a resumed run that had claimed the version (its attempt counted).
+                events.append(context.event("model/\(model)/v\(version.number)", "retrain-version", commit: commit,
+                                            after: .map(["status": .string("training"), "fingerprint": .string(fingerprint),
+                                                         "attempt": .int(attempt)]),
+                                            reason: "recorded after an interrupted pass"))
+            }
         }
         if version.status == .trained, let artifact = version.artifactDigest {
             events.append(Training.trainedEvent(context, name: model, number: version.number, commit: commit, artifact: artifact,
                                                 metrics: version.metrics, reason: "recorded after an interrupted pass"))
+        }
+        // The failure was journaled before the version was marked failed.
+        if version.status == .failed, let failure = detail["failure"], var event = AuditCodec.event(failure) {
+            event.reason += " (recorded after an interrupted pass)"
+            events.append(event)
         }
         // Its working folder is of no further use.
         if case .int(let attempt)? = detail["attempt"] {
@@ -158,7 +178,7 @@ public struct Reconciler: Sendable {
         // right after has nothing to do. Only bookkeeping entries; never a training.
         var followUps: [PlanEntry] = []
         let bookkeeping: Set<PlanAction> = [.moveAlias, .deleteAlias, .archiveVersions, .updateModel]
-        for round in 1...2 where !outcomes.values.contains(where: { if case .failed = $0 { return true } else { return false } }) {
+        for round in 1...2 where !outcomes.values.contains(where: \.isFailure) {
             let next = Planner.plan(desired: desired, actual: afterModels, now: context.now(), options: PlanOptions())
             let entries = next.entries.filter { bookkeeping.contains($0.action) && $0.dependsOn.allSatisfy { id in next.entries.first { $0.id == id } == nil } }
             if entries.isEmpty { break }
@@ -174,6 +194,8 @@ public struct Reconciler: Sendable {
             afterModels = try await observe()
         }
 
+        // A pass stopped (a signal, a lost lease) changes nothing in the serving layer.
+        try Task.checkCancellation()
         // Deployments follow the registry as the model entries left it.
         var deploymentEntries: [PlanEntry] = []
         var deploymentResidual: [PlanEntry] = []
@@ -182,6 +204,7 @@ public struct Reconciler: Sendable {
         let phase = DeploymentPhase(context: context, serving: serving)
         let deployedBefore = !((try? phase.records.applied().isEmpty) ?? true)
         if serving != nil && (!deployments.isEmpty || deployedBefore) {
+            for note in try await phase.recoverInterrupted() { context.events(.note("capstan: \(note)")) }
             let observation = try await phase.observe()
             if !deployments.isEmpty || !(observation.endpoints?.isEmpty ?? true) {
                 deploymentEntries = DeploymentPlanner.plan(deployments, serving: observation, policy: desired.policy, now: context.now())
@@ -203,7 +226,7 @@ public struct Reconciler: Sendable {
         try context.passes.setConditions(conditions)
         try context.passes.removeConditions(except: Set(conditions.map(\.object)), prefix: "model/")
         try context.passes.removeConditions(except: Set(conditions.map(\.object)), prefix: "deployment/")
-        let failed = outcomes.values.contains { if case .failed = $0 { return true } else { return false } }
+        let failed = outcomes.values.contains(where: \.isFailure)
         let left = residual.hasChanges || residual.entries.contains { $0.action == .wait || $0.action == .blocked }
             || deploymentResidual.contains { $0.action.isChange || $0.action == .wait || $0.action == .blocked || $0.action == .servingUnavailable || $0.action == .drift }
         let outcome: PassResult.Outcome = failed ? .failed : (left ? .progressing : .converged)

@@ -4,6 +4,8 @@ import Foundation
 
 /// The journal operation of a training run.
 let trainOperation = "train"
+/// The journal operation of a validation command's run.
+let validateCommandOperation = "validate-command"
 /// The variable that marks a step's processes as Capstan's, so a crashed run's leftovers can be
 /// found and killed safely (a recycled pid of another process never carries it).
 let runMarker = "CAPSTAN_RUN_ID"
@@ -35,14 +37,19 @@ struct StepWorkspace {
     func prepare(materialized: URL, params: [String: ParamValue]) throws {
         let fm = FileManager.default
         if fm.fileExists(atPath: folder) { try fm.removeItem(atPath: folder) }
-        try fm.createDirectory(atPath: folder, withIntermediateDirectories: true)
+        // Private like the rest of the state folder (runs/ and logs/ hold data and metrics).
+        try StateFolder.makeFolder(folder, parentsMode: StateFolder.folderMode, what: "create the step's folder")
         try fm.copyItem(atPath: materialized.path, toPath: tree)
-        try fm.createDirectory(atPath: output, withIntermediateDirectories: true)
-        try fm.createDirectory(atPath: (logFile as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
+        try StateFolder.makeFolder(output, what: "create the step's output folder")
+        try StateFolder.makeFolder((logFile as NSString).deletingLastPathComponent, parentsMode: StateFolder.folderMode,
+                                   what: "create the log folder")
         if fm.fileExists(atPath: logFile) { try fm.removeItem(atPath: logFile) }
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys, .prettyPrinted]
-        try encoder.encode(params).write(to: URL(fileURLWithPath: paramsFile))
+        guard fm.createFile(atPath: paramsFile, contents: try encoder.encode(params),
+                            attributes: [.posixPermissions: Int(StateFolder.fileMode)]) else {
+            throw StepOutputError(message: "cannot write the params file '\(paramsFile)'")
+        }
     }
 
     /// Checks what the step left in `output` before it is stored: the folder itself (a step may
@@ -166,10 +173,14 @@ struct Training {
             return (nil, .failed(ModelPipeline.describe(error)))
         }
         let runID = UUID().uuidString.lowercased()
-        let journalID = try context.journal.begin(operation: trainOperation, subject: "model/\(name)", detail: .map([
+        var begun: [String: ParamValue] = [
             "fingerprint": .string(detail.fingerprint), "commit": .string(plan.commit), "run": .string(runID),
             "attempt": .int(Int64(detail.attempt)),
-        ]))
+        ]
+        // A retry or a resumed run claims an existing version: recovery must not take it for a
+        // new version's creation.
+        if let number = detail.version { begun["resumes"] = .int(Int64(number)) }
+        let journalID = try context.journal.begin(operation: trainOperation, subject: "model/\(name)", detail: .map(begun))
         Failpoint.hit("train.after-journal")
         let version: ModelVersion
         do {
@@ -223,13 +234,14 @@ struct Training {
         } catch is CancellationError {
             // Stopped (a signal, a lost lease): the runner has ended the process group. The
             // version stays `training` and the next pass trains it again, with no backoff.
+            workspace.clean()
             try? context.journal.fail(id: journalID, detail: .map([
                 "fingerprint": .string(detail.fingerprint), "version": .int(Int64(number)), "interrupted": .bool(true),
             ]))
             context.record("model/\(name)/v\(number)", "interrupted", commit: plan.commit, reason: "the pass was stopped during training; the next pass trains v\(number) again")
-            workspace.clean()
             return (number, .skipped("v\(number): stopped during training; the next pass trains it again"))
         } catch {
+            if let deferred = deferIfTransient(error, number, detail, journalID, workspace: workspace, scrubber: scrubber) { return (number, deferred) }
             let message = scrubber.scrub(ModelPipeline.describe(error))
             try await fail(number, detail, journalID, tail: message, workspace: workspace)
             return (number, .failed("v\(number): \(message)"))
@@ -256,19 +268,42 @@ struct Training {
             try await registry.updateVersion(model: name, number: number, VersionUpdate(
                 status: .trained, metrics: metrics, artifactDigest: stored.digest, artifactLocation: stored.path, logTail: ""))
             Failpoint.hit("train.after-trained")
+            // Cleaned while the entry is still open: a crash meanwhile leaves it to recovery.
+            workspace.clean()
             try context.finish(journalID, recording: Self.trainedEvent(context, name: name, number: number, commit: plan.commit,
                                                                        artifact: stored.digest, metrics: metrics,
                                                                        reason: "training finished in \(ManifestDuration.format(result.durationMilliseconds))"),
                                detail: .map(["fingerprint": .string(detail.fingerprint), "version": .int(Int64(number)),
                                              "artifact": .string(stored.digest)]))
-            workspace.clean()
+            Failpoint.hit("train.after-finish")
             return (number, .done("v\(number) trained in \(ManifestDuration.format(result.durationMilliseconds)); " +
                                   (metrics.isEmpty ? "no metrics" : MetricsFile.describe(metrics))))
         } catch {
+            if let deferred = deferIfTransient(error, number, detail, journalID, workspace: workspace, scrubber: scrubber) { return (number, deferred) }
             let message = scrubber.scrub(ModelPipeline.describe(error))
             try await fail(number, detail, journalID, tail: message, workspace: workspace)
             return (number, .failed("v\(number): \(message)"))
         }
+    }
+
+    /// A failure of the machine rather than of the training (the disk is full: the output could
+    /// not be stored, the step's folder not written) is not held against the version: it is not
+    /// marked failed and gets no backoff. It stays `training`, its journal entry is closed as
+    /// interrupted, and the next pass trains it again. Nil for any other error, and for a lost
+    /// lease (which must write nothing: it is rethrown by the caller's writes).
+    func deferIfTransient(_ error: any Error, _ number: Int, _ detail: TrainDetail, _ journalID: Int64,
+                          workspace: StepWorkspace, scrubber: SecretScrubber) -> EntryOutcome? {
+        guard FileSystemFailure.isDiskFull(error) else { return nil }
+        let message = scrubber.scrub(ModelPipeline.describe(error))
+        // Space first: the step's folder is what filled the disk, most often.
+        workspace.clean()
+        try? context.journal.fail(id: journalID, detail: .map([
+            "fingerprint": .string(detail.fingerprint), "version": .int(Int64(number)), "interrupted": .bool(true),
+            "transient": .string(message),
+        ]))
+        context.record("model/\(name)/v\(number)", "interrupted", commit: plan.commit,
+                       reason: "disk full: \(message); v\(number) is not marked failed, and the next pass trains it again")
+        return .transient("v\(number): disk full: \(message). v\(number) is not marked failed; the next pass trains it again")
     }
 
     static func trainedEvent(_ context: EngineContext, name: String, number: Int, commit: String?, artifact: String,
@@ -296,16 +331,26 @@ struct Training {
             training: detail.training))
     }
 
+    /// Marks the version failed (its backoff starts) and records `training-failed`. The event is
+    /// journaled before the version changes, so that a crash in between leaves recovery the event
+    /// to record (`Reconciler.missedTrainingEvents`): every failure is in the audit log once.
     func fail(_ number: Int, _ detail: TrainDetail, _ journalID: Int64, tail: String, workspace: StepWorkspace) async throws {
         let now = context.now()
+        let event = context.event("model/\(name)/v\(number)", "training-failed", commit: plan.commit, before: .string("training"),
+                                  after: .string("failed"), reason: String(tail.suffix(500)))
+        workspace.clean()
+        var journaled: [String: ParamValue] = [
+            "fingerprint": .string(detail.fingerprint), "commit": .string(plan.commit), "attempt": .int(Int64(detail.attempt)),
+            "version": .int(Int64(number)),
+        ]
+        if let resumed = detail.version { journaled["resumes"] = .int(Int64(resumed)) }
+        let closed = ParamValue.map(journaled)
+        journaled["failure"] = try AuditCodec.value(event)
+        try context.journal.update(id: journalID, detail: .map(journaled))
         try await registry.updateVersion(model: name, number: number, VersionUpdate(
             status: .failed, logTail: String(tail.suffix(8192)), failedAt: now))
-        try? context.journal.fail(id: journalID, detail: .map([
-            "fingerprint": .string(detail.fingerprint), "version": .int(Int64(number)),
-        ]))
-        context.record("model/\(name)/v\(number)", "training-failed", commit: plan.commit, before: .string("training"),
-                       after: .string("failed"), reason: String(tail.suffix(500)))
-        workspace.clean()
+        Failpoint.hit("train.after-failed")
+        try context.close(journalID, failed: true, recording: event, detail: closed)
     }
 }
 

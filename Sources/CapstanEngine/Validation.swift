@@ -65,17 +65,29 @@ struct Validation {
 
     /// The validation command, in a fresh copy of the commit's tree, with the training
     /// environment plus CAPSTAN_MODEL_DIR.
+    ///
+    /// The command's run is journaled (`validate-command`, with its process group once started),
+    /// so that a pass killed while it runs has its processes stopped and its folder removed by
+    /// the next pass, as for a training.
     func runCommand(_ command: [String], spec: ValidateSpec, version: ModelVersion, artifact: String) async throws -> (GateResult, [String: Double]) {
         let gate = "command \(command.joined(separator: " "))"
         let train = model.manifest.spec.train
         let workspace = StepWorkspace(stateDirectory: context.stateDirectory, model: name, version: version.number, label: "validate")
-        defer { workspace.clean() }
+        let runID = UUID().uuidString.lowercased()
+        let journal = context.journal
+        let base: [String: ParamValue] = ["version": .int(Int64(version.number)), "run": .string(runID)]
+        let journalID = try journal.begin(operation: validateCommandOperation, subject: "model/\(name)", detail: .map(base))
+        var closed = false
+        defer {
+            workspace.clean()
+            if !closed { try? journal.fail(id: journalID) }
+        }
         let materialized = try await context.materializer.materialize(repository, commit: commit)
         try workspace.prepare(materialized: materialized, params: train.params)
         let env = try StepEnvironment.make(model: name, spec: train, reconciler: context.environment, capstan: [
             "CAPSTAN_MODEL": name, "CAPSTAN_VERSION": String(version.number), "CAPSTAN_FINGERPRINT": version.fingerprint,
             "CAPSTAN_COMMIT": plan.commit, "CAPSTAN_MODEL_DIR": artifact, "CAPSTAN_METRICS_FILE": workspace.metricsFile,
-            "CAPSTAN_PARAMS_FILE": workspace.paramsFile, runMarker: UUID().uuidString.lowercased(),
+            "CAPSTAN_PARAMS_FILE": workspace.paramsFile, runMarker: runID,
         ])
         let workdir = spec.workdir ?? train.workdir
         let events = context.events
@@ -85,18 +97,30 @@ struct Validation {
                         timeout: spec.timeout, logPath: workspace.logFile, outputPrefix: "[\(name) v\(version.number) validate] ",
                         killGrace: context.killGrace,
                         redact: scrubber.secrets),
-            started: { _ in }, line: { events(.output($0)) })
+            started: { pid in
+                var detail = base
+                detail["pgid"] = .int(Int64(pid))
+                try? journal.update(id: journalID, detail: .map(detail))
+                Failpoint.hit("validate.after-start")
+            }, line: { events(.output($0)) })
+        let outcome: (GateResult, [String: Double])
         switch result.termination {
         case .exited(0):
-            let extra = try MetricsFile.read(workspace.metricsFile, required: false, scrubber: scrubber)
-            return (GateResult(gate: gate, passed: true, detail: "exited 0"), extra)
+            outcome = (GateResult(gate: gate, passed: true, detail: "exited 0"),
+                       try MetricsFile.read(workspace.metricsFile, required: false, scrubber: scrubber))
         case .exited(let code):
             let tail = scrubber.scrub(result.outputTail.split(separator: "\n").suffix(3).joined(separator: " | "))
-            return (GateResult(gate: gate, passed: false, detail: "exited with status \(code)" + (tail.isEmpty ? "" : ": \(tail)")), [:])
+            outcome = (GateResult(gate: gate, passed: false, detail: "exited with status \(code)" + (tail.isEmpty ? "" : ": \(tail)")), [:])
         case .signalled(let sig):
-            return (GateResult(gate: gate, passed: false, detail: "killed by signal \(sig)"), [:])
+            outcome = (GateResult(gate: gate, passed: false, detail: "killed by signal \(sig)"), [:])
         case .timedOut:
-            return (GateResult(gate: gate, passed: false, detail: "ran longer than its timeout of \(spec.timeout)"), [:])
+            outcome = (GateResult(gate: gate, passed: false, detail: "ran longer than its timeout of \(spec.timeout)"), [:])
         }
+        // The folder goes while the entry is open: a crash meanwhile leaves it to recovery.
+        workspace.clean()
+        try journal.finish(id: journalID)
+        closed = true
+        Failpoint.hit("validate.after-command")
+        return outcome
     }
 }

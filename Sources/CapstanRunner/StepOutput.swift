@@ -35,9 +35,10 @@ final class LogFile: Sendable {
     let path: String
     private let descriptor: Int32
 
-    /// Opens (creating it with mode 0644 if needed) `path` for appending; throws errno on failure.
+    /// Opens (creating it with mode 0600 if needed: step logs hold data and metrics, for the user
+    /// running Capstan only) `path` for appending; throws errno on failure.
     init(path: String) throws(OSError) {
-        let fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0o644)
+        let fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0o600)
         guard fd >= 0 else { throw OSError(errno) }
         self.path = path
         self.descriptor = fd

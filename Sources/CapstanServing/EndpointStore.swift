@@ -78,7 +78,7 @@ struct EndpointStore: Sendable {
         }
         let directory = (path as NSString).deletingLastPathComponent
         let temporary = path + ".tmp-\(getpid())"
-        let fd = open(temporary, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
+        let fd = open(temporary, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
         guard fd >= 0 else { throw saveFailure("cannot create '\(temporary)'", errno) }
         var failure: Int32 = 0
         data.withUnsafeBytes { bytes in

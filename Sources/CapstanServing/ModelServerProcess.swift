@@ -52,7 +52,7 @@ struct ModelServerProcess: Sendable {
     static func spawn(
         executable: String, argv: [String], environment: [String: String], workdir: String, logPath: String
     ) throws(SpawnFailure) -> ModelServerProcess {
-        let logFD = open(logPath, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o644)
+        let logFD = open(logPath, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o600)
         guard logFD >= 0 else {
             throw SpawnFailure(message: "cannot open its log file '\(logPath)' (\(Self.errnoText(errno)))")
         }

@@ -35,7 +35,7 @@ enum ServerLogs {
         guard source >= 0 else { return }
         defer { close(source) }
         let temporary = path + ".1.tmp"
-        let target = open(temporary, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
+        let target = open(temporary, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
         guard target >= 0 else { return }
         var buffer = [UInt8](repeating: 0, count: 64 * 1024)
         var ok = true

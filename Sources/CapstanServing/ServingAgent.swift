@@ -1,5 +1,6 @@
 import AsyncHTTPClient
 import CapstanCore
+import CapstanStore
 import Foundation
 import Hummingbird
 import Logging
@@ -132,6 +133,8 @@ public final class ServingAgent: Sendable {
     public let endpointsFile: String
     /// The endpoints read from `endpointsFile`, brought back by `run()`.
     public let savedEndpoints: [EndpointSpec]
+    /// What people should know about the state folder (other users can read it), to report.
+    public let warnings: [String]
     private let store: EndpointStore
     private let logDirectory: String
 
@@ -151,9 +154,12 @@ public final class ServingAgent: Sendable {
         let serving = configuration.stateDirectory + "/serving"
         logDirectory = serving + "/logs"
         do {
-            try FileManager.default.createDirectory(atPath: logDirectory, withIntermediateDirectories: true)
+            // The state folder and what the agent keeps in it are private (0700), like the rest
+            // of Capstan's state.
+            warnings = try StateFolder.prepare(configuration.stateDirectory)
+            try StateFolder.makeFolder(logDirectory, parentsMode: StateFolder.folderMode, what: "create the serving log folder")
         } catch {
-            throw ServingAgentError(message: "cannot create '\(logDirectory)' (\(error.localizedDescription)); check the state directory (--state-dir)")
+            throw ServingAgentError(message: "\((error as? StoreError)?.message ?? "cannot create '\(logDirectory)' (\(error))"); check the state directory (--state-dir)")
         }
         store = EndpointStore(servingDirectory: serving)
         endpointsFile = store.path
@@ -176,6 +182,15 @@ public final class ServingAgent: Sendable {
         guard !alreadyStarted else { throw ServingAgentError(message: "this serving agent has already run; create a new one") }
 
         let configuration = self.configuration
+        // Servers an agent killed on this state folder left running are stopped before any starts.
+        let servingDirectory = configuration.stateDirectory + "/serving"
+        let leftovers = LeftoverServers.takeOver(servingDirectory: servingDirectory, bootID: bootID)
+        for server in leftovers.stopped {
+            configuration.onEvent(ServingEvent(
+                kind: .stopped, deployment: server.deployment, version: server.version, pid: server.pid,
+                message: "pid \(server.pid) was left running by an agent that is gone (pid \(leftovers.previousAgent ?? 0)); stopped it"))
+        }
+        defer { LeftoverServers.release(servingDirectory: servingDirectory, bootID: bootID) }
         var logger = Logger(label: "capstan.serve") { StreamLogHandler.standardError(label: $0) }
         logger.logLevel = .warning
         let client = HTTPClient(eventLoopGroup: HTTPClient.defaultEventLoopGroup, configuration: Self.clientConfiguration, backgroundActivityLogger: logger)

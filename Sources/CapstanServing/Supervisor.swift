@@ -337,6 +337,8 @@ actor Supervisor {
         environment["CAPSTAN_MODEL_DIR"] = spec.modelDir
         environment["CAPSTAN_DEPLOYMENT"] = backend.key.deployment
         environment["CAPSTAN_VERSION"] = String(backend.key.version)
+        // Lets the next agent stop this server if this agent is killed (LeftoverServers).
+        environment[LeftoverServers.marker] = bootID
         let worker = ReplicaWorker(
             id: nextWorkerID, key: backend.key, replica: replica, spec: spec, environment: environment,
             logPath: ServerLogs.path(directory: logDirectory, deployment: backend.key.deployment, version: backend.key.version, replica: replica),

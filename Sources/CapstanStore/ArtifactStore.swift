@@ -71,6 +71,7 @@ public struct ArtifactStore: Sendable {
         // Refuse before copying anything.
         let entries = try Self.listing(of: directory, scrubber: scrubber)
         try Self.make(objects)
+        removeLeftovers()
         let temporary = root + "/.tmp-\(getpid())-\(UInt64.random(in: 0...UInt64.max))"
         do {
             try Self.make(temporary)
@@ -92,15 +93,24 @@ public struct ArtifactStore: Sendable {
                 try Self.remove(temporary)
                 // Another process stored the same contents first; theirs is identical.
                 guard fm.fileExists(atPath: target) else {
-                    throw StoreError(code: .fileSystem,
-                                     message: "cannot move the copy of '\(directory)' into '\(target)': \(String(cString: strerror(code)))",
-                                     path: target)
+                    throw FileSystemFailure.error("move the copy of '\(directory)' into", path: target, folder: objects, errno: code)
                 }
             }
             return StoredArtifact(digest: digest, path: target)
         } catch {
             try? Self.remove(temporary)
             throw error
+        }
+    }
+
+    /// Removes the temporary copies (`.tmp-<pid>-…`) of processes that are gone: a process killed
+    /// while it stored an output leaves its half-made copy behind.
+    func removeLeftovers() {
+        guard let names = try? FileManager.default.contentsOfDirectory(atPath: root) else { return }
+        for name in names where name.hasPrefix(".tmp-") {
+            guard let pid = Int64(name.dropFirst(5).prefix { $0 != "-" }), pid != Int64(getpid()),
+                  case .gone = LocalProcess.liveness(pid: pid, startTime: nil) else { continue }
+            try? Self.remove(root + "/" + name)
         }
     }
 
@@ -240,33 +250,49 @@ public struct ArtifactStore: Sendable {
     // MARK: - Files
 
     static func make(_ folder: String) throws {
-        do {
-            try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true,
-                                                    attributes: [.posixPermissions: 0o755])
-        } catch {
-            throw StoreError(code: .fileSystem, message: "cannot create '\(folder)'", path: folder, underlying: error)
-        }
+        // Private, like everything in the state folder.
+        try StateFolder.makeFolder(folder, parentsMode: StateFolder.folderMode, what: "create the artifact folder")
     }
 
-    /// Copies one file in chunks and makes the copy read-only (0444, or 0555 when executable).
+    /// Copies one file in chunks and makes the copy read-only and private (0400, or 0500 when
+    /// executable). A failure names the system's reason (a full disk: `.diskFull`).
     static func copyFile(from source: String, to target: String, executable: Bool) throws {
-        guard let input = FileHandle(forReadingAtPath: source) else {
-            throw StoreError(code: .fileSystem, message: "cannot read '\(source)'", path: source)
+        let folder = (target as NSString).deletingLastPathComponent
+        let input = systemOpen(source, O_RDONLY | O_CLOEXEC)
+        guard input >= 0 else {
+            throw FileSystemFailure.error("read the training output", path: source, folder: (source as NSString).deletingLastPathComponent,
+                                          errno: systemErrno())
         }
-        defer { try? input.close() }
-        guard FileManager.default.createFile(atPath: target, contents: nil, attributes: [.posixPermissions: 0o644]),
-              let output = FileHandle(forWritingAtPath: target) else {
-            throw StoreError(code: .fileSystem, message: "cannot write '\(target)'", path: target)
+        defer { close(input) }
+        let output = systemOpen(target, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, StateFolder.fileMode)
+        guard output >= 0 else {
+            throw FileSystemFailure.error("store an artifact file at", path: target, folder: folder, errno: systemErrno())
         }
-        defer { try? output.close() }
-        do {
-            while let chunk = try input.read(upToCount: 1 << 20), !chunk.isEmpty {
-                try output.write(contentsOf: chunk)
+        defer { close(output) }
+        var buffer = [UInt8](repeating: 0, count: 1 << 20)
+        while true {
+            let count = buffer.withUnsafeMutableBytes { read(input, $0.baseAddress, $0.count) }
+            if count < 0 {
+                if systemErrno() == EINTR { continue }
+                throw FileSystemFailure.error("read the training output", path: source, folder: (source as NSString).deletingLastPathComponent,
+                                              errno: systemErrno())
             }
-            try output.synchronize()
-            try FileManager.default.setAttributes([.posixPermissions: executable ? 0o555 : 0o444], ofItemAtPath: target)
-        } catch {
-            throw StoreError(code: .fileSystem, message: "cannot copy '\(source)' to '\(target)'", path: target, underlying: error)
+            if count == 0 { break }
+            var offset = 0
+            while offset < count {
+                let written = buffer.withUnsafeBytes { write(output, $0.baseAddress! + offset, count - offset) }
+                if written < 0 {
+                    if systemErrno() == EINTR { continue }
+                    throw FileSystemFailure.error("store an artifact file at", path: target, folder: folder, errno: systemErrno())
+                }
+                offset += written
+            }
+        }
+        if fsync(output) != 0 {
+            throw FileSystemFailure.error("store an artifact file at", path: target, folder: folder, errno: systemErrno())
+        }
+        if fchmod(output, executable ? 0o500 : 0o400) != 0 {
+            throw FileSystemFailure.error("set the mode of the artifact file", path: target, folder: folder, errno: systemErrno())
         }
     }
 

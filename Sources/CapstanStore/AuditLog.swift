@@ -63,11 +63,7 @@ public struct AuditLog: Sendable {
     /// Appends `event` and returns its id.
     @discardableResult
     public func record(_ event: AuditEvent) throws -> Int64 {
-        do {
-            return try database.pool.write { db in try record(db, event) }
-        } catch {
-            throw database.failure("record the audit event '\(event.action)' of '\(event.object)'", error)
-        }
+        try database.write("record the audit event '\(event.action)' of '\(event.object)'") { db in try record(db, event) }
     }
 
     /// Appends `event` in the caller's transaction and returns its id.
@@ -85,11 +81,7 @@ public struct AuditLog: Sendable {
     /// The events that match `filter`, at or after `since`, newest (last recorded) first, at most
     /// `limit` of them (nil: all).
     public func query(_ filter: Filter = .all, since: Date? = nil, after id: Int64? = nil, limit: Int? = nil) throws -> [AuditEvent] {
-        do {
-            return try database.pool.read { db in try query(db, filter, since: since, after: id, limit: limit) }
-        } catch {
-            throw database.failure("read the audit log", error)
-        }
+        try database.read("read the audit log") { db in try query(db, filter, since: since, after: id, limit: limit) }
     }
 
     /// `after`: only events recorded after the one with this id.

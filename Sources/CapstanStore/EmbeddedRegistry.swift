@@ -18,13 +18,13 @@ public struct EmbeddedRegistry: Registry {
     // MARK: Models
 
     public func models() async throws -> [RegisteredModel] {
-        try await database.pool.read { db in
+        try await database.read("read the registry") { db in
             try Row.fetchAll(db, sql: "SELECT * FROM models ORDER BY name").map(Self.model)
         }
     }
 
     public func model(named name: String) async throws -> RegisteredModel? {
-        try await database.pool.read { db in
+        try await database.read("read the registry") { db in
             try Row.fetchOne(db, sql: "SELECT * FROM models WHERE name = ?", arguments: [name]).map(Self.model)
         }
     }
@@ -33,7 +33,7 @@ public struct EmbeddedRegistry: Registry {
     public func upsertModel(name: String, description: String?, labels: [String: String]) async throws -> RegisteredModel {
         let time = now()
         let labelsJSON = try Self.json(labels)
-        return try await database.pool.write { db in
+        return try await database.write("register the model '\(name)'") { db in
             try db.execute(sql: """
                 INSERT INTO models (name, description, labels, created_at, updated_at) VALUES (?, ?, ?, ?, ?)
                 ON CONFLICT(name) DO UPDATE SET description = excluded.description, labels = excluded.labels,
@@ -45,7 +45,7 @@ public struct EmbeddedRegistry: Registry {
     }
 
     public func snapshot() async throws -> RegistrySnapshot {
-        try await database.pool.read { db in
+        try await database.read("read the registry") { db in
             let models = try Row.fetchAll(db, sql: "SELECT * FROM models ORDER BY name").map(Self.model)
             var versions: [String: [ModelVersion]] = [:]
             for row in try Row.fetchAll(db, sql: """
@@ -65,7 +65,7 @@ public struct EmbeddedRegistry: Registry {
     }
 
     public func trainingDescription(of model: String, number: Int) async throws -> TrainingDescription? {
-        try await database.pool.read { db in
+        try await database.read("read the registry") { db in
             Self.decode(try String.fetchOne(db, sql: "SELECT training FROM versions WHERE model = ? AND number = ?",
                                             arguments: [model, number]))
         }
@@ -78,7 +78,7 @@ public struct EmbeddedRegistry: Registry {
         let params = try Self.json(version.params)
         let tags = try Self.json(version.tags)
         let training = try version.training.map(Self.json)
-        return try await database.pool.write { db in
+        return try await database.write("create a version of '\(version.model)'") { db in
             guard try Bool.fetchOne(db, sql: "SELECT 1 FROM models WHERE name = ?", arguments: [version.model]) == true else {
                 throw RegistryError.modelNotFound(version.model)
             }
@@ -114,7 +114,7 @@ public struct EmbeddedRegistry: Registry {
         if let c = update.commit { sets.append("commit_id = ?"); arguments += [c] }
         let assignments = sets
         let values = arguments
-        return try await database.pool.write { db in
+        return try await database.write("update v\(number) of '\(model)'") { db in
             if !assignments.isEmpty {
                 try db.execute(sql: "UPDATE versions SET \(assignments.joined(separator: ", ")) WHERE model = ? AND number = ?",
                                arguments: values + [model, number])
@@ -127,31 +127,31 @@ public struct EmbeddedRegistry: Registry {
     }
 
     public func versions(of model: String) async throws -> [ModelVersion] {
-        try await database.pool.read { db in
+        try await database.read("read the registry") { db in
             try Row.fetchAll(db, sql: "SELECT * FROM versions WHERE model = ? ORDER BY number", arguments: [model]).map(Self.version)
         }
     }
 
     public func version(of model: String, number: Int) async throws -> ModelVersion? {
-        try await database.pool.read { db in try Self.fetchVersion(db, model, number) }
+        try await database.read("read the registry") { db in try Self.fetchVersion(db, model, number) }
     }
 
     public func version(of model: String, fingerprint: String) async throws -> ModelVersion? {
-        try await database.pool.read { db in
+        try await database.read("read the registry") { db in
             try Row.fetchOne(db, sql: "SELECT * FROM versions WHERE model = ? AND fingerprint = ?", arguments: [model, fingerprint])
                 .map(Self.version)
         }
     }
 
     public func versions(of model: String, status: VersionStatus) async throws -> [ModelVersion] {
-        try await database.pool.read { db in
+        try await database.read("read the registry") { db in
             try Row.fetchAll(db, sql: "SELECT * FROM versions WHERE model = ? AND status = ? ORDER BY number",
                              arguments: [model, status.rawValue]).map(Self.version)
         }
     }
 
     public func newestValidated(of model: String) async throws -> ModelVersion? {
-        try await database.pool.read { db in
+        try await database.read("read the registry") { db in
             try Row.fetchOne(db, sql: "SELECT * FROM versions WHERE model = ? AND status = 'validated' AND archived_at IS NULL ORDER BY number DESC LIMIT 1",
                              arguments: [model]).map(Self.version)
         }
@@ -160,7 +160,7 @@ public struct EmbeddedRegistry: Registry {
     // MARK: Aliases
 
     public func aliases(of model: String) async throws -> [String: Int] {
-        try await database.pool.read { db in
+        try await database.read("read the registry") { db in
             var out: [String: Int] = [:]
             for row in try Row.fetchAll(db, sql: "SELECT alias, version FROM aliases WHERE model = ?", arguments: [model]) {
                 out[row["alias"]] = row["version"]
@@ -170,14 +170,14 @@ public struct EmbeddedRegistry: Registry {
     }
 
     public func resolveAlias(_ alias: String, of model: String) async throws -> Int? {
-        try await database.pool.read { db in
+        try await database.read("read the registry") { db in
             try Int.fetchOne(db, sql: "SELECT version FROM aliases WHERE model = ? AND alias = ?", arguments: [model, alias])
         }
     }
 
     public func setAlias(_ alias: String, of model: String, to number: Int, commit: String?, reason: String) async throws {
         let time = now()
-        try await database.pool.write { db in
+        try await database.write("point alias '\(alias)' of '\(model)' at v\(number)") { db in
             guard let status = try String.fetchOne(db, sql: "SELECT status FROM versions WHERE model = ? AND number = ?",
                                                    arguments: [model, number]) else {
                 throw RegistryError.versionNotFound(model: model, number: number)
@@ -202,7 +202,7 @@ public struct EmbeddedRegistry: Registry {
 
     public func deleteAlias(_ alias: String, of model: String, commit: String?, reason: String) async throws {
         let time = now()
-        try await database.pool.write { db in
+        try await database.write("delete alias '\(alias)' of '\(model)'") { db in
             guard let from = try Int.fetchOne(db, sql: "SELECT version FROM aliases WHERE model = ? AND alias = ?",
                                               arguments: [model, alias]) else { return }
             try db.execute(sql: "DELETE FROM aliases WHERE model = ? AND alias = ?", arguments: [model, alias])
@@ -213,7 +213,7 @@ public struct EmbeddedRegistry: Registry {
     }
 
     public func aliasHistory(of model: String, alias: String?) async throws -> [AliasMove] {
-        try await database.pool.read { db in
+        try await database.read("read the registry") { db in
             let rows: [Row]
             if let alias {
                 rows = try Row.fetchAll(db, sql: "SELECT * FROM alias_history WHERE model = ? AND alias = ? ORDER BY id",
@@ -229,7 +229,7 @@ public struct EmbeddedRegistry: Registry {
     }
 
     public func aliasHolder(_ alias: String, of model: String, at time: Int64) async throws -> Int? {
-        try await database.pool.read { db in
+        try await database.read("read the registry") { db in
             // The last move at or before `time` says where the alias pointed (nil: deleted).
             guard let row = try Row.fetchOne(db, sql: """
                 SELECT to_version FROM alias_history WHERE model = ? AND alias = ? AND at <= ? ORDER BY at DESC, id DESC LIMIT 1

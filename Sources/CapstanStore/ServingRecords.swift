@@ -26,16 +26,18 @@ public struct ServingRecords: Sendable {
 
     /// Stores the rollout of `deployment`, or removes it (nil: no rollout in progress).
     public func setRollout(_ deployment: String, _ state: RolloutState?) throws {
-        let text = try state.map(Self.encode)
-        try write("record the rollout of \(deployment)") { db in
-            if let text {
-                try db.execute(sql: """
-                    INSERT INTO rollouts (deployment, state, updated_at) VALUES (?, ?, ?)
-                    ON CONFLICT(deployment) DO UPDATE SET state = excluded.state, updated_at = excluded.updated_at
-                    """, arguments: [deployment, text, now()])
-            } else {
-                try db.execute(sql: "DELETE FROM rollouts WHERE deployment = ?", arguments: [deployment])
-            }
+        try write("record the rollout of \(deployment)") { db in try setRollout(db, deployment, state) }
+    }
+
+    /// `setRollout` in the caller's transaction.
+    public func setRollout(_ db: Database, _ deployment: String, _ state: RolloutState?) throws {
+        if let state {
+            try db.execute(sql: """
+                INSERT INTO rollouts (deployment, state, updated_at) VALUES (?, ?, ?)
+                ON CONFLICT(deployment) DO UPDATE SET state = excluded.state, updated_at = excluded.updated_at
+                """, arguments: [deployment, try Self.encode(state), now()])
+        } else {
+            try db.execute(sql: "DELETE FROM rollouts WHERE deployment = ?", arguments: [deployment])
         }
     }
 
@@ -49,11 +51,14 @@ public struct ServingRecords: Sendable {
     }
 
     public func addQuarantine(_ q: Quarantine) throws {
-        try write("quarantine v\(q.version) for \(q.deployment)") { db in
-            try db.execute(sql: """
-                INSERT OR REPLACE INTO quarantine (deployment, version, spec_hash, reason, at) VALUES (?, ?, ?, ?, ?)
-                """, arguments: [q.deployment, q.version, q.specHash, q.reason, q.at])
-        }
+        try write("quarantine v\(q.version) for \(q.deployment)") { db in try addQuarantine(db, q) }
+    }
+
+    /// `addQuarantine` in the caller's transaction.
+    public func addQuarantine(_ db: Database, _ q: Quarantine) throws {
+        try db.execute(sql: """
+            INSERT OR REPLACE INTO quarantine (deployment, version, spec_hash, reason, at) VALUES (?, ?, ?, ?, ?)
+            """, arguments: [q.deployment, q.version, q.specHash, q.reason, q.at])
     }
 
     /// What Capstan last set on each endpoint.
@@ -69,16 +74,18 @@ public struct ServingRecords: Sendable {
 
     /// Records what Capstan set on an endpoint (nil: it was removed).
     public func setApplied(_ deployment: String, model: String, _ backends: [BackendWeight]?) throws {
-        let text = try backends.map(Self.encode)
-        try write("record the endpoint \(deployment)") { db in
-            if let text {
-                try db.execute(sql: """
-                    INSERT INTO endpoints (deployment, model, applied, updated_at) VALUES (?, ?, ?, ?)
-                    ON CONFLICT(deployment) DO UPDATE SET model = excluded.model, applied = excluded.applied, updated_at = excluded.updated_at
-                    """, arguments: [deployment, model, text, now()])
-            } else {
-                try db.execute(sql: "DELETE FROM endpoints WHERE deployment = ?", arguments: [deployment])
-            }
+        try write("record the endpoint \(deployment)") { db in try setApplied(db, deployment, model: model, backends) }
+    }
+
+    /// `setApplied` in the caller's transaction.
+    public func setApplied(_ db: Database, _ deployment: String, model: String, _ backends: [BackendWeight]?) throws {
+        if let backends {
+            try db.execute(sql: """
+                INSERT INTO endpoints (deployment, model, applied, updated_at) VALUES (?, ?, ?, ?)
+                ON CONFLICT(deployment) DO UPDATE SET model = excluded.model, applied = excluded.applied, updated_at = excluded.updated_at
+                """, arguments: [deployment, model, try Self.encode(backends), now()])
+        } else {
+            try db.execute(sql: "DELETE FROM endpoints WHERE deployment = ?", arguments: [deployment])
         }
     }
 

@@ -1,5 +1,6 @@
 import Foundation
 import GRDB
+import Synchronization
 
 /// Capstan's state database, `<stateDir>/capstan.db`: the embedded model registry (models,
 /// versions, aliases), the alias history, the audit log, the operation journal and locks.
@@ -11,65 +12,167 @@ import GRDB
 /// Before anything writes to an existing file it is inspected read-only, and refused, untouched,
 /// when it is not a SQLite database or is damaged, when a newer Capstan wrote it, or when it is
 /// another application's database. Capstan never resets or "repairs" a state database.
+///
+/// The state folder is created 0700 and the database 0600 (SQLite gives its `-wal` and `-shm`
+/// files the same mode). Two processes opening a fresh folder at once take turns (a `flock` on
+/// the folder while the file is inspected, created and migrated).
+///
+/// **Writes.** Every write of Capstan's goes through `write(_:_:)`, in one transaction. A
+/// database `fenced(by:)` a lease checks, inside each write transaction, that the lease is still
+/// the one the pass took (same holder, same generation); when it is not, nothing is written and
+/// the write throws `StoreError` `.leaseLost`. A reconcile pass writes only through a fenced
+/// database, so a pass whose lease was removed or taken over cannot change the state any more.
 public final class StateDatabase: Sendable {
     public static let fileName = "capstan.db"
     /// `PRAGMA application_id`, the ASCII bytes 'CAPS'.
     public static let applicationID: Int32 = 0x4341_5053
     /// The schema version this build creates and understands: the number of the last migration.
-    public static let schemaVersion = 3
+    public static let schemaVersion = 4
     /// Names of the migrations this build knows, in order (`v1`, `v2`…).
     public static let knownMigrations: [String] = (1...schemaVersion).map { "v\($0)" }
 
     /// The database file.
     public let path: String
-    /// The connection pool. Writes go through `pool.write`, reads through `pool.read`.
+    /// The connection pool. Read through it freely; write through `write(_:_:)`, which checks the
+    /// fence.
     public let pool: DatabasePool
+    /// What people should know about the state folder (it is readable by other users), for the
+    /// caller to report.
+    public let warnings: [String]
+    /// The lease every write must still hold, when this database belongs to a reconcile pass.
+    public let fence: Fence?
+    private let fenceWatch: FenceWatch?
+
+    /// The folder that holds the database.
+    public var folder: String { (path as NSString).deletingLastPathComponent }
 
     /// Opens `<stateDirectory>/capstan.db`, creating the folder and the file when missing, and
     /// migrates it to `schemaVersion`. Throws `StoreError` (and leaves the file as it was) when
-    /// the file cannot be used.
-    public init(stateDirectory: String) throws {
-        let fm = FileManager.default
-        do {
-            try fm.createDirectory(atPath: stateDirectory, withIntermediateDirectories: true)
-        } catch {
-            throw StoreError(code: .fileSystem,
-                             message: "cannot create the state folder '\(stateDirectory)'; check its permissions",
-                             path: stateDirectory, underlying: error)
-        }
+    /// the file cannot be used; a failure of the file system (full, read-only, not writable) says
+    /// so, with the system's reason and what to do.
+    public init(stateDirectory given: String) throws {
+        // Absolute, so that messages name the folder whatever the working directory.
+        let stateDirectory = URL(fileURLWithPath: given).standardizedFileURL.path
+        let warnings = try StateFolder.prepare(stateDirectory)
         let path = URL(fileURLWithPath: stateDirectory).appendingPathComponent(Self.fileName).path
         self.path = path
-
-        try Self.inspect(path: path)
+        self.warnings = warnings
+        self.fence = nil
+        self.fenceWatch = nil
 
         var configuration = Configuration()
         configuration.foreignKeysEnabled = true
         configuration.busyMode = .timeout(5)
         configuration.label = "capstan.state"
-        // `DatabasePool` puts the file in WAL mode (a no-op when it already is).
-        let pool: DatabasePool
-        do {
-            pool = try DatabasePool(path: path, configuration: configuration)
-            try Self.migrator.migrate(pool)
-        } catch {
-            throw StoreError(code: .databaseFailure,
-                             message: "cannot open the state database '\(path)'",
-                             path: path, underlying: error)
+        self.pool = try StateFolder.exclusively(stateDirectory) {
+            try Self.inspect(path: path)
+            try StateFolder.createPrivateFile(path, what: "create the state database")
+            // `DatabasePool` puts the file in WAL mode (a no-op when it already is).
+            let pool: DatabasePool
+            do {
+                pool = try DatabasePool(path: path, configuration: configuration)
+            } catch {
+                throw FileSystemFailure.describe(error, what: "open the state database", path: path, folder: stateDirectory,
+                                                 otherwise: .databaseFailure)
+            }
+            do {
+                try Self.migrator.migrate(pool)
+            } catch {
+                try? pool.close()
+                throw FileSystemFailure.describe(error, what: "upgrade the state database", path: path, folder: stateDirectory,
+                                                 otherwise: .databaseFailure)
+            }
+            return pool
         }
+    }
+
+    private init(path: String, pool: DatabasePool, warnings: [String], fence: Fence?, fenceWatch: FenceWatch?) {
+        self.path = path
         self.pool = pool
+        self.warnings = warnings
+        self.fence = fence
+        self.fenceWatch = fenceWatch
     }
 
-    /// Runs `body` in a write transaction; a failure becomes a `StoreError` saying what was being done.
-    func write<T: Sendable>(_ what: String, _ body: (Database) throws -> T) throws -> T {
-        do { return try pool.write(body) } catch { throw failure(what, error) }
+    /// The same database (the same connections), every write of which first checks that
+    /// `fence`'s lease is still held. `onLost` is called once, with the error, the first time a
+    /// write finds the lease lost (the caller stops its pass there).
+    public func fenced(by fence: Fence, onLost: @escaping @Sendable (StoreError) -> Void = { _ in }) -> StateDatabase {
+        StateDatabase(path: path, pool: pool, warnings: warnings, fence: fence, fenceWatch: FenceWatch(onLost: onLost))
     }
 
-    /// Runs `body` in a read transaction; a failure becomes a `StoreError` saying what was being done.
-    func read<T: Sendable>(_ what: String, _ body: (Database) throws -> T) throws -> T {
-        do { return try pool.read(body) } catch { throw failure(what, error) }
+    /// The same database without a fence (the lock itself, and commands outside a pass, write
+    /// through it).
+    public var unfenced: StateDatabase {
+        fence == nil ? self : StateDatabase(path: path, pool: pool, warnings: warnings, fence: nil, fenceWatch: nil)
     }
 
-    /// Closes every connection. The pool cannot be used afterwards.
+    /// Runs `body` in a write transaction, after checking the fence (when there is one) in the
+    /// same transaction. A SQLite failure becomes a `StoreError` saying what was being done and
+    /// why (a full disk…); errors thrown by `body` itself pass through unchanged.
+    public func write<T>(_ what: String, _ body: (Database) throws -> T) throws -> T {
+        do {
+            return try pool.write { db in
+                try checkFence(db)
+                return try body(db)
+            }
+        } catch {
+            throw writeFailure(what, error)
+        }
+    }
+
+    /// `write(_:_:)` from async code.
+    public func write<T: Sendable>(_ what: String, _ body: @escaping @Sendable (Database) throws -> T) async throws -> T {
+        do {
+            return try await pool.write { db in
+                try self.checkFence(db)
+                return try body(db)
+            }
+        } catch {
+            throw writeFailure(what, error)
+        }
+    }
+
+    /// Runs `body` in a read transaction; a SQLite failure becomes a `StoreError` saying what was
+    /// being done.
+    public func read<T>(_ what: String, _ body: (Database) throws -> T) throws -> T {
+        do { return try pool.read(body) } catch let error as DatabaseError { throw failure(what, error) }
+    }
+
+    /// `read(_:_:)` from async code.
+    public func read<T: Sendable>(_ what: String, _ body: @escaping @Sendable (Database) throws -> T) async throws -> T {
+        do { return try await pool.read(body) } catch let error as DatabaseError { throw failure(what, error) }
+    }
+
+    /// Throws `.leaseLost` when this database is fenced and its lease is no longer held. For a
+    /// pass about to act outside the database (the serving layer), so that a pass that lost its
+    /// lease does not change that either.
+    public func checkLease() throws {
+        guard fence != nil else { return }
+        do {
+            try pool.read { db in try checkFence(db) }
+        } catch {
+            throw writeFailure("check the lease", error)
+        }
+    }
+
+    /// Checks the fence inside the caller's transaction.
+    func checkFence(_ db: Database) throws {
+        guard let fence else { return }
+        let current = try StateLock.fetchLeases(db, where: "name = ?", arguments: [fence.lock]).first
+        guard let current, current.holder == fence.holder, current.generation == fence.generation else {
+            let error = StateLock.lostError(fence, current: current, folder: folder, path: path)
+            fenceWatch?.report(error)
+            throw error
+        }
+    }
+
+    func writeFailure(_ what: String, _ error: any Error) -> any Error {
+        if error is DatabaseError { return failure(what, error) }
+        return error
+    }
+
+    /// Closes every connection (of every fenced copy too). The pool cannot be used afterwards.
     public func close() throws {
         try pool.close()
     }
@@ -135,9 +238,8 @@ public final class StateDatabase: Sendable {
         } catch let error as DatabaseError where [.SQLITE_CORRUPT, .SQLITE_NOTADB].contains(error.resultCode) {
             throw damaged(path, detail: "SQLite reports it malformed", underlying: error)
         } catch {
-            throw StoreError(code: .databaseFailure,
-                             message: "cannot read the state database '\(path)'; check that the file is readable and not locked by another program",
-                             path: path, underlying: error)
+            throw FileSystemFailure.describe(error, what: "read the state database", path: path,
+                                             folder: (path as NSString).deletingLastPathComponent, otherwise: .databaseFailure)
         }
 
         if found.applicationID != applicationID {
@@ -355,6 +457,23 @@ public final class StateDatabase: Sendable {
                 """)
             try setSchemaVersion(3, in: db)
         }
+        // v4 (fencing): each lease carries a generation, bumped at every acquisition, that every
+        // write of a pass checks; and the start time of the holder's process, so that a pid the
+        // kernel recycled is not taken for the holder. The counter lives apart from the lease
+        // rows, which are deleted on release: a generation is never given out twice.
+        migrator.registerMigration("v4") { db in
+            try db.execute(sql: """
+                ALTER TABLE locks ADD COLUMN generation INTEGER NOT NULL DEFAULT 0;
+                -- /proc/<pid>/stat field 22 of the holder (clock ticks after boot); NULL when unknown.
+                ALTER TABLE locks ADD COLUMN process_start INTEGER;
+
+                CREATE TABLE lock_generations (
+                    name       TEXT PRIMARY KEY NOT NULL,
+                    generation INTEGER NOT NULL CHECK (generation >= 0)
+                );
+                """)
+            try setSchemaVersion(4, in: db)
+        }
         return migrator
     }
 
@@ -364,5 +483,23 @@ public final class StateDatabase: Sendable {
         try db.execute(sql: "PRAGMA user_version = \(version)")
         try db.execute(sql: "INSERT OR REPLACE INTO capstan_meta (key, value) VALUES ('schema_version', ?)",
                        arguments: [String(version)])
+    }
+}
+
+/// Calls a fenced database's `onLost` once, the first time a write finds the lease lost.
+final class FenceWatch: Sendable {
+    private let onLost: @Sendable (StoreError) -> Void
+    private let reported = Mutex(false)
+
+    init(onLost: @escaping @Sendable (StoreError) -> Void) {
+        self.onLost = onLost
+    }
+
+    func report(_ error: StoreError) {
+        let first = reported.withLock { seen -> Bool in
+            defer { seen = true }
+            return !seen
+        }
+        if first { onLost(error) }
     }
 }

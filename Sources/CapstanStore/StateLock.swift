@@ -7,14 +7,41 @@ import Glibc
 import Darwin
 #endif
 
+/// The lease a reconcile pass holds, as every write of that pass checks it: the lock's name, the
+/// holder id and the generation the acquisition was given. A lease removed (`capstan unlock
+/// --force`) or taken over (a new generation) no longer matches, and the fenced write fails.
+public struct Fence: Hashable, Sendable, CustomStringConvertible {
+    public var lock: String
+    public var holder: String
+    public var generation: Int64
+
+    public init(lock: String, holder: String, generation: Int64) {
+        self.lock = lock
+        self.holder = holder
+        self.generation = generation
+    }
+
+    public var description: String { "lock '\(lock)', holder \(holder), generation \(generation)" }
+}
+
 /// A lease lock in the state database: one writer per state folder.
 ///
 /// A lease is a row of `locks`, keyed by the lock's name (`apply`): who holds it (a fresh id per
-/// acquisition), the host, pid and command of that process, when it was taken and when it expires.
-/// A holder renews its lease while it works and deletes it when done. A lease that has expired
-/// belongs to a process that died or hung without renewing, and the next `acquire` takes it over
-/// (and says whom it took over). Rows are read and written in one write transaction, so two
-/// processes never both win.
+/// acquisition), the generation of that acquisition, the host, pid, process start time and
+/// command of that process, when it was taken and when it expires. A holder renews its lease
+/// while it works and deletes it when done. Rows are read and written in one write transaction,
+/// so two processes never both win.
+///
+/// Each acquisition gets the next **generation** of the lock (1, 2, 3…; kept in
+/// `lock_generations`, so a number is never given out twice, even after the lease row was
+/// deleted). A pass writes through `StateDatabase.fenced(by:)` with the `Fence` of its
+/// acquisition, and each of its writes checks, in the same transaction, that the lease row still
+/// has that holder and generation.
+///
+/// A lease that has expired belongs to a process that died or hung without renewing, and the
+/// next `acquire` takes it over (and says whom it took over). So does a lease whose holder was a
+/// process of this host that is gone: no such pid, a zombie, or a pid now used by a process that
+/// started at another time than the one recorded.
 ///
 /// Times are milliseconds since the Unix epoch, from `now`; tests pass a manual clock. Waiting in
 /// `acquire` is measured in real time.
@@ -27,18 +54,25 @@ public struct StateLock: Sendable {
         public var name: String
         /// The id of the acquisition (what `capstan unlock <id>` takes).
         public var holder: String
+        /// The acquisition's number, for fencing (0: a lease written before generations existed).
+        public var generation: Int64
         public var host: String
         public var pid: Int64
+        /// When the holder's process started (`/proc/<pid>/stat` field 22, clock ticks after
+        /// boot); nil when unknown.
+        public var processStart: Int64?
         public var command: String
         public var startedAtMilliseconds: Int64
         public var expiresAtMilliseconds: Int64
 
-        public init(name: String, holder: String, host: String, pid: Int64, command: String,
-                    startedAtMilliseconds: Int64, expiresAtMilliseconds: Int64) {
+        public init(name: String, holder: String, generation: Int64 = 0, host: String, pid: Int64, processStart: Int64? = nil,
+                    command: String, startedAtMilliseconds: Int64, expiresAtMilliseconds: Int64) {
             self.name = name
             self.holder = holder
+            self.generation = generation
             self.host = host
             self.pid = pid
+            self.processStart = processStart
             self.command = command
             self.startedAtMilliseconds = startedAtMilliseconds
             self.expiresAtMilliseconds = expiresAtMilliseconds
@@ -47,13 +81,16 @@ public struct StateLock: Sendable {
         public var startedAt: Date { StoreTime.date(startedAtMilliseconds) }
         public var expiresAt: Date { StoreTime.date(expiresAtMilliseconds) }
 
+        /// What every write of the acquisition checks.
+        public var fence: Fence { Fence(lock: name, holder: holder, generation: generation) }
+
         /// Whether the lease has run out at `milliseconds` (its holder stopped renewing it).
         public func isExpired(atMilliseconds milliseconds: Int64) -> Bool {
             expiresAtMilliseconds <= milliseconds
         }
 
         /// "holder 7f3c… (pid 4242 on host build-1, running 'capstan apply')".
-        var holderDescription: String {
+        public var holderDescription: String {
             "holder \(holder) (pid \(pid) on host \(host), running '\(command)')"
         }
     }
@@ -67,22 +104,41 @@ public struct StateLock: Sendable {
     /// What `acquire` got.
     public struct Acquired: Hashable, Sendable {
         public var lease: Lease
-        /// The expired lease this acquisition replaced, when its holder had stopped renewing it.
+        /// The lease this acquisition replaced, when it had expired or its holder was gone.
         public var tookOver: Lease?
+        /// Why the replaced lease was free ("its lease expired at …", "there is no process 4242").
+        public var tookOverBecause: String?
+
+        /// What the pass's writes check.
+        public var fence: Fence { lease.fence }
+    }
+
+    /// Whether the holder of a lease is still there, as this host can tell.
+    public enum HolderState: Hashable, Sendable {
+        /// A live process of this host (or this very process).
+        case alive
+        /// A process of this host that is gone, and why.
+        case gone(String)
+        /// A process of another host: this host cannot check it.
+        case otherHost
     }
 
     public let database: StateDatabase
     public let host: String
     public let pid: Int64
+    /// The start time of the process `pid` (what `LocalProcess` compares to tell a recycled pid).
+    public let processStart: Int64?
     let now: @Sendable () -> Int64
 
     /// - Parameters:
     ///   - now: the current time in milliseconds since the Unix epoch.
     public init(database: StateDatabase, host: String = StateLock.localHostName(), pid: Int64 = Int64(getpid()),
-                now: @escaping @Sendable () -> Int64 = StoreTime.systemMilliseconds) {
-        self.database = database
+                processStart: Int64? = nil, now: @escaping @Sendable () -> Int64 = StoreTime.systemMilliseconds) {
+        // The lock's own writes are never fenced: taking and renewing leases is what fencing is about.
+        self.database = database.unfenced
         self.host = host
         self.pid = pid
+        self.processStart = processStart ?? (pid == Int64(getpid()) ? LocalProcess.currentStartTime : LocalProcess.status(of: pid)?.startTime)
         self.now = now
     }
 
@@ -109,13 +165,8 @@ public struct StateLock: Sendable {
         let clock = ContinuousClock()
         let deadline = clock.now.advanced(by: .milliseconds(Int64((max(wait, 0) * 1000).rounded())))
         while true {
-            let attempt: Attempt
-            do {
-                attempt = try await database.pool.write { db in
-                    try attemptAcquire(db, name: name, holder: holder, command: command, ttl: ttl)
-                }
-            } catch {
-                throw database.failure("take the lock '\(name)'", error)
+            let attempt = try await database.write("take the lock '\(name)'") { db in
+                try attemptAcquire(db, name: name, holder: holder, command: command, ttl: ttl)
             }
             switch attempt {
             case .acquired(let acquired):
@@ -134,13 +185,8 @@ public struct StateLock: Sendable {
     /// Takes the lock `name` now or throws `.locked`, without waiting.
     public func tryAcquire(name: String = StateLock.apply, holder: String, command: String,
                            ttl: TimeInterval) throws -> Acquired {
-        let attempt: Attempt
-        do {
-            attempt = try database.pool.write { db in
-                try attemptAcquire(db, name: name, holder: holder, command: command, ttl: ttl)
-            }
-        } catch {
-            throw database.failure("take the lock '\(name)'", error)
+        let attempt = try database.write("take the lock '\(name)'") { db in
+            try attemptAcquire(db, name: name, holder: holder, command: command, ttl: ttl)
         }
         switch attempt {
         case .acquired(let acquired): return acquired
@@ -148,125 +194,182 @@ public struct StateLock: Sendable {
         }
     }
 
-    /// Inserts the lease when the lock is free or its lease expired; returns the live lease that
-    /// holds it otherwise. Part of the caller's write transaction.
+    /// Inserts the lease when the lock is free, its lease expired or its holder is gone; returns
+    /// the live lease that holds it otherwise. A new acquisition gets the next generation. Part of
+    /// the caller's write transaction.
     func attemptAcquire(_ db: Database, name: String, holder: String, command: String,
                         ttl: TimeInterval) throws -> Attempt {
         let time = now()
         let existing = try Self.fetchLeases(db, where: "name = ?", arguments: [name]).first
-        if let existing, existing.holder != holder, !existing.isExpired(atMilliseconds: time), !holderIsGone(existing) {
-            return .held(existing)
+        var freedBecause: String?
+        if let existing, existing.holder != holder {
+            if existing.isExpired(atMilliseconds: time) {
+                freedBecause = "its lease expired at \(StoreTime.iso(existing.expiresAt))"
+            } else if case .gone(let why) = holderState(existing) {
+                freedBecause = why
+            } else {
+                return .held(existing)
+            }
         }
-        let lease = Lease(name: name, holder: holder, host: host, pid: pid, command: command,
+        let generation: Int64
+        if let existing, existing.holder == holder {
+            // The same acquisition again: a renewal, same generation.
+            generation = existing.generation
+        } else {
+            let counter = try Int64.fetchOne(db, sql: "SELECT generation FROM lock_generations WHERE name = ?", arguments: [name]) ?? 0
+            generation = max(counter, existing?.generation ?? 0) + 1
+            try db.execute(sql: """
+                INSERT INTO lock_generations (name, generation) VALUES (?, ?)
+                ON CONFLICT(name) DO UPDATE SET generation = excluded.generation
+                """, arguments: [name, generation])
+        }
+        let lease = Lease(name: name, holder: holder, generation: generation, host: host, pid: pid, processStart: processStart,
+                          command: command,
                           startedAtMilliseconds: existing.map { $0.holder == holder ? $0.startedAtMilliseconds : time } ?? time,
                           expiresAtMilliseconds: time + StoreTime.milliseconds(seconds: ttl))
         try db.execute(sql: """
-            INSERT OR REPLACE INTO locks (name, holder, host, pid, command, started_at, expires_at)
-            VALUES (?, ?, ?, ?, ?, ?, ?)
-            """, arguments: [lease.name, lease.holder, lease.host, lease.pid, lease.command,
+            INSERT OR REPLACE INTO locks (name, holder, generation, host, pid, process_start, command, started_at, expires_at)
+            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+            """, arguments: [lease.name, lease.holder, lease.generation, lease.host, lease.pid, lease.processStart, lease.command,
                              lease.startedAtMilliseconds, lease.expiresAtMilliseconds])
         let tookOver = existing.flatMap { $0.holder == holder ? nil : $0 }
-        return .acquired(Acquired(lease: lease, tookOver: tookOver))
+        return .acquired(Acquired(lease: lease, tookOver: tookOver, tookOverBecause: tookOver == nil ? nil : freedBecause))
     }
 
-    /// A lease held by a process of this host that no longer exists (killed, crashed) is free at
-    /// once rather than at its expiry. Leases of other hosts, and of live processes (even a
-    /// recycled pid), are left to expire.
-    func holderIsGone(_ lease: Lease) -> Bool {
-        guard lease.host == host, lease.pid > 0, lease.pid != pid, lease.pid <= Int64(Int32.max) else { return false }
-        return kill(pid_t(lease.pid), 0) != 0 && errno == ESRCH
-    }
-
-    func lockedError(name: String, by held: Lease, waited: TimeInterval) -> StoreError {
-        let folder = (database.path as NSString).deletingLastPathComponent
-        let waitedText = waited > 0 ? " after waiting \(StoreTime.seconds(waited))" : ""
-        return StoreError(
-            code: .locked,
-            message: "the state folder '\(folder)' is still locked\(waitedText): lock '\(name)' is held by \(held.holderDescription) since \(StoreTime.iso(held.startedAt)); its lease expires at \(StoreTime.iso(held.expiresAt)). Wait for that command to finish, pass --lock-timeout <duration> (30s, 5m) to wait for it, or, if that process is gone, run `capstan unlock \(held.holder)`",
-            path: database.path)
-    }
-
-    // MARK: - Renew, release, unlock
-
-    /// Extends `holder`'s lease to `ttl` seconds from now. Throws `.locked` when the lease is gone:
-    /// it expired and another process took it over, or someone ran `capstan unlock`. The caller
-    /// must then stop writing.
-    @discardableResult
-    public func renew(holder: String, ttl: TimeInterval) throws -> Lease {
-        do {
-            return try database.pool.write { db in
-                let expires = now() + StoreTime.milliseconds(seconds: ttl)
-                try db.execute(sql: "UPDATE locks SET expires_at = ? WHERE holder = ?", arguments: [expires, holder])
-                guard db.changesCount > 0,
-                      let lease = try Self.fetchLeases(db, where: "holder = ?", arguments: [holder]).first else {
-                    throw lostError(holder: holder, current: try Self.fetchLeases(db, where: "1", arguments: []))
-                }
-                return lease
-            }
-        } catch {
-            throw database.failure("renew the lease of \(holder)", error)
+    /// Whether `lease`'s holder still runs. Only a process of this host can be checked: it is gone
+    /// when there is no such pid, when it is a zombie, or when the pid now belongs to a process
+    /// that started at another time than the one recorded with the lease.
+    public func holderState(_ lease: Lease) -> HolderState {
+        guard lease.host == host else { return .otherHost }
+        if lease.pid == pid { return .alive }
+        switch LocalProcess.liveness(pid: lease.pid, startTime: lease.processStart) {
+        case .alive: return .alive
+        case .gone(let why): return .gone(why)
         }
     }
 
-    func lostError(holder: String, current: [Lease]) -> StoreError {
-        let time = now()
-        let others = current.filter { !$0.isExpired(atMilliseconds: time) }
-        let detail = others.isEmpty
-            ? "it was removed (`capstan unlock`) or taken over after it expired"
-            : "lock '\(others[0].name)' is now held by \(others[0].holderDescription)"
+    func lockedError(name: String, by held: Lease, waited: TimeInterval) -> StoreError {
+        let waitedText = waited > 0 ? " after waiting \(StoreTime.seconds(waited))" : ""
         return StoreError(
             code: .locked,
-            message: "the lease \(holder) on the state folder '\((database.path as NSString).deletingLastPathComponent)' was lost: \(detail). Stop: another process may be changing the state",
+            message: "the state folder '\(database.folder)' is still locked\(waitedText): lock '\(name)' is held by \(held.holderDescription) since \(StoreTime.iso(held.startedAt)); its lease expires at \(StoreTime.iso(held.expiresAt)). Wait for that command to finish, pass --lock-timeout <duration> (30s, 5m) to wait for it, or, if that process is gone, run `capstan unlock \(held.holder)`",
             path: database.path)
+    }
+
+    // MARK: - Renew, check, release, unlock
+
+    /// Extends the lease of `fence` to `ttl` seconds from now. Throws `.leaseLost` when the lease
+    /// is gone: removed with `capstan unlock`, or taken over by another process. The caller must
+    /// then stop writing (its fenced writes fail anyway).
+    @discardableResult
+    public func renew(_ fence: Fence, ttl: TimeInterval) throws -> Lease {
+        let expires = now() + StoreTime.milliseconds(seconds: ttl)
+        let folder = database.folder, path = database.path
+        return try database.write("renew the lease of \(fence.holder)") { db in
+            try db.execute(sql: "UPDATE locks SET expires_at = ? WHERE name = ? AND holder = ? AND generation = ?",
+                           arguments: [expires, fence.lock, fence.holder, fence.generation])
+            let current = try Self.fetchLeases(db, where: "name = ?", arguments: [fence.lock]).first
+            guard db.changesCount > 0, let current else {
+                throw Self.lostError(fence, current: current, folder: folder, path: path)
+            }
+            return current
+        }
+    }
+
+    /// Throws `.leaseLost` unless the lease of `fence` is still held (a read; a pass checks it
+    /// often to stop its running step soon after losing the lease).
+    public func check(_ fence: Fence) throws {
+        let folder = database.folder, path = database.path
+        try database.read("check the lease of \(fence.holder)") { db in
+            let current = try Self.fetchLeases(db, where: "name = ?", arguments: [fence.lock]).first
+            guard let current, current.holder == fence.holder, current.generation == fence.generation else {
+                throw Self.lostError(fence, current: current, folder: folder, path: path)
+            }
+        }
+    }
+
+    /// The error of a pass whose lease is no longer the one it took.
+    static func lostError(_ fence: Fence, current: Lease?, folder: String, path: String) -> StoreError {
+        let detail: String
+        if let current, current.holder != fence.holder || current.generation != fence.generation {
+            detail = "lock '\(current.name)' is now held by \(current.holderDescription), generation \(current.generation)"
+        } else {
+            detail = "it was removed (`capstan unlock`)"
+        }
+        return StoreError(
+            code: .leaseLost,
+            message: "this process lost its lease on the state folder '\(folder)' (\(fence)): \(detail). It stops here and writes nothing more; another process may be changing the state, and the next pass finishes the work",
+            path: path)
     }
 
     /// Deletes `holder`'s lease. Returns false when it no longer held one (a lease taken over by
     /// another holder is left alone).
     @discardableResult
     public func release(holder: String) throws -> Bool {
-        do {
-            return try database.pool.write { db in
-                try db.execute(sql: "DELETE FROM locks WHERE holder = ?", arguments: [holder])
-                return db.changesCount > 0
-            }
-        } catch {
-            throw database.failure("release the lease of \(holder)", error)
+        try database.write("release the lease of \(holder)") { db in
+            try db.execute(sql: "DELETE FROM locks WHERE holder = ?", arguments: [holder])
+            return db.changesCount > 0
         }
     }
 
-    /// Removes the lease with holder id `id`, whoever holds it (`capstan unlock <id>`). Returns
-    /// the lease removed, or nil when there was none.
-    @discardableResult
-    public func forceUnlock(id: String) throws -> Lease? {
-        do {
-            return try database.pool.write { db in
-                let lease = try Self.fetchLeases(db, where: "holder = ?", arguments: [id]).first
-                try db.execute(sql: "DELETE FROM locks WHERE holder = ?", arguments: [id])
-                return lease
+    /// Whether `capstan unlock` may remove a lease without `--force`.
+    public enum UnlockCheck: Hashable, Sendable {
+        /// Its holder is gone, or its lease expired: removing it breaks nothing. Why.
+        case safe(String)
+        /// Its holder may be working: removing it needs `--force`. Why.
+        case holderMayBeAlive(String)
+    }
+
+    /// The rule of `capstan unlock`: a lease whose process runs on this host is not removed
+    /// without `--force` (nor one of another host, which cannot be checked from here, while it is
+    /// still renewed); one whose process is gone, or that expired, is.
+    public func unlockCheck(_ lease: Lease) -> UnlockCheck {
+        switch holderState(lease) {
+        case .gone(let why):
+            return .safe("its process is gone: \(why)")
+        case .alive:
+            return .holderMayBeAlive("its holder is alive: pid \(lease.pid) on this host (\(host)), running '\(lease.command)' since \(StoreTime.iso(lease.startedAt))")
+        case .otherHost:
+            if lease.isExpired(atMilliseconds: now()) {
+                return .safe("it expired at \(StoreTime.iso(lease.expiresAt)) (its host \(lease.host) cannot be checked from here)")
             }
-        } catch {
-            throw database.failure("remove the lease \(id)", error)
+            return .holderMayBeAlive("its holder runs on host \(lease.host), which cannot be checked from here (pid \(lease.pid), running '\(lease.command)'), and it was renewed until \(StoreTime.iso(lease.expiresAt)): that process is probably alive")
+        }
+    }
+
+    /// The lease with holder id `id`, or nil.
+    public func lease(id: String) throws -> Lease? {
+        try database.read("read the locks") { db in try Self.fetchLeases(db, where: "holder = ?", arguments: [id]).first }
+    }
+
+    /// Removes the lease with holder id `id` and generation `generation` (when given), whoever
+    /// holds it. Returns the lease removed, or nil when there was none. The caller decides
+    /// whether removing it is safe (`capstan unlock` refuses a live holder without `--force`).
+    @discardableResult
+    public func forceUnlock(id: String, generation: Int64? = nil) throws -> Lease? {
+        try database.write("remove the lease \(id)") { db in
+            guard let lease = try Self.fetchLeases(db, where: "holder = ?", arguments: [id]).first,
+                  generation == nil || lease.generation == generation else { return nil }
+            try db.execute(sql: "DELETE FROM locks WHERE holder = ? AND generation = ?", arguments: [id, lease.generation])
+            return lease
         }
     }
 
     /// Every lease, expired or not, by lock name.
     public func current() throws -> [Lease] {
-        do {
-            return try database.pool.read { db in try Self.fetchLeases(db, where: "1", arguments: []) }
-        } catch {
-            throw database.failure("read the locks", error)
-        }
+        try database.read("read the locks") { db in try Self.fetchLeases(db, where: "1", arguments: []) }
     }
 
     static func fetchLeases(_ db: Database, where condition: String, arguments: StatementArguments) throws -> [Lease] {
-        // CAST: a row written by another program may hold the times as text.
+        // CAST: a row written by another program may hold the numbers as text.
         try Row.fetchAll(db, sql: """
-            SELECT name, holder, host, CAST(pid AS INTEGER) AS pid, command,
+            SELECT name, holder, CAST(generation AS INTEGER) AS generation, host, CAST(pid AS INTEGER) AS pid,
+                   CAST(process_start AS INTEGER) AS process_start, command,
                    CAST(started_at AS INTEGER) AS started_at, CAST(expires_at AS INTEGER) AS expires_at
             FROM locks WHERE \(condition) ORDER BY name
             """, arguments: arguments).map { row in
-            Lease(name: row["name"], holder: row["holder"], host: row["host"], pid: row["pid"],
-                  command: row["command"], startedAtMilliseconds: row["started_at"],
+            Lease(name: row["name"], holder: row["holder"], generation: row["generation"], host: row["host"], pid: row["pid"],
+                  processStart: row["process_start"], command: row["command"], startedAtMilliseconds: row["started_at"],
                   expiresAtMilliseconds: row["expires_at"])
         }
     }
@@ -305,10 +408,10 @@ public enum StoreTime {
 extension StateDatabase {
     /// `error` as a `StoreError`: itself when it is one, else a `.databaseFailure` that says what
     /// could not be done.
+    /// A full disk, a read-only file system or a folder Capstan may not write is named as such,
+    /// with the system's reason and what to do.
     public func failure(_ what: String, _ error: any Error) -> StoreError {
-        if let error = error as? StoreError { return error }
-        return StoreError(code: .databaseFailure,
-                          message: "cannot \(what) in the state database '\(path)'",
-                          path: path, underlying: error)
+        FileSystemFailure.describe(error, what: "\(what) in the state database", path: path, folder: folder,
+                                   otherwise: .databaseFailure)
     }
 }

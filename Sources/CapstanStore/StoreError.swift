@@ -20,8 +20,19 @@ public struct StoreError: Error, Sendable, CustomStringConvertible {
         case unsupportedEntry
         /// Reading or writing files failed.
         case fileSystem
-        /// Another process holds the state folder's lock, or this process lost its lease.
+        /// Another process holds the state folder's lock.
         case locked
+        /// This process no longer holds the lease it took (it was removed with `capstan unlock`
+        /// or taken over): it must stop writing. Thrown by every fenced write.
+        case leaseLost
+        /// `capstan unlock` refused to remove the lease of a process that is still alive.
+        case holderAlive
+        /// The file system is full (ENOSPC, EDQUOT). Not the spec's fault: retry once there is space.
+        case diskFull
+        /// The file system is mounted read-only (EROFS).
+        case readOnlyFileSystem
+        /// The user running Capstan may not write there (EACCES, EPERM).
+        case permissionDenied
     }
 
     public var code: Code
@@ -29,12 +40,15 @@ public struct StoreError: Error, Sendable, CustomStringConvertible {
     /// The file or folder at fault.
     public var path: String
     public var underlying: (any Error)?
+    /// The operating system's error number behind a file-system failure, when known.
+    public var errno: Int32?
 
-    public init(code: Code, message: String, path: String, underlying: (any Error)? = nil) {
+    public init(code: Code, message: String, path: String, underlying: (any Error)? = nil, errno: Int32? = nil) {
         self.code = code
         self.message = message
         self.path = path
         self.underlying = underlying
+        self.errno = errno
     }
 
     public var description: String {

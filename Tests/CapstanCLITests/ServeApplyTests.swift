@@ -248,6 +248,67 @@ import Testing
         #expect(restarted.predict() == (200, "2"))
     }
 
+    /// A pass killed after the agent took a rollout step but before Capstan recorded it: the next
+    /// pass finds the endpoint as that step left it and records the step then (once), instead of
+    /// taking Capstan's own change for drift and reverting it. Found by the kill-anywhere suite.
+    @Test func aStepTheAgentTookBeforeTheKillIsRecordedNotRevertedAsDrift() throws {
+        let temp = try TempDir()
+        let state = temp.sub("state").path
+        let (agent, repo) = try Self.serving(temp, state: state)
+        defer { agent.stop() }
+        try Self.edit(repo, "models/churn/model.yaml") { $0.replacingOccurrences(of: "epochs: 20,", with: "epochs: 200,") }
+        try repo.commit("more epochs")
+        let killed = try CLI.run(["apply", "--repo", repo.path, "--state-dir", state], environment: ["CAPSTAN_FAILPOINT": "deployment.after-serving"])
+        #expect(killed.status != 0 && killed.status != 1, "\(killed.stdout)")
+        #expect(killed.stdout.contains("churn-prod: start-rollout"), "\(killed.stdout)")
+
+        let next = try CLI.run(["apply", "--repo", repo.path, "--state-dir", state])
+        #expect(next.status == 0, "\(next.stdout)\n\(next.stderr)")
+        #expect(next.stderr.contains("recovered an interrupted start-rollout of deployment/churn-prod"), "\(next.stderr)")
+        #expect(next.stderr.contains("the serving layer had taken it"), "\(next.stderr)")
+        #expect(!next.stdout.contains("changed outside Capstan"), "\(next.stdout)")
+        let rest = try Self.applyUntil(repo, state: state, agent: agent) { $0.stdout.contains("churn-prod: promote done") }
+        let text = rest.map(\.stdout).joined()
+        #expect(!text.contains("changed outside Capstan"), "\(text)")
+        #expect(agent.predict() == (200, "2"))
+        let history = try CLI.run(["history", "--state-dir", state, "--format", "json"])
+        let doc = try #require(try JSONSerialization.jsonObject(with: Data(history.stdout.utf8)) as? [String: Any])
+        let actions = (doc["events"] as? [[String: Any]] ?? []).filter { $0["object"] as? String == "deployment/churn-prod" }
+            .compactMap { $0["action"] as? String }
+        #expect(actions.count { $0 == "start-rollout" } == 1, "\(actions)")
+        #expect(!actions.contains("revert-drift"), "\(actions)")
+    }
+
+    /// An agent killed with SIGKILL cannot stop its model servers; the next agent on the same
+    /// state folder finds them (by the id the killed agent gave them) and stops them before it
+    /// starts its own, so they do not hold ports and memory for ever. (Found by the kill-anywhere
+    /// suite under `run --serve`.)
+    @Test func modelServersOfAKilledAgentAreStoppedByTheNextAgent() throws {
+        let temp = try TempDir()
+        let state = temp.sub("state").path
+        let (agent, _) = try Self.serving(temp, state: state)
+        let servers = ControllerTests.processes(withEnvironment: "CAPSTAN_MODEL_DIR=\(state)")
+        #expect(!servers.isEmpty)
+        defer { for pid in servers where ApplyCommandTests.isRunning(pid) { kill(pid, SIGKILL) } }
+        kill(agent.process.processIdentifier, SIGKILL)
+        agent.process.waitUntilExit()
+        #expect(servers.allSatisfy { ApplyCommandTests.isRunning($0) }, "the servers of a killed agent keep running until someone stops them")
+
+        let next = try Agent(state: temp.sub("agent").path, log: temp.sub("agent2.log"), gateway: agent.gateway, admin: agent.admin)
+        defer { next.stop() }
+        #expect(ControllerTests.eventually(within: 10) { servers.allSatisfy { !ApplyCommandTests.isRunning($0) } },
+                "left running: \(servers.filter { ApplyCommandTests.isRunning($0) })")
+        let log = try String(contentsOf: next.log, encoding: .utf8)
+        #expect(log.contains("was left running by an agent that is gone (pid \(agent.process.processIdentifier)); stopped it"), "\(log)")
+        // The endpoint the killed agent saved is served again, by new servers.
+        #expect(ControllerTests.eventually(within: 30) { next.predict() == (200, "1") })
+        let now = ControllerTests.processes(withEnvironment: "CAPSTAN_MODEL_DIR=\(state)")
+        #expect(!now.isEmpty && Set(now).isDisjoint(with: servers), "\(now) \(servers)")
+        // A clean stop forgets the record: the agent after it has nothing to stop.
+        next.stop()
+        #expect(!FileManager.default.fileExists(atPath: temp.sub("agent/serving/agent.json").path))
+    }
+
     /// A version whose server never answers its readiness path is rolled back once the agent
     /// gives up on it; traffic never left the old version.
     @Test func aVersionThatNeverBecomesReadyIsRolledBack() throws {

@@ -117,12 +117,19 @@ struct StateCommandTests {
         #expect(history.stdout.contains(#"(Traceback\nValueError: \u{1B}[31mbad)"#), "\(history.stdout)")
     }
 
-    @Test func unlockRemovesALeaseByIdAndSaysWhenThereIsNone() async throws {
+    /// A lease whose process is gone is removed; one whose process is alive on this host (here,
+    /// the test process itself) is refused without --force, and removed with it after a warning
+    /// that says what that breaks.
+    @Test func unlockRemovesALeaseOfAGoneProcessAndRefusesALiveOneWithoutForce() async throws {
         let dir = try TemporaryDirectory()
         let database = try StateDatabase(stateDirectory: dir.url.path)
-        let lock = StateLock(database: database)
+        let exited = Process()
+        exited.executableURL = URL(fileURLWithPath: "/bin/true")
+        try exited.run()
+        exited.waitUntilExit()
+        let gone = StateLock(database: database, pid: Int64(exited.processIdentifier))
         let holder = StateLock.newHolderID()
-        _ = try await lock.acquire(holder: holder, command: "capstan apply", ttl: 600)
+        _ = try await gone.acquire(holder: holder, command: "capstan apply", ttl: 600)
         try database.close()
         let missing = try CLI.run(["unlock", "nope", "--state-dir", dir.url.path])
         #expect(missing.status == 1)
@@ -131,7 +138,26 @@ struct StateCommandTests {
         let r = try CLI.run(["unlock", holder, "--state-dir", dir.url.path])
         #expect(r.status == 0, "\(r.stderr)")
         #expect(r.stdout.contains("Removed lease \(holder)"))
+        #expect(r.stdout.contains("its process is gone: there is no process \(exited.processIdentifier) on this host"), "\(r.stdout)")
         #expect(try StateLock(database: try StateDatabase(stateDirectory: dir.url.path)).current().isEmpty)
+
+        let live = StateLock(database: try StateDatabase(stateDirectory: dir.url.path))
+        let mine = StateLock.newHolderID()
+        _ = try await live.acquire(holder: mine, command: "capstan apply --repo x", ttl: 600)
+        let refused = try CLI.run(["unlock", mine, "--state-dir", dir.url.path])
+        #expect(refused.status == 1)
+        #expect(refused.stderr.contains("refusing to remove lease \(mine)"), "\(refused.stderr)")
+        #expect(refused.stderr.contains("its holder is alive: pid \(getpid()) on this host"), "\(refused.stderr)")
+        #expect(refused.stderr.contains("running 'capstan apply --repo x'"), "\(refused.stderr)")
+        #expect(refused.stderr.contains("`capstan unlock \(mine) --force`"), "\(refused.stderr)")
+        #expect(try live.current().map(\.holder) == [mine])
+
+        let forced = try CLI.run(["unlock", mine, "--force", "--state-dir", dir.url.path])
+        #expect(forced.status == 0, "\(forced.stderr)")
+        #expect(forced.stderr.contains("capstan: warning: removing the lease \(mine) although its holder is alive"), "\(forced.stderr)")
+        #expect(forced.stderr.contains("the step it is running is killed, and nothing more it does is recorded"), "\(forced.stderr)")
+        #expect(forced.stdout.contains("Removed lease \(mine)"))
+        #expect(try live.current().isEmpty)
     }
 }
 

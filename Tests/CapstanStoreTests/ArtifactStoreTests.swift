@@ -38,8 +38,11 @@ import Testing
         let mode = { (name: String) in
             try (FileManager.default.attributesOfItem(atPath: first.path + "/" + name)[.posixPermissions] as? NSNumber)?.intValue
         }
-        #expect(try mode("predict.sh") == 0o555)
-        #expect(try mode("model.bin") == 0o444)
+        // Read-only and private: 0500 / 0400 whatever the umask, folders 0700.
+        #expect(try mode("predict.sh") == 0o500)
+        #expect(try mode("model.bin") == 0o400)
+        #expect(try mode("meta") == 0o700)
+        #expect(try mode("") == 0o700)
 
         try store.verify(digest: first.digest)
         #expect(try store.open(digest: first.digest) == first.path)
@@ -180,5 +183,23 @@ import Testing
         let digest = "sha256:" + String(repeating: "0", count: 64)
         let error = #expect(throws: StoreError.self) { try store.verify(digest: digest) }
         #expect(error?.code == .artifactMissing)
+    }
+
+    /// A process killed while it stored an output leaves its temporary copy; the next store
+    /// removes the copies of processes that are gone, and leaves a live one's alone.
+    @Test func halfMadeCopiesOfGoneProcessesAreRemoved() throws {
+        let temp = try TemporaryDirectory()
+        let store = ArtifactStore(stateDirectory: temp.path + "/state")
+        let exited = Process()
+        exited.executableURL = URL(fileURLWithPath: "/bin/true")
+        try exited.run()
+        exited.waitUntilExit()
+        let dead = temp.path + "/state/artifacts/.tmp-\(exited.processIdentifier)-42"
+        let live = temp.path + "/state/artifacts/.tmp-\(getppid())-7"
+        try temp.write("state/artifacts/.tmp-\(exited.processIdentifier)-42/part.bin", garbage(count: 100))
+        try temp.write("state/artifacts/.tmp-\(getppid())-7/part.bin", garbage(count: 100))
+        _ = try store.store(directory: try makeOutput(in: temp))
+        #expect(!FileManager.default.fileExists(atPath: dead))
+        #expect(FileManager.default.fileExists(atPath: live))
     }
 }

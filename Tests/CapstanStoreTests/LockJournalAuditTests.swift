@@ -21,8 +21,8 @@ final class ManualClock: @unchecked Sendable {
     /// Two databases on one folder, two pools: as two processes would open it.
     func twoProcesses(_ temp: TemporaryDirectory, clock: ManualClock? = nil) throws -> (StateLock, StateLock) {
         let now = clock?.reading ?? StoreTime.systemMilliseconds
-        let first = StateLock(database: try StateDatabase(stateDirectory: temp.path), host: "host-a", pid: 1111, now: now)
-        let second = StateLock(database: try StateDatabase(stateDirectory: temp.path), host: "host-b", pid: 2222, now: now)
+        let first = StateLock(database: try StateDatabase(stateDirectory: temp.path), host: "host-a", pid: 1111, processStart: 111, now: now)
+        let second = StateLock(database: try StateDatabase(stateDirectory: temp.path), host: "host-b", pid: 2222, processStart: 222, now: now)
         return (first, second)
     }
 
@@ -32,8 +32,8 @@ final class ManualClock: @unchecked Sendable {
         let (a, b) = try twoProcesses(temp, clock: clock)
         let acquired = try await a.acquire(holder: "holder-a", command: "capstan apply --repo x", ttl: 60)
         #expect(acquired.tookOver == nil)
-        #expect(acquired.lease == StateLock.Lease(name: "apply", holder: "holder-a", host: "host-a", pid: 1111,
-                                                  command: "capstan apply --repo x",
+        #expect(acquired.lease == StateLock.Lease(name: "apply", holder: "holder-a", generation: 1, host: "host-a", pid: 1111,
+                                                  processStart: 111, command: "capstan apply --repo x",
                                                   startedAtMilliseconds: clock.now(), expiresAtMilliseconds: clock.now() + 60_000))
 
         let error = await #expect(throws: StoreError.self) {
@@ -95,9 +95,11 @@ final class ManualClock: @unchecked Sendable {
         #expect(second.lease.holder == "holder-b")
         #expect(second.lease.startedAtMilliseconds == clock.now())
 
-        let error = #expect(throws: StoreError.self) { try a.renew(holder: "holder-a", ttl: 30) }
-        #expect(error?.code == .locked)
-        #expect(error?.message.contains("the lease holder-a on the state folder '\(temp.path)' was lost: lock 'apply' is now held by holder holder-b (pid 2222 on host host-b") == true)
+        #expect(first.lease.generation == 1)
+        #expect(second.lease.generation == 2)
+        let error = #expect(throws: StoreError.self) { try a.renew(first.fence, ttl: 30) }
+        #expect(error?.code == .leaseLost)
+        #expect(error?.message.contains("this process lost its lease on the state folder '\(temp.path)' (lock 'apply', holder holder-a, generation 1): lock 'apply' is now held by holder holder-b (pid 2222 on host host-b, running 'capstan apply'), generation 2") == true)
         // Releasing the lost lease leaves the new holder's alone.
         #expect(try a.release(holder: "holder-a") == false)
         #expect(try a.current() == [second.lease])
@@ -108,9 +110,9 @@ final class ManualClock: @unchecked Sendable {
         let clock = ManualClock()
         let (a, b) = try twoProcesses(temp, clock: clock)
         let start = clock.now()
-        _ = try await a.acquire(holder: "holder-a", command: "capstan run", ttl: 30)
+        let held = try await a.acquire(holder: "holder-a", command: "capstan run", ttl: 30)
         clock.advance(seconds: 20)
-        let renewed = try a.renew(holder: "holder-a", ttl: 30)
+        let renewed = try a.renew(held.fence, ttl: 30)
         #expect(renewed.startedAtMilliseconds == start)
         #expect(renewed.expiresAtMilliseconds == start + 50_000)
         // Past the first expiry, before the renewed one.
@@ -131,8 +133,10 @@ final class ManualClock: @unchecked Sendable {
 
         let acquired = try await b.acquire(holder: "holder-b", command: "capstan apply", ttl: 600)
         #expect(acquired.tookOver == nil)
-        let error = #expect(throws: StoreError.self) { try a.renew(holder: "holder-a", ttl: 600) }
-        #expect(error?.code == .locked)
+        let error = #expect(throws: StoreError.self) { try a.renew(held.fence, ttl: 600) }
+        #expect(error?.code == .leaseLost)
+        #expect(error?.message.contains("is now held by holder holder-b") == true)
+        #expect(acquired.lease.generation == held.lease.generation + 1)
     }
 
     /// A real second process (python3's sqlite3) writes a live lease of another host into the same

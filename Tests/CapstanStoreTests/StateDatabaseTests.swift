@@ -7,7 +7,7 @@ import Testing
 
 @Suite struct StateDatabaseTests {
     static let tables = ["alias_history", "aliases", "audit_log", "capstan_meta", "conditions", "endpoints", "input_hashes", "journal",
-                         "locks", "models", "passes", "quarantine", "rollouts", "versions"]
+                         "lock_generations", "locks", "models", "passes", "quarantine", "rollouts", "versions"]
 
     /// Checks everything the migrations (`v1`, `v2`) leave behind.
     func expectInitialized(_ database: StateDatabase) throws {
@@ -18,10 +18,10 @@ import Testing
                 """)
             #expect(tables == Self.tables)
             #expect(try Int32.fetchOne(db, sql: "PRAGMA application_id") == 0x4341_5053)
-            #expect(try Int.fetchOne(db, sql: "PRAGMA user_version") == 3)
+            #expect(try Int.fetchOne(db, sql: "PRAGMA user_version") == 4)
             #expect(try String.fetchOne(db, sql: "SELECT value FROM capstan_meta WHERE key = 'application'") == "capstan")
-            #expect(try String.fetchOne(db, sql: "SELECT value FROM capstan_meta WHERE key = 'schema_version'") == "3")
-            #expect(try String.fetchAll(db, sql: "SELECT identifier FROM grdb_migrations") == ["v1", "v2", "v3"])
+            #expect(try String.fetchOne(db, sql: "SELECT value FROM capstan_meta WHERE key = 'schema_version'") == "4")
+            #expect(try String.fetchAll(db, sql: "SELECT identifier FROM grdb_migrations") == ["v1", "v2", "v3", "v4"])
         }
     }
 
@@ -172,9 +172,9 @@ import Testing
         try database.pool.write { db in
             try insertModel(db, "churn")
             switch kind {
-            case .unknownMigration: try db.execute(sql: "INSERT INTO grdb_migrations (identifier) VALUES ('v4')")
-            case .higherUserVersion: try db.execute(sql: "PRAGMA user_version = 4")
-            case .higherMetaVersion: try db.execute(sql: "UPDATE capstan_meta SET value = '4' WHERE key = 'schema_version'")
+            case .unknownMigration: try db.execute(sql: "INSERT INTO grdb_migrations (identifier) VALUES ('v5')")
+            case .higherUserVersion: try db.execute(sql: "PRAGMA user_version = 5")
+            case .higherMetaVersion: try db.execute(sql: "UPDATE capstan_meta SET value = '5' WHERE key = 'schema_version'")
             }
         }
         try database.close()
@@ -182,11 +182,11 @@ import Testing
 
         let error = #expect(throws: StoreError.self) { try StateDatabase(stateDirectory: temp.path) }
         #expect(error?.code == .newerDatabase)
-        #expect(error?.message.contains("database schema version 4") == true)
-        #expect(error?.message.contains("supports schema version 3") == true)
+        #expect(error?.message.contains("database schema version 5") == true)
+        #expect(error?.message.contains("supports schema version 4") == true)
         #expect(error?.message.contains(database.path) == true)
         if kind == .unknownMigration {
-            #expect(error?.message.contains("migrations unknown to this build: v4") == true)
+            #expect(error?.message.contains("migrations unknown to this build: v5") == true)
         }
         #expect(try fileBytes(database.path) == before)
     }

@@ -45,7 +45,7 @@ public enum DeploymentPlanner {
     }
 
     /// The endpoint's backends as weights.
-    static func weights(_ endpoint: EndpointStatus) -> [BackendWeight] {
+    public static func weights(_ endpoint: EndpointStatus) -> [BackendWeight] {
         endpoint.backends.map { BackendWeight(version: $0.spec.version, weight: $0.spec.weight, replicas: $0.spec.replicas) }
             .sorted { $0.version < $1.version }
     }
