@@ -114,6 +114,12 @@ public struct LocalStepRunner: StepRunner {
 // MARK: - While the child runs
 
 extension LocalStepRunner {
+    public func stopLeftovers(processGroup: Int32, marker: (name: String, value: String)) -> Bool {
+        processGroup > 1 && ProcessGroups.kill(processGroup, environmentMarker: marker)
+    }
+}
+
+extension LocalStepRunner {
     /// What the body of `Subprocess.run` hands back.
     struct RunOutcome: Sendable {
         var output: StepOutput.Summary

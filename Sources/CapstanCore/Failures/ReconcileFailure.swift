@@ -30,6 +30,18 @@ public struct ReconcileFailure: Error, Hashable, Sendable, CustomStringConvertib
             if case .waiting(let until) = self { return until }
             return nil
         }
+
+        /// The class named `name` (`stalled`, `waiting`, `transient`, `terminal`); nil for nil or
+        /// any other name.
+        public init?(name: String?, until: Int64? = nil) {
+            switch name {
+            case "stalled": self = .stalled
+            case "waiting": self = .waiting(until: until)
+            case "transient": self = .transient
+            case "terminal": self = .terminal
+            default: return nil
+            }
+        }
     }
 
     public var failureClass: Class
@@ -64,15 +76,11 @@ extension ReconcileFailure: Codable {
     public init(from decoder: any Decoder) throws {
         let c = try decoder.container(keyedBy: CodingKeys.self)
         let name = try c.decode(String.self, forKey: .failureClass)
-        switch name {
-        case "stalled": failureClass = .stalled
-        case "waiting": failureClass = .waiting(until: try c.decodeIfPresent(Int64.self, forKey: .until))
-        case "transient": failureClass = .transient
-        case "terminal": failureClass = .terminal
-        default:
+        guard let decoded = Class(name: name, until: try c.decodeIfPresent(Int64.self, forKey: .until)) else {
             throw DecodingError.dataCorruptedError(forKey: .failureClass, in: c,
                                                    debugDescription: "'\(name)' is not a failure class (stalled, waiting, transient, terminal)")
         }
+        failureClass = decoded
         reason = try c.decode(FailureReason.self, forKey: .reason)
         message = try c.decode(String.self, forKey: .message)
     }

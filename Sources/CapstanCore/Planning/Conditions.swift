@@ -1,5 +1,5 @@
 /// The condition of an object after a pass, as `capstan status` shows it (DESIGN.md §4 "Report").
-public struct ObjectCondition: Hashable, Sendable, Codable {
+public struct ObjectCondition: Hashable, Sendable {
     public enum Kind: String, Hashable, Sendable, Codable, CaseIterable {
         /// The registry matches the spec at the observed commit.
         case ready = "Ready"
@@ -11,8 +11,7 @@ public struct ObjectCondition: Hashable, Sendable, Codable {
         case degraded = "Degraded"
     }
 
-    /// `model/churn`.
-    public var object: String
+    public var object: ObjectRef
     public var type: Kind
     /// A CamelCase reason (`Converged`, `TrainingFailed`, `CandidateRejected`, `AliasBlocked`…).
     public var reason: String
@@ -21,14 +20,19 @@ public struct ObjectCondition: Hashable, Sendable, Codable {
     public var commit: String?
     /// Milliseconds since the epoch.
     public var updatedAt: Int64
+    /// For a condition that is not Ready: what the loop does about it (stalled, waiting,
+    /// transient, terminal), and when it comes back by itself (waiting).
+    public var failureClass: ReconcileFailure.Class?
 
-    public init(object: String, type: Kind, reason: String, message: String, commit: String?, updatedAt: Int64) {
+    public init(object: ObjectRef, type: Kind, reason: String, message: String, commit: String?, updatedAt: Int64,
+                failureClass: ReconcileFailure.Class? = nil) {
         self.object = object
         self.type = type
         self.reason = reason
         self.message = message
         self.commit = commit
         self.updatedAt = updatedAt
+        self.failureClass = failureClass
     }
 }
 
@@ -40,8 +44,20 @@ public enum Conditions {
         return desired.models.map { model in
             let entries = byModel[model.name] ?? []
             let (type, reason, message) = classify(model, entries, registry.versions[model.name] ?? [])
-            return ObjectCondition(object: "model/\(model.name)", type: type, reason: reason, message: message,
-                                   commit: desired.commit, updatedAt: now)
+            return ObjectCondition(object: .model(model.name), type: type, reason: reason, message: message,
+                                   commit: desired.commit, updatedAt: now, failureClass: failureClass(type, entries))
+        }
+    }
+
+    /// What the loop does about a model's condition: a training in backoff waits until the
+    /// backoff ends; a rejected candidate is terminal; a blocked alias is stalled.
+    static func failureClass(_ type: ObjectCondition.Kind, _ entries: [PlanEntry]) -> ReconcileFailure.Class? {
+        switch type {
+        case .ready, .progressing: return nil
+        case .stalled: return .stalled
+        case .degraded:
+            if let wait = entries.first(where: { $0.action == .wait }), case .wait(let d) = wait.detail { return .waiting(until: d.until) }
+            return .terminal
         }
     }
 
@@ -69,5 +85,35 @@ public enum Conditions {
             return (.ready, "Converged", "v\(v.number) is \(v.status.rawValue); aliases match the spec")
         }
         return (.ready, "Converged", "the registry matches the spec")
+    }
+}
+
+extension ObjectCondition: Codable {
+    enum CodingKeys: String, CodingKey {
+        case object, type, reason, message, commit, updatedAt, failureClass, until
+    }
+
+    public init(from decoder: any Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        object = try c.decode(ObjectRef.self, forKey: .object)
+        type = try c.decode(Kind.self, forKey: .type)
+        reason = try c.decode(String.self, forKey: .reason)
+        message = try c.decode(String.self, forKey: .message)
+        commit = try c.decodeIfPresent(String.self, forKey: .commit)
+        updatedAt = try c.decode(Int64.self, forKey: .updatedAt)
+        failureClass = try ReconcileFailure.Class(name: c.decodeIfPresent(String.self, forKey: .failureClass),
+                                                  until: c.decodeIfPresent(Int64.self, forKey: .until))
+    }
+
+    public func encode(to encoder: any Encoder) throws {
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        try c.encode(object, forKey: .object)
+        try c.encode(type, forKey: .type)
+        try c.encode(reason, forKey: .reason)
+        try c.encode(message, forKey: .message)
+        try c.encodeIfPresent(commit, forKey: .commit)
+        try c.encode(updatedAt, forKey: .updatedAt)
+        try c.encodeIfPresent(failureClass?.name, forKey: .failureClass)
+        try c.encodeIfPresent(failureClass?.until, forKey: .until)
     }
 }

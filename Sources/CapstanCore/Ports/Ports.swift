@@ -76,7 +76,7 @@ public struct StepResult: Hashable, Sendable {
     }
 }
 
-/// Runs training and validation steps (local subprocesses; Kubernetes Jobs later).
+/// Runs training and validation steps (local subprocesses; Ray jobs).
 public protocol StepRunner: Sendable {
     /// Runs `request` to its end and reports how it ended.
     ///
@@ -90,4 +90,9 @@ public protocol StepRunner: Sendable {
         _ request: StepRequest, started: @escaping @Sendable (Int32) -> Void,
         line: @escaping @Sendable (String) -> Void
     ) async throws -> StepResult
+
+    /// Stops what is left of a step a killed pass started: the process group `processGroup`, but
+    /// only when its processes carry `marker` in their environment (a recycled process group of
+    /// someone else's never does). Returns whether anything was stopped.
+    func stopLeftovers(processGroup: Int32, marker: (name: String, value: String)) -> Bool
 }
