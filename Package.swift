@@ -89,15 +89,12 @@ let package = Package(
             .product(name: "NIOSSL", package: "swift-nio-ssl"),
             .product(name: "Logging", package: "swift-log"),
         ]),
-        // The reconciler: desired state at a commit + actual state -> plan -> executed pass.
+        // The reconciler: desired state at a commit + actual state -> plan -> executed pass. Sees
+        // only ports (CapstanCore): no SQLite, libgit2 or HTTP client.
         .target(name: "CapstanEngine", dependencies: [
             "CapstanCore",
             "CapstanManifests",
-            "CapstanGit",
-            "CapstanStore",
-            "CapstanRunner",
             .product(name: "Crypto", package: "swift-crypto"),
-            .product(name: "GRDB", package: "GRDB.swift"),
         ]),
         // Commands; the only layer that wires adapters together.
         .target(name: "CapstanCLI", dependencies: [

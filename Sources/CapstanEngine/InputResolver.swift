@@ -1,13 +1,9 @@
-import CapstanGit
+import CapstanCore
 import CapstanManifests
-import CapstanStore
 import Crypto
 import Dispatch
 import Foundation
 import Synchronization
-// The `input_hashes` table is the state database's (migration v2); the engine reads and writes
-// it directly, as the store's own types do.
-import GRDB
 
 /// Why a training input could not be identified. The message names the path and says what to do.
 public struct InputResolverError: Error, Sendable, CustomStringConvertible {
@@ -48,6 +44,24 @@ public struct InputResolverError: Error, Sendable, CustomStringConvertible {
     }
 }
 
+extension InputResolverError: ClassifiedError {
+    /// A cache or listing failure is the machine's (transient); an input that cannot be
+    /// identified needs a change (stalled): a data root, a file put in place, a symlink replaced.
+    public var failure: ReconcileFailure {
+        switch code {
+        case .cacheFailure:
+            if let underlying = underlying as? any ClassifiedError { return underlying.failure }
+            return ReconcileFailure(.transient, .stateUnavailable, description)
+        case .gitFailure:
+            return ReconcileFailure(.transient, .sourceUnavailable, description)
+        case .changedWhileReading:
+            return ReconcileFailure(.transient, .inputUnresolvable, description)
+        case .symlink, .unsupportedEntry, .outsideDataRoots, .unreadable:
+            return ReconcileFailure(.stalled, .inputUnresolvable, description)
+        }
+    }
+}
+
 // MARK: - Resolver
 
 /// Resolves the training inputs of every model at one commit to their identities, and builds the
@@ -63,29 +77,29 @@ public struct InputResolverError: Error, Sendable, CustomStringConvertible {
 /// Call `desiredModels` once per pass. Keep one resolver per repository (as a controller does):
 /// over an unchanged commit it reuses the tree index and the folder hashes of the last pass.
 public final class InputResolver: Sendable {
-    public let repository: GitRepository
-    public let hasher: ExternalInputHasher
+    public let source: any SourceRepository
     /// The index of the last tree and the folder identities hashed from it, reused while the
     /// tree and its manifest files stay the same (a controller's passes over an unchanged commit).
     private let last = Mutex<(index: RepositoryTreeIndex, folders: [Int: String])?>(nil)
 
-    public init(repository: GitRepository, database: StateDatabase,
-                now: @escaping @Sendable () -> Int64 = StoreTime.systemMilliseconds) {
-        self.repository = repository
-        self.hasher = ExternalInputHasher(database: database, now: now)
+    public init(source: any SourceRepository) {
+        self.source = source
     }
 
     /// Every model of `load` (in manifest order) with its training description and fingerprint
-    /// at the commit whose tree is `tree`.
-    public func desiredModels(_ load: LoadResult, tree: ObjectID) async throws -> [DesiredModel] {
-        try await desiredModels(load.manifests, manifestFiles: load.manifestFiles, tree: tree)
+    /// at `revision`. Inputs outside the repository are hashed with the cache of `store`.
+    public func desiredModels(_ load: LoadResult, revision: SourceRevision, store: any StateStore,
+                              now: @escaping @Sendable () -> Int64) async throws -> [DesiredModel] {
+        try await desiredModels(load.manifests, manifestFiles: load.manifestFiles, revision: revision,
+                                hasher: ExternalInputHasher(store: store, now: now))
     }
 
     /// Every model of `manifests` (in manifest order) with its training description and
     /// fingerprint. `manifestFiles`: repository paths of the files that hold Capstan manifests.
-    public func desiredModels(_ manifests: ManifestSet, manifestFiles: Set<String>, tree: ObjectID) async throws -> [DesiredModel] {
-        let identities = try await identities(of: manifests.models.map(\.spec.train.inputs), tree: tree,
-                                              manifestFiles: manifestFiles, dataRoots: manifests.configSpec.dataRoots)
+    public func desiredModels(_ manifests: ManifestSet, manifestFiles: Set<String>, revision: SourceRevision,
+                              hasher: ExternalInputHasher) async throws -> [DesiredModel] {
+        let identities = try await identities(of: manifests.models.map(\.spec.train.inputs), revision: revision,
+                                              manifestFiles: manifestFiles, dataRoots: manifests.configSpec.dataRoots, hasher: hasher)
         var out: [DesiredModel] = []
         out.reserveCapacity(manifests.models.count)
         for (model, inputs) in zip(manifests.models, identities) {
@@ -97,8 +111,8 @@ public final class InputResolver: Sendable {
 
     /// The identities of each list of inputs, in the same shape. Inputs outside the repository
     /// must lie under one of `dataRoots`.
-    public func identities(of inputLists: [[TrainInput]], tree: ObjectID, manifestFiles: Set<String>,
-                           dataRoots: [String]) async throws -> [[InputIdentity]] {
+    public func identities(of inputLists: [[TrainInput]], revision: SourceRevision, manifestFiles: Set<String>,
+                           dataRoots: [String], hasher: ExternalInputHasher) async throws -> [[InputIdentity]] {
         var needsTree = false
         var external: [String] = []
         var seenExternal = Set<String>()
@@ -123,8 +137,8 @@ public final class InputResolver: Sendable {
         var index: RepositoryTreeIndex?
         // Folders without manifests cost a hash each: once per tree, however many models list them.
         var memo: [Int: String] = [:]
-        if needsTree { (index, memo) = try await treeIndex(tree, manifestFiles: manifestFiles) }
-        let externalIdentities = external.isEmpty ? [:] : try await hasher.identitiesOffPool(of: external)
+        if needsTree { (index, memo) = try await treeIndex(revision, manifestFiles: manifestFiles) }
+        let externalIdentities = external.isEmpty ? [:] : try await hasher.identities(of: external)
 
         let identities = inputLists.map { inputs in
             inputs.map { input -> InputIdentity in
@@ -150,16 +164,16 @@ public final class InputResolver: Sendable {
 
     /// The index of `tree` and the folder identities already known: ONE walk of the tree (cached
     /// by the repository), then one dictionary.
-    func treeIndex(_ tree: ObjectID, manifestFiles: Set<String>) async throws -> (RepositoryTreeIndex, [Int: String]) {
-        if let hit = last.withLock({ $0 }), hit.index.tree == tree, hit.index.manifestFiles == manifestFiles { return hit }
-        let entries: [TreeEntry]
+    func treeIndex(_ revision: SourceRevision, manifestFiles: Set<String>) async throws -> (RepositoryTreeIndex, [Int: String]) {
+        if let hit = last.withLock({ $0 }), hit.index.tree == revision.tree, hit.index.manifestFiles == manifestFiles { return hit }
+        let entries: [SourceTreeEntry]
         do {
-            entries = try await repository.walk(tree)
+            entries = try await source.entries(of: revision)
         } catch {
-            throw InputResolverError(code: .gitFailure, message: "cannot list the tree \(tree.short) of the commit",
-                                     path: repository.path, underlying: error)
+            throw InputResolverError(code: .gitFailure, message: "cannot list the tree \(revision.tree.prefix(10)) of the commit",
+                                     path: source.displayName, underlying: error)
         }
-        let index = RepositoryTreeIndex(tree: tree, entries: entries, manifestFiles: manifestFiles)
+        let index = RepositoryTreeIndex(tree: revision.tree, entries: entries, manifestFiles: manifestFiles)
         last.withLock { $0 = (index, [:]) }
         return (index, [:])
     }
@@ -170,17 +184,17 @@ public final class InputResolver: Sendable {
 /// Every entry of one commit's tree by path, and the folders that hold Capstan manifest files:
 /// what identifies an input inside the repository, with no further Git access.
 public struct RepositoryTreeIndex: Sendable {
-    public let tree: ObjectID
+    public let tree: String
     /// The walk, pre-order: a folder's entries follow it, contiguously.
-    private let entries: [TreeEntry]
+    private let entries: [SourceTreeEntry]
     private let positions: [String: Int]
     let manifestFiles: Set<String>
     /// Every folder that holds a manifest file at any depth ("" is the root).
     private let foldersWithManifests: Set<String>
 
-    /// `entries`: `GitRepository.walk(tree)`; `manifestFiles`: repository paths of the files that
-    /// hold Capstan manifests (`LoadResult.manifestFiles`).
-    public init(tree: ObjectID, entries: [TreeEntry], manifestFiles: Set<String>) {
+    /// `entries`: `SourceRepository.entries(of:)`; `manifestFiles`: repository paths of the files
+    /// that hold Capstan manifests (`LoadResult.manifestFiles`).
+    public init(tree: String, entries: [SourceTreeEntry], manifestFiles: Set<String>) {
         self.tree = tree
         self.entries = entries
         var positions: [String: Int] = [:]
@@ -219,12 +233,12 @@ public struct RepositoryTreeIndex: Sendable {
         }
         let entry = entries[i]
         switch entry.kind {
-        case .blob, .executable, .symlink:
-            return "git-blob:" + entry.id.hex
-        case .commit:
-            return "git-commit:" + entry.id.hex
-        case .tree:
-            guard foldersWithManifests.contains(entry.path) else { return "git-tree:" + entry.id.hex }
+        case .file, .executable, .symlink:
+            return "git-blob:" + entry.id
+        case .submodule:
+            return "git-commit:" + entry.id
+        case .folder:
+            guard foldersWithManifests.contains(entry.path) else { return "git-tree:" + entry.id }
             if let hit = memo[i] { return hit }
             let prefix = entry.path + "/"
             var end = i + 1
@@ -236,7 +250,7 @@ public struct RepositoryTreeIndex: Sendable {
     }
 
     private func rootIdentity(memo: inout [Int: String]) -> String {
-        guard foldersWithManifests.contains("") else { return "git-tree:" + tree.hex }
+        guard foldersWithManifests.contains("") else { return "git-tree:" + tree }
         if let hit = memo[-1] { return hit }
         let identity = withoutManifests(folder: "", entries.indices)
         memo[-1] = identity
@@ -252,7 +266,7 @@ public struct RepositoryTreeIndex: Sendable {
         let skip = folder.isEmpty ? 0 : folder.utf8.count + 1
         var kept: [Int] = []
         kept.reserveCapacity(range.count)
-        for i in range where entries[i].kind != .tree && !manifestFiles.contains(entries[i].path) { kept.append(i) }
+        for i in range where entries[i].kind != .folder && !manifestFiles.contains(entries[i].path) { kept.append(i) }
         // A well-formed Git tree lists its files in the byte order of their full paths already.
         let inOrder = zip(kept, kept.dropFirst()).allSatisfy { entries[$0].path.utf8.lexicographicallyPrecedes(entries[$1].path.utf8) }
         if !inOrder { kept.sort { entries[$0].path.utf8.lexicographicallyPrecedes(entries[$1].path.utf8) } }
@@ -266,21 +280,12 @@ public struct RepositoryTreeIndex: Sendable {
         for i in kept {
             let entry = entries[i]
             text(entry.path.utf8.dropFirst(skip))
-            text(Self.mode(entry.kind).utf8)
-            text(entry.id.hex.utf8)
+            text(entry.kind.gitMode.utf8)
+            text(entry.id.utf8)
         }
         return "tree-without-manifests:" + Hex.string(SHA256.hash(data: bytes))
     }
 
-    static func mode(_ kind: EntryKind) -> String {
-        switch kind {
-        case .blob: return "100644"
-        case .executable: return "100755"
-        case .symlink: return "120000"
-        case .commit: return "160000"
-        case .tree: return "040000"
-        }
-    }
 }
 
 // MARK: - Inputs outside the repository
@@ -308,34 +313,27 @@ private func posixRead(_ fd: Int32, _ buffer: UnsafeMutableRawPointer?, _ count:
 /// Anything else is read again and the row replaced. Rows of files no longer present under a
 /// hashed folder, or of inputs now missing, are deleted.
 public struct ExternalInputHasher: Sendable {
-    public let database: StateDatabase
+    public let store: any StateStore
     let now: @Sendable () -> Int64
     /// Milliseconds between a file's mtime and its hashing below which the digest is not trusted.
     public static let racyWindow: Int64 = 2_000
 
-    public init(database: StateDatabase, now: @escaping @Sendable () -> Int64 = StoreTime.systemMilliseconds) {
-        self.database = database
+    public init(store: any StateStore, now: @escaping @Sendable () -> Int64) {
+        self.store = store
         self.now = now
     }
 
-    /// `identities(of:)` on a dispatch queue: hashing reads files and must not hold a thread of
-    /// the cooperative pool.
-    func identitiesOffPool(of paths: [String]) async throws -> [String: String] {
-        try await withCheckedThrowingContinuation { continuation in
-            DispatchQueue.global(qos: .userInitiated).async {
-                do { continuation.resume(returning: try identities(of: paths)) } catch { continuation.resume(throwing: error) }
-            }
-        }
-    }
-
-    /// Absolute path → `sha256:<hex>`, or `missing` when nothing is there. Blocking.
-    public func identities(of paths: [String]) throws -> [String: String] {
+    /// Absolute path → `sha256:<hex>`, or `missing` when nothing is there. Files are listed and
+    /// read on a dispatch queue: hashing must not hold a thread of the cooperative pool.
+    public func identities(of paths: [String]) async throws -> [String: String] {
         // 1. What is there, without reading any content.
-        var listings: [String: Listing] = [:]
+        let listings: [String: Listing] = try await Self.offPool {
+            var listings: [String: Listing] = [:]
+            for path in paths where listings[path] == nil { listings[path] = try Self.list(path) }
+            return listings
+        }
         var files: [FileStat] = []
-        for path in paths where listings[path] == nil {
-            let listing = try Self.list(path)
-            listings[path] = listing
+        for listing in listings.values {
             switch listing {
             case .missing: break
             case .file(let f): files.append(f)
@@ -345,56 +343,44 @@ public struct ExternalInputHasher: Sendable {
 
         // 2. The cached digests of those files, and the rows of files that are gone: rows under
         // a hashed folder that it no longer holds, rows of inputs now missing.
+        let rows = try await store.inputHashes(files.map(\.path))
         var cached: [String: String] = [:]
-        var gone: [String] = []
-        try read("read the input hash cache") { db in
-            let statement = try db.cachedStatement(sql: "SELECT size, mtime_ns, inode, digest, checked_at FROM input_hashes WHERE path = ?")
-            for f in files {
-                guard let row = try Row.fetchOne(statement, arguments: [f.path]) else { continue }
-                let size: Int64 = row["size"], mtime: Int64 = row["mtime_ns"], inode: Int64 = row["inode"]
-                let checkedAt: Int64 = row["checked_at"]
-                if size == f.size, mtime == f.mtimeNanoseconds, inode == f.inode,
-                   checkedAt - f.mtimeNanoseconds / 1_000_000 >= Self.racyWindow {
-                    cached[f.path] = row["digest"]
-                }
+        for f in files {
+            guard let row = rows[f.path] else { continue }
+            if row.size == f.size, row.mtimeNanoseconds == f.mtimeNanoseconds, row.inode == f.inode,
+               row.checkedAt - f.mtimeNanoseconds / 1_000_000 >= Self.racyWindow {
+                cached[f.path] = row.digest
             }
-            // A folder's rows sort between "folder/" and "folder0" ('0' follows '/').
-            let below = try db.cachedStatement(sql: "SELECT path FROM input_hashes WHERE path = ? OR (path >= ? AND path < ?)")
-            for (path, listing) in listings {
-                switch listing {
-                case .file: continue
-                case .missing:
-                    gone += try String.fetchAll(below, arguments: [path, path + "/", path + "0"])
-                case .folder(let present):
-                    let kept = Set(present.map(\.path))
-                    gone += try String.fetchAll(below, arguments: [path, path + "/", path + "0"]).filter { !kept.contains($0) }
-                }
+        }
+        var gone: [String] = []
+        for (path, listing) in listings.sorted(by: { $0.key < $1.key }) {
+            switch listing {
+            case .file: continue
+            case .missing:
+                gone += try await store.inputHashPaths(atOrBelow: path)
+            case .folder(let present):
+                let kept = Set(present.map(\.path))
+                gone += try await store.inputHashPaths(atOrBelow: path).filter { !kept.contains($0) }
             }
         }
 
         // 3. Hash the rest.
+        let missing = files.filter { cached[$0.path] == nil }
+        let fresh: [(FileStat, String)] = try await Self.offPool { try missing.map(Self.hash) }
         var digests = cached
-        var fresh: [(FileStat, String, Int64)] = []
-        for f in files where digests[f.path] == nil {
-            let (stat, digest) = try Self.hash(f)
-            digests[f.path] = digest
-            fresh.append((stat, digest, now()))
-        }
+        for (stat, digest) in fresh { digests[stat.path] = digest }
 
-        // 4. Remember them, and forget what is gone.
+        // 4. Remember them, and forget what is gone (through the pass's store: a pass that lost
+        // its lease does not write the cache either).
         if !fresh.isEmpty || !gone.isEmpty {
-            try write("update the input hash cache") { db in
-                let upsert = try db.cachedStatement(sql: """
-                    INSERT INTO input_hashes (path, size, mtime_ns, inode, digest, checked_at) VALUES (?, ?, ?, ?, ?, ?)
-                    ON CONFLICT(path) DO UPDATE SET size = excluded.size, mtime_ns = excluded.mtime_ns,
-                        inode = excluded.inode, digest = excluded.digest, checked_at = excluded.checked_at
-                    """)
-                for (f, digest, at) in fresh {
-                    try upsert.execute(arguments: [f.path, f.size, f.mtimeNanoseconds, f.inode, digest, at])
-                }
-                let delete = try db.cachedStatement(sql: "DELETE FROM input_hashes WHERE path = ?")
-                for path in gone { try delete.execute(arguments: [path]) }
+            var changes = StateChanges("update the input hash cache")
+            let at = now()
+            for (f, digest) in fresh {
+                changes.cacheInputHash(InputHashRecord(path: f.path, size: f.size, mtimeNanoseconds: f.mtimeNanoseconds, inode: f.inode,
+                                                       digest: digest, checkedAt: at))
             }
+            for path in gone { changes.forgetInputHash(path) }
+            try await store.commit(changes)
         }
 
         // 5. Compose.
@@ -422,38 +408,25 @@ public struct ExternalInputHasher: Sendable {
         return out
     }
 
-    private func read<T>(_ what: String, _ body: (Database) throws -> T) throws -> T {
-        do { return try database.read(what, body) } catch {
-            throw cacheFailure(what, error)
+    /// Runs blocking file work on a dispatch queue.
+    static func offPool<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
+        try await withCheckedThrowingContinuation { continuation in
+            DispatchQueue.global(qos: .userInitiated).async {
+                do { continuation.resume(returning: try body()) } catch { continuation.resume(throwing: error) }
+            }
         }
-    }
-
-    /// Through the pass's database: a pass that lost its lease does not write the cache either.
-    private func write<T>(_ what: String, _ body: (Database) throws -> T) throws -> T {
-        do { return try database.write(what, body) } catch {
-            throw cacheFailure(what, error)
-        }
-    }
-
-    private func cacheFailure(_ what: String, _ error: any Error) -> any Error {
-        if let error = error as? StoreError {
-            if error.code == .leaseLost { return error }
-            return InputResolverError(code: .cacheFailure, message: error.message, path: database.path, underlying: error)
-        }
-        return InputResolverError(code: .cacheFailure, message: "cannot \(what) in the state database '\(database.path)': \(error)",
-                                  path: database.path, underlying: error)
     }
 
     // MARK: File system
 
-    struct FileStat: Equatable {
+    struct FileStat: Equatable, Sendable {
         var path: String
         var size: Int64
         var mtimeNanoseconds: Int64
         var inode: Int64
     }
 
-    enum Listing {
+    enum Listing: Sendable {
         case missing
         case file(FileStat)
         /// Every regular file below the folder, sorted by path (UTF-8 byte order).

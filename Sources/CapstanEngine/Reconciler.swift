@@ -1,178 +1,222 @@
-import CapstanGit
-import CapstanRunner
-import CapstanStore
+import CapstanCore
+import CapstanManifests
 import Foundation
 
-/// The result of executing a plan.
-public struct PassResult: Sendable {
-    public enum Outcome: String, Sendable {
-        /// Nothing is left to do.
-        case converged
-        /// Work remains for a later pass (a retry after backoff, a blocked alias), nothing failed.
-        case progressing
-        /// An entry failed (a training failed, a candidate was rejected, a registry call failed).
-        case failed
+/// The reconcile pass (DESIGN.md §4), as one component: `plan(at:)` reads the desired state at a
+/// commit and the actual state and returns the plan; `pass(at:fence:)` recovers what a killed
+/// pass left, plans, executes (models, then deployments against the registry as the models left
+/// it), records conditions and the pass, and returns what happened. `capstan plan`, `capstan
+/// apply` and the controller all go through it; they only wire ports and render.
+///
+/// A long-lived process keeps one reconciler: it keeps what it read (the parse cache by blob id,
+/// the tree index and folder identities of the last commit), and its source keeps the repository
+/// open.
+public final class Reconciler: Sendable {
+    public let ports: ReconcilerPorts
+    let parseCache: ParseCache
+    let inputs: InputResolver
+
+    public init(ports: ReconcilerPorts, parseCache: ParseCache = ParseCache()) {
+        self.ports = ports
+        self.parseCache = parseCache
+        self.inputs = InputResolver(source: ports.source)
     }
 
-    public var outcomes: [String: EntryOutcome]
-    /// The plan computed again after the pass: what is still left.
-    public var residual: Plan
-    public var conditions: [ObjectCondition]
-    public var outcome: Outcome
-    /// The deployment entries decided after the registry changes, and what is left of them.
-    public var deploymentEntries: [PlanEntry] = []
-    public var deploymentResidual: [PlanEntry] = []
-    /// Entries a first round made possible and that ran in the same pass.
-    public var followUps: [PlanEntry] = []
-}
+    // MARK: Plan
 
-/// One reconcile pass over the registry: recover what a killed pass left, observe, plan, execute,
-/// report. The caller holds the state lock.
-public struct Reconciler: Sendable {
-    public let context: EngineContext
-
-    public init(context: EngineContext) {
-        self.context = context
+    /// The plan at `ref` (nil: the source's default) against the registry and serving layer as
+    /// they are now. Changes nothing (it may fetch the source and cache input hashes). Throws
+    /// `InvalidDesiredState` for a commit whose manifests have errors, and classified failures
+    /// otherwise (a source that cannot be read, inputs that cannot be identified).
+    public func plan(at ref: String?, options: PlanOptions = PlanOptions(), fetch: Bool = true,
+                     events: @escaping @Sendable (PassEvent) -> Void = { _ in }) async throws -> PlanReport {
+        let context = EngineContext(ports, store: ports.store, registry: ports.registry, events: events)
+        var options = options
+        // A version `training` while another pass holds the lock is being trained, not interrupted.
+        if options.applyInProgress == nil, let running = try? await runningPass() { options.applyInProgress = running }
+        var prepared = try await prepare(context, ref: ref, fetch: fetch)
+        var plan = try await modelPlan(&prepared, context, options: options)
+        let deployments = DeploymentPhase.desired(prepared.load.manifests, registry: prepared.actual.registry)
+        // Observed even without Deployments in Git when Capstan set endpoints before: those left
+        // behind are orphans. A repository that never deployed does not reach out.
+        let deployedBefore = !(try await context.store.servingRecords().applied.isEmpty)
+        if !deployments.isEmpty || deployedBefore, let serving = ports.serving(prepared.load.manifests.configSpec) {
+            let phase = DeploymentPhase(context: context, serving: serving.target, commit: prepared.revision.commit)
+            let observed = await Result { try await phase.observe(record: false) }
+            await serving.close()
+            plan.entries += DeploymentPlanner.plan(deployments, serving: try observed.get(), policy: prepared.desired.policy,
+                                                   now: context.now())
+        }
+        return PlanReport(revision: prepared.revision, load: prepared.load, desired: prepared.desired, actual: prepared.actual,
+                          plan: plan)
     }
 
-    /// Reads the whole registry.
-    public func observe() async throws -> ActualState {
-        ActualState(registry: try await context.registry.snapshot())
+    /// Who runs a pass now (a live lease), for messages; nil when nobody does.
+    func runningPass() async throws -> String? {
+        let now = ports.now()
+        guard let lease = try await ports.store.leases().first(where: { !$0.isExpired(at: now) }) else { return nil }
+        return "pid \(lease.pid) on \(lease.host), running '\(lease.command)'"
     }
 
-    /// Closes what an earlier, killed pass left `started` in the journal. For an interrupted
-    /// training, the processes of its run (its process group, only when they carry that run's
-    /// marker) are killed and its working folder removed; the version it was training stays
-    /// `training` and the planner trains it again. For a registry change, the registry is
-    /// checked: a change that was made gets the audit event it was missing. Every entry is
-    /// then closed as interrupted. Returns a line per entry for people.
-    public func recover() async throws -> [String] {
-        var notes: [String] = []
-        // Changes of the serving layer are closed by the deployment phase, which can see it.
-        for entry in try context.journal.unfinished() where entry.operation != deployOperation {
-            var detail: [String: ParamValue] = [:]
-            if case .map(let m)? = entry.detail { detail = m }
-            var note = "recovered an interrupted \(entry.operation) of \(entry.subject) (journal entry \(entry.id))"
-            var missed: [AuditEvent] = []
-            if entry.operation == trainOperation {
-                if case .int(let pgid)? = detail["pgid"], case .string(let run)? = detail["run"], pgid > 1,
-                   ProcessGroups.kill(Int32(pgid), environmentMarker: (name: runMarker, value: run)) {
-                    note += "; stopped its leftover training processes (process group \(pgid))"
-                }
-                missed += try await missedTrainingEvents(entry, detail)
-            } else if entry.operation == validateCommandOperation {
-                if case .int(let pgid)? = detail["pgid"], case .string(let run)? = detail["run"], pgid > 1,
-                   ProcessGroups.kill(Int32(pgid), environmentMarker: (name: runMarker, value: run)) {
-                    note += "; stopped its leftover validation processes (process group \(pgid))"
-                }
-                if entry.subject.hasPrefix("model/"), case .int(let number)? = detail["version"] {
-                    StepWorkspace(stateDirectory: context.stateDirectory, model: String(entry.subject.dropFirst("model/".count)),
-                                  version: Int(number), label: "validate").clean()
-                }
-            } else if case .map(let check)? = detail["check"], case .some(let audit) = detail["audit"],
-                      let event = AuditCodec.event(audit), try await happened(entry.operation, check) {
-                var late = event
-                late.reason += " (recorded after an interrupted pass)"
-                missed.append(late)
-                note += "; the change had been made"
+    /// A commit's desired state, ready for the planner, and the registry it is planned against.
+    struct Prepared {
+        var revision: SourceRevision
+        var load: LoadResult
+        var desired: DesiredState
+        var actual: ActualState
+    }
+
+    /// Reads the manifests at `ref`, refuses a commit with errors (nothing is planned from an
+    /// invalid commit), resolves the training inputs and fingerprints, and reads the registry.
+    func prepare(_ context: EngineContext, ref: String?, fetch: Bool) async throws -> Prepared {
+        let source = ports.source
+        var revision = try await source.resolve(ref, fetch: fetch)
+        var load: LoadResult
+        do {
+            load = try await self.load(revision)
+            if load.diagnostics.contains(where: { $0.code == .fileUnreadable }), try await source.recoverDamagedMirror() {
+                context.events(.note("the mirror of \(source.displayName) was damaged; it was cloned again"))
+                revision = try await source.resolve(ref, fetch: true)
+                load = try await self.load(revision)
             }
-            detail["interrupted"] = .bool(true)
-            let journal = context.journal, audit = context.audit
-            let closing = missed
-            let id = entry.id
-            let closed = ParamValue.map(detail)
-            try await context.database.write("close journal entry \(id)") { db in
-                for event in closing { _ = try audit.record(db, event) }
-                try journal.fail(db, id: id, detail: closed)
-            }
-            context.record(entry.subject, "interrupted", commit: nil, reason: note)
-            notes.append(note)
+        } catch let error as any ClassifiedError where error.failure.reason == .sourceDamaged {
+            // A damaged mirror is re-created, never trusted; a damaged local repository is
+            // reported.
+            guard try await source.recoverDamagedMirror() else { throw error }
+            context.events(.note("the mirror of \(source.displayName) was damaged; it was cloned again"))
+            revision = try await source.resolve(ref, fetch: true)
+            load = try await self.load(revision)
         }
-        return notes
+        for note in revision.notes {
+            context.events(note.kind == .warning ? .warning(note.message) : .note(note.message))
+        }
+        if load.fileCount == 0 {
+            throw ReconcileFailure(.stalled, .noManifests,
+                                   "\(source.displayName) @ \(revision.ref) (\(revision.shortCommit)) holds no manifest files (capstan.yaml, *.yaml, *.yml); nothing to plan")
+        }
+        if load.diagnostics.errorCount > 0 {
+            throw InvalidDesiredState(revision: revision, repository: source.displayName, load: load)
+        }
+        let models: [DesiredModel]
+        do {
+            models = try await inputs.desiredModels(load, revision: revision, store: context.store, now: context.now)
+        } catch let error as InputResolverError {
+            var failure = error.failure
+            failure.message = "\(source.displayName) @ \(revision.shortCommit): cannot resolve training inputs: \(failure.message)"
+            throw failure
+        }
+        let desired = DesiredState(repository: source.displayName, ref: revision.ref, commit: revision.commit, models: models,
+                                   policy: load.manifests.configSpec.policy)
+        let actual = ActualState(registry: try await context.registry.snapshot())
+        return Prepared(revision: revision, load: load, desired: desired, actual: actual)
     }
 
-    /// The audit events an interrupted training did not get to record: its version's creation
-    /// (journaled with the number, unless the crash came first) and its end of training.
-    func missedTrainingEvents(_ entry: Journal.Entry, _ detail: [String: ParamValue]) async throws -> [AuditEvent] {
-        guard entry.subject.hasPrefix("model/"), case .string(let fingerprint)? = detail["fingerprint"] else { return [] }
-        let model = String(entry.subject.dropFirst("model/".count))
-        guard let version = try await context.registry.version(of: model, fingerprint: fingerprint) else { return [] }
-        var events: [AuditEvent] = []
-        let commit: String? = if case .string(let c)? = detail["commit"] { c } else { nil }
-        if detail["version"] == nil {
-            // The crash came before the version was journaled with its event.
-            if detail["resumes"] == nil {
-                events.append(context.event("model/\(model)/v\(version.number)", "create-version", commit: commit,
-                                            after: .map(["status": .string("training"), "fingerprint": .string(fingerprint)]),
-                                            reason: "recorded after an interrupted pass"))
-            } else if case .int(let attempt)? = detail["attempt"], version.attempts >= Int(attempt) {
-                // A retry or a resumed run that had claimed the version (its attempt counted).
-                events.append(context.event("model/\(model)/v\(version.number)", "retrain-version", commit: commit,
-                                            after: .map(["status": .string("training"), "fingerprint": .string(fingerprint),
-                                                         "attempt": .int(attempt)]),
-                                            reason: "recorded after an interrupted pass"))
-            }
-        }
-        if version.status == .trained, let artifact = version.artifactDigest {
-            events.append(Training.trainedEvent(context, name: model, number: version.number, commit: commit, artifact: artifact,
-                                                metrics: version.metrics, reason: "recorded after an interrupted pass"))
-        }
-        // The failure was journaled before the version was marked failed.
-        if version.status == .failed, let failure = detail["failure"], var event = AuditCodec.event(failure) {
-            event.reason += " (recorded after an interrupted pass)"
-            events.append(event)
-        }
-        // Its working folder is of no further use.
-        if case .int(let attempt)? = detail["attempt"] {
-            StepWorkspace(stateDirectory: context.stateDirectory, model: model, version: version.number, label: "a\(attempt)").clean()
-        }
-        return events
+    func load(_ revision: SourceRevision) async throws -> LoadResult {
+        let manifests = try await ports.source.manifests(at: revision)
+        return try await ManifestLoader(source: manifests, decoder: ManifestDecoder(), cache: parseCache).load()
     }
 
-    /// Whether the registry change of an interrupted journal entry was made.
-    func happened(_ operation: String, _ check: [String: ParamValue]) async throws -> Bool {
-        guard case .string(let model)? = check["model"] else { return false }
-        let registry = context.registry
-        switch operation {
-        case "register-model":
-            return try await registry.model(named: model) != nil
-        case "validate":
-            guard case .int(let n)? = check["version"] else { return false }
-            let status = try await registry.version(of: model, number: Int(n))?.status
-            return status == .validated || status == .rejected
-        case "move-alias":
-            guard case .string(let alias)? = check["alias"], case .int(let to)? = check["to"] else { return false }
-            return try await registry.resolveAlias(alias, of: model) == Int(to)
-        case "delete-alias":
-            guard case .string(let alias)? = check["alias"] else { return false }
-            return try await registry.resolveAlias(alias, of: model) == nil
-        case "archive-versions":
-            guard case .list(let numbers)? = check["versions"] else { return false }
-            for case .int(let n) in numbers where try await registry.version(of: model, number: Int(n))?.archivedAt == nil {
-                return false
+    /// The plan of the models. Snapshots leave out the training descriptions of versions; a
+    /// model that retrains gets its newest version's description fetched, so the plan can say
+    /// what changed since.
+    func modelPlan(_ prepared: inout Prepared, _ context: EngineContext, options: PlanOptions) async throws -> Plan {
+        let now = context.now()
+        var plan = Planner.plan(desired: prepared.desired, actual: prepared.actual, now: now, options: options)
+        var fetched = false
+        for entry in plan.entries {
+            guard case .train(let t) = entry.detail,
+                  t.reasons.contains(where: { if case .fingerprintChanged = $0 { return true } else { return false } }),
+                  var versions = prepared.actual.registry.versions[entry.name],
+                  let last = versions.indices.max(by: { versions[$0].number < versions[$1].number }),
+                  versions[last].training == nil,
+                  let training = try await context.registry.trainingDescription(of: entry.name, number: versions[last].number)
+            else { continue }
+            versions[last].training = training
+            prepared.actual.registry.versions[entry.name] = versions
+            fetched = true
+        }
+        if fetched { plan = Planner.plan(desired: prepared.desired, actual: prepared.actual, now: now, options: options) }
+        return plan
+    }
+
+    // MARK: Pass
+
+    /// One reconcile pass at `ref`, under the lease `fence` (the caller took it and keeps it
+    /// renewed: see `LeaseKeeper`). With `saved`, exactly that plan is carried out, and refused
+    /// when the commit or the registry moved since it was made. `serving`, when given, is used
+    /// instead of the serving layer capstan.yaml names (the controller's in-process agent).
+    ///
+    /// A pass that ran returns its report, whatever its outcome; one that could not run (the
+    /// commit is invalid, the source unreachable, the lease lost before it began) throws, after
+    /// recording the pass as failed.
+    public func pass(at ref: String?, fence: Fence, command: String, options: PlanOptions = PlanOptions(), saved: Plan? = nil,
+                     fetch: Bool = true, serving override: ServingConnection? = nil,
+                     events: @escaping @Sendable (PassEvent) -> Void,
+                     onLeaseLost: @escaping @Sendable (any Error) -> Void) async throws -> PassReport {
+        let (store, registry) = ports.fenced(fence, onLeaseLost)
+        let context = EngineContext(ports, store: store, registry: registry, events: events)
+        let passID = try await store.startPass(command: command, commit: nil)
+        var commit: String?
+        do {
+            let recovered = try await Recovery(context: context).recover()
+            for note in recovered { events(.note(note)) }
+            var prepared = try await prepare(context, ref: ref, fetch: fetch)
+            commit = prepared.revision.commit
+            do {
+                try StepEnvironment.checkLengths(prepared.desired.models, reconciler: context.environment)
+            } catch {
+                throw error.failure
             }
-            return true
-        default:
-            return false
+            let plan: Plan
+            if let saved {
+                try Self.check(saved, against: prepared)
+                plan = saved
+            } else {
+                plan = try await modelPlan(&prepared, context, options: options)
+            }
+            events(.planned(plan))
+            let serving = override ?? ports.serving(prepared.load.manifests.configSpec)
+            let executed = await Result { try await execute(plan, prepared, context, serving: serving?.target) }
+            if override == nil { await serving?.close() }
+            var report = try executed.get()
+            report.passID = passID
+            report.recovered = recovered
+            var finish = StateChanges("record the end of pass \(passID)")
+            finish.finishPass(passID, commit: commit, outcome: PassRecord.Outcome(rawValue: report.outcome.rawValue) ?? .failed,
+                              summary: report.summary)
+            try await store.commit(finish)
+            return report
+        } catch {
+            var finish = StateChanges("record the end of pass \(passID)")
+            let failure = Failures.classify(error)
+            finish.finishPass(passID, commit: commit, outcome: .failed, summary: failure.message)
+            try? await store.commit(finish)
+            throw error
         }
     }
 
-    /// Refuses a desired state whose steps would get a secret too short to be redacted from
-    /// what they print and return (`SecretScrubber.minimumLength`). Called when the desired
-    /// state is loaded, before anything runs; `execute` checks again.
-    public func checkSecrets(_ desired: DesiredState) throws {
-        try StepEnvironment.checkLengths(desired.models, reconciler: context.environment)
+    /// A saved plan runs only against the commit and registry it was computed from.
+    static func check(_ plan: Plan, against prepared: Prepared) throws {
+        let now = prepared.desired.commit
+        guard plan.commit == now else {
+            throw ReconcileFailure(.stalled, .planOutdated,
+                                   "the saved plan was made at commit \(plan.commit.prefix(12)), but \(plan.ref) is now at \(now.prefix(12)); nothing was applied. Make a new plan (capstan plan --out FILE) and review it")
+        }
+        guard plan.actualDigest == prepared.actual.digest else {
+            throw ReconcileFailure(.stalled, .planOutdated,
+                                   "the registry changed since the saved plan was made (another apply ran, or a version, alias or model changed); nothing was applied. Make a new plan (capstan plan --out FILE) and review it")
+        }
     }
 
     /// Executes `plan` (its model entries), then the Deployments against the registry as it is
     /// now, and computes what is left and each object's condition.
-    public func execute(_ plan: Plan, desired: DesiredState, manifests: ManifestSet, repository: GitRepository, commit: ObjectID,
-                        serving: (any ServingTarget)?) async throws -> PassResult {
-        try checkSecrets(desired)
+    func execute(_ plan: Plan, _ prepared: Prepared, _ context: EngineContext, serving: (any ServingTarget)?) async throws -> PassReport {
+        let desired = prepared.desired
+        let manifests = prepared.load.manifests
         let modelEntries = Plan(repository: plan.repository, ref: plan.ref, commit: plan.commit, actualDigest: plan.actualDigest,
                                 createdAt: plan.createdAt, entries: plan.entries.filter { $0.kind == .model })
-        var outcomes = await Executor(context: context).execute(modelEntries, desired: desired, repository: repository, commit: commit)
-        var afterModels = try await observe()
+        var outcomes = await Executor(context: context).execute(modelEntries, desired: desired)
+        var afterModels = ActualState(registry: try await context.registry.snapshot())
         // What the first round made possible (archiving a version an alias just left, a `latest`
         // move to a version just validated) is done in the same pass, so that a second apply
         // right after has nothing to do. Only bookkeeping entries; never a training.
@@ -190,8 +234,8 @@ public struct Reconciler: Sendable {
             followUps += renamed
             let round = Plan(repository: plan.repository, ref: plan.ref, commit: plan.commit, actualDigest: next.actualDigest,
                              createdAt: next.createdAt, entries: renamed)
-            outcomes.merge(await Executor(context: context).execute(round, desired: desired, repository: repository, commit: commit)) { a, _ in a }
-            afterModels = try await observe()
+            outcomes.merge(await Executor(context: context).execute(round, desired: desired)) { a, _ in a }
+            afterModels = ActualState(registry: try await context.registry.snapshot())
         }
 
         // A pass stopped (a signal, a lost lease) changes nothing in the serving layer.
@@ -201,17 +245,17 @@ public struct Reconciler: Sendable {
         var deploymentResidual: [PlanEntry] = []
         var conditions: [ObjectCondition] = []
         let deployments = DeploymentPhase.desired(manifests, registry: afterModels.registry)
-        let phase = DeploymentPhase(context: context, serving: serving)
-        let deployedBefore = !((try? phase.records.applied().isEmpty) ?? true)
+        let phase = DeploymentPhase(context: context, serving: serving, commit: desired.commit)
+        let deployedBefore = !(try await context.store.servingRecords().applied.isEmpty)
         if serving != nil && (!deployments.isEmpty || deployedBefore) {
-            for note in try await phase.recoverInterrupted() { context.events(.note("capstan: \(note)")) }
+            for note in try await phase.recoverInterrupted() { context.events(.note(note)) }
             let observation = try await phase.observe()
             if !deployments.isEmpty || !(observation.endpoints?.isEmpty ?? true) {
                 deploymentEntries = DeploymentPlanner.plan(deployments, serving: observation, policy: desired.policy, now: context.now())
                 if deploymentEntries.contains(where: { $0.action.isChange }) {
                     context.events(.deploymentPlan(deploymentEntries))
                 }
-                outcomes.merge(await phase.execute(deploymentEntries, manifests: manifests, repository: repository, commit: desired.commit)) { a, _ in a }
+                outcomes.merge(await phase.execute(deploymentEntries, manifests: manifests)) { a, _ in a }
                 let after = deploymentEntries.contains(where: { $0.action.isChange }) ? try await phase.observe() : observation
                 deploymentResidual = DeploymentPlanner.plan(deployments, serving: after, policy: desired.policy, now: context.now())
                 conditions += DeploymentPhase.conditions(deployments, residual: deploymentResidual, observation: after,
@@ -219,18 +263,22 @@ public struct Reconciler: Sendable {
             }
         }
 
-        let actual = try await observe()
+        let actual = ActualState(registry: try await context.registry.snapshot())
         // `--retry-failed` applies to this pass only: what is left is judged by the backoff.
         let residual = Planner.plan(desired: desired, actual: actual, now: context.now(), options: PlanOptions())
         conditions = Conditions.models(desired: desired, residual: residual, registry: actual.registry, now: context.now()) + conditions
-        try context.passes.setConditions(conditions)
-        try context.passes.removeConditions(except: Set(conditions.map(\.object)), prefix: "model/")
-        try context.passes.removeConditions(except: Set(conditions.map(\.object)), prefix: "deployment/")
-        let failed = outcomes.values.contains(where: \.isFailure)
-        let left = residual.hasChanges || residual.entries.contains { $0.action == .wait || $0.action == .blocked }
-            || deploymentResidual.contains { $0.action.isChange || $0.action == .wait || $0.action == .blocked || $0.action == .servingUnavailable || $0.action == .drift }
-        let outcome: PassResult.Outcome = failed ? .failed : (left ? .progressing : .converged)
-        return PassResult(outcomes: outcomes, residual: residual, conditions: conditions, outcome: outcome,
-                          deploymentEntries: deploymentEntries, deploymentResidual: deploymentResidual, followUps: followUps)
+        var recording = StateChanges("record the conditions of the pass")
+        recording.setConditions(conditions, pruning: [.model, .deployment])
+        try await context.commit(recording)
+        return PassReport(passID: 0, revision: prepared.revision, plan: plan, followUps: followUps,
+                          deploymentEntries: deploymentEntries, outcomes: outcomes, residual: residual.entries + deploymentResidual,
+                          conditions: conditions, recovered: [], at: context.now())
+    }
+}
+
+extension Result where Failure == any Error {
+    /// The outcome of an async throwing body, so that clean-up can run before it is rethrown.
+    init(catching body: () async throws -> Success) async {
+        do { self = .success(try await body()) } catch { self = .failure(error) }
     }
 }

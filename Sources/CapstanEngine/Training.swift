@@ -1,55 +1,88 @@
-import CapstanGit
-import CapstanStore
+import CapstanCore
 import Foundation
 
-/// The journal operation of a training run.
-let trainOperation = "train"
-/// The journal operation of a validation command's run.
-let validateCommandOperation = "validate-command"
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
 /// The variable that marks a step's processes as Capstan's, so a crashed run's leftovers can be
 /// found and killed safely (a recycled pid of another process never carries it).
 let runMarker = "CAPSTAN_RUN_ID"
 
 /// Where a step runs and what it gets: the files and environment shared by training and
 /// validation commands.
+///
+/// A step gets its own folder with what it needs of the commit, copied out of the commit's
+/// shared, read-only materialized tree: its working folder and its declared inputs inside the
+/// repository (nothing else of the repository: an undeclared file would not be part of the
+/// fingerprint either). Its cost follows the workdir, not the size of the repository.
 struct StepWorkspace {
     /// `<state>/runs/<model>/v<N>-a<attempt>` (training) or `…-validate`.
     var folder: String
-    /// A private copy of the commit's tree: steps may write into their working folder without
-    /// touching another run's files.
+    /// The step's files, laid out as in the repository: steps may write into their working
+    /// folder without touching another run's files.
     var tree: String
     var output: String
     var metricsFile: String
     var paramsFile: String
     var logFile: String
 
-    init(stateDirectory: String, model: String, version: Int, label: String) {
-        folder = "\(stateDirectory)/runs/\(model)/v\(version)-\(label)"
+    init(workFolder: String, model: String, version: Int, label: String) {
+        folder = "\(workFolder)/runs/\(model)/v\(version)-\(label)"
         tree = folder + "/tree"
         output = folder + "/output"
         metricsFile = folder + "/metrics.json"
         paramsFile = folder + "/params.json"
-        logFile = "\(stateDirectory)/logs/\(model)/v\(version)-\(label).log"
+        logFile = "\(workFolder)/logs/\(model)/v\(version)-\(label).log"
     }
 
-    /// Creates the folders afresh (an interrupted attempt's leftovers are removed) and copies the
-    /// materialized tree in.
-    func prepare(materialized: URL, params: [String: ParamValue]) throws {
+    /// The repository paths a step gets: its working folder and its inputs inside the
+    /// repository, without those inside another one listed (`.` is the whole repository).
+    static func paths(workdir: String, inputs: [TrainInput]) -> [String] {
+        var paths = [workdir]
+        for case .repository(let path) in inputs { paths.append(path) }
+        let normalized = paths.compactMap { RepoPath.normalize($0) }
+        if normalized.contains("") { return [""] }
+        let unique = Array(Set(normalized)).sorted()
+        return unique.filter { path in !unique.contains { $0 != path && path.hasPrefix($0 + "/") } }
+    }
+
+    /// Creates the folders afresh (an interrupted attempt's leftovers are removed) and copies
+    /// `paths` (repository paths, see `paths(workdir:inputs:)`) out of the materialized tree.
+    func prepare(materialized: String, paths: [String], params: [String: ParamValue]) throws {
         let fm = FileManager.default
         if fm.fileExists(atPath: folder) { try fm.removeItem(atPath: folder) }
         // Private like the rest of the state folder (runs/ and logs/ hold data and metrics).
-        try StateFolder.makeFolder(folder, parentsMode: StateFolder.folderMode, what: "create the step's folder")
-        try fm.copyItem(atPath: materialized.path, toPath: tree)
-        try StateFolder.makeFolder(output, what: "create the step's output folder")
-        try StateFolder.makeFolder((logFile as NSString).deletingLastPathComponent, parentsMode: StateFolder.folderMode,
-                                   what: "create the log folder")
+        try WorkFiles.makeFolder(folder)
+        if paths == [""] {
+            try fm.copyItem(atPath: materialized, toPath: tree)
+        } else {
+            try WorkFiles.makeFolder(tree)
+            for path in paths {
+                let from = materialized + "/" + path
+                // A declared input the commit does not hold is left out (the fingerprint says
+                // `missing`); its folder is still made, so that the step can create it.
+                var info = stat()
+                guard lstat(from, &info) == 0 else { continue }
+                let to = tree + "/" + path
+                let parent = (to as NSString).deletingLastPathComponent
+                if !fm.fileExists(atPath: parent) { try fm.createDirectory(atPath: parent, withIntermediateDirectories: true) }
+                try fm.copyItem(atPath: from, toPath: to)
+            }
+        }
+        try WorkFiles.makeFolder(output)
+        try WorkFiles.makeFolder((logFile as NSString).deletingLastPathComponent)
         if fm.fileExists(atPath: logFile) { try fm.removeItem(atPath: logFile) }
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys, .prettyPrinted]
-        guard fm.createFile(atPath: paramsFile, contents: try encoder.encode(params),
-                            attributes: [.posixPermissions: Int(StateFolder.fileMode)]) else {
-            throw StepOutputError(message: "cannot write the params file '\(paramsFile)'")
-        }
+        try WorkFiles.createFile(paramsFile, contents: try encoder.encode(params), what: "the params file")
+    }
+
+    /// The working folder inside the step's tree.
+    func workdir(_ workdir: String) -> String {
+        workdir == "." ? tree : tree + "/" + workdir
     }
 
     /// Checks what the step left in `output` before it is stored: the folder itself (a step may
@@ -81,13 +114,14 @@ struct StepWorkspace {
 enum StepEnvironment {
     static let inherited = ["PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "USER", "LOGNAME", "TZ"]
 
-    struct MissingSecret: Error, CustomStringConvertible {
+    struct MissingSecret: Error, ClassifiedError, CustomStringConvertible {
         var model: String
         var name: String
         var source: String
         var description: String {
             "model \(model): secretEnv \(name) is taken from the environment variable \(source), which is not set in Capstan's environment; set it and run again"
         }
+        var failure: ReconcileFailure { ReconcileFailure(.stalled, .missingSecret, description) }
     }
 
     static func make(model: String, spec: TrainSpec, reconciler: [String: String], capstan: [String: String]) throws -> [String: String] {
@@ -111,7 +145,7 @@ enum StepEnvironment {
     /// Secrets too short to be redacted (`SecretScrubber.minimumLength`), refused before a pass
     /// runs anything. Names the model, the variable the step gets and the one it comes from;
     /// never the value.
-    struct ShortSecrets: Error, CustomStringConvertible {
+    struct ShortSecrets: Error, ClassifiedError, CustomStringConvertible {
         struct Problem: Hashable, Sendable {
             var model: String
             var name: String
@@ -129,6 +163,8 @@ enum StepEnvironment {
                     + "so it refuses shorter ones: set a longer secret in \(p.source), or move \(p.name) to env if it is not a secret"
             }.joined(separator: "\n")
         }
+
+        var failure: ReconcileFailure { ReconcileFailure(.stalled, .missingSecret, description) }
     }
 
     /// Throws `ShortSecrets` when a model's `secretEnv` takes a value shorter than
@@ -149,85 +185,100 @@ enum StepEnvironment {
 
 /// One training run: a version is created (or reused for a retry), the command runs, its output
 /// folder goes into the artifact store and its metrics into the registry.
+///
+/// How it can end: trained; failed (a non-zero exit, a signal, the timeout, outputs that break
+/// the rules) — the version is marked failed and its backoff starts (class `waiting` until the
+/// backoff ends); or temporarily failed (exit 75, EX_TEMPFAIL; killed by the out-of-memory killer;
+/// a full disk) — the version stays `training`, nothing is held against it, and the next pass
+/// trains it again (class `transient`).
 struct Training {
     let context: EngineContext
     let model: DesiredModel
     let plan: Plan
-    let repository: GitRepository
-    let commit: ObjectID
+    /// The retry backoff of a failed training.
+    let policy: Policy
 
     var registry: any Registry { context.registry }
     var name: String { model.name }
     var spec: TrainSpec { model.manifest.spec.train }
 
+    /// The exit status a training uses to say "not now" (sysexits.h EX_TEMPFAIL).
+    static let temporaryFailureStatus: Int32 = 75
+
     /// Returns the version number (when one was created or reused) and the outcome.
     func run(_ detail: TrainDetail) async throws -> (Int?, EntryOutcome) {
         guard detail.fingerprint == model.fingerprint else {
-            return (nil, .failed("the plan trains fingerprint \(detail.fingerprint.prefix(12)), but the spec at \(plan.commit.prefix(7)) now has \(model.fingerprint.prefix(12)); make a new plan"))
+            return (nil, .failed(ReconcileFailure(.stalled, .planOutdated,
+                                                  "the plan trains fingerprint \(detail.fingerprint.prefix(12)), but the spec at \(plan.commit.prefix(7)) now has \(model.fingerprint.prefix(12)); make a new plan")))
         }
         // A secret the step needs but Capstan does not have fails the entry before a version
         // number or a retry backoff is spent on it: set the variable and apply again.
         do {
             _ = try StepEnvironment.make(model: name, spec: spec, reconciler: context.environment, capstan: [:])
         } catch {
-            return (nil, .failed(ModelPipeline.describe(error)))
+            return (nil, .failed(Failures.classify(error)))
         }
         let runID = UUID().uuidString.lowercased()
-        var begun: [String: ParamValue] = [
-            "fingerprint": .string(detail.fingerprint), "commit": .string(plan.commit), "run": .string(runID),
-            "attempt": .int(Int64(detail.attempt)),
-        ]
         // A retry or a resumed run claims an existing version: recovery must not take it for a
         // new version's creation.
-        if let number = detail.version { begun["resumes"] = .int(Int64(number)) }
-        let journalID = try context.journal.begin(operation: trainOperation, subject: "model/\(name)", detail: .map(begun))
+        var journaled = TrainingRun(fingerprint: detail.fingerprint, commit: plan.commit, run: runID, attempt: detail.attempt,
+                                    resumes: detail.version)
+        let journalID = try await context.store.beginJournal(.training(journaled), subject: .model(name))
         Failpoint.hit("train.after-journal")
         let version: ModelVersion
         do {
             version = try await claimVersion(detail)
         } catch {
-            try? context.journal.fail(id: journalID, detail: .map(["error": .string(ModelPipeline.describe(error))]))
+            var closing = StateChanges("close journal entry \(journalID)")
+            closing.failJournal(journalID, JournalClosing(error: String(describing: error)))
+            try? await context.commit(closing)
             throw error
         }
         let number = version.number
         Failpoint.hit("train.after-create-version")
         // The version number is journaled with its audit event in one transaction; recovery
-        // records the event when a crash came in between (`Reconciler.recover`).
-        let created = context.event("model/\(name)/v\(number)", detail.version == nil ? "create-version" : "retrain-version",
+        // records the event when a crash came in between (`Recovery`).
+        let created = context.event(.version(model: name, number: number), detail.version == nil ? .createVersion : .retrainVersion,
                                     commit: plan.commit,
                                     after: .map(["status": .string("training"), "fingerprint": .string(detail.fingerprint),
                                                  "attempt": .int(Int64(detail.attempt))]),
                                     reason: detail.reasons.map(\.description).joined(separator: "; "))
-        try context.journalVersion(journalID, detail: .map([
-            "fingerprint": .string(detail.fingerprint), "commit": .string(plan.commit), "run": .string(runID),
-            "attempt": .int(Int64(detail.attempt)), "version": .int(Int64(number)),
-        ]), recording: created)
+        journaled.version = number
+        journaled.resumes = nil
+        var claimed = StateChanges("journal the version of entry \(journalID)")
+        claimed.record(created)
+        claimed.updateJournal(journalID, .training(journaled))
+        try await context.commit(claimed)
 
-        let workspace = StepWorkspace(stateDirectory: context.stateDirectory, model: name, version: number, label: "a\(detail.attempt)")
+        let workspace = StepWorkspace(workFolder: context.workFolder, model: name, version: number, label: "a\(detail.attempt)")
         // Everything the step returns (output, metrics, the names of its outputs, errors that
         // quote them) goes through this before it is shown, logged or stored.
         let scrubber = StepEnvironment.scrubber(spec: spec, reconciler: context.environment)
         let result: StepResult
+        let oomKillsBefore = OutOfMemory.kills()
         do {
-            let materialized = try await context.materializer.materialize(repository, commit: commit)
-            try workspace.prepare(materialized: materialized, params: spec.params)
+            let materialized = try await context.source.materialize(commit: plan.commit)
+            try workspace.prepare(materialized: materialized, paths: StepWorkspace.paths(workdir: spec.workdir, inputs: spec.inputs),
+                                  params: spec.params)
             let env = try StepEnvironment.make(model: name, spec: spec, reconciler: context.environment, capstan: [
                 "CAPSTAN_MODEL": name, "CAPSTAN_VERSION": String(number), "CAPSTAN_FINGERPRINT": detail.fingerprint,
                 "CAPSTAN_COMMIT": plan.commit, "CAPSTAN_OUTPUT_DIR": workspace.output, "CAPSTAN_METRICS_FILE": workspace.metricsFile,
                 "CAPSTAN_PARAMS_FILE": workspace.paramsFile, runMarker: runID,
             ])
             let events = context.events
-            let journal = context.journal
+            let store = context.store
+            let started = journaled
             result = try await context.runner.run(
-                StepRequest(argv: spec.command, workdir: workspace.tree + "/" + (spec.workdir == "." ? "" : spec.workdir),
+                StepRequest(argv: spec.command, workdir: workspace.workdir(spec.workdir),
                             environment: env, timeout: spec.timeout, logPath: workspace.logFile,
                             outputPrefix: "[\(name) v\(number)] ", killGrace: context.killGrace, redact: scrubber.secrets),
                 started: { pid in
                     // Journaled before waiting: a crash from here on leaves the group to kill.
-                    try? journal.update(id: journalID, detail: .map([
-                        "fingerprint": .string(detail.fingerprint), "commit": .string(plan.commit), "run": .string(runID),
-                        "attempt": .int(Int64(detail.attempt)), "version": .int(Int64(number)), "pgid": .int(Int64(pid)),
-                    ]))
+                    var running = started
+                    running.processGroup = pid
+                    var changes = StateChanges("journal the process group of entry \(journalID)")
+                    changes.updateJournal(journalID, .training(running))
+                    try? await store.commit(changes)
                     Failpoint.hit("train.after-start")
                 },
                 line: { line in events(.output(line)) })
@@ -235,80 +286,118 @@ struct Training {
             // Stopped (a signal, a lost lease): the runner has ended the process group. The
             // version stays `training` and the next pass trains it again, with no backoff.
             workspace.clean()
-            try? context.journal.fail(id: journalID, detail: .map([
-                "fingerprint": .string(detail.fingerprint), "version": .int(Int64(number)), "interrupted": .bool(true),
-            ]))
-            context.record("model/\(name)/v\(number)", "interrupted", commit: plan.commit, reason: "the pass was stopped during training; the next pass trains v\(number) again")
+            var changes = StateChanges("close journal entry \(journalID)")
+            changes.failJournal(journalID, JournalClosing(interrupted: true))
+            changes.record(context.event(.version(model: name, number: number), .interrupted, commit: plan.commit,
+                                         reason: "the pass was stopped during training; the next pass trains v\(number) again"))
+            try? await context.commit(changes)
             return (number, .skipped("v\(number): stopped during training; the next pass trains it again"))
         } catch {
-            if let deferred = deferIfTransient(error, number, detail, journalID, workspace: workspace, scrubber: scrubber) { return (number, deferred) }
-            let message = scrubber.scrub(ModelPipeline.describe(error))
-            try await fail(number, detail, journalID, tail: message, workspace: workspace)
-            return (number, .failed("v\(number): \(message)"))
+            if let deferred = try await deferIfTransient(error, number, journalID, workspace: workspace, scrubber: scrubber) {
+                return (number, deferred)
+            }
+            let failure = Failures.classify(error, scrubbing: scrubber)
+            let until = try await fail(number, detail, journalID, run: journaled, tail: failure.message, workspace: workspace)
+            return (number, .failed(ReconcileFailure(.waiting(until: until), .trainingFailed, "v\(number): \(failure.message)")))
         }
 
         Failpoint.hit("train.after-exit")
         guard result.succeeded else {
             let why: String
+            let reason: FailureReason
             switch result.termination {
-            case .exited(let code): why = "exited with status \(code)"
-            case .signalled(let sig): why = "was killed by signal \(sig)"
-            case .timedOut: why = "ran longer than its timeout of \(spec.timeout) and was stopped"
+            case .exited(Self.temporaryFailureStatus):
+                return (number, try await deferTemporary(number, journalID, workspace: workspace,
+                                                         why: "exited with status 75 (EX_TEMPFAIL: a temporary failure)"))
+            case .signalled(SIGKILL):
+                // Capstan stops a step with SIGTERM first (its timeout, a stop) and reports that
+                // as a timeout or a cancellation: a SIGKILL out of the blue is the out-of-memory
+                // killer's, as the cgroup's count says when it can be read.
+                let counted = OutOfMemory.kills().map { after in oomKillsBefore.map { after > $0 } ?? false } ?? false
+                return (number, try await deferTemporary(
+                    number, journalID, workspace: workspace,
+                    why: counted ? "was killed by the out-of-memory killer (its cgroup's oom_kill count rose)"
+                                 : "was killed by SIGKILL, which Capstan did not send (the out-of-memory killer sends it)"))
+            case .exited(let code):
+                (why, reason) = ("exited with status \(code)", .trainingFailed)
+            case .signalled(let sig):
+                (why, reason) = ("was killed by signal \(sig)", .trainingFailed)
+            case .timedOut:
+                (why, reason) = ("ran longer than its timeout of \(spec.timeout) and was stopped", .trainingTimedOut)
             }
             let message = "training \(why); log: \(workspace.logFile)"
-            try await fail(number, detail, journalID, tail: scrubber.scrub(result.outputTail), workspace: workspace)
-            return (number, .failed("v\(number): \(message)"))
+            let until = try await fail(number, detail, journalID, run: journaled, tail: scrubber.scrub(result.outputTail),
+                                       workspace: workspace)
+            return (number, .failed(ReconcileFailure(.waiting(until: until), reason, "v\(number): \(message)")))
         }
 
         do {
             let metrics = try MetricsFile.read(workspace.metricsFile, required: false, scrubber: scrubber)
             try workspace.checkOutput()
-            let stored = try context.artifacts.store(directory: workspace.output, scrubber: scrubber)
+            let stored = try await context.artifacts.store(directory: workspace.output, scrubber: scrubber)
             Failpoint.hit("train.after-artifact")
             try await registry.updateVersion(model: name, number: number, VersionUpdate(
-                status: .trained, metrics: metrics, artifactDigest: stored.digest, artifactLocation: stored.path, logTail: ""))
+                status: .trained, metrics: metrics, artifactDigest: stored.digest, artifactLocation: stored.location, logTail: ""))
             Failpoint.hit("train.after-trained")
             // Cleaned while the entry is still open: a crash meanwhile leaves it to recovery.
             workspace.clean()
-            try context.finish(journalID, recording: Self.trainedEvent(context, name: name, number: number, commit: plan.commit,
-                                                                       artifact: stored.digest, metrics: metrics,
-                                                                       reason: "training finished in \(ManifestDuration.format(result.durationMilliseconds))"),
-                               detail: .map(["fingerprint": .string(detail.fingerprint), "version": .int(Int64(number)),
-                                             "artifact": .string(stored.digest)]))
+            var finished = StateChanges("record the end of journal entry \(journalID)")
+            finished.record(Self.trainedEvent(context, name: name, number: number, commit: plan.commit, artifact: stored.digest,
+                                              metrics: metrics,
+                                              reason: "training finished in \(ManifestDuration.format(result.durationMilliseconds))"))
+            finished.finishJournal(journalID)
+            try await context.commit(finished)
             Failpoint.hit("train.after-finish")
             return (number, .done("v\(number) trained in \(ManifestDuration.format(result.durationMilliseconds)); " +
                                   (metrics.isEmpty ? "no metrics" : MetricsFile.describe(metrics))))
         } catch {
-            if let deferred = deferIfTransient(error, number, detail, journalID, workspace: workspace, scrubber: scrubber) { return (number, deferred) }
-            let message = scrubber.scrub(ModelPipeline.describe(error))
-            try await fail(number, detail, journalID, tail: message, workspace: workspace)
-            return (number, .failed("v\(number): \(message)"))
+            if let deferred = try await deferIfTransient(error, number, journalID, workspace: workspace, scrubber: scrubber) {
+                return (number, deferred)
+            }
+            let failure = Failures.classify(error, scrubbing: scrubber)
+            let until = try await fail(number, detail, journalID, run: journaled, tail: failure.message, workspace: workspace)
+            return (number, .failed(ReconcileFailure(.waiting(until: until), .invalidOutput, "v\(number): \(failure.message)")))
         }
     }
 
     /// A failure of the machine rather than of the training (the disk is full: the output could
     /// not be stored, the step's folder not written) is not held against the version: it is not
     /// marked failed and gets no backoff. It stays `training`, its journal entry is closed as
-    /// interrupted, and the next pass trains it again. Nil for any other error, and for a lost
-    /// lease (which must write nothing: it is rethrown by the caller's writes).
-    func deferIfTransient(_ error: any Error, _ number: Int, _ detail: TrainDetail, _ journalID: Int64,
-                          workspace: StepWorkspace, scrubber: SecretScrubber) -> EntryOutcome? {
-        guard FileSystemFailure.isDiskFull(error) else { return nil }
-        let message = scrubber.scrub(ModelPipeline.describe(error))
+    /// interrupted, and the next pass trains it again. Nil for any other error. A lost lease is
+    /// rethrown: the pass is stopping and must write nothing more.
+    func deferIfTransient(_ error: any Error, _ number: Int, _ journalID: Int64, workspace: StepWorkspace,
+                          scrubber: SecretScrubber) async throws -> EntryOutcome? {
+        let failure = Failures.classify(error, scrubbing: scrubber)
+        if failure.reason == .leaseLost { throw error }
+        guard failure.reason == .diskFull || WorkFiles.isDiskFull(error) else { return nil }
         // Space first: the step's folder is what filled the disk, most often.
         workspace.clean()
-        try? context.journal.fail(id: journalID, detail: .map([
-            "fingerprint": .string(detail.fingerprint), "version": .int(Int64(number)), "interrupted": .bool(true),
-            "transient": .string(message),
-        ]))
-        context.record("model/\(name)/v\(number)", "interrupted", commit: plan.commit,
-                       reason: "disk full: \(message); v\(number) is not marked failed, and the next pass trains it again")
-        return .transient("v\(number): disk full: \(message). v\(number) is not marked failed; the next pass trains it again")
+        let message = "disk full: \(failure.message)"
+        var changes = StateChanges("close journal entry \(journalID)")
+        changes.failJournal(journalID, JournalClosing(interrupted: true, error: message))
+        changes.record(context.event(.version(model: name, number: number), .interrupted, commit: plan.commit,
+                                     reason: "\(message); v\(number) is not marked failed, and the next pass trains it again"))
+        try? await context.commit(changes)
+        return .failed(ReconcileFailure(.transient, .diskFull,
+                                        "v\(number): \(message). v\(number) is not marked failed; the next pass trains it again"))
+    }
+
+    /// A training that says "not now" (exit 75) or was killed by the out-of-memory killer: like a
+    /// full disk, nothing is held against the version; the next pass trains it again.
+    func deferTemporary(_ number: Int, _ journalID: Int64, workspace: StepWorkspace, why: String) async throws -> EntryOutcome {
+        workspace.clean()
+        var changes = StateChanges("close journal entry \(journalID)")
+        changes.failJournal(journalID, JournalClosing(interrupted: true, error: "training \(why)"))
+        changes.record(context.event(.version(model: name, number: number), .interrupted, commit: plan.commit,
+                                     reason: "training \(why); v\(number) is not marked failed, and the next pass trains it again"))
+        try await context.commit(changes)
+        return .failed(ReconcileFailure(.transient, .trainingTemporaryFailure,
+                                        "v\(number): training \(why); log: \(workspace.logFile). The next pass trains it again, without backoff"))
     }
 
     static func trainedEvent(_ context: EngineContext, name: String, number: Int, commit: String?, artifact: String,
                              metrics: [String: Double], reason: String) -> AuditEvent {
-        context.event("model/\(name)/v\(number)", "trained", commit: commit, before: .string("training"),
+        context.event(.version(model: name, number: number), .trained, commit: commit, before: .string("training"),
                       after: .map(["status": .string("trained"), "artifact": .string(artifact),
                                    "metrics": .map(metrics.mapValues(ParamValue.double))]),
                       reason: reason)
@@ -318,10 +407,10 @@ struct Training {
     func claimVersion(_ detail: TrainDetail) async throws -> ModelVersion {
         if let number = detail.version {
             guard let existing = try await registry.version(of: name, number: number), existing.fingerprint == detail.fingerprint else {
-                throw StepOutputError(message: "v\(number) is not a version of fingerprint \(detail.fingerprint.prefix(12)); make a new plan")
+                throw ReconcileFailure(.stalled, .planOutdated, "v\(number) is not a version of fingerprint \(detail.fingerprint.prefix(12)); make a new plan")
             }
             guard existing.status == .failed || existing.status == .training else {
-                throw StepOutputError(message: "v\(number) is \(existing.status.rawValue) now; make a new plan")
+                throw ReconcileFailure(.stalled, .planOutdated, "v\(number) is \(existing.status.rawValue) now; make a new plan")
             }
             return try await registry.updateVersion(model: name, number: number, VersionUpdate(
                 status: .training, attempts: detail.attempt, commit: plan.commit))
@@ -333,28 +422,94 @@ struct Training {
 
     /// Marks the version failed (its backoff starts) and records `training-failed`. The event is
     /// journaled before the version changes, so that a crash in between leaves recovery the event
-    /// to record (`Reconciler.missedTrainingEvents`): every failure is in the audit log once.
-    func fail(_ number: Int, _ detail: TrainDetail, _ journalID: Int64, tail: String, workspace: StepWorkspace) async throws {
+    /// to record (`Recovery`): every failure is in the audit log once. Returns when the backoff
+    /// ends (ms since the epoch).
+    func fail(_ number: Int, _ detail: TrainDetail, _ journalID: Int64, run journaled: TrainingRun, tail: String,
+              workspace: StepWorkspace) async throws -> Int64 {
         let now = context.now()
-        let event = context.event("model/\(name)/v\(number)", "training-failed", commit: plan.commit, before: .string("training"),
-                                  after: .string("failed"), reason: String(tail.suffix(500)))
+        let event = context.event(.version(model: name, number: number), .trainingFailed, commit: plan.commit,
+                                  before: .string("training"), after: .string("failed"), reason: String(tail.suffix(500)))
         workspace.clean()
-        var journaled: [String: ParamValue] = [
-            "fingerprint": .string(detail.fingerprint), "commit": .string(plan.commit), "attempt": .int(Int64(detail.attempt)),
-            "version": .int(Int64(number)),
-        ]
-        if let resumed = detail.version { journaled["resumes"] = .int(Int64(resumed)) }
-        let closed = ParamValue.map(journaled)
-        journaled["failure"] = try AuditCodec.value(event)
-        try context.journal.update(id: journalID, detail: .map(journaled))
+        var run = journaled
+        run.failure = event
+        var journal = StateChanges("journal the failure of entry \(journalID)")
+        journal.updateJournal(journalID, .training(run))
+        try await context.commit(journal)
         try await registry.updateVersion(model: name, number: number, VersionUpdate(
             status: .failed, logTail: String(tail.suffix(8192)), failedAt: now))
         Failpoint.hit("train.after-failed")
-        try context.close(journalID, failed: true, recording: event, detail: closed)
+        var closing = StateChanges("record the end of journal entry \(journalID)")
+        closing.record(event)
+        closing.failJournal(journalID)
+        try await context.commit(closing)
+        return now + Planner.backoff(afterFailures: detail.attempt, policy: policy.retry)
     }
 }
 
 struct StepOutputError: Error, CustomStringConvertible {
     var message: String
     var description: String { message }
+}
+
+/// The out-of-memory kills of this process's cgroup (cgroup v2 `memory.events`), to tell a
+/// step killed by the kernel for memory from one killed by someone else. Nil when unreadable.
+enum OutOfMemory {
+    static func kills() -> Int64? {
+        guard let cgroup = try? String(contentsOfFile: "/proc/self/cgroup", encoding: .utf8),
+              let line = cgroup.split(separator: "\n").first(where: { $0.hasPrefix("0::") }) else { return nil }
+        let path = "/sys/fs/cgroup" + line.dropFirst(3) + "/memory.events"
+        guard let events = try? String(contentsOfFile: path, encoding: .utf8) else { return nil }
+        for row in events.split(separator: "\n") where row.hasPrefix("oom_kill ") {
+            return Int64(row.dropFirst("oom_kill ".count))
+        }
+        return nil
+    }
+}
+
+/// Files and folders a pass writes under the state folder: private to the user running Capstan
+/// (folders 0700, files 0600), like the rest of the state folder.
+enum WorkFiles {
+    static let folderMode: mode_t = 0o700
+    static let fileMode: mode_t = 0o600
+
+    /// Creates `path` and its missing parents with mode 0700.
+    static func makeFolder(_ path: String) throws {
+        var missing: [String] = []
+        var current = path
+        while !current.isEmpty, current != "/", !FileManager.default.fileExists(atPath: current) {
+            missing.append(current)
+            current = (current as NSString).deletingLastPathComponent
+        }
+        for folder in missing.reversed() where mkdir(folder, folderMode) != 0 && errno != EEXIST {
+            throw POSIXError(POSIXErrorCode(rawValue: errno) ?? .EIO, userInfo: [NSFilePathErrorKey: folder])
+        }
+    }
+
+    /// Writes `contents` to a new file at `path` with mode 0600.
+    static func createFile(_ path: String, contents: Data, what: String) throws {
+        let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, fileMode)
+        guard fd >= 0 else { throw POSIXError(POSIXErrorCode(rawValue: errno) ?? .EIO, userInfo: [NSFilePathErrorKey: path]) }
+        defer { close(fd) }
+        try contents.withUnsafeBytes { buffer in
+            var offset = 0
+            while offset < buffer.count {
+                let n = write(fd, buffer.baseAddress! + offset, buffer.count - offset)
+                if n < 0 {
+                    if errno == EINTR { continue }
+                    throw POSIXError(POSIXErrorCode(rawValue: errno) ?? .EIO, userInfo: [NSFilePathErrorKey: path])
+                }
+                offset += n
+            }
+        }
+    }
+
+    /// Whether `error` (from the file system, through Foundation or POSIX) says the disk is full.
+    static func isDiskFull(_ error: any Error) -> Bool {
+        if let posix = error as? POSIXError { return posix.code == .ENOSPC || posix.code == .EDQUOT }
+        let ns = error as NSError
+        if ns.domain == NSPOSIXErrorDomain { return ns.code == Int(ENOSPC) || ns.code == Int(EDQUOT) }
+        if ns.domain == NSCocoaErrorDomain, ns.code == CocoaError.fileWriteOutOfSpace.rawValue { return true }
+        if let underlying = ns.userInfo[NSUnderlyingErrorKey] as? NSError, underlying !== ns { return isDiskFull(underlying) }
+        return false
+    }
 }

@@ -1,5 +1,4 @@
-import CapstanGit
-import CapstanStore
+import CapstanCore
 import Foundation
 
 /// Runs a version's gates: the validation command when the spec has one (it may add metrics by
@@ -9,24 +8,22 @@ struct Validation {
     let context: EngineContext
     let model: DesiredModel
     let plan: Plan
-    let repository: GitRepository
-    let commit: ObjectID
 
     var registry: any Registry { context.registry }
     var name: String { model.name }
 
     func run(version number: Int) async throws -> EntryOutcome {
         guard let version = try await registry.version(of: name, number: number) else {
-            return .failed("v\(number) does not exist")
+            return .failed(ReconcileFailure(.stalled, .planOutdated, "v\(number) does not exist; make a new plan"))
         }
         guard version.status == .trained else {
             return .skipped("v\(number) is \(version.status.rawValue), not waiting for validation")
         }
         guard let digest = version.artifactDigest else {
-            return .failed("v\(number) has no artifact; it cannot be validated")
+            return .failed(ReconcileFailure(.terminal, .artifactChanged, "v\(number) has no artifact; it cannot be validated"))
         }
         // A changed artifact blocks the version's use: it is never validated from altered files.
-        let artifact = try context.artifacts.open(digest: digest)
+        let artifact = try await context.artifacts.open(digest: digest)
 
         let spec = model.manifest.spec.validate
         var metrics = version.metrics
@@ -46,21 +43,20 @@ struct Validation {
         let summary = passed
             ? (results.isEmpty ? "no gates" : "\(results.count) gate\(results.count == 1 ? "" : "s") passed")
             : failed.map { "\($0.gate) (\($0.detail))" }.joined(separator: "; ")
-        let event = context.event("model/\(name)/v\(number)", passed ? "validated" : "rejected", commit: plan.commit,
+        let event = context.event(.version(model: name, number: number), passed ? .validated : .rejected, commit: plan.commit,
                                   before: .string("trained"),
                                   after: .map(["status": .string(passed ? "validated" : "rejected"),
                                                "gates": .list(results.map { .map(["gate": .string($0.gate), "passed": .bool($0.passed),
                                                                                   "detail": .string($0.detail)]) })]),
                                   reason: summary)
-        try await context.journaled("validate", subject: "model/\(name)",
-                                    check: ["model": .string(name), "version": .int(Int64(number))], event: event) {
+        try await context.journaled(.validate(model: name, version: number), event: event) {
             Failpoint.hit("validate.before-update")
             try await registry.updateVersion(model: name, number: number, VersionUpdate(
                 status: passed ? .validated : .rejected, metrics: metrics, gateResults: results))
             Failpoint.hit("validate.after-update")
         }
         if passed { return .done("v\(number) validated: \(summary)") }
-        return .failed("v\(number) rejected: \(summary)")
+        return .failed(ReconcileFailure(.terminal, .gateFailed, "v\(number) rejected: \(summary)"))
     }
 
     /// The validation command, in a fresh copy of the commit's tree, with the training
@@ -72,55 +68,70 @@ struct Validation {
     func runCommand(_ command: [String], spec: ValidateSpec, version: ModelVersion, artifact: String) async throws -> (GateResult, [String: Double]) {
         let gate = "command \(command.joined(separator: " "))"
         let train = model.manifest.spec.train
-        let workspace = StepWorkspace(stateDirectory: context.stateDirectory, model: name, version: version.number, label: "validate")
+        let workspace = StepWorkspace(workFolder: context.workFolder, model: name, version: version.number, label: "validate")
         let runID = UUID().uuidString.lowercased()
-        let journal = context.journal
-        let base: [String: ParamValue] = ["version": .int(Int64(version.number)), "run": .string(runID)]
-        let journalID = try journal.begin(operation: validateCommandOperation, subject: "model/\(name)", detail: .map(base))
-        var closed = false
-        defer {
+        let store = context.store
+        let base = StepRun(version: version.number, run: runID)
+        let journalID = try await store.beginJournal(.validationCommand(base), subject: .model(name))
+        let workdir = spec.workdir ?? train.workdir
+        let outcome: (GateResult, [String: Double])
+        do {
+            outcome = try await runStep(command, gate: gate, spec: spec, version: version, artifact: artifact, workspace: workspace,
+                                           workdir: workdir, run: base, journalID: journalID)
+        } catch {
             workspace.clean()
-            if !closed { try? journal.fail(id: journalID) }
+            var closing = StateChanges("close journal entry \(journalID)")
+            closing.failJournal(journalID, JournalClosing(error: String(describing: error)))
+            try? await store.commit(closing)
+            throw error
         }
-        let materialized = try await context.materializer.materialize(repository, commit: commit)
-        try workspace.prepare(materialized: materialized, params: train.params)
+        // The folder goes while the entry is open: a crash meanwhile leaves it to recovery.
+        workspace.clean()
+        var finished = StateChanges("close journal entry \(journalID)")
+        finished.finishJournal(journalID)
+        try await store.commit(finished)
+        Failpoint.hit("validate.after-command")
+        return outcome
+    }
+
+    func runStep(_ command: [String], gate: String, spec: ValidateSpec, version: ModelVersion, artifact: String,
+                    workspace: StepWorkspace, workdir: String, run base: StepRun, journalID: Int64) async throws -> (GateResult, [String: Double]) {
+        let train = model.manifest.spec.train
+        let store = context.store
+        let materialized = try await context.source.materialize(commit: plan.commit)
+        try workspace.prepare(materialized: materialized, paths: StepWorkspace.paths(workdir: workdir, inputs: train.inputs),
+                              params: train.params)
         let env = try StepEnvironment.make(model: name, spec: train, reconciler: context.environment, capstan: [
             "CAPSTAN_MODEL": name, "CAPSTAN_VERSION": String(version.number), "CAPSTAN_FINGERPRINT": version.fingerprint,
             "CAPSTAN_COMMIT": plan.commit, "CAPSTAN_MODEL_DIR": artifact, "CAPSTAN_METRICS_FILE": workspace.metricsFile,
-            "CAPSTAN_PARAMS_FILE": workspace.paramsFile, runMarker: runID,
+            "CAPSTAN_PARAMS_FILE": workspace.paramsFile, runMarker: base.run,
         ])
-        let workdir = spec.workdir ?? train.workdir
         let events = context.events
         let scrubber = StepEnvironment.scrubber(spec: train, reconciler: context.environment)
         let result = try await context.runner.run(
-            StepRequest(argv: command, workdir: workspace.tree + "/" + (workdir == "." ? "" : workdir), environment: env,
+            StepRequest(argv: command, workdir: workspace.workdir(workdir), environment: env,
                         timeout: spec.timeout, logPath: workspace.logFile, outputPrefix: "[\(name) v\(version.number) validate] ",
                         killGrace: context.killGrace,
                         redact: scrubber.secrets),
             started: { pid in
-                var detail = base
-                detail["pgid"] = .int(Int64(pid))
-                try? journal.update(id: journalID, detail: .map(detail))
+                var running = base
+                running.processGroup = pid
+                var changes = StateChanges("journal the process group of entry \(journalID)")
+                changes.updateJournal(journalID, .validationCommand(running))
+                try? await store.commit(changes)
                 Failpoint.hit("validate.after-start")
             }, line: { events(.output($0)) })
-        let outcome: (GateResult, [String: Double])
         switch result.termination {
         case .exited(0):
-            outcome = (GateResult(gate: gate, passed: true, detail: "exited 0"),
-                       try MetricsFile.read(workspace.metricsFile, required: false, scrubber: scrubber))
+            return (GateResult(gate: gate, passed: true, detail: "exited 0"),
+                    try MetricsFile.read(workspace.metricsFile, required: false, scrubber: scrubber))
         case .exited(let code):
             let tail = scrubber.scrub(result.outputTail.split(separator: "\n").suffix(3).joined(separator: " | "))
-            outcome = (GateResult(gate: gate, passed: false, detail: "exited with status \(code)" + (tail.isEmpty ? "" : ": \(tail)")), [:])
+            return (GateResult(gate: gate, passed: false, detail: "exited with status \(code)" + (tail.isEmpty ? "" : ": \(tail)")), [:])
         case .signalled(let sig):
-            outcome = (GateResult(gate: gate, passed: false, detail: "killed by signal \(sig)"), [:])
+            return (GateResult(gate: gate, passed: false, detail: "killed by signal \(sig)"), [:])
         case .timedOut:
-            outcome = (GateResult(gate: gate, passed: false, detail: "ran longer than its timeout of \(spec.timeout)"), [:])
+            return (GateResult(gate: gate, passed: false, detail: "ran longer than its timeout of \(spec.timeout)"), [:])
         }
-        // The folder goes while the entry is open: a crash meanwhile leaves it to recovery.
-        workspace.clean()
-        try journal.finish(id: journalID)
-        closed = true
-        Failpoint.hit("validate.after-command")
-        return outcome
     }
 }

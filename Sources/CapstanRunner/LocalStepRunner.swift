@@ -24,7 +24,7 @@ public struct LocalStepRunner: StepRunner {
     }
 
     public func run(
-        _ request: StepRequest, started: @escaping @Sendable (Int32) -> Void,
+        _ request: StepRequest, started: @escaping @Sendable (Int32) async -> Void,
         line: @escaping @Sendable (String) -> Void
     ) async throws -> StepResult {
         try Task.checkCancellation()
@@ -145,11 +145,11 @@ extension LocalStepRunner {
     /// cannot be reused by another process while any signal here is sent.
     static func supervise(
         _ execution: Execution<NoInput, SequenceOutput, CombinedErrorOutput>, request: StepRequest,
-        limits: OutputLimits, log: LogFile?, started: @escaping @Sendable (Int32) -> Void,
+        limits: OutputLimits, log: LogFile?, started: @escaping @Sendable (Int32) async -> Void,
         line: @escaping @Sendable (String) -> Void
     ) async -> RunOutcome {
         let pid = execution.processIdentifier.value
-        started(pid)
+        await started(pid)
         let stop = StopRequest()
         let stream = execution.standardOutput
         let output = StepOutput(

@@ -42,13 +42,17 @@ public enum EntryOutcome: Hashable, Sendable {
 /// What a pass reports while it runs (the CLI prints it; the controller logs it).
 public enum PassEvent: Sendable {
     case started(PlanEntry)
-    case finished(PlanEntry, EntryOutcome)
+    /// An entry ended; `version` is the version it concerned, when known (a new version's
+    /// number is known once it is created).
+    case finished(PlanEntry, EntryOutcome, version: Int?)
     /// A line of a step's output, already prefixed (`[churn v3] …`).
     case output(String)
     /// Something people should know (a recovered journal entry, a lease taken over).
     case note(String)
     /// Something that went wrong without failing an entry (the audit log could not be written).
     case warning(String)
+    /// The plan the pass is about to carry out (its model entries; deployments follow).
+    case planned(Plan)
     /// The deployment entries, decided once the registry changes are done.
     case deploymentPlan([PlanEntry])
 }

@@ -112,6 +112,11 @@ public enum FailureReason: String, Hashable, Sendable, Codable, CaseIterable {
     case pinnedVersionUnusable = "PinnedVersionUnusable"
     /// A deployment's model has no `spec.serve`, or no validated version to serve.
     case notServable = "NotServable"
+    /// An alias that follows `latest` has no validated version to point at (the newest was
+    /// rejected or failed).
+    case noValidatedVersion = "NoValidatedVersion"
+    /// A saved plan no longer matches the commit or the registry: make a new plan.
+    case planOutdated = "PlanOutdated"
     /// The commit at the ref is not signed by an allowed key.
     case unverifiedCommit = "UnverifiedCommit"
 
@@ -134,6 +139,8 @@ public enum FailureReason: String, Hashable, Sendable, Codable, CaseIterable {
     // Transient: retried on the next pass, no backoff.
     /// The Git source cannot be fetched or read.
     case sourceUnavailable = "SourceUnavailable"
+    /// An object of the Git source cannot be read (a damaged mirror is cloned again).
+    case sourceDamaged = "SourceDamaged"
     /// The state store cannot be read or written.
     case stateUnavailable = "StateUnavailable"
     /// Another process holds the state lock.
@@ -165,12 +172,12 @@ public enum FailureReason: String, Hashable, Sendable, Codable, CaseIterable {
     public var defaultClass: ReconcileFailure.Class {
         switch self {
         case .invalidManifests, .noManifests, .inputUnresolvable, .missingSecret, .pinnedVersionMissing,
-             .pinnedVersionUnusable, .notServable, .unverifiedCommit:
+             .pinnedVersionUnusable, .notServable, .unverifiedCommit, .noValidatedVersion, .planOutdated:
             return .stalled
         case .trainingFailed, .trainingTimedOut, .invalidOutput, .trainingElsewhere, .rolloutPaused, .starting,
              .soakPending:
             return .waiting(until: nil)
-        case .sourceUnavailable, .stateUnavailable, .locked, .leaseLost, .diskFull, .registryUnavailable,
+        case .sourceUnavailable, .sourceDamaged, .stateUnavailable, .locked, .leaseLost, .diskFull, .registryUnavailable,
              .servingUnavailable, .trainingTemporaryFailure, .interrupted, .stepNotStarted:
             return .transient
         case .gateFailed, .rolledBack, .artifactChanged:

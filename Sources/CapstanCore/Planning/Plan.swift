@@ -353,11 +353,14 @@ public struct BlockedDetail: Hashable, Sendable, Codable {
     public var version: Int?
     /// `manifest-file:line:col` of the field to change.
     public var location: String?
+    /// Why, as a stable code (`PinnedVersionMissing`, `PinnedVersionUnusable`…).
+    public var code: FailureReason?
 
-    public init(alias: String? = nil, version: Int? = nil, location: String? = nil) {
+    public init(alias: String? = nil, version: Int? = nil, location: String? = nil, code: FailureReason? = nil) {
         self.alias = alias
         self.version = version
         self.location = location
+        self.code = code
     }
 }
 

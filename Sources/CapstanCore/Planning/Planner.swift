@@ -279,7 +279,7 @@ private struct ModelPlanner {
             entries.append(PlanEntry(
                 id: id, action: .blocked, name: name,
                 reason: "alias \(pin.name) is pinned to v\(number), which does not exist (\(newest.map { "the newest is v\($0)" } ?? "the model has no versions yet")); change the pin in \(field)",
-                detail: .blocked(BlockedDetail(alias: pin.name, version: number, location: field))))
+                detail: .blocked(BlockedDetail(alias: pin.name, version: number, location: field, code: .pinnedVersionMissing))))
             return
         }
         if version.archivedAt != nil {
@@ -324,7 +324,7 @@ private struct ModelPlanner {
         entries.append(PlanEntry(
             id: "\(name)/alias/\(pin.name)", action: .blocked, name: name,
             reason: "alias \(pin.name) is pinned to v\(number), but \(why); aliases point only at validated versions. Pin another version in \(field)",
-            detail: .blocked(BlockedDetail(alias: pin.name, version: number, location: field))))
+            detail: .blocked(BlockedDetail(alias: pin.name, version: number, location: field, code: .pinnedVersionUnusable))))
     }
 
     mutating func planLatest(_ pin: AliasPin) {
@@ -352,7 +352,8 @@ private struct ModelPlanner {
             }
             entries.append(PlanEntry(
                 id: id, action: .blocked, name: name, reason: "alias \(pin.name) (latest) has nothing to point at: \(why)",
-                detail: .blocked(BlockedDetail(alias: pin.name, version: last?.number, location: location("spec.aliases.\(pin.name)")))))
+                detail: .blocked(BlockedDetail(alias: pin.name, version: last?.number, location: location("spec.aliases.\(pin.name)"),
+                                               code: .noValidatedVersion))))
             return
         }
         guard current != newest.number else { return }

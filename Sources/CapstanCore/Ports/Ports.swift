@@ -81,13 +81,13 @@ public protocol StepRunner: Sendable {
     /// Runs `request` to its end and reports how it ended.
     ///
     /// `started` is called once with the child's pid (== its process group id) right after
-    /// spawn, so the caller can journal it before waiting. `line` receives each output line
+    /// spawn, and awaited, so the caller can journal it before the runner waits. `line` receives each output line
     /// (without newline, prefix already applied) for live echo; it may be called from any thread.
     /// Throws when the step cannot be started at all (no such executable or working directory,
     /// an unwritable log) and `CancellationError` when the calling task is cancelled (after the
     /// process group has been terminated).
     func run(
-        _ request: StepRequest, started: @escaping @Sendable (Int32) -> Void,
+        _ request: StepRequest, started: @escaping @Sendable (Int32) async -> Void,
         line: @escaping @Sendable (String) -> Void
     ) async throws -> StepResult
 

@@ -29,13 +29,8 @@ public struct AuditEvent: Hashable, Sendable {
         self.reason = reason
     }
 
-    /// The version the event concerns, when it concerns one: the object's own number, or the
-    /// version a deployment change moved to (`after` of a rollout event names it as `to`).
-    public var version: Int? {
-        if let n = object.version { return n }
-        if case .map(let m)? = after, case .int(let n)? = m["to"] { return Int(n) }
-        return nil
-    }
+    /// The version the event concerns, when its object is a version.
+    public var version: Int? { object.version }
 }
 
 extension AuditEvent: Codable {
