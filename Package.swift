@@ -96,6 +96,14 @@ let package = Package(
             "CapstanManifests",
             .product(name: "Crypto", package: "swift-crypto"),
         ]),
+        // The long-running loop of `capstan run` as a Service over the engine and its ports:
+        // triggers, the lease per pass, the wake-up.
+        .target(name: "CapstanController", dependencies: [
+            "CapstanCore",
+            "CapstanEngine",
+            .product(name: "Logging", package: "swift-log"),
+            .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+        ]),
         // Commands; the only layer that wires adapters together.
         .target(name: "CapstanCLI", dependencies: [
             "CapstanCore",
@@ -104,6 +112,7 @@ let package = Package(
             "CapstanStore",
             "CapstanRunner",
             "CapstanEngine",
+            "CapstanController",
             "CapstanServing",
             "CapstanServer",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
@@ -131,6 +140,7 @@ let package = Package(
             "CapstanEngine", "CapstanCore", "CapstanGit", "CapstanStore", "CapstanManifests", "CapstanTestSupport",
             .product(name: "GRDB", package: "GRDB.swift"),
         ]),
+        .testTarget(name: "CapstanControllerTests", dependencies: ["CapstanController"]),
         .testTarget(name: "CapstanCLITests", dependencies: [
             "CapstanCLI", "capstan", "capstan-bench", "CapstanTestSupport", "CapstanStore", "CapstanCore",
             .product(name: "Crypto", package: "swift-crypto"), .product(name: "GRDB", package: "GRDB.swift"),

@@ -1,9 +1,6 @@
 import ArgumentParser
 import CapstanCore
 import CapstanEngine
-import CapstanGit
-import CapstanRunner
-import CapstanStore
 import Foundation
 import Synchronization
 
@@ -57,27 +54,27 @@ struct ApplyCommand: AsyncParsableCommand {
             if options.repo == nil { options.repo = saved.repository }
             if options.ref == nil { options.ref = saved.ref }
         }
-        let database = try PassPreparation.openDatabase(options.stateDirectory)
-        let lock = StateLock(database: database)
-        let holder = StateLock.newHolderID()
+        let store = try Wiring.store(options.stateDirectory)
+        let reconciler = Reconciler(ports: try Wiring.ports(options, store: store, actor: Self.actor()))
         let command = (["capstan"] + CommandLine.arguments.dropFirst()).joined(separator: " ")
-        let ttl: TimeInterval = 60
-        let wait = Double(try ManifestDuration.option(lockTimeout, "--lock-timeout").milliseconds) / 1000
-        let acquired: StateLock.Acquired
+        let wait = try ManifestDuration.option(lockTimeout, "--lock-timeout").milliseconds
+        let keeper: LeaseKeeper
         do {
-            acquired = try await lock.acquire(holder: holder, command: command, ttl: ttl, wait: wait, pollInterval: 0.2)
-            if let previous = acquired.tookOver {
-                Terminal.err("capstan: note: took over the lock of holder \(previous.holder) (pid \(previous.pid) on \(previous.host), running '\(previous.command)'): \(acquired.tookOverBecause ?? "it is gone")\n")
+            keeper = try await LeaseKeeper.acquire(store, holder: UUID().uuidString.lowercased(), command: command, waitMilliseconds: wait)
+            if let previous = keeper.grant.tookOver {
+                Terminal.err("capstan: note: took over the lock of holder \(previous.holder) (pid \(previous.pid) on \(previous.host), running '\(previous.command)'): \(keeper.grant.tookOverBecause ?? "it is gone")\n")
             }
-        } catch let error as StoreError {
-            throw CommandFailure(message: error.message)
+        } catch {
+            throw Wiring.failure(error)
         }
         // Every write of the pass checks this lease (its holder and generation): once it is lost
         // (`capstan unlock --force`, a takeover), the pass writes nothing more and stops.
-        let keeper = LeaseKeeper(lock: lock, fence: acquired.fence, ttl: ttl)
-        let passDatabase = keeper.fenced(database)
         let terminal = Terminal(noColor: noColor)
-        let work = Task { try await self.pass(options: options, saved: saved, database: passDatabase, terminal: terminal) }
+        let retry = retryFailed
+        let work = Task {
+            try await Self.pass(reconciler, keeper: keeper, ref: options.ref, fetch: !options.noFetch, saved: saved,
+                                retryFailed: retry, color: terminal.color)
+        }
         // SIGINT/SIGTERM stop the pass: the running step's process group is terminated, the
         // version it trained is left for the next pass, the lock is released. A second signal
         // exits at once (the next pass recovers, as after a crash).
@@ -90,8 +87,7 @@ struct ApplyCommand: AsyncParsableCommand {
             work.cancel()
         }
         let result = await work.result
-        keeper.stop()
-        if keeper.lost == nil { _ = try? lock.release(holder: holder) }
+        await keeper.release()
         stopper.stop()
         if let signal = stopper.received {
             throw CommandFailure(message: "the pass was stopped by \(signal == SIGINT ? "SIGINT" : "SIGTERM"); the next apply finishes it",
@@ -100,39 +96,24 @@ struct ApplyCommand: AsyncParsableCommand {
         if let lost = keeper.lost {
             throw CommandFailure(message: lost.message)
         }
-        try result.get()
-    }
-
-    func pass(options: RepositoryOptions, saved: Plan?, database: StateDatabase, terminal: Terminal) async throws {
-        let color = terminal.color
-        let pass = ReconcilePass(
-            options: options, database: database, actor: Self.actor(), command: "apply",
-            planOptions: PlanOptions(retryFailed: retryFailed), saved: saved,
-            events: { ApplyOutput.print($0, color: color) },
-            report: { report in
-                switch report {
-                case .note(let note): Terminal.out("capstan: \(note)\n")
-                case .plan(let plan):
-                    Terminal.out(PlanReport(plan: plan, color: color).text())
-                    if plan.hasChanges { Terminal.out("\n") }
-                case .summary(let summary): Terminal.out(summary + "\n")
-                }
-            })
-        let outcome = try await pass.run()
-        if outcome.result.outcome == .failed {
-            throw CommandFailure(message: "the pass at \(outcome.commit.prefix(7)) did not converge: " +
-                                 ApplyOutput.failures(outcome.plan, outcome.result).joined(separator: "; "))
+        do {
+            try result.get()
+        } catch {
+            throw Wiring.failure(error)
         }
     }
 
-    /// A saved plan runs only against the commit and registry it was computed from.
-    static func check(_ plan: Plan, against prepared: PreparedPass) throws {
-        let now = prepared.desired.commit
-        guard plan.commit == now else {
-            throw CommandFailure(message: "the saved plan was made at commit \(plan.commit.prefix(12)), but \(plan.ref) is now at \(now.prefix(12)); nothing was applied. Make a new plan (capstan plan --out FILE) and review it")
-        }
-        guard plan.actualDigest == prepared.actual.digest else {
-            throw CommandFailure(message: "the registry changed since the saved plan was made (another apply ran, or a version, alias or model changed); nothing was applied. Make a new plan (capstan plan --out FILE) and review it")
+    /// Runs the pass, printing its progress, the plan and the summary; fails when it did not
+    /// converge or progress.
+    static func pass(_ reconciler: Reconciler, keeper: LeaseKeeper, ref: String?, fetch: Bool, saved: Plan?, retryFailed: Bool,
+                     color: Bool) async throws {
+        let report = try await reconciler.pass(
+            at: ref, fence: keeper.fence, command: "apply", options: PlanOptions(retryFailed: retryFailed), saved: saved,
+            fetch: fetch, events: { ApplyOutput.print($0, color: color) }, onLeaseLost: { keeper.reportLost($0) })
+        Terminal.out(report.summary + "\n")
+        if report.outcome == .failed {
+            throw CommandFailure(message: "the pass at \(report.revision.commit.prefix(7)) did not converge: "
+                                 + report.failureLines.joined(separator: "; "))
         }
     }
 
@@ -216,7 +197,7 @@ final class SignalStopper {
     }
 }
 
-/// What `apply` prints while and after it runs.
+/// What `apply` prints while it runs.
 enum ApplyOutput {
     static let lock = NSLock()
 
@@ -226,22 +207,28 @@ enum ApplyOutput {
         switch event {
         case .started(let entry):
             Terminal.out("\(entry.name): \(verb(entry.action))…\n")
-        case .finished(let entry, let outcome):
+        case .finished(let entry, let outcome, _):
             let (mark, paint): (String, String) = switch outcome {
             case .done: ("done", "\u{1B}[32m")
             case .skipped: ("skipped", "\u{1B}[2m")
             case .failed: ("FAILED", "\u{1B}[31;1m")
-            case .transient: ("FAILED (transient)", "\u{1B}[33;1m")
             }
             let label = color ? "\(paint)\(mark)\u{1B}[0m" : mark
             Terminal.out("\(entry.name): \(entry.action.rawValue) \(label): \(outcome.message)\n")
         case .output(let line):
             Terminal.err(line + "\n")
+        case .recovered(let text):
+            Terminal.out("capstan: \(text)\n")
         case .note(let text):
-            Terminal.err(text + "\n")
+            Terminal.err("capstan: note: \(text)\n")
+        case .warning(let text):
+            Terminal.err("capstan: warning: \(text)\n")
+        case .planned(let plan):
+            Terminal.out(PlanRenderer(plan: plan, color: color).text())
+            if plan.hasChanges { Terminal.out("\n") }
         case .deploymentPlan(let entries):
-            let plan = Plan(repository: "", ref: "", commit: "", actualDigest: "", createdAt: StoreTime.systemMilliseconds(), entries: entries)
-            let lines = PlanReport(plan: plan, color: color).entryLines()
+            let plan = Plan(repository: "", ref: "", commit: "", actualDigest: "", createdAt: 0, entries: entries)
+            let lines = PlanRenderer(plan: plan, color: color).entryLines()
             Terminal.out("\nDeployments, after the registry changes:\n" + lines.joined(separator: "\n") + "\n\n")
         }
     }
@@ -256,38 +243,6 @@ enum ApplyOutput {
         case .deleteAlias: return "deleting alias"
         case .archiveVersions: return "archiving"
         default: return action.rawValue
-        }
-    }
-
-    static func summary(_ plan: Plan, _ result: PassResult) -> String {
-        let changes = plan.changes.filter { $0.kind == .model } + result.followUps
-            + result.deploymentEntries.filter { $0.action.isChange }
-        let rollouts = result.deploymentResidual.filter { $0.action == .wait || $0.action == .blocked || $0.action == .servingUnavailable }
-            .map { "\n  \($0.name): \($0.reason)" }.joined()
-        if changes.isEmpty {
-            var text = "Apply complete: no changes; the registry already matches \(plan.commit.prefix(7))."
-            let left = result.residual.entries.filter { !$0.action.isChange && $0.action != .orphaned }
-            if !left.isEmpty { text += " \(left.count) waiting or blocked (see the plan above)." }
-            return text + rollouts
-        }
-        var done = 0, failed = 0, skipped = 0
-        for entry in changes {
-            switch result.outcomes[entry.id] {
-            case .done?: done += 1
-            case .failed?, .transient?: failed += 1
-            default: skipped += 1
-            }
-        }
-        var text = "Apply \(failed > 0 ? "finished with failures" : "complete") at \(plan.commit.prefix(7)): \(done) done, \(failed) failed, \(skipped) skipped."
-        let waiting = result.residual.count(.wait), blocked = result.residual.count(.blocked)
-        if waiting + blocked > 0 { text += " Left for later: \(waiting) waiting, \(blocked) blocked." }
-        return text + rollouts
-    }
-
-    static func failures(_ plan: Plan, _ result: PassResult) -> [String] {
-        (plan.changes.filter { $0.kind == .model } + result.followUps + result.deploymentEntries).compactMap { entry in
-            guard let outcome = result.outcomes[entry.id], outcome.isFailure else { return nil }
-            return "\(entry.name) \(entry.action.rawValue): \(outcome.message)"
         }
     }
 }

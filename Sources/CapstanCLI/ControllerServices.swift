@@ -1,4 +1,6 @@
+import CapstanController
 import CapstanCore
+import CapstanEngine
 import CapstanServer
 import CapstanServing
 import CapstanStore
@@ -6,24 +8,6 @@ import Foundation
 import Logging
 import ServiceLifecycle
 import Synchronization
-
-/// The reconcile loop as a service: graceful shutdown lets the running pass finish (within the
-/// grace), cancellation stops its step at once.
-struct ControllerLoopService: Service {
-    let controller: Controller
-
-    func run() async throws {
-        await withTaskCancellationHandler {
-            await withGracefulShutdownHandler {
-                await controller.run()
-            } onGracefulShutdown: {
-                controller.beginShutdown()
-            }
-        } onCancel: {
-            controller.stopNow()
-        }
-    }
-}
 
 /// The serving agent of `capstan run --serve`, in the controller's service group.
 struct AgentService: Service {
@@ -84,35 +68,36 @@ final class AsyncGate<Value: Sendable>: Sendable {
 }
 
 /// What the controller's HTTP side reads: readiness from the loop, status and history from the
-/// state database (the same documents as `capstan status` and `capstan history`).
+/// state store (the same documents as `capstan status` and `capstan history`).
 struct ControllerStatusBackend: ControllerBackend {
     let controller: Controller
-    let database: StateDatabase
+    let store: SQLiteStateStore
     let stateDirectory: String
     let repository: String
     let ref: String?
     let interval: String
 
     func readiness() -> Readiness {
-        controller.readiness()
+        let readiness = controller.readiness()
+        return Readiness(ready: readiness.ready, reason: readiness.reason)
     }
 
-    func statusJSON() async throws -> Data {
-        let (models, extras) = try await StatusReport.load(database)
-        return Data(try StatusReport.json(stateDirectory: stateDirectory, models: models, extras: extras).utf8)
+    func status() async throws -> StatusDocument {
+        try await StatusReader.document(store: store, registry: store.registry, stateDirectory: stateDirectory)
     }
 
-    func statusPage() async throws -> String {
-        let status = try await statusJSON()
-        let history = try HistoryCommand.json(try AuditLog(database: database).query(limit: 50))
+    func history(limit: Int) async throws -> [AuditEvent] {
+        try await store.auditEvents(AuditQuery(limit: limit))
+    }
+
+    func pageContext() -> StatusPageContext {
         var context = StatusPageContext()
         context.repository = repository
         context.ref = ref
         context.pollInterval = interval
         context.lastObservedCommit = controller.lastObservedCommit
         context.startedAt = controller.startedAt
-        context.now = Date()
-        return try StatusPage.render(status: status, history: history, context: context)
+        return context
     }
 
     func requestPass(why: String) -> Bool {
@@ -120,47 +105,92 @@ struct ControllerStatusBackend: ControllerBackend {
     }
 }
 
+/// What `capstan run` makes of the loop's passes: Prometheus metrics and notifications.
+struct RunObserver: ControllerObserver {
+    let metrics: ControllerMetrics
+    let notifier: Notifier?
+
+    func fetchFailed(_ failure: ReconcileFailure) {
+        metrics.recordFetchError()
+    }
+
+    func stepFinished(_ entry: PlanEntry, _ outcome: EntryOutcome) {
+        switch outcome {
+        case .done: metrics.recordStep(kind: entry.action.rawValue, result: "done")
+        case .skipped: metrics.recordStep(kind: entry.action.rawValue, result: "skipped")
+        case .failed(let failure):
+            metrics.recordStep(kind: entry.action.rawValue, result: "failed")
+            metrics.recordFailure(scope: "step", kind: entry.action.rawValue, failureClass: failure.failureClass.name,
+                                  reason: failure.reason.rawValue)
+        }
+    }
+
+    func passFinished(_ pass: FinishedPass) {
+        let finishedAt = Date()
+        if let report = pass.report {
+            metrics.recordPass(outcome: report.outcome.rawValue, duration: pass.duration, changes: report.changeCount,
+                               waiting: report.count(.waiting) + report.count(.blocked), finishedAt: finishedAt)
+            if report.outcome != .failed { metrics.recordAppliedCommit(pass.commit) }
+        } else if let failure = pass.failure {
+            metrics.recordPass(outcome: "failed", duration: pass.duration, changes: 0, waiting: 0, finishedAt: finishedAt)
+            metrics.recordFailure(scope: "pass", kind: "pass", failureClass: failure.failureClass.name, reason: failure.reason.rawValue)
+        }
+        let serving = pass.serving
+        metrics.recordRollouts(Set(serving.applied.keys).union(serving.rollouts.keys).sorted().map { deployment in
+            guard let rollout = serving.rollouts[deployment] else { return (deployment: deployment, phase: "stable", canaryWeight: 0, step: 0) }
+            let weight = serving.applied[deployment]?.first { $0.version == rollout.to }?.weight ?? 0
+            return (deployment: deployment, phase: rollout.phase.rawValue, canaryWeight: Double(weight), step: rollout.step + 1)
+        })
+        guard let notifier else { return }
+        let failure = pass.failure?.message ?? (pass.report.flatMap { $0.outcome == .failed ? $0.failureLines.joined(separator: "; ") : nil })
+        notifier.send(NotificationMapping.events(from: pass.events, deployments: pass.report?.deploymentEntries ?? [],
+                                                 passFailure: failure,
+                                                 failureClass: pass.failure ?? pass.report?.failures.first?.failure, commit: pass.commit))
+    }
+}
+
 /// Audit events → notifications: versions validated or rejected, aliases moved, rollouts started,
-/// promoted or rolled back; and a failed pass.
+/// promoted or rolled back; and a failed pass (with its failure's class and reason).
 enum NotificationMapping {
     /// `deployments`: the pass's deployment entries, for the model and version of a rollout event.
-    static func events(from audit: [AuditEvent], deployments: [PlanEntry] = [], passFailure: String?, commit: String?,
-                       now: Date = Date()) -> [NotificationEvent] {
+    static func events(from audit: [AuditEvent], deployments: [PlanEntry] = [], passFailure: String?,
+                       failureClass: ReconcileFailure? = nil, commit: String?, now: Date = Date()) -> [NotificationEvent] {
         var details: [String: DeploymentDetail] = [:]
         for entry in deployments {
-            if case .deployment(let detail) = entry.detail { details["\(entry.name) \(entry.action.rawValue)"] = detail }
+            if case .deployment(let detail) = entry.detail, let action = AuditAction(deployment: entry.action) {
+                details["\(entry.name) \(action.rawValue)"] = detail
+            }
         }
         var out: [NotificationEvent] = []
         for event in audit {
-            let parts = event.object.split(separator: "/", omittingEmptySubsequences: false).map(String.init)
-            guard parts.count >= 2 else { continue }
-            switch (parts[0], event.action) {
-            case ("model", "validated"), ("model", "rejected"):
-                guard parts.count == 3, parts[2].hasPrefix("v"), let number = Int(parts[2].dropFirst()) else { continue }
-                let validated = event.action == "validated"
+            let at = Date(timeIntervalSince1970: Double(event.at) / 1000)
+            switch (event.object, event.action) {
+            case (.version(let model, let number), .validated), (.version(let model, let number), .rejected):
+                let validated = event.action == .validated
                 var n = NotificationEvent(kind: validated ? .versionValidated : .versionRejected, message:
-                    "\(parts[1]) v\(number) \(validated ? "validated" : "rejected"): \(event.reason)", at: event.at)
-                n.model = parts[1]
+                    "\(model) v\(number) \(validated ? "validated" : "rejected"): \(event.reason)", at: at)
+                n.model = model
                 n.version = number
                 n.commit = event.commit
                 out.append(n)
-            case ("model", "move-alias"):
-                guard parts.count == 4, parts[2] == "alias" else { continue }
+            case (.alias(let model, let alias), .moveAlias):
                 let to = event.after.flatMap(Self.int)
                 let from = event.before.flatMap(Self.int)
                 var n = NotificationEvent(kind: .aliasMoved, message:
-                    "\(parts[1])@\(parts[3]): \(from.map { "v\($0)" } ?? "unset") → \(to.map { "v\($0)" } ?? "unset")", at: event.at)
-                n.model = parts[1]
-                n.alias = parts[3]
+                    "\(model)@\(alias): \(from.map { "v\($0)" } ?? "unset") → \(to.map { "v\($0)" } ?? "unset")", at: at)
+                n.model = model
+                n.alias = alias
                 n.version = to
                 n.commit = event.commit
                 out.append(n)
-            case ("deployment", "start-rollout"), ("deployment", "promote"), ("deployment", "rollback"):
-                let kind: NotificationEvent.Kind = event.action == "start-rollout" ? .rolloutStarted : event.action == "promote" ? .rolloutPromoted : .rolloutRolledBack
-                var n = NotificationEvent(kind: kind, message: "\(parts[1]): \(event.reason)", at: event.at)
-                n.deployment = parts[1]
+            case (.deployment(let deployment), .startRollout), (.deployment(let deployment), .promote),
+                 (.deployment(let deployment), .rollback):
+                let kind: NotificationEvent.Kind = event.action == .startRollout ? .rolloutStarted
+                    : event.action == .promote ? .rolloutPromoted : .rolloutRolledBack
+                var n = NotificationEvent(kind: kind, message: "\(deployment): \(event.reason)", at: at)
+                n.deployment = deployment
                 n.commit = event.commit
-                if let detail = details["\(parts[1]) \(event.action)"] {
+                if let detail = details["\(deployment) \(event.action.rawValue)"] {
                     n.model = detail.model
                     n.version = detail.to
                 }
@@ -172,6 +202,8 @@ enum NotificationMapping {
         if let passFailure {
             var n = NotificationEvent(kind: .passFailed, message: "the pass\(commit.map { " at \($0.prefix(7))" } ?? "") failed: \(passFailure)", at: now)
             n.commit = commit
+            n.failureClass = failureClass?.failureClass.name
+            n.reason = failureClass?.reason.rawValue
             out.append(n)
         }
         return out

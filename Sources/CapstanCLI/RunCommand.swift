@@ -1,5 +1,7 @@
 import ArgumentParser
+import CapstanController
 import CapstanCore
+import CapstanEngine
 import CapstanServer
 import CapstanServing
 import CapstanStore
@@ -137,21 +139,12 @@ struct RunCommand: AsyncParsableCommand {
         let format = logFormat
         var logger = Logger(label: "capstan") { CapstanLogHandler(label: $0, format: format) }
         logger.logLevel = Logger.Level(rawValue: logLevel) ?? .info
-        // Notes the shared code prints on stderr become log lines.
-        let noteLogger = logger
-        Terminal.errorSink.withLock { sink in
-            sink = { text in
-                for line in text.split(separator: "\n") where !line.isEmpty {
-                    var message = String(line)
-                    for prefix in ["capstan: note: ", "capstan: "] where message.hasPrefix(prefix) { message.removeFirst(prefix.count) }
-                    noteLogger.notice("\(message)")
-                }
-            }
-        }
-        defer { Terminal.errorSink.withLock { $0 = nil } }
 
         let options = repository
-        let database = try PassPreparation.openDatabase(options.stateDirectory)
+        let store = try Wiring.store(options.stateDirectory)
+        let host = ProcessInfo.processInfo.hostName
+        // One reconciler for the controller's life: its source stays open and what it read is kept.
+        let reconciler = Reconciler(ports: try Wiring.ports(options, store: store, actor: "capstan run (\(host))"))
         var timing = ControllerTiming()
         timing.interval = .milliseconds(try ManifestDuration.option(interval, "--interval").milliseconds)
         timing.resync = .milliseconds(try ManifestDuration.option(resync, "--resync").milliseconds)
@@ -189,23 +182,18 @@ struct RunCommand: AsyncParsableCommand {
         }
         if let notifier { services.append(.init(service: notifier)) }
 
-        let host = ProcessInfo.processInfo.hostName
         let controller = Controller(
-            options: options, timing: timing, database: database, metrics: metrics, logger: logger,
-            actor: "capstan run (\(host))",
+            reconciler: reconciler, ref: options.ref, timing: timing, logger: logger,
+            observer: RunObserver(metrics: metrics, notifier: notifier),
             startGate: { [serve] in
                 // With --serve, passes wait for the in-process agent and talk to it.
                 guard serve, let running = await agentListening.value() else { return nil }
                 let client = AgentClient(adminURL: running.adminURL, token: adminToken, timeout: .seconds(10))
                 return ServingConnection(target: client, close: { try? await client.shutdown() })
-            },
-            afterPass: { events, deployments, failure, commit in
-                guard let notifier else { return }
-                notifier.send(NotificationMapping.events(from: events, deployments: deployments, passFailure: failure, commit: commit))
             })
         services.append(.init(service: ControllerLoopService(controller: controller),
                               successTerminationBehavior: .gracefullyShutdownGroup, failureTerminationBehavior: .gracefullyShutdownGroup))
-        let backend = ControllerStatusBackend(controller: controller, database: database, stateDirectory: options.stateDirectory,
+        let backend = ControllerStatusBackend(controller: controller, store: store, stateDirectory: options.stateDirectory,
                                               repository: options.repo ?? ".", ref: options.ref, interval: interval)
         let httpLogger = logger
         let application = Listener(role: "controller's HTTP server", address: httpAddress, flag: "--http", application: Application(

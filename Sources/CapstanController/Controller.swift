@@ -2,6 +2,7 @@ import CapstanCore
 import CapstanEngine
 import Foundation
 import Logging
+import ServiceLifecycle
 import Synchronization
 
 /// How the controller paces itself (`capstan run` flags).
@@ -255,7 +256,7 @@ public final class Controller: Sendable {
             for note in revision.notes where note.kind == .warning { logWarningOnce(note.message) }
             return revision.commit
         } catch {
-            let failure = Failures.classify(error)
+            let failure = ReconcileFailure.of(error)
             observer.fetchFailed(failure)
             let changed = state.withLock { state -> Bool in
                 defer { state.sourceError = failure.message }
@@ -295,7 +296,7 @@ public final class Controller: Sendable {
                                       "why": "\(keeper.grant.tookOverBecause ?? "it is gone")"])
             }
         } catch {
-            let failure = Failures.classify(error)
+            let failure = ReconcileFailure.of(error)
             log.warning("the state is locked; trying again on the next tick", metadata: ["error": "\(failure.message)"])
             return (false, "retry: \(why) (the state was locked)", nil)
         }
@@ -346,7 +347,7 @@ public final class Controller: Sendable {
                                                      "summary": "\(report.summary.split(separator: "\n").first.map(String.init) ?? "")"])
             }
         case .failure(let error):
-            let failure = Failures.classify(error)
+            let failure = ReconcileFailure.of(error)
             finished.failure = failure
             outcome = "failed"
             if failure.failureClass == .transient { again = "retry: \(why) (\(failure.reason.rawValue))" }
@@ -406,7 +407,7 @@ public final class Controller: Sendable {
             }
         case .output(let line):
             logger.debug("step output", metadata: ["line": "\(line)"])
-        case .note(let text):
+        case .note(let text), .recovered(let text):
             logger.notice("\(text)")
         case .warning(let text):
             logger.warning("\(text)")
@@ -428,7 +429,7 @@ public final class Controller: Sendable {
 
 /// The loop as a service of the controller's service group: graceful shutdown lets the running
 /// pass finish (within the grace), cancellation stops its step at once.
-public struct ControllerLoopService: Sendable {
+public struct ControllerLoopService: Service {
     public let controller: Controller
 
     public init(controller: Controller) {

@@ -144,22 +144,13 @@ struct EngineContext: Sendable {
     }
 }
 
-/// What the engine makes of errors: the class and reason of a classified one (an adapter's,
-/// or a `ReconcileFailure`), a cancellation as an interruption, anything else transient.
+/// What the engine makes of errors (see `ReconcileFailure.of`).
 enum Failures {
-    static func classify(_ error: any Error) -> ReconcileFailure {
-        if let failure = error as? ReconcileFailure { return failure }
-        if let classified = error as? any ClassifiedError { return classified.failure }
-        if error is CancellationError { return ReconcileFailure(.transient, .interrupted, "the pass was stopped") }
-        if let registry = error as? RegistryError {
-            return ReconcileFailure(.transient, .registryUnavailable, registry.description)
-        }
-        return ReconcileFailure(.transient, .stateUnavailable, String(describing: error))
-    }
+    static func classify(_ error: any Error) -> ReconcileFailure { ReconcileFailure.of(error) }
 
     /// `error`'s failure with its message run through `scrubber`.
     static func classify(_ error: any Error, scrubbing scrubber: SecretScrubber) -> ReconcileFailure {
-        var failure = classify(error)
+        var failure = ReconcileFailure.of(error)
         failure.message = scrubber.scrub(failure.message)
         return failure
     }

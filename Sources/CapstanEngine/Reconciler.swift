@@ -159,7 +159,7 @@ public final class Reconciler: Sendable {
         var commit: String?
         do {
             let recovered = try await Recovery(context: context).recover()
-            for note in recovered { events(.note(note)) }
+            for note in recovered { events(.recovered(note)) }
             var prepared = try await prepare(context, ref: ref, fetch: fetch)
             commit = prepared.revision.commit
             do {

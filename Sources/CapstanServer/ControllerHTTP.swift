@@ -1,3 +1,4 @@
+import CapstanCore
 import Crypto
 import Foundation
 import HTTPTypes
@@ -21,10 +22,12 @@ public struct Readiness: Sendable, Equatable {
 /// directory and the reconcile loop.
 public protocol ControllerBackend: Sendable {
     func readiness() -> Readiness
-    /// The document of `capstan status --format json`.
-    func statusJSON() async throws -> Data
-    /// The status page (`GET /`).
-    func statusPage() async throws -> String
+    /// The status document (`capstan status --format json`, `GET /api/v1/status`).
+    func status() async throws -> StatusDocument
+    /// The newest audit events, newest first (the status page's history).
+    func history(limit: Int) async throws -> [AuditEvent]
+    /// What the page says about the controller itself (repository, poll interval, last commit).
+    func pageContext() -> StatusPageContext
     /// Asks for a pass as soon as possible (`why` says who asked: a webhook, the API). False when
     /// the controller is shutting down and takes no more work.
     func requestPass(why: String) -> Bool
@@ -91,7 +94,9 @@ public struct ControllerHTTP: HTTPResponder {
         case "/api/v1/status":
             guard method == .get || method == .head else { return Self.methodNotAllowed(method, path, allow: "GET, HEAD") }
             do {
-                let data = try await backend.statusJSON()
+                let encoder = JSONEncoder()
+                encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
+                let data = try encoder.encode(try await backend.status())
                 return Response(status: .ok, headers: [.contentType: "application/json"], body: ResponseBody(byteBuffer: ByteBuffer(bytes: data)))
             } catch {
                 return Self.json(.internalServerError, ["error": "cannot read the state: \(error)"])
@@ -99,7 +104,9 @@ public struct ControllerHTTP: HTTPResponder {
         case "/", "/index.html":
             guard method == .get || method == .head else { return Self.methodNotAllowed(method, path, allow: "GET, HEAD") }
             do {
-                let html = try await backend.statusPage()
+                var context = backend.pageContext()
+                context.now = Date()
+                let html = StatusPage.render(status: try await backend.status(), history: try await backend.history(limit: 50), context: context)
                 return Response(status: .ok, headers: [.contentType: "text/html; charset=utf-8", .cacheControl: "no-store"],
                                 body: ResponseBody(byteBuffer: ByteBuffer(string: html)))
             } catch {

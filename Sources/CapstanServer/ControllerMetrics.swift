@@ -59,6 +59,14 @@ public final class ControllerMetrics: Sendable {
         registry.makeCounter(descriptor: Self.name("steps", "total", "Plan steps executed, by kind and result (done, failed, skipped)."), labels: [("kind", kind), ("result", result)]).increment()
     }
 
+    /// A failure with its class and reason (`scope` step: a plan entry of kind `kind` failed;
+    /// pass: the pass could not run at all), so that alerts can tell a transient failure from one
+    /// that needs a commit.
+    public func recordFailure(scope: String, kind: String, failureClass: String, reason: String) {
+        registry.makeCounter(descriptor: Self.name("failures", "total", "Failures by scope (step, pass), kind, class (stalled, waiting, transient, terminal) and reason."),
+                             labels: [("scope", scope), ("kind", kind), ("class", failureClass), ("reason", reason)]).increment()
+    }
+
     public func recordFetchError() {
         fetchErrors.increment()
     }

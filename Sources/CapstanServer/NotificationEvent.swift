@@ -22,6 +22,10 @@ public struct NotificationEvent: Sendable, Codable, Hashable {
     /// One human sentence: `churn v7 validated (auc 0.91)`.
     public var message: String
     public var at: Date
+    /// For a failed pass: what the loop does next (`stalled`, `waiting`, `transient`, `terminal`)
+    /// and the stable reason code (`TrainingFailed`, `InvalidManifests`…), docs/state.md.
+    public var failureClass: String?
+    public var reason: String?
 
     public init(kind: Kind, model: String? = nil, version: Int? = nil, alias: String? = nil, deployment: String? = nil,
                 commit: String? = nil, message: String, at: Date = Date()) {
@@ -37,6 +41,7 @@ public struct NotificationEvent: Sendable, Codable, Hashable {
 
     private enum CodingKeys: String, CodingKey {
         case kind, model, version, alias, deployment, commit, message, at
+        case failureClass = "class", reason
     }
 
     /// `at` is always an RFC 3339 UTC string with milliseconds, whatever the encoder's date
@@ -51,6 +56,8 @@ public struct NotificationEvent: Sendable, Codable, Hashable {
         try c.encodeIfPresent(commit, forKey: .commit)
         try c.encode(message, forKey: .message)
         try c.encode(Self.timestamp(at), forKey: .at)
+        try c.encodeIfPresent(failureClass, forKey: .failureClass)
+        try c.encodeIfPresent(reason, forKey: .reason)
     }
 
     public init(from decoder: Decoder) throws {
@@ -68,6 +75,8 @@ public struct NotificationEvent: Sendable, Codable, Hashable {
             throw DecodingError.dataCorruptedError(forKey: .at, in: c, debugDescription: "'\(text)' is not an RFC 3339 time")
         }
         at = date
+        failureClass = try c.decodeIfPresent(String.self, forKey: .failureClass)
+        reason = try c.decodeIfPresent(String.self, forKey: .reason)
     }
 
     /// `2026-11-27T20:15:00.123Z`.

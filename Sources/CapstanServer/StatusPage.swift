@@ -58,29 +58,8 @@ public enum StatusPage {
     /// At most this many versions per model are listed (newest first); the plot has them all.
     public static let versionLimit = 25
 
-    public static func render(status: Data, history: Data, context: StatusPageContext) throws -> String {
-        let decoder = JSONDecoder()
-        let state: StatusDocument
-        do {
-            state = try decoder.decode(StatusDocument.self, from: status)
-        } catch {
-            throw StatusPageError(document: "status", message: Self.reason(error))
-        }
-        let events: [HistoryEntry]
-        do {
-            events = try decoder.decode(HistoryDocument.self, from: history).events
-        } catch {
-            throw StatusPageError(document: "history", message: Self.reason(error))
-        }
-        return Self.page(state: state, events: events, context: context).html
-    }
-
-    private static func reason(_ error: Error) -> String {
-        if case DecodingError.dataCorrupted(let context) = error {
-            return "it is not JSON (\(context.debugDescription))"
-        }
-        if case DecodingError.typeMismatch = error { return "it is not a JSON object" }
-        return "\(error)"
+    public static func render(status: StatusDocument, history: [AuditEvent], context: StatusPageContext) -> String {
+        Self.page(state: status, events: history, context: context).html
     }
 
     // MARK: - The page
@@ -162,7 +141,7 @@ public enum StatusPage {
         } else {
             lock = .empty
             for entry in state.locks {
-                let pid: Markup = entry.pid.map { ", pid \($0)" } ?? .empty
+                let pid: Markup = ", pid \(entry.pid)"
                 let host: Markup = entry.host.isEmpty ? .empty : " on \(entry.host)"
                 lock += """
                     <div class="lock-entry"><span class="badge lock-held">held</span> by <code>\(entry.holder)</code> \
@@ -340,7 +319,8 @@ public enum StatusPage {
         for gate in failedGates {
             out.append("<div class=\"gate failed\">✕ \(gate.gate)\(gate.detail.isEmpty ? "" : ": " + gate.detail)</div>")
         }
-        if let attempts = version.attempts, attempts > 1 {
+        if version.attempts > 1 {
+            let attempts = version.attempts
             out.append("<div>\(attempts) attempts</div>")
         }
         if let failedAt = version.failedAt {
@@ -412,19 +392,19 @@ public enum StatusPage {
                 ? "model <a href=\"#model-\(PageFormat.slug(model))\">\(model)</a>"
                 : "model \(model)")
         }
-        facts.append("endpoint <code class=\"endpoint\">\(deployment.endpoint ?? "/" + deployment.name + "/")</code>")
+        facts.append("endpoint <code class=\"endpoint\">/\(deployment.name)/</code>")
         out += "<p class=\"facts\">\(facts.joined(" · "))</p>\n"
         out += conditionMessages(deployment.conditions, context: context)
 
         // Traffic
         let backends = deployment.backends.sorted { $0.version < $1.version }
         let canary = deployment.rollout?.to
-        if let shares = percentages(backends.map(\.weight)) {
+        if let shares = percentages(backends.map { Double($0.weight) }) {
             var bar: [Markup] = []
             var legend: [Markup] = []
-            let total = backends.map(\.weight).reduce(0, +)
+            let total = Double(backends.map(\.weight).reduce(0, +))
             for (index, backend) in backends.enumerated() {
-                let width = PageFormat.coordinate(backend.weight * 100 / total)
+                let width = PageFormat.coordinate(Double(backend.weight) * 100 / total)
                 let role = backend.version == canary ? " canary" : ""
                 let label: Markup = "v\(backend.version) \(shares[index])%"
                 if backend.weight > 0 {
@@ -456,11 +436,11 @@ public enum StatusPage {
 
         // Health
         if !backends.isEmpty {
-            let shares = percentages(backends.map(\.weight))
+            let shares = percentages(backends.map { Double($0.weight) })
             let rows = backends.enumerated().map { index, backend -> Markup in
                 func count<T: BinaryInteger>(_ value: T?) -> String { value.map { String($0) } ?? "—" }
                 let traffic = shares.map { String($0[index]) + "%" } ?? "0%"
-                let replicas = backend.replicas.map { String(backend.readyReplicas ?? 0) + "/" + String($0) } ?? "—"
+                let replicas = String(backend.readyReplicas) + "/" + String(backend.replicas)
                 let p95 = backend.p95Milliseconds.map { PageFormat.number($0) + " ms" } ?? "—"
                 let error: Markup = backend.lastError.map { "<span class=\"error\">\($0)</span>" } ?? .empty
                 return """
@@ -502,7 +482,7 @@ public enum StatusPage {
         }
         // Newest first: by time, then by id (the document is already in that order).
         let ordered = events.enumerated().sorted { a, b in
-            let (ta, tb) = (PageFormat.date(a.element.at) ?? .distantPast, PageFormat.date(b.element.at) ?? .distantPast)
+            let (ta, tb) = (a.element.at, b.element.at)
             if ta != tb { return ta > tb }
             if let ia = a.element.id, let ib = b.element.id, ia != ib { return ia > ib }
             return a.offset < b.offset
@@ -510,8 +490,8 @@ public enum StatusPage {
         let rows = ordered.prefix(historyLimit).map { event -> Markup in
             let commit: Markup = event.commit.map { "<code title=\"\($0)\">\(PageFormat.shortCommit($0))</code>" } ?? .empty
             return """
-                <tr class="event action-\(PageFormat.token(event.action))"><td>\(PageFormat.time(event.at, now: context.now))</td>\
-                <td class="object">\(event.object)</td><td class="action">\(event.action)</td>\
+                <tr class="event action-\(PageFormat.token(event.action.rawValue))"><td>\(PageFormat.time(Timestamp.iso8601(milliseconds: event.at, fractional: false), now: context.now))</td>\
+                <td class="object">\(event.object.description)</td><td class="action">\(event.action.rawValue)</td>\
                 <td class="change">\(change(event))</td><td class="reason">\(event.reason)</td>\
                 <td class="actor">\(event.actor)</td><td>\(commit)</td></tr>
 

@@ -47,7 +47,9 @@ public enum PassEvent: Sendable {
     case finished(PlanEntry, EntryOutcome, version: Int?)
     /// A line of a step's output, already prefixed (`[churn v3] …`).
     case output(String)
-    /// Something people should know (a recovered journal entry, a lease taken over).
+    /// What recovery closed of a killed pass (a journal entry), for people.
+    case recovered(String)
+    /// Something people should know (a force-push followed, a mirror cloned again).
     case note(String)
     /// Something that went wrong without failing an entry (the audit log could not be written).
     case warning(String)

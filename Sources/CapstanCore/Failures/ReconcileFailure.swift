@@ -66,6 +66,19 @@ public struct ReconcileFailure: Error, Hashable, Sendable, CustomStringConvertib
     public static func transient(_ reason: FailureReason, _ message: String) -> ReconcileFailure {
         ReconcileFailure(.transient, reason, message)
     }
+
+    /// What the loop makes of `error`: the class and reason of a classified one (an adapter's
+    /// error, or a failure itself), a cancellation as an interruption, a registry refusal and
+    /// anything else as transient.
+    public static func of(_ error: any Error) -> ReconcileFailure {
+        if let failure = error as? ReconcileFailure { return failure }
+        if let classified = error as? any ClassifiedError { return classified.failure }
+        if error is CancellationError { return ReconcileFailure(.transient, .interrupted, "the pass was stopped") }
+        if let registry = error as? RegistryError {
+            return ReconcileFailure(.transient, .registryUnavailable, registry.description)
+        }
+        return ReconcileFailure(.transient, .stateUnavailable, String(describing: error))
+    }
 }
 
 extension ReconcileFailure: Codable {

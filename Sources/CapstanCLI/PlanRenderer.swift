@@ -6,7 +6,7 @@ import Foundation
 /// - `json()` for people and tools: stable, versioned by `format_version`. It is *not* the saved
 ///   plan file that `capstan apply PLANFILE` executes; that one is `Plan`'s own `Codable` form;
 /// - `markdown()` for a pull-request comment, with the metric deltas of every alias move.
-struct PlanReport {
+struct PlanRenderer {
     var plan: Plan
     /// ANSI colours in `text()`; set only when stdout is a terminal (`Terminal.color`).
     var color: Bool
@@ -49,7 +49,7 @@ struct PlanReport {
 
 // MARK: - Text
 
-extension PlanReport {
+extension PlanRenderer {
     func text() -> String {
         var out = "Capstan plan for \(Self.oneLine(plan.repository)), \(Self.oneLine(plan.ref)) @ \(shortCommit)\n"
         for group in groups {
@@ -161,7 +161,7 @@ extension PlanReport {
 
 // MARK: - JSON
 
-extension PlanReport {
+extension PlanRenderer {
     func json() throws -> String {
         var counts: [String: JSON] = ["changes": .int(plan.changes.count)]
         for action in PlanAction.allCases { counts[Self.snake(action.rawValue)] = .int(plan.count(action)) }
@@ -380,7 +380,7 @@ extension PlanReport {
 
 // MARK: - Markdown
 
-extension PlanReport {
+extension PlanRenderer {
     func markdown() -> String {
         var out = "### Capstan plan for \(Self.oneLine(plan.ref)) @ \(shortCommit)\n\n\(summary)\n"
         let changes = plan.changes
@@ -565,7 +565,7 @@ extension PlanReport {
 
 // MARK: - Shared
 
-extension PlanReport {
+extension PlanRenderer {
     /// A field of a model's metadata that a register or update entry sets: `description`,
     /// `labels.<key>`; nil for unset.
     struct MetadataField: Equatable {

@@ -5,7 +5,7 @@ import Testing
 
 /// The text, JSON and Markdown renderings of a plan (docs/plan.md), over plans built by hand so
 /// that every action appears.
-struct PlanReportTests {
+struct PlanRendererTests {
     /// 2026-11-05T10:00:00Z.
     static let now: Int64 = 1_793_872_800_000
     static let commit = "45903ab000c0ffee45903ab000c0ffee45903ab0"
@@ -130,14 +130,14 @@ struct PlanReportTests {
             Plan: 1 to register, 1 to update, 2 to train, 2 to validate, 2 alias moves, 1 to delete, 1 to archive; 1 waiting, 1 blocked, 1 orphaned.
 
             """
-        let text = PlanReport(plan: Self.full, color: false).text()
+        let text = PlanRenderer(plan: Self.full, color: false).text()
         #expect(text.split(separator: "\n", omittingEmptySubsequences: false) == expected.split(separator: "\n", omittingEmptySubsequences: false))
         #expect(!text.contains("\u{1B}"))
     }
 
     @Test func colourOnlyWhenAskedAndOnlyOnSymbols() {
-        let plain = PlanReport(plan: Self.full, color: false).text()
-        let coloured = PlanReport(plan: Self.full, color: true).text()
+        let plain = PlanRenderer(plan: Self.full, color: false).text()
+        let coloured = PlanRenderer(plan: Self.full, color: true).text()
         #expect(!plain.contains("\u{1B}"))
         for (code, symbol, line) in [("32", "+", "register model churn"), ("33", "~", "update model fraud"),
                                      ("31", "-", "delete alias churn@old"), ("36", "…", "wait fraud"),
@@ -149,20 +149,20 @@ struct PlanReportTests {
     }
 
     @Test func noChangesSaysTheRegistryMatches() {
-        let empty = PlanReport(plan: Self.plan([]), color: true).text()
+        let empty = PlanRenderer(plan: Self.plan([]), color: true).text()
         #expect(empty == "Capstan plan for https://git.example.com/ml.git, main @ 45903ab000\n\nNo changes. The registry matches 45903ab000.\n")
 
         let waiting = Self.full.entries.filter { !$0.action.isChange && $0.action != .orphaned }
-        let text = PlanReport(plan: Self.plan(waiting), color: false).text()
+        let text = PlanRenderer(plan: Self.plan(waiting), color: false).text()
         #expect(text.hasSuffix("\nNo changes. The registry matches 45903ab000. 1 waiting, 1 blocked.\n"))
         #expect(!text.contains("Plan:"))
-        #expect(PlanReport(plan: Self.plan(waiting), color: false).markdown().contains("\nNo changes. The registry matches 45903ab000. 1 waiting, 1 blocked.\n"))
+        #expect(PlanRenderer(plan: Self.plan(waiting), color: false).markdown().contains("\nNo changes. The registry matches 45903ab000. 1 waiting, 1 blocked.\n"))
     }
 
     @Test func controlCharactersNeverReachTheTerminal() {
         let entry = PlanEntry(id: "x/orphaned", action: .orphaned, name: "x", reason: "evil \u{1B}[2J\u{1B}]0;title\u{07} reason\u{7F}",
                               detail: .orphaned(OrphanDetail(versions: 1, aliases: [:])))
-        let text = PlanReport(plan: Self.plan([entry]), color: false).text()
+        let text = PlanRenderer(plan: Self.plan([entry]), color: false).text()
         #expect(!text.unicodeScalars.contains { $0.value < 0x20 && $0 != "\n" || $0.value == 0x7F })
         #expect(text.contains("  ? orphaned model x (1 version, no aliases)\n      why: evil "))
     }
@@ -174,7 +174,7 @@ struct PlanReportTests {
 
     @Test(arguments: relativeCases)
     func relativeTimes(ms: Int64, expected: String) {
-        #expect(PlanReport.relative(ms) == expected)
+        #expect(PlanRenderer.relative(ms) == expected)
     }
 
     static let timestampCases: [(Int64, Bool, String)] = [
@@ -185,13 +185,13 @@ struct PlanReportTests {
 
     @Test(arguments: timestampCases)
     func utcTimestamps(ms: Int64, milliseconds: Bool, expected: String) {
-        #expect(PlanReport.timestamp(ms, milliseconds: milliseconds) == expected)
+        #expect(PlanRenderer.timestamp(ms, milliseconds: milliseconds) == expected)
     }
 
     // MARK: JSON
 
     static func document(_ plan: Plan) throws -> (String, [String: Any]) {
-        let json = try PlanReport(plan: plan, color: true).json()
+        let json = try PlanRenderer(plan: plan, color: true).json()
         let object = try #require(try JSONSerialization.jsonObject(with: Data(json.utf8)) as? [String: Any])
         return (json, object)
     }
@@ -357,7 +357,7 @@ struct PlanReportTests {
     // MARK: Markdown
 
     @Test func markdownHeadingSummaryAndTable() {
-        let md = PlanReport(plan: Self.full, color: true).markdown()
+        let md = PlanRenderer(plan: Self.full, color: true).markdown()
         let lines = md.split(separator: "\n", omittingEmptySubsequences: false).map(String.init)
         #expect(lines.first == "### Capstan plan for main @ 45903ab000")
         #expect(lines.contains("Plan: 1 to register, 1 to update, 2 to train, 2 to validate, 2 alias moves, 1 to delete, 1 to archive; 1 waiting, 1 blocked, 1 orphaned."))
@@ -376,7 +376,7 @@ struct PlanReportTests {
     }
 
     @Test func markdownMetricsOfAnAliasMove() throws {
-        let md = PlanReport(plan: Self.full, color: false).markdown()
+        let md = PlanRenderer(plan: Self.full, color: false).markdown()
         let section = try #require(md.range(of: "#### `churn@champion`: v3 → v5\n\n").map { String(md[$0.lowerBound...]) })
         let expected = """
             #### `churn@champion`: v3 → v5
@@ -404,7 +404,7 @@ struct PlanReportTests {
         let entry = PlanEntry(id: "m/alias/champion", action: .moveAlias, name: "m", reason: "first champion",
                               detail: .moveAlias(AliasMoveDetail(alias: "champion", target: .version(2), from: nil, to: .number(2),
                                                                  current: nil, candidate: candidate)))
-        let md = PlanReport(plan: Self.plan([entry]), color: false).markdown()
+        let md = PlanRenderer(plan: Self.plan([entry]), color: false).markdown()
         #expect(md.contains("#### `m@champion`: (none) → v2\n"))
         #expect(md.contains("| metric | current holder (none) | candidate (v2) | Δ |\n"))
         #expect(md.contains("| a\\|b | — | 1 | — |\n| loss | — | 0.25 | — |\n"))
@@ -420,6 +420,6 @@ struct PlanReportTests {
 
     @Test(arguments: deltaCases)
     func metricDeltas(before: Double?, after: Double?, expected: String) {
-        #expect(PlanReport.delta(before, after) == expected)
+        #expect(PlanRenderer.delta(before, after) == expected)
     }
 }
