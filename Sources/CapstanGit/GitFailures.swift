@@ -32,6 +32,21 @@ extension GitError: ClassifiedError {
     }
 }
 
+extension Materializer.MaterializeError: ClassifiedError {
+    /// A tree that cannot be written safely (a symlink leading outside it, a loop) or a missing
+    /// folder is stalled: only a commit changes it. The reason is `InputUnresolvable`, the closest
+    /// Core has (the step's files lead outside what Capstan may hand it). A failed write into the
+    /// state folder is transient: `DiskFull` or `StateUnavailable`.
+    public var failure: ReconcileFailure {
+        switch kind {
+        case .unsafeTree, .noFolder:
+            return ReconcileFailure(.stalled, .inputUnresolvable, message)
+        case .fileSystem:
+            return ReconcileFailure(.transient, SystemError.isDiskFull(systemError) ? .diskFull : .stateUnavailable, message)
+        }
+    }
+}
+
 /// The operating system's error behind a failed file operation.
 enum SystemError {
     /// The `errno` behind `error`: a `POSIXError`'s, or the POSIX error under a Foundation error.
