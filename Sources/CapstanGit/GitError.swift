@@ -24,19 +24,26 @@ public struct GitError: Error, Sendable, CustomStringConvertible {
     public var message: String
     /// What Capstan was doing ("fetching origin of https://git.example.com/ml/models.git").
     public var context: String?
+    /// The operating system's error (`errno`) behind a failed file operation (one of
+    /// `systemErrors`, read from the end of libgit2's message): `ENOSPC` tells a full disk apart.
+    public var systemError: Int32?
 
-    public init(kind: Kind, code: Int32 = -1, function: String, message: String, context: String? = nil) {
+    public init(kind: Kind, code: Int32 = -1, function: String, message: String, context: String? = nil, systemError: Int32? = nil) {
         self.kind = kind
         self.code = code
         self.function = function
         self.message = message
         self.context = context
+        self.systemError = systemError
     }
 
     public var description: String {
         let what = context.map { "\($0): " } ?? ""
         return "\(what)\(message) (\(function))"
     }
+
+    /// The system errors told apart in libgit2's messages.
+    static let systemErrors: [Int32] = [ENOSPC, EDQUOT, EROFS, EACCES]
 
     /// Reads libgit2's thread-local last error. Call right after the failing call, with no
     /// `await` (or any other libgit2 call) in between.
@@ -47,6 +54,11 @@ public struct GitError: Error, Sendable, CustomStringConvertible {
             klass = e.pointee.klass
             if let m = e.pointee.message { message = String(cString: m).trimmingCharacters(in: .whitespacesAndNewlines) }
         }
+        // libgit2 keeps no errno: a failed file operation's message ends with the system's text
+        // (`cannot extend packfile '…': No space left on device`), set when it failed; `errno`
+        // itself has often changed by now (the operation cleaned up on its way out).
+        let systemError = klass == Int32(GIT_ERROR_OS.rawValue)
+            ? systemErrors.first { message.hasSuffix(": " + String(cString: strerror($0))) } : nil
         let kind: Kind
         switch code {
         case GIT_ENOTFOUND.rawValue: kind = .notFound
@@ -64,7 +76,7 @@ public struct GitError: Error, Sendable, CustomStringConvertible {
             default: kind = message.contains("authentication") ? .authentication : .other
             }
         }
-        return GitError(kind: kind, code: code, function: function, message: message)
+        return GitError(kind: kind, code: code, function: function, message: message, systemError: systemError)
     }
 }
 

@@ -22,6 +22,15 @@ public struct GitManifestSource: ManifestSource {
         self.index = index
     }
 
+    /// A source over an index already built (`GitSourceRepository` keeps the last trees' indexes).
+    init(repository: GitRepository, revision: ResolvedRevision, repositoryName: String,
+         index: [String: (kind: EntryKind, id: ObjectID)]) {
+        self.repository = repository
+        self.revision = revision
+        self.displayName = "\(repositoryName) @ \(revision.commit.short)"
+        self.index = index
+    }
+
     /// The tree id: the same tree means the same desired state.
     public var snapshotIdentity: String? { revision.tree.hex }
 

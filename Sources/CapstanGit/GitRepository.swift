@@ -95,6 +95,13 @@ public actor GitRepository {
         try repository.referenceTarget(name)
     }
 
+    /// Stops reading objects: every later read fails (as a missing object, reported as damage).
+    /// For a damaged mirror about to be cloned again (`Repository.closeObjects`).
+    func closeObjects() throws {
+        walkCache = [:]
+        try repository.closeObjects()
+    }
+
     /// Runs `body` with the underlying repository on its queue (for adapters in this module).
     func withRepository<T: Sendable>(_ body: (Repository) throws -> T) throws -> T {
         try body(repository)

@@ -34,6 +34,17 @@ public struct OpenedRepository: Sendable {
     /// What the fetch wants the user to know, one sentence each (credentials sent over plain
     /// http:// to another machine). The caller shows them: on stderr, in the log.
     public var warnings: [String] = []
+    /// True when the mirror was found damaged (it could not be opened, or its branches point at
+    /// objects it cannot read) and was thrown away and cloned again by this `open`.
+    public var recreatedDamagedMirror = false
+}
+
+/// What bringing a mirror up to date found besides the objects.
+public struct MirrorUpdate: Sendable, Equatable {
+    /// Branches that were force-pushed since the last fetch (already recorded in the mirror).
+    public var forcedUpdates: [ForcedUpdate] = []
+    /// The fetch's warnings (see `OpenedRepository.warnings`).
+    public var warnings: [String] = []
 }
 
 /// A ref resolved to one exact commit.
@@ -52,6 +63,17 @@ public struct GitSourceError: Error, Sendable, CustomStringConvertible {
     public var ref: String?
     public var kind: GitError.Kind
     public var message: String
+    /// The operating system's error (`errno`) behind it, when a file operation failed (`ENOSPC`:
+    /// the state folder's disk is full).
+    public var systemError: Int32?
+
+    public init(repository: String, ref: String? = nil, kind: GitError.Kind, message: String, systemError: Int32? = nil) {
+        self.repository = repository
+        self.ref = ref
+        self.kind = kind
+        self.message = message
+        self.systemError = systemError
+    }
 
     public var description: String {
         "\(repository)\(ref.map { " @ \($0)" } ?? ""): \(message)"
@@ -77,8 +99,8 @@ public struct GitSource: Sendable {
         (options.stateDirectory as NSString).appendingPathComponent("sources/\(location.mirrorName).git")
     }
 
-    func error(_ kind: GitError.Kind, _ message: String, ref: String? = nil) -> GitSourceError {
-        GitSourceError(repository: location.description, ref: ref, kind: kind, message: location.scrub(message))
+    func error(_ kind: GitError.Kind, _ message: String, ref: String? = nil, systemError: Int32? = nil) -> GitSourceError {
+        GitSourceError(repository: location.description, ref: ref, kind: kind, message: location.scrub(message), systemError: systemError)
     }
 
     /// Opens the repository; for a remote, brings the mirror up to date first.
@@ -122,33 +144,64 @@ public struct GitSource: Sendable {
             discard(path)
             let warnings = try await createMirror(url: url, at: path)
             return OpenedRepository(repository: try await openExisting(path), location: location, mirrorPath: path, forcedUpdates: [],
-                                    warnings: warnings)
+                                    warnings: warnings, recreatedDamagedMirror: true)
         }
-        var forced: [ForcedUpdate] = []
-        var warnings: [String] = []
         do throws(GitSourceError) {
-            var fetchError: GitSourceError?
-            if fetch {
-                do throws(GitSourceError) { (forced, warnings) = try await self.fetch(repo!, url: url) } catch { fetchError = error }
-            }
-            // Refs that point at objects the mirror cannot read mean lost or damaged packs (a
-            // fetch over such a mirror fails in odd ways: "object not found", "no branches").
-            let broken: String?? = try? await repo!.withRepository({ $0.firstUnreadableBranch() })
-            if let name = broken ?? nil {
-                throw self.error(.corrupt, "the mirror cannot read \(name)")
-            }
-            if let fetchError { throw fetchError }
+            let update = try await self.update(repo!, url: url, mirror: path, fetch: fetch)
+            return OpenedRepository(repository: repo!, location: location, mirrorPath: path, forcedUpdates: update.forcedUpdates,
+                                    warnings: update.warnings)
         } catch let e where e.kind == .corrupt {
             // A damaged mirror is re-created from the remote, not repaired in place. The old
             // repository is closed first: libgit2 caches pack files by path.
+            try? await repo?.closeObjects()
             repo = nil
-            discard(path)
-            warnings = try await createMirror(url: url, at: path)
-            repo = try await openExisting(path)
-            forced = []
+            return try await recreateMirror()
         }
-        if !forced.isEmpty { record(forced, mirror: path) }
-        return OpenedRepository(repository: repo!, location: location, mirrorPath: path, forcedUpdates: forced, warnings: warnings)
+    }
+
+    /// Brings the mirror of an opened remote up to date (fetches it), as `open` does: returns the
+    /// branches that were force-pushed (recorded in the mirror) and the fetch's warnings. A local
+    /// repository is read in place: nothing to do. Throws kind `.corrupt` when the mirror turns
+    /// out damaged (its branches point at objects it cannot read); the caller then closes every
+    /// handle on it (`GitRepository.closeObjects`) and calls `recreateMirror`.
+    public func update(_ opened: OpenedRepository) async throws(GitSourceError) -> MirrorUpdate {
+        guard case .remote(let url) = location, let mirror = opened.mirrorPath else { return MirrorUpdate() }
+        return try await update(opened.repository, url: url, mirror: mirror, fetch: true)
+    }
+
+    /// Throws the mirror of a remote away and clones it again (found damaged). Every handle on the
+    /// old mirror must be closed first (`GitRepository.closeObjects`): libgit2 caches pack files by
+    /// path, and the new clone must not be served the old ones. A local repository is never
+    /// touched: it is opened again in place.
+    public func recreateMirror() async throws(GitSourceError) -> OpenedRepository {
+        guard case .remote(let url) = location else { return try await open(fetch: false) }
+        let path = mirrorPath
+        discard(path)
+        let warnings = try await createMirror(url: url, at: path)
+        return OpenedRepository(repository: try await openExisting(path), location: location, mirrorPath: path, forcedUpdates: [],
+                                warnings: warnings, recreatedDamagedMirror: true)
+    }
+
+    /// Fetches (when `fetch`) and checks that every branch can be read; records force-pushes.
+    private func update(_ repo: GitRepository, url: String, mirror: String, fetch: Bool) async throws(GitSourceError) -> MirrorUpdate {
+        var update = MirrorUpdate()
+        var fetchError: GitSourceError?
+        if fetch {
+            do throws(GitSourceError) {
+                (update.forcedUpdates, update.warnings) = try await self.fetch(repo, url: url)
+            } catch {
+                fetchError = error
+            }
+        }
+        // Refs that point at objects the mirror cannot read mean lost or damaged packs (a
+        // fetch over such a mirror fails in odd ways: "object not found", "no branches").
+        let broken: String?? = try? await repo.withRepository({ $0.firstUnreadableBranch() })
+        if let name = broken ?? nil {
+            throw self.error(.corrupt, "the mirror cannot read \(name)")
+        }
+        if let fetchError { throw fetchError }
+        if !update.forcedUpdates.isEmpty { record(update.forcedUpdates, mirror: mirror) }
+        return update
     }
 
     private func openExisting(_ path: String) async throws(GitSourceError) -> GitRepository {
@@ -177,7 +230,7 @@ public struct GitSource: Sendable {
                 return (forced, fetched.warnings)
             }
         } catch let e as GitError {
-            throw self.error(e.kind, fetchAdvice(e))
+            throw self.error(e.kind, fetchAdvice(e), systemError: e.systemError)
         } catch {
             throw self.error(.other, "\(error)")
         }
@@ -190,8 +243,14 @@ public struct GitSource: Sendable {
         case .hostKey: return "cannot fetch: \(e.message)"
         case .notFound: return "cannot fetch: \(e.message); check the repository URL"
         case .corrupt: return "the mirror is damaged: \(e.message)"
-        case .other: return "cannot fetch: \(e.message)"
+        case .other: return "cannot fetch: \(e.message)\(stateAdvice(e.systemError))"
         }
+    }
+
+    /// What to do when writing into the state directory failed for want of space.
+    private func stateAdvice(_ systemError: Int32?) -> String {
+        guard SystemError.isDiskFull(systemError) else { return "" }
+        return "; the file system of \(options.stateDirectory) is full: free space there (mirrors are under sources/, materialized trees under trees/) or give it more"
     }
 
     /// Clones the remote into a new mirror at `path`; returns the fetch's warnings.
@@ -202,7 +261,8 @@ public struct GitSource: Sendable {
         do {
             try fm.createDirectory(atPath: parent, withIntermediateDirectories: true)
         } catch {
-            throw self.error(.other, "cannot create \(parent): \(error.localizedDescription)")
+            throw self.error(.other, "cannot create \(parent): \(SystemError.describe(error))\(stateAdvice(SystemError.code(of: error)))",
+                             systemError: SystemError.code(of: error))
         }
         let credentials = options.credentials, timeout = options.fetchTimeout
         let executor = DispatchQueueExecutor(label: "capstan.git.clone")
@@ -225,7 +285,7 @@ public struct GitSource: Sendable {
         case .success(let fetched): warnings = fetched
         case .failure(let e):
             try? fm.removeItem(atPath: temporary)
-            throw self.error(e.kind, fetchAdvice(e))
+            throw self.error(e.kind, fetchAdvice(e), systemError: e.systemError)
         }
         let marker = ["url": location.description, "created": ISO8601DateFormatter().string(from: Date())]
         do {
@@ -233,14 +293,16 @@ public struct GitSource: Sendable {
             try data.write(to: URL(fileURLWithPath: temporary + "/" + Self.mirrorMarker))
         } catch {
             try? fm.removeItem(atPath: temporary)
-            throw self.error(.other, "cannot write the mirror at \(temporary): \(error.localizedDescription)")
+            throw self.error(.other, "cannot write the mirror at \(temporary): \(SystemError.describe(error))\(stateAdvice(SystemError.code(of: error)))",
+                             systemError: SystemError.code(of: error))
         }
         if rename(temporary, path) != 0 {
             let code = errno
             try? fm.removeItem(atPath: temporary)
             // Another process finished the same mirror first: use theirs.
             if !(code == ENOTEMPTY || code == EEXIST) || !fm.fileExists(atPath: path + "/" + Self.mirrorMarker) {
-                throw self.error(.other, "cannot move the new mirror into place at \(path): \(String(cString: strerror(code)))")
+                throw self.error(.other, "cannot move the new mirror into place at \(path): \(String(cString: strerror(code)))\(stateAdvice(code))",
+                                 systemError: code)
             }
         }
         return warnings
@@ -295,6 +357,11 @@ extension OpenedRepository {
             let info = try await repository.commitInfo(commit)
             return ResolvedRevision(ref: spec, commit: commit, tree: info.tree, summary: info.summary)
         } catch let e as GitError where e.kind == .notFound || e.code == -3 || e.message.contains("not found") || e.message.contains("revspec") {
+            // The ref exists but its commit does not: objects are missing (lost packs), not the ref.
+            if let target = try? await repository.withRepository({ $0.referencedObject(spec) }) {
+                throw GitSourceError(repository: location.description, ref: spec, kind: .corrupt,
+                                     message: "\(spec) points at \(target.short), which cannot be read (\(e.message)); objects are missing")
+            }
             let branches = (try? await repository.withRepository { try $0.references(under: "refs/heads/") })?.keys
                 .map { $0.replacingOccurrences(of: "refs/heads/", with: "") }.sorted() ?? []
             let hint = branches.isEmpty ? "the repository has no branches" : "branches: " + branches.prefix(10).joined(separator: ", ")
@@ -302,7 +369,7 @@ extension OpenedRepository {
                                  message: ref == nil ? "the repository has no default branch (HEAD); pass --ref (\(hint))"
                                                      : "ref '\(spec)' not found (\(hint)); pass a branch, a tag or a full commit id")
         } catch let e as GitError {
-            throw GitSourceError(repository: location.description, ref: spec, kind: e.kind, message: e.message)
+            throw GitSourceError(repository: location.description, ref: spec, kind: e.kind, message: e.message, systemError: e.systemError)
         } catch {
             throw GitSourceError(repository: location.description, ref: spec, kind: .other, message: "\(error)")
         }

@@ -75,6 +75,20 @@ final class Repository {
 
     var isBare: Bool { git_repository_is_bare(pointer) == 1 }
 
+    /// Lets go of the object database (and with it the pack files libgit2 keeps open and caches
+    /// process-wide by path) and of the objects cached in memory, while the handle itself lives
+    /// on: every later object read fails. A damaged mirror is closed this way before it is cloned
+    /// again at the same path, so that the new clone never gets the old, damaged pack files from
+    /// libgit2's cache, whoever still holds the old repository. An empty object database takes
+    /// the old one's place: left without one, libgit2 would open the path again on the next read.
+    func closeObjects() throws(GitError) {
+        try check(git_repository__cleanup(pointer), "git_repository__cleanup")
+        var empty: OpaquePointer?
+        try check(git_odb_new(&empty), "git_odb_new")
+        defer { git_odb_free(empty) }
+        try check(git_repository_set_odb(pointer, empty), "git_repository_set_odb")
+    }
+
     /// Refuses a damaged loose object before libgit2 reads it: libgit2 1.5 spins forever on some
     /// truncated loose objects (libgit2 issue 7342). Packed objects are not affected.
     func guardLooseObject(_ id: ObjectID) throws(GitError) {
@@ -107,6 +121,19 @@ final class Repository {
         if rc == GIT_ENOTFOUND.rawValue { return nil }
         try check(rc, "git_reference_name_to_id")
         return ObjectID(oid)
+    }
+
+    /// The object a reference name leads to as Git finds it (`main` → `refs/heads/main`, a tag,
+    /// `HEAD` through its branch), without reading the object; nil when there is no such
+    /// reference. Tells a missing ref from one whose commit is missing (a damaged repository).
+    func referencedObject(_ name: String) -> ObjectID? {
+        var ref: OpaquePointer?
+        guard git_reference_dwim(&ref, pointer, name) == 0 else { return nil }
+        defer { git_reference_free(ref) }
+        var resolved: OpaquePointer?
+        guard git_reference_resolve(&resolved, ref) == 0 else { return nil }
+        defer { git_reference_free(resolved) }
+        return git_reference_target(resolved).map { ObjectID($0) }
     }
 
     /// Where a symbolic reference points (HEAD → refs/heads/main), or nil.
@@ -228,6 +255,15 @@ final class Repository {
         }
         try check(rc, "git_tree_walk")
         return box.entries
+    }
+
+    /// Whether the object database holds `id` (without reading it: a damaged object is there).
+    func contains(_ id: ObjectID) throws(GitError) -> Bool {
+        var odb: OpaquePointer?
+        try check(git_repository_odb(&odb, pointer), "git_repository_odb")
+        defer { git_odb_free(odb) }
+        var oid = id.oid
+        return git_odb_exists(odb, &oid) == 1
     }
 
     /// The contents of a blob.
