@@ -224,14 +224,48 @@ struct DeploymentPhase: Sendable {
             guard let commit = version.commit, commit.utf8.count == 40 else {
                 throw ReconcileFailure(.stalled, .notServable, "v\(b.version) of \(model) records no commit to serve its code from")
             }
-            let tree = try await context.source.materialize(commit: commit)
-            let workdir = serve.workdir == "." ? tree : tree + "/" + serve.workdir
+            let workdir = try await servingFolder(model: model, version: b.version, commit: commit, workdir: serve.workdir)
             out.append(BackendSpec(version: b.version, weight: b.weight, replicas: b.replicas, command: serve.command, workdir: workdir,
                                    modelDir: modelDir, artifactDigest: digest, env: serve.env, secretEnv: serve.secretEnv,
                                    readinessPath: serve.readiness.path,
                                    readinessTimeoutMilliseconds: serve.readiness.timeout.milliseconds))
         }
         return out
+    }
+
+    /// The working folder a version's model servers run in: a copy of the `serve.workdir` of its
+    /// commit, of its own (`<state>/serving/<model>/v<N>`), made once. The commit's materialized
+    /// tree is shared and read-only: a server that writes next to its code (Python's
+    /// `__pycache__`) must not write into it.
+    func servingFolder(model: String, version: Int, commit: String, workdir: String) async throws -> String {
+        let folder = "\(context.workFolder)/serving/\(model)/v\(version)-\(commit.prefix(12))"
+        let tree = folder + "/tree"
+        let fm = FileManager.default
+        if !fm.fileExists(atPath: tree) {
+            let materialized = try await context.source.materialize(commit: commit)
+            let staging = folder + ".partial-\(getpid())"
+            try? fm.removeItem(atPath: staging)
+            try WorkFiles.makeFolder(staging)
+            let paths = StepWorkspace.paths(workdir: workdir, inputs: [])
+            if paths == [""] {
+                try fm.copyItem(atPath: materialized, toPath: staging + "/tree")
+            } else {
+                for path in paths {
+                    let to = staging + "/tree/" + path
+                    try fm.createDirectory(atPath: (to as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
+                    try fm.copyItem(atPath: materialized + "/" + path, toPath: to)
+                }
+            }
+            try WorkFiles.makeFolder((folder as NSString).deletingLastPathComponent)
+            if rename(staging, folder) != 0 {
+                // Another pass made it meanwhile: use theirs.
+                try? fm.removeItem(atPath: staging)
+                guard fm.fileExists(atPath: tree) else {
+                    throw POSIXError(POSIXErrorCode(rawValue: errno) ?? .EIO, userInfo: [NSFilePathErrorKey: folder])
+                }
+            }
+        }
+        return workdir == "." ? tree : tree + "/" + workdir
     }
 
     static func traffic(_ backends: [BackendWeight]) -> ParamValue {

@@ -19,7 +19,8 @@ struct InputResolverTests {
         let dir: TempDir
         let repo: GitRepo
         let dataRoot: String
-        let database: StateDatabase
+        let store: SQLiteStateStore
+        var database: StateDatabase { store.database }
         var clock: Clock
 
         /// A clock for `checked_at`: starts at the real time and moves on a millisecond per call.
@@ -36,43 +37,43 @@ struct InputResolverTests {
             try FileManager.default.createDirectory(atPath: dataRoot, withIntermediateDirectories: true)
             try Manifests.write(into: repo)
             try repo.commit("first")
-            database = try StateDatabase(stateDirectory: dir.sub("state").path)
+            store = try SQLiteStateStore(stateDirectory: dir.sub("state").path)
             clock = Clock()
         }
 
-        func resolver(_ repository: GitRepository) -> InputResolver {
-            let clock = self.clock
-            return InputResolver(repository: repository, database: database, now: { clock.now() })
+        func resolver(_ source: any SourceRepository) -> InputResolver {
+            InputResolver(source: source)
         }
 
         func hasher() -> ExternalInputHasher {
             let clock = self.clock
-            return ExternalInputHasher(database: database, now: { clock.now() })
+            return ExternalInputHasher(store: store, now: { clock.now() })
         }
 
         /// Opens the repository and loads `ref`'s manifests.
-        func load(_ ref: String = "main") async throws -> (GitRepository, ResolvedRevision, LoadResult) {
-            let opened = try await GitSource(location: .local(path: repo.path),
-                                             options: GitSourceOptions(stateDirectory: dir.sub("git-state").path,
-                                                                       credentials: GitCredentials(environment: [:]))).open()
-            let revision = try await opened.resolve(ref)
-            let source = try await GitManifestSource(repository: opened.repository, revision: revision, repositoryName: "repo")
-            let result = try await ManifestLoader(source: source).load()
+        func load(_ ref: String = "main") async throws -> (GitSourceRepository, SourceRevision, LoadResult) {
+            let source = GitSourceRepository(source: GitSource(location: .local(path: repo.path),
+                                                               options: GitSourceOptions(stateDirectory: dir.sub("git-state").path,
+                                                                                         credentials: GitCredentials(environment: [:]))))
+            let revision = try await source.resolve(ref, fetch: false)
+            let result = try await ManifestLoader(source: try await source.manifests(at: revision)).load()
             #expect(result.diagnostics.filter { $0.severity == .error }.isEmpty, "\(result.diagnostics.map(\.message))")
-            return (opened.repository, revision, result)
+            return (source, revision, result)
         }
 
         /// The identities of `inputs` at `ref`.
         func identities(_ inputs: [TrainInput], at ref: String = "main") async throws -> [String] {
-            let (repository, revision, result) = try await load(ref)
-            return try await resolver(repository).identities(
-                of: [inputs], tree: revision.tree, manifestFiles: result.manifestFiles, dataRoots: [dataRoot])[0].map(\.identity)
+            let (source, revision, result) = try await load(ref)
+            return try await resolver(source).identities(
+                of: [inputs], revision: revision, manifestFiles: result.manifestFiles, dataRoots: [dataRoot], hasher: hasher())[0]
+                .map(\.identity)
         }
 
         /// The desired model `churn` at `ref`.
         func churn(at ref: String = "main") async throws -> DesiredModel {
-            let (repository, revision, result) = try await load(ref)
-            let models = try await resolver(repository).desiredModels(result, tree: revision.tree)
+            let (source, revision, result) = try await load(ref)
+            let clock = self.clock
+            let models = try await resolver(source).desiredModels(result, revision: revision, store: store, now: { clock.now() })
             return try #require(models.first { $0.name == "churn" })
         }
 
@@ -211,11 +212,12 @@ struct InputResolverTests {
     @Test func oneResolverFollowsTheCommitsItIsGiven() async throws {
         // What a controller does: one resolver, pass after pass, the commit moving back and forth.
         let f = try Fixture()
-        let (repository, first, firstLoad) = try await f.load()
-        let resolver = f.resolver(repository)
+        let (source, first, firstLoad) = try await f.load()
+        let resolver = f.resolver(source)
         let inputs: [[TrainInput]] = [[.repository("models/churn"), .repository("data/x.csv")], [.repository("models/churn")]]
-        func resolve(_ revision: ResolvedRevision, _ load: LoadResult) async throws -> [[String]] {
-            try await resolver.identities(of: inputs, tree: revision.tree, manifestFiles: load.manifestFiles, dataRoots: [])
+        func resolve(_ revision: SourceRevision, _ load: LoadResult) async throws -> [[String]] {
+            try await resolver.identities(of: inputs, revision: revision, manifestFiles: load.manifestFiles, dataRoots: [],
+                                          hasher: f.hasher())
                 .map { $0.map(\.identity) }
         }
         let atFirst = try await resolve(first, firstLoad)
@@ -229,7 +231,7 @@ struct InputResolverTests {
         #expect(try await resolve(first, firstLoad) == atFirst)
         #expect(try await resolve(second, secondLoad) == atSecond)
         // The same tree with another set of manifest files is another index.
-        let none = try await resolver.identities(of: inputs, tree: second.tree, manifestFiles: [], dataRoots: [])
+        let none = try await resolver.identities(of: inputs, revision: second, manifestFiles: [], dataRoots: [], hasher: f.hasher())
         #expect(none[0][0].identity == "git-tree:" + (try f.repo.rev("HEAD:models/churn")))
     }
 
@@ -316,12 +318,12 @@ struct InputResolverTests {
         #expect(ids == ["sha256:" + Hex.sha256(Array("a,b\n1,2\n".utf8)), "version:2026-11-01"])
     }
 
-    @Test func anUnchangedFileIsNotReadAgain() throws {
+    @Test func anUnchangedFileIsNotReadAgain() async throws {
         let f = try Fixture()
         let path = f.data("events.csv")
         try f.writeData("events.csv", "old content\n")
         let hasher = f.hasher()
-        let first = try hasher.identities(of: [path])[path]
+        let first = try await hasher.identities(of: [path])[path]
         #expect(first == "sha256:" + Hex.sha256(Array("old content\n".utf8)))
         let row = try #require(try f.cacheRow(path))
 
@@ -332,22 +334,22 @@ struct InputResolverTests {
         #expect(now.st_ino == info.st_ino && now.st_size == info.st_size)
         #expect(now.st_mtim.tv_sec == info.st_mtim.tv_sec && now.st_mtim.tv_nsec == info.st_mtim.tv_nsec)
 
-        #expect(try hasher.identities(of: [path])[path] == first)
+        #expect(try await hasher.identities(of: [path])[path] == first)
         #expect(try f.cacheRow(path)?.checkedAt == row.checkedAt)
     }
 
-    @Test func aChangedMTimeReadsTheFileAgain() throws {
+    @Test func aChangedMTimeReadsTheFileAgain() async throws {
         let f = try Fixture()
         let path = f.data("events.csv")
         try f.writeData("events.csv", "old content\n", mtime: 1_600_000_000)
         let hasher = f.hasher()
-        let first = try hasher.identities(of: [path])[path]
+        let first = try await hasher.identities(of: [path])[path]
         let row = try #require(try f.cacheRow(path))
         // Same size, same inode, new bytes and a new mtime.
         let info = try Self.status(path)
         try Self.overwriteInPlace(path, "new content\n", keepingMTimeOf: info)
         try Self.setMTime(path, seconds: 1_600_000_100)
-        let second = try hasher.identities(of: [path])[path]
+        let second = try await hasher.identities(of: [path])[path]
         #expect(second != first)
         #expect(second == "sha256:" + Hex.sha256(Array("new content\n".utf8)))
         let updated = try #require(try f.cacheRow(path))
@@ -355,58 +357,58 @@ struct InputResolverTests {
         #expect("sha256:" + updated.digest == second)
     }
 
-    @Test func aReplacedFileIsReadAgainEvenWithTheSameSizeAndMTime() throws {
+    @Test func aReplacedFileIsReadAgainEvenWithTheSameSizeAndMTime() async throws {
         let f = try Fixture()
         let path = f.data("events.csv")
         try f.writeData("events.csv", "old content\n")
         let hasher = f.hasher()
-        let first = try hasher.identities(of: [path])[path]
+        let first = try await hasher.identities(of: [path])[path]
         let info = try Self.status(path)
         // A new file (new inode) renamed over the old one, with the old one's mtime.
         try f.writeData("events.csv.tmp", "new content\n", mtime: nil)
         try Self.overwriteInPlace(f.data("events.csv.tmp"), "new content\n", keepingMTimeOf: info)
         #expect(rename(f.data("events.csv.tmp"), path) == 0)
         #expect(try Self.status(path).st_ino != info.st_ino)
-        #expect(try hasher.identities(of: [path])[path] == "sha256:" + Hex.sha256(Array("new content\n".utf8)))
+        #expect(try await hasher.identities(of: [path])[path] == "sha256:" + Hex.sha256(Array("new content\n".utf8)))
         #expect(first != "sha256:" + Hex.sha256(Array("new content\n".utf8)))
     }
 
-    @Test func aFileWrittenJustBeforeItWasHashedIsReadAgain() throws {
+    @Test func aFileWrittenJustBeforeItWasHashedIsReadAgain() async throws {
         // Its mtime is within the racy window of the hashing: a write in the same clock tick
         // would not change the mtime, so the digest is not trusted yet.
         let f = try Fixture()
         let path = f.data("fresh.csv")
         try f.writeData("fresh.csv", "x\n", mtime: nil)
-        let hasher = ExternalInputHasher(database: f.database) // the real clock
-        _ = try hasher.identities(of: [path])
+        let hasher = ExternalInputHasher(store: f.store, now: StoreTime.systemMilliseconds) // the real clock
+        _ = try await hasher.identities(of: [path])
         let row = try #require(try f.cacheRow(path))
         Thread.sleep(forTimeInterval: 0.01)
-        _ = try hasher.identities(of: [path])
+        _ = try await hasher.identities(of: [path])
         #expect(try #require(try f.cacheRow(path)).checkedAt > row.checkedAt)
     }
 
-    @Test func aFolderIsTheHashOfItsFiles() throws {
+    @Test func aFolderIsTheHashOfItsFiles() async throws {
         let f = try Fixture()
         try f.writeData("events/2026/a.csv", "a\n")
         try f.writeData("events/2026/b.csv", "b\n")
         try f.writeData("events/c.csv", "c\n")
         let folder = f.data("events")
         let hasher = f.hasher()
-        let first = try #require(try hasher.identities(of: [folder])[folder])
+        let first = try #require(try await hasher.identities(of: [folder])[folder])
         #expect(first.hasPrefix("sha256:"))
         #expect(try f.cachedPaths() == [folder + "/2026/a.csv", folder + "/2026/b.csv", folder + "/c.csv"])
-        #expect(try hasher.identities(of: [folder])[folder] == first)
+        #expect(try await hasher.identities(of: [folder])[folder] == first)
 
         // An empty folder does not count; a file does, and so does its name.
         try FileManager.default.createDirectory(atPath: folder + "/empty", withIntermediateDirectories: true)
-        #expect(try hasher.identities(of: [folder])[folder] == first)
+        #expect(try await hasher.identities(of: [folder])[folder] == first)
         try FileManager.default.moveItem(atPath: folder + "/c.csv", toPath: folder + "/d.csv")
-        let renamed = try #require(try hasher.identities(of: [folder])[folder])
+        let renamed = try #require(try await hasher.identities(of: [folder])[folder])
         #expect(renamed != first)
         // The row of the file that went away is dropped.
         #expect(try f.cachedPaths() == [folder + "/2026/a.csv", folder + "/2026/b.csv", folder + "/d.csv"])
         try f.writeData("events/2026/a.csv", "A\n", mtime: 1_600_000_500)
-        #expect(try hasher.identities(of: [folder])[folder] != renamed)
+        #expect(try await hasher.identities(of: [folder])[folder] != renamed)
     }
 
     @Test func aMissingInputIsMissing() async throws {
