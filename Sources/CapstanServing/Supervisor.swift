@@ -298,7 +298,7 @@ actor Supervisor {
             DispatchQueue.global().async {
                 let problem: String?
                 do {
-                    let actual = try ArtifactStore.digest(of: spec.modelDir)
+                    let actual = try LocalArtifactStore.digest(of: spec.modelDir)
                     problem = actual == spec.artifactDigest ? nil
                         : "the artifact at '\(spec.modelDir)' does not match \(spec.artifactDigest) (its contents hash to \(actual)): "
                             + "it was changed after it was registered. Nothing was started; restore the artifact or retrain the version"

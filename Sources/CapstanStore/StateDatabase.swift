@@ -1,3 +1,4 @@
+import CapstanCore
 import Foundation
 import GRDB
 import Synchronization
@@ -27,7 +28,7 @@ public final class StateDatabase: Sendable {
     /// `PRAGMA application_id`, the ASCII bytes 'CAPS'.
     public static let applicationID: Int32 = 0x4341_5053
     /// The schema version this build creates and understands: the number of the last migration.
-    public static let schemaVersion = 4
+    public static let schemaVersion = 5
     /// Names of the migrations this build knows, in order (`v1`, `v2`…).
     public static let knownMigrations: [String] = (1...schemaVersion).map { "v\($0)" }
 
@@ -97,7 +98,7 @@ public final class StateDatabase: Sendable {
     /// The same database (the same connections), every write of which first checks that
     /// `fence`'s lease is still held. `onLost` is called once, with the error, the first time a
     /// write finds the lease lost (the caller stops its pass there).
-    public func fenced(by fence: Fence, onLost: @escaping @Sendable (StoreError) -> Void = { _ in }) -> StateDatabase {
+    public func fenced(by fence: Fence, onLost: @escaping @Sendable (any Error) -> Void = { _ in }) -> StateDatabase {
         StateDatabase(path: path, pool: pool, warnings: warnings, fence: fence, fenceWatch: FenceWatch(onLost: onLost))
     }
 
@@ -474,6 +475,66 @@ public final class StateDatabase: Sendable {
                 """)
             try setSchemaVersion(4, in: db)
         }
+        // v5 (one reconcile engine over ports): a condition carries its failure class (what the
+        // loop does next) and, for a waiting one, when it comes back by itself.
+        //
+        // And the registry counts its changes, so that a reader holding a snapshot can tell it
+        // is still current, or re-read only what changed since: triggers bump
+        // `registry_generation` at every insert, update or delete of a model, a version or an
+        // alias, whoever writes (Capstan, a seeding script, sqlite3), and stamp the model or
+        // version row they changed with the new generation. A delete of a model or version row
+        // (Capstan never deletes them) also records its generation in `removed_at`: a snapshot
+        // older than that is read again in full. The next generation is the larger of the last
+        // plus one and the time in milliseconds, so that a database restored from a backup does
+        // not give out again a generation a reader saw with other contents.
+        migrator.registerMigration("v5") { db in
+            let next = "max(generation + 1, CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER))"
+            let current = "(SELECT generation FROM registry_generation WHERE id = 1)"
+            try db.execute(sql: """
+                ALTER TABLE conditions ADD COLUMN failure_class TEXT
+                    CHECK (failure_class IS NULL OR failure_class IN ('stalled', 'waiting', 'transient', 'terminal'));
+                -- For a waiting condition: when it comes back by itself (ms since the epoch), if known.
+                ALTER TABLE conditions ADD COLUMN until_at INTEGER;
+
+                CREATE TABLE registry_generation (
+                    id         INTEGER PRIMARY KEY CHECK (id = 1),
+                    generation INTEGER NOT NULL CHECK (generation >= 0),
+                    removed_at INTEGER NOT NULL DEFAULT 0
+                );
+                INSERT INTO registry_generation (id, generation) VALUES (1, 0);
+                ALTER TABLE models ADD COLUMN generation INTEGER NOT NULL DEFAULT 0;
+                ALTER TABLE versions ADD COLUMN generation INTEGER NOT NULL DEFAULT 0;
+                CREATE INDEX models_by_generation ON models(generation);
+                CREATE INDEX versions_by_generation ON versions(generation);
+                """)
+            for table in ["models", "versions"] {
+                // The stamping UPDATE changes `generation` itself, so the update trigger's WHEN
+                // keeps it from firing again (whatever `recursive_triggers` says).
+                try db.execute(sql: """
+                    CREATE TRIGGER \(table)_generation_insert AFTER INSERT ON \(table) BEGIN
+                        UPDATE registry_generation SET generation = \(next) WHERE id = 1;
+                        UPDATE \(table) SET generation = \(current) WHERE rowid = NEW.rowid;
+                    END;
+                    CREATE TRIGGER \(table)_generation_update AFTER UPDATE ON \(table)
+                    WHEN NEW.generation IS OLD.generation BEGIN
+                        UPDATE registry_generation SET generation = \(next) WHERE id = 1;
+                        UPDATE \(table) SET generation = \(current) WHERE rowid = NEW.rowid;
+                    END;
+                    CREATE TRIGGER \(table)_generation_delete AFTER DELETE ON \(table) BEGIN
+                        UPDATE registry_generation SET generation = \(next) WHERE id = 1;
+                        UPDATE registry_generation SET removed_at = generation WHERE id = 1;
+                    END;
+                    """)
+            }
+            for event in ["INSERT", "UPDATE", "DELETE"] {
+                try db.execute(sql: """
+                    CREATE TRIGGER aliases_generation_\(event.lowercased()) AFTER \(event) ON aliases BEGIN
+                        UPDATE registry_generation SET generation = \(next) WHERE id = 1;
+                    END;
+                    """)
+            }
+            try setSchemaVersion(5, in: db)
+        }
         return migrator
     }
 
@@ -488,10 +549,10 @@ public final class StateDatabase: Sendable {
 
 /// Calls a fenced database's `onLost` once, the first time a write finds the lease lost.
 final class FenceWatch: Sendable {
-    private let onLost: @Sendable (StoreError) -> Void
+    private let onLost: @Sendable (any Error) -> Void
     private let reported = Mutex(false)
 
-    init(onLost: @escaping @Sendable (StoreError) -> Void) {
+    init(onLost: @escaping @Sendable (any Error) -> Void) {
         self.onLost = onLost
     }
 

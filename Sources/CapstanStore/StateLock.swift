@@ -1,3 +1,4 @@
+import CapstanCore
 import Foundation
 import GRDB
 
@@ -6,23 +7,6 @@ import Glibc
 #elseif canImport(Darwin)
 import Darwin
 #endif
-
-/// The lease a reconcile pass holds, as every write of that pass checks it: the lock's name, the
-/// holder id and the generation the acquisition was given. A lease removed (`capstan unlock
-/// --force`) or taken over (a new generation) no longer matches, and the fenced write fails.
-public struct Fence: Hashable, Sendable, CustomStringConvertible {
-    public var lock: String
-    public var holder: String
-    public var generation: Int64
-
-    public init(lock: String, holder: String, generation: Int64) {
-        self.lock = lock
-        self.holder = holder
-        self.generation = generation
-    }
-
-    public var description: String { "lock '\(lock)', holder \(holder), generation \(generation)" }
-}
 
 /// A lease lock in the state database: one writer per state folder.
 ///
@@ -49,68 +33,10 @@ public struct StateLock: Sendable {
     /// The lock `capstan apply` and `capstan run` take before changing anything.
     public static let apply = "apply"
 
-    /// One lease, as stored.
-    public struct Lease: Hashable, Sendable, Codable {
-        public var name: String
-        /// The id of the acquisition (what `capstan unlock <id>` takes).
-        public var holder: String
-        /// The acquisition's number, for fencing (0: a lease written before generations existed).
-        public var generation: Int64
-        public var host: String
-        public var pid: Int64
-        /// When the holder's process started (`/proc/<pid>/stat` field 22, clock ticks after
-        /// boot); nil when unknown.
-        public var processStart: Int64?
-        public var command: String
-        public var startedAtMilliseconds: Int64
-        public var expiresAtMilliseconds: Int64
-
-        public init(name: String, holder: String, generation: Int64 = 0, host: String, pid: Int64, processStart: Int64? = nil,
-                    command: String, startedAtMilliseconds: Int64, expiresAtMilliseconds: Int64) {
-            self.name = name
-            self.holder = holder
-            self.generation = generation
-            self.host = host
-            self.pid = pid
-            self.processStart = processStart
-            self.command = command
-            self.startedAtMilliseconds = startedAtMilliseconds
-            self.expiresAtMilliseconds = expiresAtMilliseconds
-        }
-
-        public var startedAt: Date { StoreTime.date(startedAtMilliseconds) }
-        public var expiresAt: Date { StoreTime.date(expiresAtMilliseconds) }
-
-        /// What every write of the acquisition checks.
-        public var fence: Fence { Fence(lock: name, holder: holder, generation: generation) }
-
-        /// Whether the lease has run out at `milliseconds` (its holder stopped renewing it).
-        public func isExpired(atMilliseconds milliseconds: Int64) -> Bool {
-            expiresAtMilliseconds <= milliseconds
-        }
-
-        /// "holder 7f3c… (pid 4242 on host build-1, running 'capstan apply')".
-        public var holderDescription: String {
-            "holder \(holder) (pid \(pid) on host \(host), running '\(command)')"
-        }
-    }
-
     /// One try: the lock was taken, or a live lease holds it.
     enum Attempt: Sendable {
-        case acquired(Acquired)
+        case acquired(LeaseGrant)
         case held(Lease)
-    }
-
-    /// What `acquire` got.
-    public struct Acquired: Hashable, Sendable {
-        public var lease: Lease
-        /// The lease this acquisition replaced, when it had expired or its holder was gone.
-        public var tookOver: Lease?
-        /// Why the replaced lease was free ("its lease expired at …", "there is no process 4242").
-        public var tookOverBecause: String?
-
-        /// What the pass's writes check.
-        public var fence: Fence { lease.fence }
     }
 
     /// Whether the holder of a lease is still there, as this host can tell.
@@ -161,7 +87,7 @@ public struct StateLock: Sendable {
     /// tries again every `pollInterval` until `wait` seconds have passed, then throws a
     /// `StoreError` with code `.locked` that names the holder.
     public func acquire(name: String = StateLock.apply, holder: String, command: String, ttl: TimeInterval,
-                        wait: TimeInterval = 0, pollInterval: TimeInterval = 0.05) async throws -> Acquired {
+                        wait: TimeInterval = 0, pollInterval: TimeInterval = 0.05) async throws -> LeaseGrant {
         let clock = ContinuousClock()
         let deadline = clock.now.advanced(by: .milliseconds(Int64((max(wait, 0) * 1000).rounded())))
         while true {
@@ -184,7 +110,7 @@ public struct StateLock: Sendable {
 
     /// Takes the lock `name` now or throws `.locked`, without waiting.
     public func tryAcquire(name: String = StateLock.apply, holder: String, command: String,
-                           ttl: TimeInterval) throws -> Acquired {
+                           ttl: TimeInterval) throws -> LeaseGrant {
         let attempt = try database.write("take the lock '\(name)'") { db in
             try attemptAcquire(db, name: name, holder: holder, command: command, ttl: ttl)
         }
@@ -203,7 +129,7 @@ public struct StateLock: Sendable {
         let existing = try Self.fetchLeases(db, where: "name = ?", arguments: [name]).first
         var freedBecause: String?
         if let existing, existing.holder != holder {
-            if existing.isExpired(atMilliseconds: time) {
+            if existing.isExpired(at: time) {
                 freedBecause = "its lease expired at \(StoreTime.iso(existing.expiresAt))"
             } else if case .gone(let why) = holderState(existing) {
                 freedBecause = why
@@ -225,15 +151,15 @@ public struct StateLock: Sendable {
         }
         let lease = Lease(name: name, holder: holder, generation: generation, host: host, pid: pid, processStart: processStart,
                           command: command,
-                          startedAtMilliseconds: existing.map { $0.holder == holder ? $0.startedAtMilliseconds : time } ?? time,
-                          expiresAtMilliseconds: time + StoreTime.milliseconds(seconds: ttl))
+                          startedAt: existing.map { $0.holder == holder ? $0.startedAt : time } ?? time,
+                          expiresAt: time + StoreTime.milliseconds(seconds: ttl))
         try db.execute(sql: """
             INSERT OR REPLACE INTO locks (name, holder, generation, host, pid, process_start, command, started_at, expires_at)
             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
             """, arguments: [lease.name, lease.holder, lease.generation, lease.host, lease.pid, lease.processStart, lease.command,
-                             lease.startedAtMilliseconds, lease.expiresAtMilliseconds])
+                             lease.startedAt, lease.expiresAt])
         let tookOver = existing.flatMap { $0.holder == holder ? nil : $0 }
-        return .acquired(Acquired(lease: lease, tookOver: tookOver, tookOverBecause: tookOver == nil ? nil : freedBecause))
+        return .acquired(LeaseGrant(lease: lease, tookOver: tookOver, tookOverBecause: tookOver == nil ? nil : freedBecause))
     }
 
     /// Whether `lease`'s holder still runs. Only a process of this host can be checked: it is gone
@@ -312,6 +238,18 @@ public struct StateLock: Sendable {
         }
     }
 
+    /// Deletes the lease of `fence` (its lock, holder and generation). Returns false when that
+    /// acquisition no longer holds the lock (it was removed, or taken over: the new holder's
+    /// lease is left alone).
+    @discardableResult
+    public func release(_ fence: Fence) throws -> Bool {
+        try database.write("release the lease of \(fence.holder)") { db in
+            try db.execute(sql: "DELETE FROM locks WHERE name = ? AND holder = ? AND generation = ?",
+                           arguments: [fence.lock, fence.holder, fence.generation])
+            return db.changesCount > 0
+        }
+    }
+
     /// Whether `capstan unlock` may remove a lease without `--force`.
     public enum UnlockCheck: Hashable, Sendable {
         /// Its holder is gone, or its lease expired: removing it breaks nothing. Why.
@@ -330,7 +268,7 @@ public struct StateLock: Sendable {
         case .alive:
             return .holderMayBeAlive("its holder is alive: pid \(lease.pid) on this host (\(host)), running '\(lease.command)' since \(StoreTime.iso(lease.startedAt))")
         case .otherHost:
-            if lease.isExpired(atMilliseconds: now()) {
+            if lease.isExpired(at: now()) {
                 return .safe("it expired at \(StoreTime.iso(lease.expiresAt)) (its host \(lease.host) cannot be checked from here)")
             }
             return .holderMayBeAlive("its holder runs on host \(lease.host), which cannot be checked from here (pid \(lease.pid), running '\(lease.command)'), and it was renewed until \(StoreTime.iso(lease.expiresAt)): that process is probably alive")
@@ -369,8 +307,8 @@ public struct StateLock: Sendable {
             FROM locks WHERE \(condition) ORDER BY name
             """, arguments: arguments).map { row in
             Lease(name: row["name"], holder: row["holder"], generation: row["generation"], host: row["host"], pid: row["pid"],
-                  processStart: row["process_start"], command: row["command"], startedAtMilliseconds: row["started_at"],
-                  expiresAtMilliseconds: row["expires_at"])
+                  processStart: row["process_start"], command: row["command"], startedAt: row["started_at"],
+                  expiresAt: row["expires_at"])
         }
     }
 }
@@ -388,16 +326,9 @@ public enum StoreTime {
         Int64((seconds * 1000).rounded())
     }
 
-    public static func date(_ milliseconds: Int64) -> Date {
-        Date(timeIntervalSince1970: Double(milliseconds) / 1000)
-    }
-
-    public static func milliseconds(of date: Date) -> Int64 {
-        Int64((date.timeIntervalSince1970 * 1000).rounded())
-    }
-
-    static func iso(_ date: Date) -> String {
-        date.formatted(Date.ISO8601FormatStyle(includingFractionalSeconds: false))
+    /// `2026-12-06T15:04:05Z` (UTC, to the second), as messages show times.
+    static func iso(_ milliseconds: Int64) -> String {
+        Timestamp.iso8601(milliseconds: milliseconds, fractional: false)
     }
 
     static func seconds(_ seconds: TimeInterval) -> String {

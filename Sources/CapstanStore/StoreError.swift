@@ -1,3 +1,5 @@
+import CapstanCore
+
 /// A failure of the state database or the artifact store: what went wrong (a stable code), a
 /// message that names the file and says what to do, the file at fault, and the underlying cause.
 public struct StoreError: Error, Sendable, CustomStringConvertible {
@@ -10,6 +12,9 @@ public struct StoreError: Error, Sendable, CustomStringConvertible {
         case foreignDatabase
         /// Opening, reading or migrating the database failed for another reason.
         case databaseFailure
+        /// A row holds what no Capstan writes (an object reference, an audit action, a journal
+        /// operation it does not know): another program wrote it.
+        case foreignRecord
         /// A stored artifact's contents no longer match its digest.
         case artifactModified
         /// No artifact is stored under that digest.
@@ -54,5 +59,26 @@ public struct StoreError: Error, Sendable, CustomStringConvertible {
     public var description: String {
         guard let underlying else { return message }
         return "\(message) (\(underlying))"
+    }
+}
+
+extension StoreError: ClassifiedError {
+    /// What the loop does about it. The state itself failing (a lost lease, a lock held by
+    /// another process, a full disk, a damaged or unreadable database) is transient: the next
+    /// pass tries again, nothing is recorded against the work. An artifact changed in place or
+    /// missing is terminal for the version that needs it (retrain it); a training output that
+    /// cannot be stored (a symlink, a special file, a secret in a name) is the training's fault
+    /// and waits out its backoff, like any training failure.
+    public var failure: ReconcileFailure {
+        switch code {
+        case .leaseLost: return .transient(.leaseLost, message)
+        case .locked: return .transient(.locked, message)
+        case .diskFull: return .transient(.diskFull, message)
+        case .artifactModified, .artifactMissing: return ReconcileFailure(.terminal, .artifactChanged, message)
+        case .unsupportedEntry: return ReconcileFailure(.waiting(until: nil), .invalidOutput, message)
+        case .damagedDatabase, .newerDatabase, .foreignDatabase, .databaseFailure, .foreignRecord, .invalidDigest, .fileSystem,
+             .holderAlive, .readOnlyFileSystem, .permissionDenied:
+            return .transient(.stateUnavailable, message)
+        }
     }
 }

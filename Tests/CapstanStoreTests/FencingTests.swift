@@ -43,7 +43,7 @@ import Testing
         let lock = StateLock(database: plain)
         let acquired = try lock.tryAcquire(holder: "pass", command: "capstan apply", ttl: 600)
         let reported = Mutex<[String]>([])
-        let database = plain.fenced(by: acquired.fence) { error in reported.withLock { $0.append(error.message) } }
+        let database = plain.fenced(by: acquired.fence) { error in reported.withLock { $0.append((error as? StoreError)?.message ?? "\(error)") } }
         #expect(database.fence == acquired.fence)
 
         let writers = Self.writers(database)
@@ -73,7 +73,7 @@ import Testing
         #expect(throws: StoreError.self) { try database.checkLease() }
 
         // Outside a pass (status, unlock), writes are not fenced.
-        try AuditLog(database: plain).record(AuditEvent(actor: "test", object: "model/x", action: "note"))
+        try AuditLog(database: plain).record(Samples.event(.model("x"), .update))
     }
 
     /// Another process takes the lock over (a new generation): the old holder's writes fail, even
@@ -85,12 +85,12 @@ import Testing
         let b = StateLock(database: try StateDatabase(stateDirectory: temp.path), host: "host-b", pid: 2222, processStart: 2, now: clock.reading)
         let first = try a.tryAcquire(holder: "same-id", command: "capstan apply", ttl: 30)
         let journal = Journal(database: a.database.fenced(by: first.fence))
-        _ = try journal.begin(operation: "train", subject: "model/churn")
+        _ = try journal.begin(JournalTests.training, subject: .model("churn"))
         clock.advance(seconds: 31)
         let second = try b.tryAcquire(holder: "same-id-2", command: "capstan run", ttl: 30)
         #expect(second.lease.generation == first.lease.generation + 1)
         #expect(second.tookOverBecause?.contains("its lease expired") == true)
-        let error = #expect(throws: StoreError.self) { try journal.begin(operation: "train", subject: "model/churn") }
+        let error = #expect(throws: StoreError.self) { try journal.begin(JournalTests.training, subject: .model("churn")) }
         #expect(error?.code == .leaseLost)
         #expect(error?.message.contains("lock 'apply' is now held by holder same-id-2 (pid 2222 on host host-b, running 'capstan run'), generation 2") == true)
         #expect(try Journal(database: b.database).unfinished().count == 1)
@@ -104,7 +104,7 @@ import Testing
         let journal = Journal(database: database)
         let audit = AuditLog(database: database)
         let passes = PassRecords(database: database)
-        let serving = ServingRecords(database: database)
+        let serving = ServingTables(database: database)
         return [
             ("registry.upsertModel", { n in _ = try await registry.upsertModel(name: n == 1 ? "churn" : "m\(n)", description: nil, labels: [:]) }),
             ("registry.createVersion", { n in
@@ -116,11 +116,11 @@ import Testing
                 try await registry.setAlias(n % 2 == 0 ? "a" : "b", of: "churn", to: 1, commit: nil, reason: "test")
             }),
             ("registry.deleteAlias", { n in try await registry.deleteAlias(n % 2 == 0 ? "b" : "a", of: "churn", commit: nil, reason: "test") }),
-            ("journal.begin", { n in _ = try journal.begin(operation: "op\(n)", subject: "model/churn") }),
-            ("audit.record", { n in try audit.record(AuditEvent(actor: "test", object: "model/churn", action: "a\(n)")) }),
+            ("journal.begin", { n in _ = try journal.begin(JournalTests.training, subject: .model("m\(n)")) }),
+            ("audit.record", { n in try audit.record(Samples.event(.model("m\(n)"), .update)) }),
             ("passes.start", { n in _ = try passes.start(command: "apply", commit: "c\(n)") }),
             ("passes.setConditions", { n in
-                try passes.setConditions([ObjectCondition(object: "model/churn", type: .ready, reason: "R\(n)", message: "", commit: nil, updatedAt: Int64(n))])
+                try passes.setConditions([ObjectCondition(object: .model("churn"), type: .ready, reason: "R\(n)", message: "", commit: nil, updatedAt: Int64(n))])
             }),
             ("serving.setRollout", { n in
                 try serving.setRollout("d", RolloutState(deployment: "d", model: "churn", from: 1, to: 1, phase: .starting, step: n,
@@ -238,9 +238,9 @@ import Testing
         let clock = ManualClock()
         let database = try StateDatabase(stateDirectory: temp.path)
         let me = StateLock(database: database, now: clock.reading)
-        func lease(host: String, pid: Int64, start: Int64? = nil) -> StateLock.Lease {
-            StateLock.Lease(name: "apply", holder: "h", generation: 1, host: host, pid: pid, processStart: start, command: "capstan apply",
-                            startedAtMilliseconds: clock.now(), expiresAtMilliseconds: clock.now() + 60_000)
+        func lease(host: String, pid: Int64, start: Int64? = nil) -> Lease {
+            Lease(name: "apply", holder: "h", generation: 1, host: host, pid: pid, processStart: start, command: "capstan apply",
+                            startedAt: clock.now(), expiresAt: clock.now() + 60_000)
         }
         let parent = Int64(getppid())
         let parentStart = LocalProcess.status(of: parent)?.startTime

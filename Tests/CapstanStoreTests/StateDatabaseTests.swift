@@ -7,9 +7,9 @@ import Testing
 
 @Suite struct StateDatabaseTests {
     static let tables = ["alias_history", "aliases", "audit_log", "capstan_meta", "conditions", "endpoints", "input_hashes", "journal",
-                         "lock_generations", "locks", "models", "passes", "quarantine", "rollouts", "versions"]
+                         "lock_generations", "locks", "models", "passes", "quarantine", "registry_generation", "rollouts", "versions"]
 
-    /// Checks everything the migrations (`v1`, `v2`) leave behind.
+    /// Checks everything the migrations (`v1`…`v5`) leave behind.
     func expectInitialized(_ database: StateDatabase) throws {
         try database.pool.read { db in
             let tables = try String.fetchAll(db, sql: """
@@ -18,10 +18,10 @@ import Testing
                 """)
             #expect(tables == Self.tables)
             #expect(try Int32.fetchOne(db, sql: "PRAGMA application_id") == 0x4341_5053)
-            #expect(try Int.fetchOne(db, sql: "PRAGMA user_version") == 4)
+            #expect(try Int.fetchOne(db, sql: "PRAGMA user_version") == 5)
             #expect(try String.fetchOne(db, sql: "SELECT value FROM capstan_meta WHERE key = 'application'") == "capstan")
-            #expect(try String.fetchOne(db, sql: "SELECT value FROM capstan_meta WHERE key = 'schema_version'") == "4")
-            #expect(try String.fetchAll(db, sql: "SELECT identifier FROM grdb_migrations") == ["v1", "v2", "v3", "v4"])
+            #expect(try String.fetchOne(db, sql: "SELECT value FROM capstan_meta WHERE key = 'schema_version'") == "5")
+            #expect(try String.fetchAll(db, sql: "SELECT identifier FROM grdb_migrations") == ["v1", "v2", "v3", "v4", "v5"])
         }
     }
 
@@ -56,16 +56,27 @@ import Testing
         #expect(names == ["churn"])
     }
 
-    /// A database exactly as release `schema` left it, with a model, a version and an alias.
+    /// A database exactly as release `schema` left it, with a model, a version and an alias, and
+    /// (from v2) a condition and a journal entry as that release wrote them.
     static func writeOldDatabase(at path: String, schema: String) throws {
         let queue = try DatabaseQueue(path: path)
         try StateDatabase.migrator.migrate(queue, upTo: schema)
         try queue.write { db in
-            try insertModel(db, "churn")
+            try db.execute(sql: "INSERT INTO models (name, created_at, updated_at) VALUES ('churn', 4, 4)")
             try db.execute(sql: """
                 INSERT INTO versions (model, number, status, fingerprint, created_at) VALUES ('churn', 1, 'validated', 'f1', 5)
                 """)
             try db.execute(sql: "INSERT INTO aliases (model, alias, version, updated_at) VALUES ('churn', 'champion', 1, 6)")
+            try db.execute(sql: """
+                INSERT INTO journal (operation, subject, state, started_at, detail)
+                VALUES ('train', 'model/churn', 'started', 7, '{"fingerprint":"f1","attempt":1,"run":"r1","commit":"c"}')
+                """)
+            if schema != "v1" {
+                try db.execute(sql: """
+                    INSERT INTO conditions (object, type, reason, message, commit_id, updated_at)
+                    VALUES ('model/churn', 'Degraded', 'TrainingFailed', 'v2 failed', 'c1', 8)
+                    """)
+            }
             #expect(try Int.fetchOne(db, sql: "PRAGMA user_version") == Int(schema.dropFirst()))
         }
         try queue.close()
@@ -91,6 +102,24 @@ import Testing
         // The upgraded database takes the new columns.
         try await registry.updateVersion(model: "churn", number: 1, VersionUpdate(archivedAt: 99))
         #expect(try await registry.version(of: "churn", number: 1)?.archivedAt == 99)
+
+        let store = SQLiteStateStore(database: database)
+        // The old journal entry reads back, without a record of this Capstan's.
+        let entries = try await store.unfinishedJournal()
+        #expect(entries.map(\.subject) == [.model("churn")])
+        #expect(entries.map(\.operation) == [.train])
+        #expect(entries.first?.record == nil)
+        // The old condition reads back with no failure class; a new one keeps its class.
+        if schema != "v1" {
+            #expect(try await store.conditions() == [ObjectCondition(object: .model("churn"), type: .degraded, reason: "TrainingFailed",
+                                                                     message: "v2 failed", commit: "c1", updatedAt: 8)])
+        }
+        let waiting = ObjectCondition(object: .model("churn"), type: .degraded, reason: "TrainingFailed", message: "backoff",
+                                      commit: "c2", updatedAt: 9, failureClass: .waiting(until: 60_000))
+        var changes = StateChanges("record conditions")
+        changes.setConditions([waiting], pruning: [.model])
+        try await store.commit(changes)
+        #expect(try await store.conditions() == [waiting])
     }
 
     @Test func usesWALModeAndABusyTimeout() throws {
@@ -172,9 +201,9 @@ import Testing
         try database.pool.write { db in
             try insertModel(db, "churn")
             switch kind {
-            case .unknownMigration: try db.execute(sql: "INSERT INTO grdb_migrations (identifier) VALUES ('v5')")
-            case .higherUserVersion: try db.execute(sql: "PRAGMA user_version = 5")
-            case .higherMetaVersion: try db.execute(sql: "UPDATE capstan_meta SET value = '5' WHERE key = 'schema_version'")
+            case .unknownMigration: try db.execute(sql: "INSERT INTO grdb_migrations (identifier) VALUES ('v6')")
+            case .higherUserVersion: try db.execute(sql: "PRAGMA user_version = 6")
+            case .higherMetaVersion: try db.execute(sql: "UPDATE capstan_meta SET value = '6' WHERE key = 'schema_version'")
             }
         }
         try database.close()
@@ -182,11 +211,11 @@ import Testing
 
         let error = #expect(throws: StoreError.self) { try StateDatabase(stateDirectory: temp.path) }
         #expect(error?.code == .newerDatabase)
-        #expect(error?.message.contains("database schema version 5") == true)
-        #expect(error?.message.contains("supports schema version 4") == true)
+        #expect(error?.message.contains("database schema version 6") == true)
+        #expect(error?.message.contains("supports schema version 5") == true)
         #expect(error?.message.contains(database.path) == true)
         if kind == .unknownMigration {
-            #expect(error?.message.contains("migrations unknown to this build: v5") == true)
+            #expect(error?.message.contains("migrations unknown to this build: v6") == true)
         }
         #expect(try fileBytes(database.path) == before)
     }

@@ -27,19 +27,17 @@ import Darwin
 ///
 /// The names of a training's outputs come from the step: `store` refuses a name that holds a
 /// secret (names are kept in the state folder) and scrubs and escapes whatever it quotes.
-public struct ArtifactStore: Sendable {
+///
+/// The core's `ArtifactStore` port: `store(directory:scrubber:)` and `open(digest:)` do their
+/// file work on a dispatch queue, off the cooperative thread pool; their failures are
+/// `StoreError`s, classified (a full disk is transient, an output with a symlink the training's
+/// fault, an artifact changed in place terminal).
+public struct LocalArtifactStore: ArtifactStore {
     /// `<stateDir>/artifacts`.
     public let root: String
 
     public init(stateDirectory: String) {
         root = URL(fileURLWithPath: stateDirectory).appendingPathComponent("artifacts").path
-    }
-
-    public struct StoredArtifact: Hashable, Sendable {
-        /// `sha256:<64 hex digits>`.
-        public var digest: String
-        /// The stored folder.
-        public var path: String
     }
 
     var objects: String { root + "/sha256" }
@@ -49,9 +47,19 @@ public struct ArtifactStore: Sendable {
         objects + "/" + (try Self.hex(of: digest))
     }
 
-    /// Copies `directory` into the store and returns its digest and stored path. `scrubber`
-    /// holds the secrets of the step that wrote it.
-    public func store(directory: String, scrubber: SecretScrubber = .none) throws -> StoredArtifact {
+    /// Copies `directory` into the store and returns its digest and stored folder (`location`).
+    /// `scrubber` holds the secrets of the step that wrote it.
+    public func store(directory: String, scrubber: SecretScrubber = .none) async throws -> StoredArtifact {
+        try await Blocking.run { try storeBlocking(directory: directory, scrubber: scrubber) }
+    }
+
+    /// The stored folder of `digest`, after checking that its contents still match.
+    public func open(digest: String) async throws -> String {
+        try await Blocking.run { try openBlocking(digest: digest) }
+    }
+
+    /// `store(directory:scrubber:)`, blocking the calling thread.
+    func storeBlocking(directory: String, scrubber: SecretScrubber = .none) throws -> StoredArtifact {
         let fm = FileManager.default
         var info = stat()
         guard lstat(directory, &info) == 0 else {
@@ -96,7 +104,7 @@ public struct ArtifactStore: Sendable {
                     throw FileSystemFailure.error("move the copy of '\(directory)' into", path: target, folder: objects, errno: code)
                 }
             }
-            return StoredArtifact(digest: digest, path: target)
+            return StoredArtifact(digest: digest, location: target)
         } catch {
             try? Self.remove(temporary)
             throw error
@@ -134,8 +142,8 @@ public struct ArtifactStore: Sendable {
         }
     }
 
-    /// The stored folder of `digest`, after checking that its contents still match.
-    public func open(digest: String) throws -> String {
+    /// `open(digest:)`, blocking the calling thread.
+    func openBlocking(digest: String) throws -> String {
         try verify(digest: digest)
         return try path(for: digest)
     }

@@ -2,10 +2,11 @@ import CapstanCore
 import Foundation
 import GRDB
 
-/// The reconciler's memory of the serving side, in the state database: rollouts in progress,
-/// quarantined versions, and per endpoint what Capstan last set (`applied`) and last saw
-/// (`observed`).
-public struct ServingRecords: Sendable {
+/// The reconciler's memory of the serving side, in the state database's tables `rollouts`,
+/// `quarantine` and `endpoints`: rollouts in progress, quarantined versions, and per endpoint what
+/// Capstan last set (`applied`) and last saw (`observed`). `records()` reads them all at once, as
+/// the core's `ServingRecords`.
+public struct ServingTables: Sendable {
     public let database: StateDatabase
     let now: @Sendable () -> Int64
 
@@ -15,13 +16,15 @@ public struct ServingRecords: Sendable {
     }
 
     public func rollouts() throws -> [String: RolloutState] {
-        try read("read rollouts") { db in
-            var out: [String: RolloutState] = [:]
-            for row in try Row.fetchAll(db, sql: "SELECT deployment, state FROM rollouts") {
-                if let state: RolloutState = Self.decode(row["state"]) { out[row["deployment"]] = state }
-            }
-            return out
+        try read("read rollouts") { db in try rollouts(db) }
+    }
+
+    func rollouts(_ db: Database) throws -> [String: RolloutState] {
+        var out: [String: RolloutState] = [:]
+        for row in try Row.fetchAll(db, sql: "SELECT deployment, state FROM rollouts") {
+            if let state: RolloutState = Self.decode(row["state"]) { out[row["deployment"]] = state }
         }
+        return out
     }
 
     /// Stores the rollout of `deployment`, or removes it (nil: no rollout in progress).
@@ -42,11 +45,13 @@ public struct ServingRecords: Sendable {
     }
 
     public func quarantine() throws -> [Quarantine] {
-        try read("read quarantined versions") { db in
-            try Row.fetchAll(db, sql: "SELECT * FROM quarantine ORDER BY at").map { row in
-                Quarantine(deployment: row["deployment"], version: row["version"], specHash: row["spec_hash"],
-                           reason: row["reason"], at: row["at"])
-            }
+        try read("read quarantined versions") { db in try quarantine(db) }
+    }
+
+    func quarantine(_ db: Database) throws -> [Quarantine] {
+        try Row.fetchAll(db, sql: "SELECT * FROM quarantine ORDER BY at").map { row in
+            Quarantine(deployment: row["deployment"], version: row["version"], specHash: row["spec_hash"],
+                       reason: row["reason"], at: row["at"])
         }
     }
 
@@ -63,13 +68,15 @@ public struct ServingRecords: Sendable {
 
     /// What Capstan last set on each endpoint.
     public func applied() throws -> [String: [BackendWeight]] {
-        try read("read endpoints") { db in
-            var out: [String: [BackendWeight]] = [:]
-            for row in try Row.fetchAll(db, sql: "SELECT deployment, applied FROM endpoints WHERE applied IS NOT NULL") {
-                if let weights: [BackendWeight] = Self.decode(row["applied"]) { out[row["deployment"]] = weights }
-            }
-            return out
+        try read("read endpoints") { db in try applied(db) }
+    }
+
+    func applied(_ db: Database) throws -> [String: [BackendWeight]] {
+        var out: [String: [BackendWeight]] = [:]
+        for row in try Row.fetchAll(db, sql: "SELECT deployment, applied FROM endpoints WHERE applied IS NOT NULL") {
+            if let weights: [BackendWeight] = Self.decode(row["applied"]) { out[row["deployment"]] = weights }
         }
+        return out
     }
 
     /// Records what Capstan set on an endpoint (nil: it was removed).
@@ -91,26 +98,41 @@ public struct ServingRecords: Sendable {
 
     /// Records what the serving layer showed of each endpoint in the last pass (for `status`).
     public func setObserved(_ endpoints: [EndpointStatus]) throws {
-        let rows = try endpoints.map { ($0.deployment, $0.model, try Self.encode($0)) }
-        try write("record observed endpoints") { db in
-            for (deployment, model, text) in rows {
-                try db.execute(sql: """
-                    INSERT INTO endpoints (deployment, model, observed, updated_at) VALUES (?, ?, ?, ?)
-                    ON CONFLICT(deployment) DO UPDATE SET observed = excluded.observed, updated_at = excluded.updated_at
-                    """, arguments: [deployment, model, text, now()])
-            }
+        try write("record observed endpoints") { db in try setObserved(db, endpoints) }
+    }
+
+    /// `setObserved` in the caller's transaction.
+    public func setObserved(_ db: Database, _ endpoints: [EndpointStatus]) throws {
+        for endpoint in endpoints {
+            try db.execute(sql: """
+                INSERT INTO endpoints (deployment, model, observed, updated_at) VALUES (?, ?, ?, ?)
+                ON CONFLICT(deployment) DO UPDATE SET observed = excluded.observed, updated_at = excluded.updated_at
+                """, arguments: [endpoint.deployment, endpoint.model, try Self.encode(endpoint), now()])
         }
     }
 
     /// The endpoints as last observed, by deployment.
     public func observed() throws -> [String: EndpointStatus] {
-        try read("read observed endpoints") { db in
-            var out: [String: EndpointStatus] = [:]
-            for row in try Row.fetchAll(db, sql: "SELECT deployment, observed FROM endpoints WHERE observed IS NOT NULL") {
-                if let status: EndpointStatus = Self.decode(row["observed"]) { out[row["deployment"]] = status }
-            }
-            return out
+        try read("read observed endpoints") { db in try observed(db) }
+    }
+
+    func observed(_ db: Database) throws -> [String: EndpointStatus] {
+        var out: [String: EndpointStatus] = [:]
+        for row in try Row.fetchAll(db, sql: "SELECT deployment, observed FROM endpoints WHERE observed IS NOT NULL") {
+            if let status: EndpointStatus = Self.decode(row["observed"]) { out[row["deployment"]] = status }
         }
+        return out
+    }
+
+    /// Everything at once, in one read.
+    public func records() throws -> CapstanCore.ServingRecords {
+        try read("read the serving records") { db in try records(db) }
+    }
+
+    /// `records()` in the caller's transaction.
+    public func records(_ db: Database) throws -> CapstanCore.ServingRecords {
+        CapstanCore.ServingRecords(applied: try applied(db), observed: try observed(db), rollouts: try rollouts(db),
+                                   quarantine: try quarantine(db))
     }
 
     static func encode<T: Encodable>(_ value: T) throws -> String {
