@@ -93,7 +93,7 @@ enum StatusText {
                 out += "  traffic: " + (traffic.isEmpty ? "none" : traffic.joined(separator: "; ")) + "\n"
             }
             if let r = d.rollout {
-                let step = r.phase == RolloutState.Phase.starting.rawValue ? "starting v\(r.to)" : "step \(r.step ?? 0)"
+                let step = r.phase == RolloutPhase.starting.rawValue ? "starting v\(r.to)" : "step \(r.step ?? 0)"
                 out += "  rollout: v\(r.from.map(String.init) ?? "-") → v\(r.to), \(step) since \(r.stepStarted ?? "-")\n"
             }
             for q in d.quarantined {

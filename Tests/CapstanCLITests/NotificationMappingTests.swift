@@ -7,23 +7,23 @@ import Testing
 
 /// What the controller tells notification targets, from a pass's audit events.
 @Suite struct NotificationMappingTests {
-    func event(_ object: String, _ action: String, before: ParamValue? = nil, after: ParamValue? = nil, reason: String = "why") -> AuditEvent {
-        AuditEvent(at: Date(timeIntervalSince1970: 1_795_800_000), actor: "capstan run (vm)", host: "vm", commit: "4f07bd39a7068a7a",
-                   object: object, action: action, before: before, after: after, reason: reason, id: 1)
+    func event(_ object: String, _ action: AuditAction, before: ParamValue? = nil, after: ParamValue? = nil, reason: String = "why") -> AuditEvent {
+        AuditEvent(at: 1_795_800_000_000, actor: "capstan run (vm)", host: "vm", commit: "4f07bd39a7068a7a",
+                   object: ObjectRef(object)!, action: action, before: before, after: after, reason: reason, id: 1)
     }
 
     @Test func versionsAliasesAndRolloutsBecomeEvents() throws {
         let rollback = PlanEntry(id: "d1", action: .rollback, kind: .deployment, name: "churn-prod", reason: "v3 failed its analysis",
                                  dependsOn: [], detail: .deployment(DeploymentDetail(model: "churn", from: 2, to: 3, backends: nil, rollout: nil)))
         let events = NotificationMapping.events(from: [
-            event("model/churn", "register"),
-            event("model/churn/v3", "trained"),
-            event("model/churn/v3", "validated", reason: "3 gates passed"),
-            event("model/churn/v4", "rejected", reason: "accuracy >= 0.9 (accuracy = 0.5)"),
-            event("model/churn/alias/champion", "move-alias", before: .int(2), after: .int(3)),
-            event("deployment/churn-prod", "start-rollout", before: .int(2)),
-            event("deployment/churn-prod", "advance-rollout"),
-            event("deployment/churn-prod", "rollback", reason: "v3 failed its analysis"),
+            event("model/churn", .register),
+            event("model/churn/v3", .trained),
+            event("model/churn/v3", .validated, reason: "3 gates passed"),
+            event("model/churn/v4", .rejected, reason: "accuracy >= 0.9 (accuracy = 0.5)"),
+            event("model/churn/alias/champion", .moveAlias, before: .int(2), after: .int(3)),
+            event("deployment/churn-prod", .startRollout, before: .int(2)),
+            event("deployment/churn-prod", .advanceRollout),
+            event("deployment/churn-prod", .rollback, reason: "v3 failed its analysis"),
         ], deployments: [rollback], passFailure: nil, commit: "4f07bd39a7068a7a")
         #expect(events.map(\.kind) == [.versionValidated, .versionRejected, .aliasMoved, .rolloutStarted, .rolloutRolledBack])
         #expect(events[0].model == "churn" && events[0].version == 3 && events[0].message == "churn v3 validated: 3 gates passed")

@@ -17,9 +17,12 @@ struct StateCommandTests {
         try await registry.updateVersion(model: "churn", number: v2.number, VersionUpdate(status: .failed, logTail: "boom"))
         try await registry.setAlias("champion", of: "churn", to: v1.number, commit: "c1c1c1c1c1c1", reason: "first")
         let log = AuditLog(database: database)
-        _ = try log.record(AuditEvent(at: Date(timeIntervalSinceNow: -7200), actor: "capstan", commit: "c1c1c1c1c1c1",
-                                      object: "model/churn", action: "alias.set", before: nil, after: .int(1), reason: "first champion"))
-        _ = try log.record(AuditEvent(actor: "capstan", object: "deployment/churn-prod", action: "rollout.start", reason: "new version"))
+        let now = StoreTime.systemMilliseconds()
+        _ = try log.record(AuditEvent(at: now - 7_200_000, actor: "capstan", host: "vm", commit: "c1c1c1c1c1c1",
+                                      object: .alias(model: "churn", alias: "champion"), action: .moveAlias, before: nil, after: .int(1),
+                                      reason: "first champion"))
+        _ = try log.record(AuditEvent(at: now, actor: "capstan", host: "vm", object: .deployment("churn-prod"), action: .startRollout,
+                                      reason: "new version"))
         try database.close()
         return dir
     }
@@ -79,8 +82,8 @@ struct StateCommandTests {
         #expect(all.status == 0)
         let lines = all.stdout.split(separator: "\n")
         #expect(lines.count == 2)
-        #expect(lines.first?.contains("deployment/churn-prod  rollout.start") == true)
-        #expect(lines.last?.contains("model/churn  alias.set  ∅ → 1  commit c1c1c1c1c1  (first champion)") == true)
+        #expect(lines.first?.contains("deployment/churn-prod  start-rollout") == true)
+        #expect(lines.last?.contains("model/churn/alias/champion  move-alias  ∅ → 1  commit c1c1c1c1c1  (first champion)") == true)
         let model = try CLI.run(["history", "--state-dir", dir.url.path, "--model", "churn"])
         #expect(model.stdout.split(separator: "\n").count == 1)
         let recent = try CLI.run(["history", "--state-dir", dir.url.path, "--since", "1h", "--format", "json"])
@@ -102,7 +105,8 @@ struct StateCommandTests {
         try await registry.updateVersion(model: "churn", number: v1.number, VersionUpdate(status: .trained, metrics: ["acc\0x\u{1B}[2J\nrow": 0.5]))
         let v2 = try await registry.createVersion(NewVersion(model: "churn", fingerprint: "f2bbbbbbbbbbbbbb"))
         try await registry.updateVersion(model: "churn", number: v2.number, VersionUpdate(status: .failed, logTail: "first\nsecond\u{1B}]0;title\u{7}\tend"))
-        _ = try AuditLog(database: database).record(AuditEvent(actor: "capstan", object: "model/churn/v2", action: "training-failed",
+        _ = try AuditLog(database: database).record(AuditEvent(at: StoreTime.systemMilliseconds(), actor: "capstan", host: "vm",
+                                                               object: .version(model: "churn", number: 2), action: .trainingFailed,
                                                                reason: "Traceback\nValueError: \u{1B}[31mbad"))
         try database.close()
 

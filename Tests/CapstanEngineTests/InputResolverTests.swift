@@ -382,7 +382,7 @@ struct InputResolverTests {
         let hasher = ExternalInputHasher(store: f.store, now: StoreTime.systemMilliseconds) // the real clock
         _ = try await hasher.identities(of: [path])
         let row = try #require(try f.cacheRow(path))
-        Thread.sleep(forTimeInterval: 0.01)
+        try await Task.sleep(for: .milliseconds(10))
         _ = try await hasher.identities(of: [path])
         #expect(try #require(try f.cacheRow(path)).checkedAt > row.checkedAt)
     }

@@ -132,7 +132,8 @@ let pngColours = #"""
         }
         let folder = try TempDir()
         let (status, history) = try StatusFixture.rich()
-        let html = try StatusPage.render(status: status, history: history, context: StatusFixture.context)
+        let (document, events) = try StatusFixture.documents(status, history)
+        let html = StatusPage.render(status: document, history: events, context: StatusFixture.context)
         let blank = "<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>blank</title></head><body></body></html>"
         try await withHTTPServer({ request in
             let page = request.uri.path == "/" ? html : request.uri.path == "/blank" ? blank : nil

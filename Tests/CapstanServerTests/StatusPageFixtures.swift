@@ -1,3 +1,4 @@
+import CapstanCore
 import CapstanServer
 import Foundation
 
@@ -63,14 +64,23 @@ enum StatusFixture {
         ]
     }
 
+    /// The typed documents the page takes, read from their JSON as `capstan status --format json`
+    /// and `capstan history --format json` write it.
+    static func documents(_ status: Data, _ history: Data) throws -> (StatusDocument, [AuditEvent]) {
+        struct History: Decodable { var events: [AuditEvent] }
+        let decoder = JSONDecoder()
+        return (try decoder.decode(StatusDocument.self, from: status), try decoder.decode(History.self, from: history).events)
+    }
+
     static func history(_ events: [[String: Any]]) throws -> Data {
         try JSONSerialization.data(withJSONObject: ["format_version": 1, "events": events], options: [.sortedKeys])
     }
 
     static func event(_ id: Int, object: String = "model/churn/v2", action: String = "validated", reason: String = "3 gates passed",
-                      secondsAgo: Double, before: Any? = "trained", after: Any? = ["status": "validated", "gates": [["gate": "auc >= 0.8", "passed": true]]]) -> [String: Any] {
+                      secondsAgo: Double, before: Any? = "trained", after: Any? = ["status": "validated", "gates": [["gate": "auc >= 0.8", "passed": true]]],
+                      actor: String = "capstan run (vm)") -> [String: Any] {
         var event: [String: Any] = [
-            "id": id, "at": time(secondsAgo), "actor": "capstan run (vm)", "host": "vm", "commit": commit, "object": object,
+            "id": id, "at": time(secondsAgo), "actor": actor, "host": "vm", "commit": commit, "object": object,
             "action": action, "reason": reason,
         ]
         if let before { event["before"] = before }
@@ -98,7 +108,7 @@ enum StatusFixture {
                               rollout: ["from": 2, "to": 5, "phase": "stepping", "step": 1, "step_started": time(30), "started": time(90)],
                               quarantined: [["version": 3, "reason": "error rate 12% above 5% during the canary", "at": time(3000)]])
         let status = try status(models: [churn, fraud], deployments: [prod],
-                                locks: [["holder": "h-1", "command": "capstan run", "pid": 4242, "host": "vm", "started": time(65), "expires": time(-45)]])
+                                locks: [["holder": "h-1", "generation": 7, "command": "capstan run", "pid": 4242, "host": "vm", "started": time(65), "expires": time(-45)]])
         let history = try history([
             event(12, object: "deployment/churn-prod", action: "start-rollout", reason: "v5 is the new champion", secondsAgo: 90, before: 2, after: 5),
             event(11, object: "model/churn/alias/champion", action: "move-alias", reason: "champion follows the newest validated version", secondsAgo: 100, before: 2, after: 5),
