@@ -211,6 +211,8 @@ enum ApplyOutput {
             let (mark, paint): (String, String) = switch outcome {
             case .done: ("done", "\u{1B}[32m")
             case .skipped: ("skipped", "\u{1B}[2m")
+            // A transient failure is retried by the next pass with nothing held against it.
+            case .failed(let f) where f.failureClass == .transient: ("FAILED (transient)", "\u{1B}[33;1m")
             case .failed: ("FAILED", "\u{1B}[31;1m")
             }
             let label = color ? "\(paint)\(mark)\u{1B}[0m" : mark

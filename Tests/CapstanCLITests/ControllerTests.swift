@@ -49,6 +49,13 @@ import Testing
 
         var logText: String { (try? String(contentsOf: log, encoding: .utf8)) ?? "" }
 
+        /// Whether a log line has this (constant) message and these metadata values.
+        func logged(_ message: String, _ fields: [String: String] = [:]) -> Bool {
+            logLines.contains { line in
+                line["msg"] as? String == message && fields.allSatisfy { line[$0.key] as? String == $0.value }
+            }
+        }
+
         func request(_ method: String, _ path: String, body: Data? = nil, headers: [String: String] = [:]) -> (Int, String) {
             var request = URLRequest(url: URL(string: "http://127.0.0.1:\(http)\(path)")!)
             request.httpMethod = method
@@ -417,7 +424,8 @@ import Testing
         let state = temp.sub("state").path
         let controller = try RunningController(repo: repo.path, state: state, log: temp.sub("run.log"),
                                                arguments: ["--interval", "1h", "--shutdown-grace", "2s"])
-        #expect(Self.eventually(within: 60) { controller.logText.contains("churn: training") }, "training never started: \(controller.logText)")
+        #expect(Self.eventually(within: 60) { controller.logged("step started", ["step": "train", "model": "churn"]) },
+                "training never started: \(controller.logText)")
         #expect(Self.eventually(within: 10) { !Self.processes(withEnvironment: "CAPSTAN_OUTPUT_DIR=\(state)").isEmpty }, "no training process seen")
         #expect(controller.request("GET", "/readyz").0 == 503, "ready before the first pass finished")
         let stopped = Date()
@@ -443,7 +451,8 @@ import Testing
         let repo = try Self.repository(temp, trainSeconds: 120)
         let controller = try RunningController(repo: repo.path, state: temp.sub("state").path, log: temp.sub("run.log"),
                                                arguments: ["--interval", "1h", "--shutdown-grace", "10m"])
-        #expect(Self.eventually(within: 60) { controller.logText.contains("churn: training") }, "training never started: \(controller.logText)")
+        #expect(Self.eventually(within: 60) { controller.logged("step started", ["step": "train", "model": "churn"]) },
+                "training never started: \(controller.logText)")
         #expect(Self.eventually(within: 10) { !Self.processes(withEnvironment: "CAPSTAN_OUTPUT_DIR=\(temp.sub("state").path)").isEmpty },
                 "no training process seen")
         kill(controller.process.processIdentifier, SIGTERM)
@@ -571,11 +580,11 @@ import Testing
         let model = repo.url.appendingPathComponent("models/churn/model.yaml")
         try repo.write("models/churn/model.yaml", try String(contentsOf: model, encoding: .utf8).replacingOccurrences(of: "epochs: 20,", with: "epochs: 200,"))
         try repo.commit("more epochs")
-        #expect(Self.eventually(within: 120) { predict() == (200, "2") && !controller.logText.contains("\"phase\":\"stepping\"") && controller.logText.contains("promote done") },
+        #expect(Self.eventually(within: 120) { predict() == (200, "2") && !controller.logText.contains("\"phase\":\"stepping\"") && controller.logged("step done", ["step": "promote"]) },
                 "v2 was not promoted: \(controller.logText.suffix(4000))")
         let triggers = Set(controller.logLines.filter { $0["msg"] as? String == "pass started" }.compactMap { $0["trigger"] as? String })
         #expect(triggers.contains("rollout in progress"), "\(triggers)")
-        #expect(controller.logText.contains("advance-rollout done"))
+        #expect(controller.logged("step done", ["step": "advance-rollout"]))
 
         let serve = repo.url.appendingPathComponent("models/churn/serve.py")
         try repo.write("models/churn/serve.py", try String(contentsOf: serve, encoding: .utf8).replacingOccurrences(

@@ -77,7 +77,8 @@ import Testing
                                                   rollout: ["to": 2, "phase": evil, "step": 1, "step_started": attribute, "started": evil],
                                                   quarantined: [["version": 2, "reason": evil, "at": attribute]])
         var withError = deployment
-        withError["backends"] = [["version": 1, "weight": 1, "health": evil, "last_error": evil]]
+        withError["backends"] = [["version": 1, "weight": 1, "replicas": 1, "ready_replicas": 0, "health": evil, "restarts": 0,
+                                  "last_error": evil, "requests": 0, "errors_5xx": 0, "connection_errors": 0]]
         withError["name"] = attribute
         withError["endpoint"] = evil
         let status = try StatusFixture.status(models: [model], deployments: [deployment, withError],
@@ -250,13 +251,13 @@ import Testing
 
     @Test func historyIsNewestFirstAndAtMostFifty() throws {
         // Oldest first in the document, on purpose: the page orders them itself.
-        let events = (1...60).map { StatusFixture.event($0, action: "event-\($0)", secondsAgo: Double(1000 - $0)) }
+        let events = (1...60).map { StatusFixture.event($0, object: "model/churn/v\($0)", secondsAgo: Double(1000 - $0)) }
         let html = try render(try StatusFixture.status(models: []), try StatusFixture.history(events))
         let history = try #require(html.between("<section id=\"history\">", "</section>"))
-        let actions = history.components(separatedBy: "<td class=\"action\">").dropFirst().compactMap { $0.split(separator: "<").first.map(String.init) }
-        #expect(actions.count == StatusPage.historyLimit)
-        #expect(actions.first == "event-60")
-        #expect(actions.last == "event-11")
+        let objects = history.components(separatedBy: "<td class=\"object\">").dropFirst().compactMap { $0.split(separator: "<").first.map(String.init) }
+        #expect(objects.count == StatusPage.historyLimit)
+        #expect(objects.first == "model/churn/v60")
+        #expect(objects.last == "model/churn/v11")
         #expect(history.contains("The 50 newest changes; <code>capstan history</code> has them all."))
     }
 
