@@ -28,7 +28,7 @@ enum PassPreparation {
         let source = try options.source(for: repo)
         let state = try await GitDesiredStateReader.openAndLoad(source, fetch: !options.noFetch, ref: options.ref)
         let diagnostics = state.result.diagnostics
-        if state.result.fileCount == 0 {
+        if state.result.fileCount == 0 && state.result.diagnostics.isEmpty {
             throw CommandFailure(message: "\(state.opened.location) @ \(state.revision.ref) (\(state.revision.commit.short)) holds no manifest files (capstan.yaml, *.yaml, *.yml); nothing to plan")
         }
         if diagnostics.errorCount > 0 {
