@@ -13,29 +13,26 @@ public struct GitManifestSource: ManifestSource {
     public let repository: GitRepository
     public let revision: ResolvedRevision
     public let displayName: String
-    /// Every path of the commit's tree → what it is.
-    let index: [String: Entry]
-    /// The paths of `index`, in byte order (the entries below a folder are one range).
-    let paths: [String]
-
-    struct Entry: Sendable {
-        var kind: EntryKind
-        var id: ObjectID
-        /// The path with unprintable names escaped, when it has any (`TreeEntry.escapedPath`).
-        var escapedPath: String?
-    }
+    /// The commit's tree, walked in pre-order: the entries below a folder follow it, contiguously.
+    let entries: [TreeEntry]
+    /// Every path of the tree → its position in `entries`.
+    let index: [String: Int]
 
     /// Reads the commit's whole tree once (paths and ids only; blobs are read on demand).
     public init(repository: GitRepository, revision: ResolvedRevision, repositoryName: String) async throws {
         self.repository = repository
         self.revision = revision
         self.displayName = "\(repositoryName) @ \(revision.commit.short)"
-        var index: [String: Entry] = [:]
-        for entry in try await repository.walk(revision.tree) {
-            index[entry.path] = Entry(kind: entry.kind, id: entry.id, escapedPath: entry.escapedPath)
-        }
+        let entries = try await repository.walk(revision.tree)
+        var index: [String: Int] = [:]
+        index.reserveCapacity(entries.count)
+        for (i, entry) in entries.enumerated() { index[entry.path] = i }
+        self.entries = entries
         self.index = index
-        self.paths = index.keys.sorted { $0.utf8.lexicographicallyPrecedes($1.utf8) }
+    }
+
+    private func entryAt(_ path: String) -> TreeEntry? {
+        index[path].map { entries[$0] }
     }
 
     /// The tree id: the same tree means the same desired state.
@@ -70,13 +67,14 @@ public struct GitManifestSource: ManifestSource {
     private func list(_ folder: String, _ r: Repository, _ links: inout LinkTargets, _ listing: inout Listing) {
         guard listing.folders.insert(folder).inserted else { return }
         let prefix = folder.isEmpty ? "" : folder + "/"
-        var i = lowerBound(prefix)
-        while i < paths.count, paths[i].utf8.starts(with: prefix.utf8) {
-            let path = paths[i]
+        var i = folder.isEmpty ? 0 : (index[folder] ?? entries.count) + 1
+        while i < entries.count, entries[i].path.utf8.starts(with: prefix.utf8) {
+            let entry = entries[i]
+            let path = entry.path
             i += 1
             let relative = path.utf8.dropFirst(prefix.utf8.count)
             if relative.split(separator: UInt8(ascii: "/")).contains(where: { $0.first == UInt8(ascii: ".") }) { continue }
-            guard let entry = index[path] else { continue }
+            guard index[path] == i - 1 else { continue }  // a repaired name that collides with another
             let name = path.split(separator: "/").last.map(String.init) ?? path
             let yaml = Self.isYAML(name)
             if let shown = entry.escapedPath {
@@ -102,7 +100,7 @@ public struct GitManifestSource: ManifestSource {
                 case .found(let real, _) where !SafeText.isPrintable(real):
                     listing.out.append(ManifestFile(refused: path, .unsafeName))
                 case .found(let real, .file):
-                    if yaml, let target = index[real] { listing.out.append(ManifestFile(path: real, size: nil, identity: target.id.hex)) }
+                    if yaml, let target = entryAt(real) { listing.out.append(ManifestFile(path: real, size: nil, identity: target.id.hex)) }
                 case .found(let real, .directory):
                     list(real, r, &links, &listing)
                 case .found(_, .submodule):
@@ -118,16 +116,6 @@ public struct GitManifestSource: ManifestSource {
         }
     }
 
-    /// The index of the first path not before `prefix` in byte order.
-    private func lowerBound(_ prefix: String) -> Int {
-        var low = 0, high = paths.count
-        while low < high {
-            let mid = (low + high) / 2
-            if paths[mid].utf8.lexicographicallyPrecedes(prefix.utf8) { low = mid + 1 } else { high = mid }
-        }
-        return low
-    }
-
     static func isYAML(_ name: String) -> Bool {
         name.count > 5 && (name.hasSuffix(".yaml") || name.hasSuffix(".yml"))
     }
@@ -137,7 +125,7 @@ public struct GitManifestSource: ManifestSource {
             var links = LinkTargets()
             switch resolve(path, r, &links) {
             case .found(let real, .file):
-                guard SafeText.isPrintable(real), let entry = index[real] else { return ManifestFile(refused: path, .unsafeName) }
+                guard SafeText.isPrintable(real), let entry = entryAt(real) else { return ManifestFile(refused: path, .unsafeName) }
                 return ManifestFile(path: real, size: nil, identity: entry.id.hex)
             case .refused(let refusal):
                 return ManifestFile(refused: path, refusal)
@@ -210,7 +198,7 @@ public struct GitManifestSource: ManifestSource {
     /// What the tree holds at `path`, without following it.
     private func node(_ path: String, _ r: Repository, _ links: inout LinkTargets) -> LinkResolver.Node {
         if path.isEmpty { return .directory }
-        guard let entry = index[path] else { return .missing }
+        guard let entry = entryAt(path) else { return .missing }
         switch entry.kind {
         case .blob, .executable: return .file
         case .tree: return .directory
