@@ -581,7 +581,7 @@ final class FastImport {
 
     init(at url: URL) throws {
         self.url = url
-        FileManager.default.createFile(atPath: url.path, contents: nil)
+        guard FileManager.default.createFile(atPath: url.path, contents: nil) else { throw FixtureError("cannot create \(url.path)") }
         handle = try FileHandle(forWritingTo: url)
     }
 
