@@ -155,7 +155,7 @@ public struct GitManifestSource: ManifestSource {
     public func kinds(of paths: [String]) async throws -> [PathKind] {
         try await repository.withRepository { r in
             var links = LinkTargets()
-            return paths.map { resolve($0, r, &links).pathKind }
+            return paths.map { resolve($0, r, &links, throughLinks: false).pathKind }
         }
     }
 
@@ -191,8 +191,8 @@ public struct GitManifestSource: ManifestSource {
         var texts: [ObjectID: String?] = [:]
     }
 
-    private func resolve(_ path: String, _ r: Repository, _ links: inout LinkTargets) -> LinkResolver.Outcome {
-        LinkResolver.resolve(path) { node($0, r, &links) }
+    private func resolve(_ path: String, _ r: Repository, _ links: inout LinkTargets, throughLinks: Bool = true) -> LinkResolver.Outcome {
+        LinkResolver.resolve(path, throughLinks: throughLinks) { node($0, r, &links) }
     }
 
     /// What the tree holds at `path`, without following it.

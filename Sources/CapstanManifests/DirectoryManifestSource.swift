@@ -150,8 +150,8 @@ public struct DirectoryManifestSource: ManifestSource {
     // MARK: Resolution
 
     /// `path` resolved inside the root (symlinks followed while they stay in it).
-    private func resolve(_ path: String) -> LinkResolver.Outcome {
-        LinkResolver.resolve(path, lookup: node)
+    private func resolve(_ path: String, throughLinks: Bool = true) -> LinkResolver.Outcome {
+        LinkResolver.resolve(path, throughLinks: throughLinks, lookup: node)
     }
 
     /// What is at `path` (relative), without following it.
@@ -198,7 +198,7 @@ public struct DirectoryManifestSource: ManifestSource {
     }
 
     public func kind(of path: String) async throws -> PathKind {
-        resolve(path).pathKind
+        resolve(path, throughLinks: false).pathKind
     }
 
     // MARK: Reading

@@ -27,6 +27,9 @@ extension ManifestRefusal {
         case .symlinkLoop:
             return .error(.brokenSymlink, "symlinks lead to each other in a loop (more than \(LinkResolver.maxHops) links followed)",
                           at: location, hint: "fix or remove the links, \(exclude)")
+        case .symlinkInPath(let link):
+            return .error(.symlinkInPath, "the path goes through the symlink '\(link)'; a path named in a manifest is not followed through symlinked folders (an input is identified by what is at its exact path)",
+                          at: location, hint: "name the real path, without the symlinked folder")
         case .notRegularFile(let kind):
             return .error(.notARegularFile, "this is a \(kind), not a regular file; manifests are read only from regular files",
                           at: location, hint: "remove it, \(exclude)")

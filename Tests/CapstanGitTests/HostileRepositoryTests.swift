@@ -48,6 +48,11 @@ struct HostileRepositoryTests {
         try repo.symlink("models/out", to: "../..")
         try repo.symlink("models/linked", to: "../shared")
         try repo.symlink("models/again.yaml", to: "churn.yaml")
+        // Paths named in a manifest: a link at the path is followed, one through a folder link is not.
+        try repo.write("models/paths.yaml", Self.model("paths") + "    workdir: work-link\n    inputs: [shared-link/extra.yaml, data-link]\n")
+        try repo.symlink("work-link", to: "shared")
+        try repo.symlink("shared-link", to: "shared")
+        try repo.symlink("data-link", to: "shared/extra.yaml")
         try Self.create(Array(repo.url.appendingPathComponent("models").path.utf8) + Array("/bad".utf8) + [0xFF] + Array(".yaml".utf8), Self.model("bad"))
         try Self.create(Array(repo.url.appendingPathComponent("models").path.utf8) + Array("/nl\nx.yaml".utf8), Self.model("newline"))
         // A submodule: a repository of its own inside the manifests folder (a gitlink in the commit).
@@ -71,14 +76,15 @@ struct HostileRepositoryTests {
             "error broken-symlink models/loop-b.yaml:1:1",
             #"error unsafe-file-name models/nl\nx.yaml:1:1"#,
             "error symlink-escapes-repository models/out:1:1",
+            "error symlink-in-path models/paths.yaml:9:14",
             "error symlink-escapes-repository models/up.yaml:1:1",
             "warning submodule-not-read models/vendor:1:1",
         ]
         #expect(fromFolder.diagnostics.map(\.summary) == expected)
         #expect(fromCommit.diagnostics.map(Self.render) == fromFolder.diagnostics.map(Self.render))
         for result in [fromFolder, fromCommit] {
-            #expect(result.manifests.models.map(\.metadata.name) == ["churn", "extra"])
-            #expect(result.manifestFiles == ["capstan.yaml", "models/churn.yaml", "shared/extra.yaml"])
+            #expect(result.manifests.models.map(\.metadata.name) == ["churn", "paths", "extra"])
+            #expect(result.manifestFiles == ["capstan.yaml", "models/churn.yaml", "models/paths.yaml", "shared/extra.yaml"])
             let f = DiagnosticFormatter()
             let shown = result.diagnostics.map { f.text($0, sourceLine: { result.sourceLine(file: $0, line: $1) }) + f.github($0) }.joined()
                 + result.sources.values.joined()

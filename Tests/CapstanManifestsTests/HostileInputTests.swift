@@ -237,13 +237,24 @@ struct UntrustedFolderTests {
         #expect(paths.diagnostics.map(Self.render) == [
             "error symlink-escapes-repository capstan.yaml:5:23",
             "error symlink-escapes-repository models/churn.yaml:8:14",
-            "error symlink-escapes-repository models/churn.yaml:9:14",
+            "error symlink-in-path models/churn.yaml:9:14",
         ])
         #expect(paths.diagnostics.map(\.message) == [
             "manifest folder 'ext': symlink to '../outside' climbs out of the repository; it is not followed and nothing there is read",
             "spec.train.workdir 'work': symlink to the absolute path '/tmp' leads outside the repository; it is not followed and nothing there is read",
-            "input 'data/x.csv': symlink to '../outside' climbs out of the repository; it is not followed and nothing there is read",
+            "input 'data/x.csv': the path goes through the symlink 'data'; a path named in a manifest is not followed through symlinked folders (an input is identified by what is at its exact path)",
         ])
+
+        // Inside the repository: a link at the path itself is followed; a path through a
+        // symlinked folder is refused (an input is identified by what is at its exact path).
+        try s.write("c/models/churn.yaml", Self.model("churn", extra: "    workdir: work\n    inputs: [data, linked/x.csv]\n"))
+        try s.write("c/real/x.csv", "1\n")
+        try s.link("c/work", to: "real")
+        try s.link("c/data", to: "real/x.csv")
+        try s.link("c/linked", to: "real")
+        let inside = try await Self.load(s.path + "/c")
+        #expect(inside.diagnostics.map(Self.render) == ["error symlink-in-path models/churn.yaml:9:20"])
+        #expect(inside.diagnostics.first?.message.hasPrefix("input 'linked/x.csv': the path goes through the symlink 'linked';") == true)
     }
 
     /// A FIFO named like a manifest would block a reader forever; a socket cannot be read.

@@ -15,6 +15,7 @@ public enum DiagnosticCode: String, Sendable, Codable, CaseIterable {
     // Repository content that is not read
     case symlinkEscapesRepository = "symlink-escapes-repository"
     case brokenSymlink = "broken-symlink"
+    case symlinkInPath = "symlink-in-path"
     case notARegularFile = "not-a-regular-file"
     case unsafeFileName = "unsafe-file-name"
     case submoduleNotRead = "submodule-not-read"

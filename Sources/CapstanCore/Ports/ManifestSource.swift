@@ -39,6 +39,9 @@ public enum ManifestRefusal: Hashable, Sendable {
     case symlinkBroken(target: String)
     /// Symlinks that lead to each other (more than `LinkResolver.maxHops` links).
     case symlinkLoop
+    /// A path named in a manifest (an input, a workdir, a manifest folder) that goes through a
+    /// symlinked folder (`link`): what is at the exact path is what counts, and there is nothing.
+    case symlinkInPath(link: String)
     /// A FIFO, socket or device named like a manifest: reading it could block or never end.
     case notRegularFile(kind: String)
     /// A name that is not UTF-8, or holds a control character (a line break, an escape) or a
@@ -62,8 +65,9 @@ public enum PathKind: Sendable, Equatable {
     case missing
     /// A socket, device, submodule or anything else that is neither a plain file nor a folder.
     case other
-    /// Not followed: a symlink out of the repository, a dangling one, a loop, or a name that
-    /// cannot be shown. Symlinks inside the repository are followed (`kind` is the target's).
+    /// Not followed: a symlink out of the repository, a dangling one, a loop, a path through a
+    /// symlinked folder, or a name that cannot be shown. A symlink inside the repository at the
+    /// path itself is followed (`kind` is its target's).
     case refused(ManifestRefusal)
 }
 
@@ -92,7 +96,9 @@ public protocol ManifestSource: Sendable {
     /// without being read).
     func size(of file: ManifestFile) async throws -> Int
 
-    /// What is at `path` (used to check that inputs and working folders exist).
+    /// What is at `path` (used to check that inputs, working folders and manifest folders exist).
+    /// A symlink at `path` is followed while it stays inside; a path through a symlinked folder
+    /// is refused (`symlinkInPath`).
     func kind(of path: String) async throws -> PathKind
 
     /// What is at each path, in order; sources that can answer in bulk override this.

@@ -31,15 +31,21 @@ public enum LinkResolver {
     }
 
     /// Resolves `path` (relative to the root, `/`-separated) by asking `lookup` about each
-    /// prefix of the real path it builds.
-    public static func resolve(_ path: String, lookup: (String) -> Node) -> Outcome {
+    /// prefix of the real path it builds. With `throughLinks` false, a symlink that is a folder
+    /// of `path` itself (not its last name) is refused (`symlinkInPath`): a path named in a
+    /// manifest identifies what is at that exact path, as the engine does.
+    public static func resolve(_ path: String, throughLinks: Bool = true, lookup: (String) -> Node) -> Outcome {
         var pending = Array(path.split(separator: "/", omittingEmptySubsequences: true).reversed())
+        // How many of `pending`'s bottom entries are still the path's own names.
+        var own = pending.count
         var resolved: [Substring] = []
         var last = Node.directory
         var hops = 0
         // The text of the last link followed: what a refusal quotes.
         var through: String?
         while let part = pending.popLast() {
+            let isOwn = pending.count < own
+            if isOwn { own = pending.count }
             if part == "." { continue }
             if part == ".." {
                 guard !resolved.isEmpty else { return .refused(.symlinkEscapes(target: through ?? path)) }
@@ -57,6 +63,9 @@ public enum LinkResolver {
             case .missing:
                 return through.map { .refused(.symlinkBroken(target: $0)) } ?? .missing
             case .symlink(let target):
+                if isOwn && own > 0 && !throughLinks {
+                    return .refused(.symlinkInPath(link: candidate.joined(separator: "/")))
+                }
                 hops += 1
                 if hops > maxHops { return .refused(.symlinkLoop) }
                 guard let target, !target.isEmpty else { return .refused(.symlinkBroken(target: target ?? "")) }
