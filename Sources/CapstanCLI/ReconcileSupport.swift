@@ -29,7 +29,9 @@ enum PassPreparation {
         let source = try options.source(for: repo)
         let state = try await GitDesiredStateReader.openAndLoad(source, fetch: !options.noFetch, ref: options.ref)
         let diagnostics = state.result.diagnostics
-        if state.result.fileCount == 0 {
+        // (With errors, those are reported below; a warning alone, such as a submodule, still
+        // leaves nothing to plan from.)
+        if state.result.fileCount == 0 && !diagnostics.hasErrors {
             throw CommandFailure(message: "\(state.opened.location) @ \(state.revision.ref) (\(state.revision.commit.short)) holds no manifest files (capstan.yaml, *.yaml, *.yml); nothing to plan")
         }
         if diagnostics.errorCount > 0 {
