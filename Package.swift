@@ -99,6 +99,8 @@ let package = Package(
             .product(name: "Crypto", package: "swift-crypto"),
             .product(name: "GRDB", package: "GRDB.swift"),
         ]),
+        // The controller's loop primitives (the wake-up of `capstan run`); issue 14 moves the loop here.
+        .target(name: "CapstanController", dependencies: []),
         // Commands; the only layer that wires adapters together.
         .target(name: "CapstanCLI", dependencies: [
             "CapstanCore",
@@ -107,6 +109,7 @@ let package = Package(
             "CapstanStore",
             "CapstanRunner",
             "CapstanEngine",
+            "CapstanController",
             "CapstanServing",
             "CapstanServer",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
@@ -150,6 +153,9 @@ let package = Package(
         ]),
         // Every seed and every past finding of the fuzz targets, run through the same invariants.
         .testTarget(name: "CapstanFuzzTests", dependencies: ["CapstanFuzz"], exclude: ["Seeds", "Regressions"]),
+        // The wake-up's invariants, in a test process of their own: the CLI tests block the
+        // cooperative threads while they wait for real processes, and would starve its deadlines.
+        .testTarget(name: "CapstanControllerTests", dependencies: ["CapstanController"]),
         .testTarget(name: "CapstanCLITests", dependencies: [
             "CapstanCLI", "capstan", "capstan-bench", "CapstanTestSupport", "CapstanStore", "CapstanCore",
             .product(name: "Crypto", package: "swift-crypto"), .product(name: "GRDB", package: "GRDB.swift"),

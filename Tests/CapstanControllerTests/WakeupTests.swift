@@ -1,7 +1,7 @@
 import Foundation
 import Synchronization
 import Testing
-@testable import CapstanCLI
+@testable import CapstanController
 
 /// The controller loop's wake-up: deadlines, nudges and shutdown, and that none is ever lost.
 @Suite struct WakeupTests {
