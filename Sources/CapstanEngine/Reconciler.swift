@@ -90,7 +90,9 @@ public final class Reconciler: Sendable {
         for note in revision.notes {
             context.events(note.kind == .warning ? .warning(note.message) : .note(note.message))
         }
-        if load.fileCount == 0 {
+        // (With errors, those are reported instead; a warning alone, such as a submodule, still
+        // leaves nothing to plan from.)
+        if load.fileCount == 0 && !load.diagnostics.hasErrors {
             throw ReconcileFailure(.stalled, .noManifests,
                                    "\(source.displayName) @ \(revision.ref) (\(revision.shortCommit)) holds no manifest files (capstan.yaml, *.yaml, *.yml); nothing to plan")
         }
