@@ -30,17 +30,25 @@ public final class Reconciler: Sendable {
     /// otherwise (a source that cannot be read, inputs that cannot be identified).
     public func plan(at ref: String?, options: PlanOptions = PlanOptions(), fetch: Bool = true,
                      events: @escaping @Sendable (PassEvent) -> Void = { _ in }) async throws -> PlanReport {
+        try await plan(at: ref, options: options, fetch: fetch, resolved: nil, events: events)
+    }
+
+    /// `plan(at:)`, from `resolved` when the caller has resolved `ref` already.
+    func plan(at ref: String?, options: PlanOptions, fetch: Bool, resolved: SourceRevision?,
+              events: @escaping @Sendable (PassEvent) -> Void) async throws -> PlanReport {
         let context = EngineContext(ports, store: ports.store, registry: ports.registry, events: events)
         var options = options
         // A version `training` while another pass holds the lock is being trained, not interrupted.
         if options.applyInProgress == nil, let running = try? await runningPass() { options.applyInProgress = running }
-        var prepared = try await prepare(context, ref: ref, fetch: fetch)
+        var prepared = try await prepare(context, ref: ref, fetch: fetch, resolved: resolved)
         var plan = try await modelPlan(&prepared, context, options: options)
         let deployments = DeploymentPhase.desired(prepared.load.manifests, registry: prepared.actual.registry)
         // Observed even without Deployments in Git when Capstan set endpoints before: those left
         // behind are orphans. A repository that never deployed does not reach out.
         let deployedBefore = !(try await context.store.servingRecords().applied.isEmpty)
+        var observedServing = false
         if !deployments.isEmpty || deployedBefore, let serving = ports.serving(prepared.load.manifests.configSpec) {
+            observedServing = true
             let phase = DeploymentPhase(context: context, serving: serving.target, commit: prepared.revision.commit)
             let observed = await Result { try await phase.observe(record: false) }
             await serving.close()
@@ -48,7 +56,7 @@ public final class Reconciler: Sendable {
                                                    now: context.now())
         }
         return PlanReport(revision: prepared.revision, load: prepared.load, desired: prepared.desired, actual: prepared.actual,
-                          plan: plan)
+                          plan: plan, observedServing: observedServing)
     }
 
     /// Who runs a pass now (a live lease), for messages; nil when nobody does.
@@ -68,9 +76,10 @@ public final class Reconciler: Sendable {
 
     /// Reads the manifests at `ref`, refuses a commit with errors (nothing is planned from an
     /// invalid commit), resolves the training inputs and fingerprints, and reads the registry.
-    func prepare(_ context: EngineContext, ref: String?, fetch: Bool) async throws -> Prepared {
+    func prepare(_ context: EngineContext, ref: String?, fetch: Bool, resolved: SourceRevision? = nil) async throws -> Prepared {
         let source = ports.source
-        var revision = try await source.resolve(ref, fetch: fetch)
+        var revision: SourceRevision
+        if let resolved { revision = resolved } else { revision = try await source.resolve(ref, fetch: fetch) }
         var load: LoadResult
         do {
             load = try await self.load(revision)

@@ -11,6 +11,8 @@ public struct PlanReport: Sendable {
     public var desired: DesiredState
     public var actual: ActualState
     public var plan: Plan
+    /// Whether the serving layer was asked (deployments in Git, or endpoints Capstan set before).
+    public var observedServing: Bool = false
 
     /// The manifests' warnings (a commit with errors is never planned: `InvalidDesiredState`).
     public var warnings: [Diagnostic] { load.diagnostics.filter { $0.severity == .warning } }
