@@ -142,9 +142,9 @@ let package = Package(
         ]),
         .testTarget(name: "CapstanControllerTests", dependencies: ["CapstanController"]),
         .testTarget(name: "CapstanCLITests", dependencies: [
-            "CapstanCLI", "capstan", "capstan-bench", "CapstanTestSupport", "CapstanStore", "CapstanCore",
+            "CapstanCLI", "capstan", "capstan-bench", "CapstanTestSupport", "CapstanStore", "CapstanCore", "CapstanEngine",
             .product(name: "Crypto", package: "swift-crypto"), .product(name: "GRDB", package: "GRDB.swift"),
-        ]),
+        ], resources: [.copy("GoldenPlans")]),
     ],
     swiftLanguageModes: [.v6]
 )
