@@ -45,7 +45,14 @@ let package = Package(
         // content-addressed artifact store.
         .target(name: "CapstanStore", dependencies: [
             "CapstanCore",
+            "CapstanSystem",
             .product(name: "GRDB", package: "GRDB.swift"),
+            .product(name: "Crypto", package: "swift-crypto"),
+        ]),
+        // What several adapters need of the operating system: private folders and files, process
+        // liveness from /proc, the artifact digest (shared by the store and the serving agent).
+        .target(name: "CapstanSystem", dependencies: [
+            "CapstanCore",
             .product(name: "Crypto", package: "swift-crypto"),
         ]),
         // The StepRunner over local subprocesses: process groups, timeouts, streamed output.
@@ -57,7 +64,7 @@ let package = Package(
         // admin API; and the ServingTarget client of that API.
         .target(name: "CapstanServing", dependencies: [
             "CapstanCore",
-            "CapstanStore",
+            "CapstanSystem",
             .product(name: "Hummingbird", package: "hummingbird"),
             .product(name: "HummingbirdCore", package: "hummingbird"),
             .product(name: "AsyncHTTPClient", package: "async-http-client"),
@@ -94,6 +101,7 @@ let package = Package(
         .target(name: "CapstanEngine", dependencies: [
             "CapstanCore",
             "CapstanManifests",
+            "CapstanSystem",
             .product(name: "Crypto", package: "swift-crypto"),
         ]),
         // The long-running loop of `capstan run` as a Service over the engine and its ports:
@@ -129,9 +137,9 @@ let package = Package(
         .target(name: "CapstanTestSupport", path: "Tests/CapstanTestSupport"),
         .testTarget(name: "CapstanGitTests", dependencies: ["CapstanGit", "CapstanManifests", "CapstanCore", "CapstanTestSupport"]),
         .testTarget(name: "CapstanStoreTests", dependencies: [
-            "CapstanStore", "CapstanCore", "CapstanTestSupport", .product(name: "GRDB", package: "GRDB.swift"),
+            "CapstanStore", "CapstanCore", "CapstanSystem", "CapstanTestSupport", .product(name: "GRDB", package: "GRDB.swift"),
         ]),
-        .testTarget(name: "CapstanServingTests", dependencies: ["CapstanServing", "CapstanCore", "CapstanStore", "CapstanTestSupport"]),
+        .testTarget(name: "CapstanServingTests", dependencies: ["CapstanServing", "CapstanCore", "CapstanSystem", "CapstanTestSupport"]),
         .testTarget(name: "CapstanServerTests", dependencies: ["CapstanServer", "CapstanCore", "CapstanTestSupport"]),
         // A real `mlflow server` (scripts/test.sh installs it) and MLflow's own Python client as the judge.
         .testTarget(name: "CapstanMLflowTests", dependencies: ["CapstanMLflow", "CapstanCore", "CapstanTestSupport"]),

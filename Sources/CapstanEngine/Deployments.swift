@@ -1,5 +1,6 @@
 import CapstanCore
 import CapstanManifests
+import CapstanSystem
 import Foundation
 
 /// The serving half of a pass: observe the serving layer, plan the Deployments against the
@@ -260,9 +261,7 @@ struct DeploymentPhase: Sendable {
             if rename(staging, folder) != 0 {
                 // Another pass made it meanwhile: use theirs.
                 try? fm.removeItem(atPath: staging)
-                guard fm.fileExists(atPath: tree) else {
-                    throw POSIXError(POSIXErrorCode(rawValue: errno) ?? .EIO, userInfo: [NSFilePathErrorKey: folder])
-                }
+                guard fm.fileExists(atPath: tree) else { throw SystemError("create the serving folder", path: folder, errno: errno) }
             }
         }
         return workdir == "." ? tree : tree + "/" + workdir

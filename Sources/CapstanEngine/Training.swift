@@ -1,4 +1,5 @@
 import CapstanCore
+import CapstanSystem
 import Foundation
 
 #if canImport(Glibc)
@@ -467,44 +468,21 @@ enum OutOfMemory {
 }
 
 /// Files and folders a pass writes under the state folder: private to the user running Capstan
-/// (folders 0700, files 0600), like the rest of the state folder.
+/// (folders 0700, files 0600), like the rest of the state folder (`PrivateFiles`).
 enum WorkFiles {
-    static let folderMode: mode_t = 0o700
-    static let fileMode: mode_t = 0o600
-
     /// Creates `path` and its missing parents with mode 0700.
     static func makeFolder(_ path: String) throws {
-        var missing: [String] = []
-        var current = path
-        while !current.isEmpty, current != "/", !FileManager.default.fileExists(atPath: current) {
-            missing.append(current)
-            current = (current as NSString).deletingLastPathComponent
-        }
-        for folder in missing.reversed() where mkdir(folder, folderMode) != 0 && errno != EEXIST {
-            throw POSIXError(POSIXErrorCode(rawValue: errno) ?? .EIO, userInfo: [NSFilePathErrorKey: folder])
-        }
+        try PrivateFiles.makeFolder(path, parentsMode: PrivateFiles.folderMode, what: "create the step's folder")
     }
 
     /// Writes `contents` to a new file at `path` with mode 0600.
     static func createFile(_ path: String, contents: Data, what: String) throws {
-        let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, fileMode)
-        guard fd >= 0 else { throw POSIXError(POSIXErrorCode(rawValue: errno) ?? .EIO, userInfo: [NSFilePathErrorKey: path]) }
-        defer { close(fd) }
-        try contents.withUnsafeBytes { buffer in
-            var offset = 0
-            while offset < buffer.count {
-                let n = write(fd, buffer.baseAddress! + offset, buffer.count - offset)
-                if n < 0 {
-                    if errno == EINTR { continue }
-                    throw POSIXError(POSIXErrorCode(rawValue: errno) ?? .EIO, userInfo: [NSFilePathErrorKey: path])
-                }
-                offset += n
-            }
-        }
+        try PrivateFiles.write(contents, to: path, what: "write \(what)")
     }
 
     /// Whether `error` (from the file system, through Foundation or POSIX) says the disk is full.
     static func isDiskFull(_ error: any Error) -> Bool {
+        if let system = error as? SystemError { return system.isDiskFull }
         if let posix = error as? POSIXError { return posix.code == .ENOSPC || posix.code == .EDQUOT }
         let ns = error as NSError
         if ns.domain == NSPOSIXErrorDomain { return ns.code == Int(ENOSPC) || ns.code == Int(EDQUOT) }

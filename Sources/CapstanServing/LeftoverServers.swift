@@ -1,4 +1,4 @@
-import CapstanStore
+import CapstanSystem
 import Foundation
 
 #if canImport(Glibc)

@@ -1,6 +1,6 @@
 import AsyncHTTPClient
 import CapstanCore
-import CapstanStore
+import CapstanSystem
 import Foundation
 import Hummingbird
 import Logging
@@ -156,10 +156,10 @@ public final class ServingAgent: Sendable {
         do {
             // The state folder and what the agent keeps in it are private (0700), like the rest
             // of Capstan's state.
-            warnings = try StateFolder.prepare(configuration.stateDirectory)
-            try StateFolder.makeFolder(logDirectory, parentsMode: StateFolder.folderMode, what: "create the serving log folder")
+            warnings = try PrivateFiles.prepareStateFolder(configuration.stateDirectory)
+            try PrivateFiles.makeFolder(logDirectory, parentsMode: PrivateFiles.folderMode, what: "create the serving log folder")
         } catch {
-            throw ServingAgentError(message: "\((error as? StoreError)?.message ?? "cannot create '\(logDirectory)' (\(error))"); check the state directory (--state-dir)")
+            throw ServingAgentError(message: "\(error); check the state directory (--state-dir)")
         }
         store = EndpointStore(servingDirectory: serving)
         endpointsFile = store.path

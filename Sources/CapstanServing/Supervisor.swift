@@ -1,5 +1,5 @@
 import AsyncHTTPClient
-import CapstanStore
+import CapstanSystem
 import Dispatch
 import Synchronization
 
@@ -297,15 +297,13 @@ actor Supervisor {
         await withCheckedContinuation { (continuation: CheckedContinuation<String?, Never>) in
             DispatchQueue.global().async {
                 let problem: String?
-                do {
-                    let actual = try LocalArtifactStore.digest(of: spec.modelDir)
+                do throws(ArtifactDigest.Problem) {
+                    let actual = try ArtifactDigest.of(spec.modelDir)
                     problem = actual == spec.artifactDigest ? nil
                         : "the artifact at '\(spec.modelDir)' does not match \(spec.artifactDigest) (its contents hash to \(actual)): "
                             + "it was changed after it was registered. Nothing was started; restore the artifact or retrain the version"
-                } catch let error as StoreError {
-                    problem = "the artifact at '\(spec.modelDir)' cannot be verified: \(error.message). It is missing or was changed; nothing was started"
                 } catch {
-                    problem = "the artifact at '\(spec.modelDir)' cannot be verified (\(error)); nothing was started"
+                    problem = "the artifact at '\(spec.modelDir)' cannot be verified: \(error.message). It is missing or was changed; nothing was started"
                 }
                 continuation.resume(returning: problem)
             }

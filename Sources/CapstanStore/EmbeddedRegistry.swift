@@ -5,6 +5,14 @@ import GRDB
 /// The model registry in Capstan's state database (the default backend). Every call is one
 /// transaction; a version reported created is committed (WAL) and survives the process being
 /// killed right after.
+///
+/// **Generations.** Every change of a model, a version or an alias bumps the registry's
+/// generation (`registry_generation`) in its own transaction, and stamps the model or version row
+/// it changed with it (triggers of migration v5 do it, whoever writes). `generation()` is one
+/// small read; `snapshot(refreshing:)` returns a snapshot it was given when the generation did
+/// not move, and otherwise re-reads only the models and versions changed since (and the aliases
+/// of the models whose aliases changed), so that a reader holding a snapshot (the controller, a
+/// cache) does not decode every version's JSON again.
 public struct EmbeddedRegistry: Registry {
     public let database: StateDatabase
     /// Milliseconds since the epoch; tests pass a manual clock.
@@ -45,23 +53,111 @@ public struct EmbeddedRegistry: Registry {
     }
 
     public func snapshot() async throws -> RegistrySnapshot {
+        try await snapshot(refreshing: nil).snapshot
+    }
+
+    /// A registry snapshot with the generation it was read at.
+    public struct GenerationalSnapshot: Hashable, Sendable {
+        public var generation: Int64
+        public var snapshot: RegistrySnapshot
+
+        public init(generation: Int64, snapshot: RegistrySnapshot) {
+            self.generation = generation
+            self.snapshot = snapshot
+        }
+    }
+
+    /// The registry's generation: it moves with every write that changes a model, a version or
+    /// an alias.
+    public func generation() async throws -> Int64 {
+        try await database.read("read the registry") { db in try Self.generations(db).generation }
+    }
+
+    /// The registry now, in one consistent read: `previous` itself when the generation has not
+    /// moved since it was read; otherwise `previous` with the models, versions and aliases written
+    /// since read again. Without `previous` (or when a model or version row was deleted since,
+    /// which only another program does), everything is read. Versions come without
+    /// their `training` description (see `Registry.snapshot()`).
+    ///
+    /// `previous` must have been read from this database: after the database file was replaced
+    /// (restored from a backup), start again without it.
+    public func snapshot(refreshing previous: GenerationalSnapshot?) async throws -> GenerationalSnapshot {
         try await database.read("read the registry") { db in
-            let models = try Row.fetchAll(db, sql: "SELECT * FROM models ORDER BY name").map(Self.model)
-            var versions: [String: [ModelVersion]] = [:]
-            for row in try Row.fetchAll(db, sql: """
-                SELECT model, number, status, fingerprint, commit_id, params, metrics, artifact_digest, artifact_path,
-                       gate_results, log_tail, created_at, tags, attempts, failed_at, archived_at, NULL AS training
-                FROM versions ORDER BY model, number
-                """) {
-                let v = Self.version(row)
+            let (generation, removedAt) = try Self.generations(db)
+            // A row removed since (by another program), or a snapshot from a later state: all again.
+            guard let previous, previous.generation <= generation, previous.generation >= removedAt else {
+                return GenerationalSnapshot(generation: generation, snapshot: try Self.snapshot(db, since: nil, into: nil))
+            }
+            if previous.generation == generation { return previous }
+            return GenerationalSnapshot(generation: generation,
+                                        snapshot: try Self.snapshot(db, since: previous.generation, into: previous.snapshot))
+        }
+    }
+
+    /// The models and versions stamped after `since` (all of them without it), and the aliases of
+    /// those models, merged into `base`.
+    static func snapshot(_ db: Database, since: Int64?, into base: RegistrySnapshot?) throws -> RegistrySnapshot {
+        // Read in full, rows come in key order; read since a generation, they come through the
+        // generation indexes (an ORDER BY would make SQLite scan the whole table in key order).
+        let filter = since == nil ? "" : "WHERE generation > ?"
+        let arguments: StatementArguments = since.map { [$0] } ?? []
+        var reader = SnapshotReader()
+
+        var changedModels: [RegisteredModel] = []
+        let models = try Row.fetchCursor(db, sql: """
+            SELECT name, description, labels, created_at, updated_at FROM models \(since == nil ? "ORDER BY name" : filter)
+            """, arguments: arguments)
+        while let row = try models.next() { changedModels.append(reader.model(row)) }
+        var allModels = base?.models ?? []
+        if allModels.isEmpty {
+            allModels = since == nil ? changedModels : changedModels.sorted { precedes($0.name, $1.name) }
+        } else {
+            for model in changedModels {
+                // Sorted by name as SQLite sorts them (bytes), found by bisection.
+                var low = 0, high = allModels.count
+                while low < high {
+                    let middle = (low + high) / 2
+                    if precedes(allModels[middle].name, model.name) { low = middle + 1 } else { high = middle }
+                }
+                if low < allModels.count, allModels[low].name == model.name {
+                    allModels[low] = model
+                } else {
+                    allModels.insert(model, at: low)
+                }
+            }
+        }
+
+        var versions = base?.versions ?? [:]
+        var touched: Set<String> = []
+        let rows = try Row.fetchCursor(db, sql: """
+            SELECT \(SnapshotReader.versionColumns) FROM versions \(since == nil ? "ORDER BY model, number" : filter)
+            """, arguments: arguments)
+        while let row = try rows.next() {
+            let v = reader.version(row)
+            guard base != nil else {
+                versions[v.model, default: []].append(v)
+                continue
+            }
+            touched.insert(v.model)
+            if let i = versions[v.model]?.firstIndex(where: { $0.number == v.number }) {
+                versions[v.model]![i] = v
+            } else {
                 versions[v.model, default: []].append(v)
             }
-            var aliases: [String: [String: Int]] = [:]
-            for row in try Row.fetchAll(db, sql: "SELECT model, alias, version FROM aliases") {
-                aliases[row["model"] as String, default: [:]][row["alias"] as String] = row["version"] as Int
-            }
-            return RegistrySnapshot(models: models, versions: versions, aliases: aliases)
         }
+        for model in touched { versions[model]?.sort { $0.number < $1.number } }
+
+        // An alias change stamps its model: the aliases of the models read again replace theirs.
+        var aliases = base?.aliases ?? [:]
+        for model in changedModels where base != nil { aliases[model.name] = nil }
+        let aliasRows = try Row.fetchCursor(db, sql: since == nil ? "SELECT model, alias, version FROM aliases" : """
+            SELECT aliases.model, aliases.alias, aliases.version FROM aliases JOIN models ON models.name = aliases.model
+            WHERE models.generation > ?
+            """, arguments: arguments)
+        while let row = try aliasRows.next() {
+            aliases[row[0] as String, default: [:]][row[1] as String] = row[2] as Int
+        }
+        return RegistrySnapshot(models: allModels, versions: versions, aliases: aliases)
     }
 
     public func trainingDescription(of model: String, number: Int) async throws -> TrainingDescription? {
@@ -238,6 +334,21 @@ public struct EmbeddedRegistry: Registry {
         }
     }
 
+    /// SQLite's order of text (BINARY: by bytes).
+    static func precedes(_ a: String, _ b: String) -> Bool {
+        a.utf8.lexicographicallyPrecedes(b.utf8)
+    }
+
+    // MARK: Generations
+
+    /// The generation, and the generation of the last removal of a model or version row.
+    static func generations(_ db: Database) throws -> (generation: Int64, removedAt: Int64) {
+        guard let row = try Row.fetchOne(db, sql: "SELECT generation, removed_at FROM registry_generation WHERE id = 1") else {
+            return (0, 0)
+        }
+        return (row["generation"], row["removed_at"])
+    }
+
     // MARK: Rows
 
     static func fetchVersion(_ db: Database, _ model: String, _ number: Int) throws -> ModelVersion? {
@@ -274,5 +385,57 @@ public struct EmbeddedRegistry: Registry {
     static func decode<T: Decodable>(_ text: String?) -> T? {
         guard let text else { return nil }
         return try? decoder.decode(T.self, from: Data(text.utf8))
+    }
+}
+
+/// Reads the rows of a registry snapshot: columns by position (GRDB's lookup by name costs a
+/// case-insensitive comparison per column and value), JSON columns straight from SQLite's buffer,
+/// and short JSON texts (`{}`, `[]`, a lone metric) decoded once per read and reused: at 10,000
+/// versions the per-value decoding is most of the cost of the read.
+struct SnapshotReader {
+    /// The columns `version(_:)` reads, in its order.
+    static let versionColumns = """
+        model, number, status, fingerprint, commit_id, params, metrics, artifact_digest, artifact_path, gate_results, log_tail,
+        created_at, tags, attempts, failed_at, archived_at
+        """
+
+    private var params = Memo<[String: ParamValue]>()
+    private var metrics = Memo<[String: Double]>()
+    private var gates = Memo<[GateResult]>()
+    private var strings = Memo<[String: String]>()
+
+    /// A row of `SELECT name, description, labels, created_at, updated_at FROM models`.
+    mutating func model(_ row: Row) -> RegisteredModel {
+        let description: String = row[1]
+        return RegisteredModel(name: row[0], description: description.isEmpty ? nil : description,
+                               labels: strings.decode(row, 2) ?? [:], createdAt: row[3], updatedAt: row[4])
+    }
+
+    /// A row of `SELECT \(versionColumns) FROM versions`; without its training description.
+    mutating func version(_ row: Row) -> ModelVersion {
+        ModelVersion(
+            model: row[0], number: row[1], status: VersionStatus(rawValue: row[2]) ?? .failed, fingerprint: row[3], commit: row[4],
+            params: params.decode(row, 5) ?? [:], metrics: metrics.decode(row, 6) ?? [:], artifactDigest: row[7],
+            artifactLocation: row[8], gateResults: gates.decode(row, 9) ?? [], logTail: row[10], tags: strings.decode(row, 12) ?? [:],
+            createdAt: row[11], attempts: row[13], failedAt: row[14], archivedAt: row[15])
+    }
+
+    /// Decoded JSON values of one column type, by text, for texts short enough to repeat.
+    struct Memo<T: Decodable> {
+        static var longest: Int { 48 }
+        private var values: [Data: T] = [:]
+
+        /// The JSON at `index` decoded as `T`; nil for NULL, and (as the registry always read it)
+        /// for text that does not decode.
+        mutating func decode(_ row: Row, _ index: Int) -> T? {
+            try? row.withUnsafeData(atIndex: index) { data -> T? in
+                guard let data else { return nil }
+                if data.count <= Self.longest, let known = values[data] { return known }
+                guard let value = try? EmbeddedRegistry.decoder.decode(T.self, from: data) else { return nil }
+                // A copy: `data` is SQLite's buffer, valid only in this closure.
+                if data.count <= Self.longest { values[data.withUnsafeBytes { Data($0) }] = value }
+                return value
+            }
+        }
     }
 }

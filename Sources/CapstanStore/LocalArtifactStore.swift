@@ -1,4 +1,5 @@
 import CapstanCore
+import CapstanSystem
 import Crypto
 import Foundation
 
@@ -154,94 +155,28 @@ public struct LocalArtifactStore: ArtifactStore {
                    path: path)
     }
 
-    // MARK: - Digest
+    // MARK: - Digest (`ArtifactDigest`, shared with the serving agent)
 
-    struct Entry {
-        var path: String
-        var isFolder: Bool
-        var executable: Bool
-    }
+    typealias Entry = ArtifactDigest.Entry
 
-    /// Every entry below `directory`, sorted by relative path; refuses symlinks, special files
-    /// and names that hold a secret of `scrubber`. Paths in messages are scrubbed and escaped.
+    /// Every entry below `directory` (see `ArtifactDigest.listing`), its refusals as store errors.
     static func listing(of directory: String, scrubber: SecretScrubber = .none) throws -> [Entry] {
-        var entries: [Entry] = []
-        func shown(_ path: String) -> String { PrintableText.escaped(scrubber.scrub(path)) }
-        func walk(_ relative: String) throws {
-            let folder = relative.isEmpty ? directory : directory + "/" + relative
-            let names: [String]
-            do {
-                names = try FileManager.default.contentsOfDirectory(atPath: folder)
-            } catch {
-                throw StoreError(code: .fileSystem, message: "cannot list '\(shown(folder))': \(Self.reason(error))", path: shown(folder))
-            }
-            for name in names {
-                let path = relative.isEmpty ? name : relative + "/" + name
-                let full = directory + "/" + path
-                if scrubber.reveals(name) {
-                    throw StoreError(code: .unsupportedEntry,
-                                     message: "'\(shown(full))' has the value of a secret in its name; artifact names are kept in the state folder, so rename it",
-                                     path: shown(full))
-                }
-                var info = stat()
-                guard lstat(full, &info) == 0 else {
-                    throw StoreError(code: .fileSystem,
-                                     message: "cannot read '\(shown(full))': \(String(cString: strerror(errno)))", path: shown(full))
-                }
-                switch info.st_mode & S_IFMT {
-                case S_IFDIR:
-                    entries.append(Entry(path: path, isFolder: true, executable: false))
-                    try walk(path)
-                case S_IFREG:
-                    entries.append(Entry(path: path, isFolder: false, executable: info.st_mode & 0o111 != 0))
-                case S_IFLNK:
-                    throw StoreError(code: .unsupportedEntry,
-                                     message: "'\(shown(full))' is a symlink; artifacts may hold only files and folders. Copy the file it points to instead",
-                                     path: shown(full))
-                default:
-                    throw StoreError(code: .unsupportedEntry,
-                                     message: "'\(shown(full))' is not a regular file or folder; artifacts may hold only files and folders",
-                                     path: shown(full))
-                }
-            }
-        }
-        try walk("")
-        return entries.sorted { Array($0.path.utf8).lexicographicallyPrecedes(Array($1.path.utf8)) }
+        do { return try ArtifactDigest.listing(of: directory, scrubber: scrubber) } catch { throw storeError(error) }
     }
 
-    /// `sha256:<hex>` of `directory`'s canonical listing (see the type's documentation).
+    /// `sha256:<hex>` of `directory`'s canonical listing (`ArtifactDigest`).
     public static func digest(of directory: String) throws -> String {
-        var hasher = SHA256()
-        for entry in try listing(of: directory) {
-            let line: String
-            if entry.isFolder {
-                line = "D \(entry.path)\0"
-            } else {
-                line = "F \(entry.executable ? "x" : "-") \(try fileDigest(directory + "/" + entry.path)) \(entry.path)\0"
-            }
-            hasher.update(data: Data(line.utf8))
-        }
-        return "sha256:" + hexString(hasher.finalize())
+        do { return try ArtifactDigest.of(directory) } catch { throw storeError(error) }
     }
 
-    static func fileDigest(_ path: String) throws -> String {
-        guard let handle = FileHandle(forReadingAtPath: path) else {
-            throw StoreError(code: .fileSystem, message: "cannot read '\(path)'", path: path)
+    static func storeError(_ problem: ArtifactDigest.Problem) -> StoreError {
+        switch problem.kind {
+        case .unsupportedEntry:
+            return StoreError(code: .unsupportedEntry, message: problem.message, path: problem.path)
+        case .unreadable(let code):
+            return StoreError(code: FileSystemFailure.code(for: code) ?? .fileSystem, message: problem.message, path: problem.path,
+                              errno: code)
         }
-        defer { try? handle.close() }
-        var hash = SHA256()
-        do {
-            while let chunk = try handle.read(upToCount: 1 << 20), !chunk.isEmpty {
-                hash.update(data: chunk)
-            }
-        } catch {
-            throw StoreError(code: .fileSystem, message: "cannot read '\(path)'", path: path, underlying: error)
-        }
-        return hexString(hash.finalize())
-    }
-
-    static func hexString(_ digest: SHA256.Digest) -> String {
-        digest.map { String(format: "%02x", $0) }.joined()
     }
 
     /// The hex part of a `sha256:<hex>` digest, checked so that it cannot name another path.

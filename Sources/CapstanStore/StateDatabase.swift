@@ -482,7 +482,7 @@ public final class StateDatabase: Sendable {
         // is still current, or re-read only what changed since: triggers bump
         // `registry_generation` at every insert, update or delete of a model, a version or an
         // alias, whoever writes (Capstan, a seeding script, sqlite3), and stamp the model or
-        // version row they changed with the new generation. A delete of a model or version row
+        // version row they changed (for an alias, its model's row) with the new generation. A delete of a model or version row
         // (Capstan never deletes them) also records its generation in `removed_at`: a snapshot
         // older than that is read again in full. The next generation is the larger of the last
         // plus one and the time in milliseconds, so that a database restored from a backup does
@@ -526,10 +526,13 @@ public final class StateDatabase: Sendable {
                     END;
                     """)
             }
-            for event in ["INSERT", "UPDATE", "DELETE"] {
+            // An alias change stamps its model's row: a reader re-reads the aliases of the models
+            // stamped since its snapshot (which catches deleted aliases too).
+            for (event, models) in [("INSERT", "NEW.model"), ("UPDATE", "NEW.model, OLD.model"), ("DELETE", "OLD.model")] {
                 try db.execute(sql: """
                     CREATE TRIGGER aliases_generation_\(event.lowercased()) AFTER \(event) ON aliases BEGIN
                         UPDATE registry_generation SET generation = \(next) WHERE id = 1;
+                        UPDATE models SET generation = \(current) WHERE name IN (\(models));
                     END;
                     """)
             }

@@ -1,3 +1,4 @@
+import CapstanSystem
 import Foundation
 
 #if canImport(Glibc)
@@ -11,9 +12,9 @@ import Darwin
 /// for folders), whatever the umask; an existing folder that other users can enter is reported.
 public enum StateFolder {
     /// Mode of the state folder and of the folders Capstan creates in it.
-    public static let folderMode: mode_t = 0o700
+    public static let folderMode: mode_t = PrivateFiles.folderMode
     /// Mode of the files Capstan creates in it (the database, logs).
-    public static let fileMode: mode_t = 0o600
+    public static let fileMode: mode_t = PrivateFiles.fileMode
 
     /// Creates `path` when missing (its missing parents with the usual mode, the folder itself
     /// 0700). Returns warnings for people: an existing folder that every user of the machine may
@@ -29,37 +30,22 @@ public enum StateFolder {
             }
             // Group access is the owner's choice (a container volume shared with an fsGroup, an
             // operators' group); access for every other user is not.
-            let mode = info.st_mode & 0o7777
-            guard mode & 0o007 != 0 else { return [] }
-            return ["the state folder '\(path)' can be read by every user of this machine (mode \(String(mode, radix: 8))); it holds training logs, metrics and the model registry. Run `chmod o-rwx '\(path)'` (or `chmod 700`) to make it private"]
+            return PrivateFiles.exposure(of: path, holding: "training logs, metrics and the model registry").map { [$0] } ?? []
         }
         try makeFolder(path, mode: folderMode, what: "create the state folder")
         return []
     }
 
     /// Creates `path` and its missing parents: the parents with `parentsMode` (by default 0777
-    /// less the umask, like `mkdir -p`), `path` itself with `mode`. An existing folder is left as
-    /// it is.
+    /// less the umask, like `mkdir -p`), `path` itself with `mode` (`PrivateFiles.makeFolder`),
+    /// its failure as a `StoreError` that names the cause and what to do.
     public static func makeFolder(_ path: String, mode: mode_t = folderMode, parentsMode: mode_t = 0o777,
                                   what: String = "create the folder") throws {
-        let absolute = path.hasPrefix("/") ? path : FileManager.default.currentDirectoryPath + "/" + path
-        var missing: [String] = []
-        var current = (absolute as NSString).standardizingPath
-        var info = stat()
-        while !current.isEmpty, current != "/", stat(current, &info) != 0 {
-            missing.append(current)
-            current = (current as NSString).deletingLastPathComponent
-        }
-        for (index, folder) in missing.reversed().enumerated() {
-            let last = index == missing.count - 1
-            if mkdir(folder, last ? mode : parentsMode) != 0 {
-                let code = systemErrno()
-                if code == EEXIST { continue }
-                let parent = (folder as NSString).deletingLastPathComponent
-                throw FileSystemFailure.error(what, path: path, folder: parent.isEmpty ? "/" : parent, errno: code)
-            }
-            // mkdir applies the umask; a private folder must not depend on it.
-            if last || parentsMode != 0o777 { chmod(folder, last ? mode : parentsMode) }
+        do {
+            try PrivateFiles.makeFolder(path, mode: mode, parentsMode: parentsMode, what: what)
+        } catch {
+            let parent = (error.path as NSString).deletingLastPathComponent
+            throw FileSystemFailure.error(what, path: path, folder: parent.isEmpty ? "/" : parent, errno: error.errno)
         }
     }
 

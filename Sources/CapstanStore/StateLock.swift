@@ -1,4 +1,5 @@
 import CapstanCore
+import CapstanSystem
 import Foundation
 import GRDB
 

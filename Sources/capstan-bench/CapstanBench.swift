@@ -39,10 +39,20 @@ struct CapstanBench {
                 exit(1)
             }
         }
+        if args.count > 1, args[1] == "registry-snapshot", let stateDir = value("--state-dir") {
+            do {
+                try await registrySnapshotBenchmark(stateDirectory: stateDir, models: Int(value("--models") ?? "10000") ?? 10000)
+                return
+            } catch {
+                FileHandle.standardError.write(Data("capstan-bench: \(error)\n".utf8))
+                exit(1)
+            }
+        }
         guard args.count > 1, args[1] == "git-source", let repo = value("--repo"), let stateDir = value("--state-dir") else {
             FileHandle.standardError.write(Data("""
                 usage: capstan-bench git-source --repo URL --state-dir DIR [--change-command CMD] [--passes N]
                        capstan-bench registry --state-dir DIR [--versions N]
+                       capstan-bench registry-snapshot --state-dir DIR [--models N]
 
                 """.utf8))
             exit(64)

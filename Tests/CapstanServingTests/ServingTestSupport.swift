@@ -1,5 +1,5 @@
 import AsyncHTTPClient
-import CapstanStore
+import CapstanSystem
 import Foundation
 import NIOCore
 import NIOHTTP1
@@ -158,7 +158,7 @@ final class ServingFixture {
         try FileManager.default.createDirectory(atPath: modelDir, withIntermediateDirectories: true)
         try modelServerScript.write(toFile: workdir + "/serve.py", atomically: true, encoding: .utf8)
         try "weights v1\n".write(toFile: modelDir + "/model.txt", atomically: true, encoding: .utf8)
-        digest = try LocalArtifactStore.digest(of: modelDir)
+        digest = try ArtifactDigest.of(modelDir)
     }
 
     func backend(_ version: Int, weight: Int, replicas: Int = 1, mode: String = "healthy", env: [String: String] = [:],

@@ -117,3 +117,144 @@ struct EmbeddedRegistryTests {
         #expect(try await reopened.version(of: "churn", number: 1)?.metrics == ["accuracy": 0.9])
     }
 }
+
+/// The registry's generation, and snapshots refreshed from it.
+struct RegistryGenerationTests {
+    let dir: TemporaryDirectory
+    let registry: EmbeddedRegistry
+
+    init() throws {
+        dir = try TemporaryDirectory()
+        registry = EmbeddedRegistry(database: try StateDatabase(stateDirectory: dir.path))
+    }
+
+    /// Runs `change` and tells whether the generation moved.
+    func moves(_ change: () async throws -> Void) async throws -> Bool {
+        let before = try await registry.generation()
+        try await change()
+        return try await registry.generation() != before
+    }
+
+    @Test func everyChangeMovesTheGenerationAndNothingElseDoes() async throws {
+        #expect(try await moves { try await registry.upsertModel(name: "churn", description: nil, labels: [:]) })
+        #expect(try await !moves { try await registry.upsertModel(name: "churn", description: nil, labels: [:]) })
+        #expect(try await moves { try await registry.upsertModel(name: "churn", description: "d", labels: [:]) })
+        #expect(try await moves { _ = try await registry.createVersion(NewVersion(model: "churn", fingerprint: "f1")) })
+        #expect(try await moves { try await registry.updateVersion(model: "churn", number: 1, VersionUpdate(status: .validated)) })
+        #expect(try await !moves { try await registry.updateVersion(model: "churn", number: 1, VersionUpdate()) })
+        #expect(try await moves { try await registry.setAlias("champion", of: "churn", to: 1, commit: nil, reason: "r") })
+        #expect(try await !moves { try await registry.setAlias("champion", of: "churn", to: 1, commit: nil, reason: "again") })
+        #expect(try await moves { try await registry.deleteAlias("champion", of: "churn", commit: nil, reason: "r") })
+        #expect(try await !moves { try await registry.deleteAlias("champion", of: "churn", commit: nil, reason: "gone") })
+        // Reads and refused writes leave it.
+        #expect(try await !moves { _ = try await registry.snapshot() })
+        #expect(try await !moves { _ = try? await registry.createVersion(NewVersion(model: "churn", fingerprint: "f1")) })
+        // Generations only grow.
+        var seen: [Int64] = [try await registry.generation()]
+        for i in 2...5 {
+            _ = try await registry.createVersion(NewVersion(model: "churn", fingerprint: "f\(i)"))
+            seen.append(try await registry.generation())
+        }
+        #expect(seen == seen.sorted() && Set(seen).count == seen.count)
+    }
+
+    /// After each kind of change, a refreshed snapshot is exactly what a full read gives; with no
+    /// change it is the snapshot it was given.
+    @Test func aRefreshedSnapshotEqualsAFullRead() async throws {
+        var current = try await registry.snapshot(refreshing: nil)
+        #expect(current.snapshot == RegistrySnapshot(models: [], versions: [:], aliases: [:]))
+        let steps: [(String, () async throws -> Void)] = [
+            ("register two models", {
+                try await registry.upsertModel(name: "fraud", description: nil, labels: ["team": "risk"])
+                try await registry.upsertModel(name: "churn", description: nil, labels: [:])
+            }),
+            ("create versions", {
+                for f in ["f1", "f2", "f3"] { _ = try await registry.createVersion(NewVersion(model: "churn", fingerprint: f, params: ["lr": .double(0.1)])) }
+                _ = try await registry.createVersion(NewVersion(model: "fraud", fingerprint: "g1"))
+            }),
+            ("validate and point aliases", {
+                for n in [1, 3] {
+                    try await registry.updateVersion(model: "churn", number: n, VersionUpdate(
+                        status: .validated, metrics: ["accuracy": 0.9], gateResults: [GateResult(gate: "g", passed: true, detail: "ok")]))
+                }
+                try await registry.setAlias("champion", of: "churn", to: 1, commit: nil, reason: "r")
+                try await registry.setAlias("challenger", of: "churn", to: 3, commit: nil, reason: "r")
+            }),
+            ("move one alias", { try await registry.setAlias("champion", of: "churn", to: 3, commit: nil, reason: "r") }),
+            ("delete one alias", { try await registry.deleteAlias("challenger", of: "churn", commit: nil, reason: "r") }),
+            ("delete the last alias", { try await registry.deleteAlias("champion", of: "churn", commit: nil, reason: "r") }),
+            ("a new model between the others", { try await registry.upsertModel(name: "dunning", description: "d", labels: [:]) }),
+            ("change a model", { try await registry.upsertModel(name: "fraud", description: "now described", labels: [:]) }),
+            ("archive and fail versions", {
+                try await registry.updateVersion(model: "churn", number: 2, VersionUpdate(status: .failed, logTail: "boom", failedAt: 5))
+                try await registry.updateVersion(model: "churn", number: 1, VersionUpdate(archivedAt: 6))
+            }),
+            ("nothing", {}),
+        ]
+        for (name, step) in steps {
+            try await step()
+            let refreshed = try await registry.snapshot(refreshing: current)
+            let full = try await registry.snapshot(refreshing: nil)
+            #expect(refreshed == full, "\(name)")
+            #expect(refreshed.generation == (try await registry.generation()), "\(name)")
+            current = refreshed
+        }
+        #expect(current.snapshot.models.map(\.name) == ["churn", "dunning", "fraud"])
+        #expect(current.snapshot.aliases["churn"] == nil)
+        #expect(current.snapshot.versions["churn"]?.map(\.status) == [.validated, .failed, .validated])
+    }
+
+    /// Another program writing the database (a seeding script, sqlite3) moves the generation too;
+    /// a row it deletes makes the next refresh read everything again.
+    @Test func anotherProgramsWritesAreSeen() async throws {
+        try await registry.upsertModel(name: "churn", description: nil, labels: [:])
+        _ = try await registry.createVersion(NewVersion(model: "churn", fingerprint: "f1"))
+        _ = try await registry.createVersion(NewVersion(model: "churn", fingerprint: "f2"))
+        let before = try await registry.snapshot(refreshing: nil)
+        let script = """
+            import sqlite3, sys
+            con = sqlite3.connect(sys.argv[1], isolation_level=None, timeout=5)
+            con.execute("PRAGMA foreign_keys = ON")
+            con.execute(sys.argv[2])
+            con.close()
+            """
+        func python(_ sql: String) throws {
+            let process = Process()
+            process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+            process.arguments = ["python3", "-c", script, registry.database.path, sql]
+            try process.run()
+            process.waitUntilExit()
+            #expect(process.terminationStatus == 0, "\(sql)")
+        }
+
+        try python("INSERT INTO versions (model, number, status, fingerprint, created_at) VALUES ('churn', 3, 'trained', 'f3', 9)")
+        let inserted = try await registry.snapshot(refreshing: before)
+        #expect(inserted.generation > before.generation)
+        #expect(inserted.snapshot.versions["churn"]?.map(\.number) == [1, 2, 3])
+        #expect(inserted == (try await registry.snapshot(refreshing: nil)))
+
+        try python("UPDATE versions SET status = 'validated' WHERE number = 3")
+        try python("INSERT INTO aliases (model, alias, version, updated_at) VALUES ('churn', 'champion', 3, 10)")
+        let updated = try await registry.snapshot(refreshing: inserted)
+        #expect(updated.snapshot.versions["churn"]?.last?.status == .validated)
+        #expect(updated.snapshot.aliases == ["churn": ["champion": 3]])
+
+        try python("DELETE FROM versions WHERE number = 2")
+        let removed = try await registry.snapshot(refreshing: updated)
+        #expect(removed.snapshot.versions["churn"]?.map(\.number) == [1, 3])
+        #expect(removed == (try await registry.snapshot(refreshing: nil)))
+    }
+
+    /// A snapshot from a later state than the database's (another database, a restored backup)
+    /// is not trusted: everything is read again.
+    @Test func aSnapshotFromALaterStateIsReadAgain() async throws {
+        try await registry.upsertModel(name: "churn", description: nil, labels: [:])
+        let now = try await registry.snapshot(refreshing: nil)
+        var foreign = now
+        foreign.generation += 1_000_000
+        foreign.snapshot.models = []
+        #expect(try await registry.snapshot(refreshing: foreign) == now)
+        // And one of the same generation is taken as it is (that is what the generation is for).
+        #expect(try await registry.snapshot(refreshing: now) == now)
+    }
+}

@@ -1,6 +1,7 @@
 import CapstanCore
 @testable import CapstanStore
 @testable import CapstanTestSupport
+@testable import CapstanSystem
 import Foundation
 import GRDB
 import Synchronization

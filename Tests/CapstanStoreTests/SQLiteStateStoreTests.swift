@@ -269,7 +269,7 @@ import Testing
         changes.setConditions(conditions)
         try await store.commit(changes)
         #expect(try await store.conditions() == conditions.sorted { $0.object < $1.object })
-        let stored = try await store.database.read("test") { db in
+        let stored = try store.database.read("test") { db in
             try Row.fetchAll(db, sql: "SELECT failure_class, until_at FROM conditions ORDER BY updated_at")
         }
         #expect(stored.map { $0["failure_class"] as String? } == [nil, "stalled", "waiting", "waiting", "transient", "terminal"])

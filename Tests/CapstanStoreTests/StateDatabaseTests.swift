@@ -120,6 +120,13 @@ import Testing
         changes.setConditions([waiting], pruning: [.model])
         try await store.commit(changes)
         #expect(try await store.conditions() == [waiting])
+        // The registry counts its changes from there: the old rows are at generation 0.
+        let before = try await registry.snapshot(refreshing: nil)
+        #expect(before.snapshot.versions["churn"]?.map(\.archivedAt) == [99])
+        try await registry.updateVersion(model: "churn", number: 1, VersionUpdate(tags: ["k": "v"]))
+        let after = try await registry.snapshot(refreshing: before)
+        #expect(after.generation > before.generation)
+        #expect(after.snapshot.versions["churn"]?.map(\.tags) == [["k": "v"]])
     }
 
     @Test func usesWALModeAndABusyTimeout() throws {
