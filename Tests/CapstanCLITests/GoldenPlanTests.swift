@@ -63,7 +63,9 @@ struct GoldenPlanTests {
             }
             let url = Self.corpus.appendingPathComponent(name).appendingPathComponent(file)
             let expected = (try? String(contentsOf: url, encoding: .utf8)) ?? ""
-            #expect(actual == expected, "\(name)/\(file) differs (- expected, + actual); run scripts/update-golden-plans.sh if the change is deliberate:\n\(LineDiff.unified(expected, actual))")
+            // Compared first, so that a failure shows the diff rather than both documents.
+            let matches = actual == expected
+            #expect(matches, "\(name)/\(file) differs (- expected, + actual); run scripts/update-golden-plans.sh if the change is deliberate:\n\(LineDiff.unified(expected, actual))")
         }
     }
 
@@ -221,7 +223,8 @@ struct GoldenCase {
             return Desired(commit: commit, report: try await reconciler.plan(at: commit, fetch: false))
         }
         let after = try await desired(at: prepared.afterCommit)
-        let before = try await beforeCommit.map { try await desired(at: $0) }
+        var before: Desired?
+        if let beforeCommit { before = try await desired(at: beforeCommit) }
         func at(_ ref: String, for what: String) throws -> Desired {
             switch ref {
             case "@after": return after
@@ -327,9 +330,14 @@ struct GoldenCase {
         }
         var changes = StateChanges("seed the serving records of \(name)")
         let endpoints = serving.endpoints ?? []
-        let applied = serving.applied ?? Dictionary(endpoints.map { e in
-            (e.deployment, e.backends.map { BackendWeight(version: $0.version, weight: $0.weight, replicas: $0.replicas ?? 1) })
-        }, uniquingKeysWith: { a, _ in a })
+        var applied: [String: [BackendWeight]] = [:]
+        if let given = serving.applied {
+            applied = given
+        } else {
+            for e in endpoints where applied[e.deployment] == nil {
+                applied[e.deployment] = e.backends.map { b in BackendWeight(version: b.version, weight: b.weight, replicas: b.replicas ?? 1) }
+            }
+        }
         for (deployment, backends) in applied.sorted(by: { $0.key < $1.key }) {
             let model = endpoints.first { $0.deployment == deployment }?.model
                 ?? after.report.load.manifests.deployments.first { $0.metadata.name == deployment }?.spec.model
@@ -555,10 +563,10 @@ enum LineDiff {
         while i < a.count || j < b.count {
             if i < a.count, j < b.count, a[i] == b[j] {
                 lines.append((" ", a[i])); i += 1; j += 1
-            } else if j < b.count, i == a.count || lcs[i][j + 1] >= lcs[i + 1][j] {
-                lines.append(("+", b[j])); j += 1
-            } else {
+            } else if i < a.count, j == b.count || lcs[i + 1][j] >= lcs[i][j + 1] {
                 lines.append(("-", a[i])); i += 1
+            } else {
+                lines.append(("+", b[j])); j += 1
             }
         }
         let changed = lines.indices.filter { lines[$0].0 != " " }
