@@ -168,9 +168,9 @@ let package = Package(
         // cooperative threads while they wait for real processes, and would starve its deadlines.
         .testTarget(name: "CapstanControllerTests", dependencies: ["CapstanController"]),
         .testTarget(name: "CapstanCLITests", dependencies: [
-            "CapstanCLI", "capstan", "capstan-bench", "CapstanTestSupport", "CapstanStore", "CapstanCore",
+            "CapstanCLI", "capstan", "capstan-bench", "CapstanTestSupport", "CapstanStore", "CapstanCore", "CapstanEngine",
             .product(name: "Crypto", package: "swift-crypto"), .product(name: "GRDB", package: "GRDB.swift"),
-        ]),
+        ], resources: [.copy("GoldenPlans")]),
     ],
     swiftLanguageModes: [.v6]
 )
