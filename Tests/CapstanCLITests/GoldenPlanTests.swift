@@ -131,6 +131,16 @@ struct GoldenCase {
         let report = try await reconciler.plan(at: "main", options: PlanOptions(retryFailed: state.options?.retryFailed ?? false),
                                                fetch: true)
         #expect(report.revision.commit == prepared.afterCommit)
+        // The plan cache of `capstan plan` never changes a plan: planned through it twice (the
+        // second run from the cache when the case can be cached), the plan is the same.
+        let cache = PlanCache(store: PlanCacheFile(stateDirectory: prepared.stateDirectory), build: "golden",
+                              registryGeneration: { [registry = store.registry] in try await registry.generation() })
+        for _ in 0..<2 {
+            var cached = try await reconciler.cachedPlan(at: "main", cache: cache,
+                                                         options: PlanOptions(retryFailed: state.options?.retryFailed ?? false)).plan
+            cached.createdAt = report.plan.createdAt
+            #expect(cached == report.plan, "\(name): the plan through the plan cache differs from the plan computed in full")
+        }
         let renderer = PlanRenderer(plan: report.plan, color: false)
         return Output(text: Self.normalized(renderer.text(), repository: prepared.repository),
                       json: Self.normalized(try renderer.json(), repository: prepared.repository))
