@@ -253,7 +253,11 @@ public final class Controller: Sendable {
                 return state.sourceError != nil
             }
             if recovered { logger.notice("the source is reachable again") }
-            for note in revision.notes where note.kind == .warning { logWarningOnce(note.message) }
+            for note in revision.notes {
+                // A force-push or a mirror cloned again is news once; a warning (credentials over
+                // plain http) repeats on every fetch and is logged once.
+                if note.kind == .warning { logWarningOnce(note.message) } else { logger.notice("\(note.message)") }
+            }
             return revision.commit
         } catch {
             let failure = ReconcileFailure.of(error)

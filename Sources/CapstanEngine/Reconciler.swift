@@ -1,5 +1,6 @@
 import CapstanCore
 import CapstanManifests
+import CapstanSystem
 import Foundation
 
 /// The reconcile pass (DESIGN.md §4), as one component: `plan(at:)` reads the desired state at a
@@ -59,10 +60,16 @@ public final class Reconciler: Sendable {
                           plan: plan, observedServing: observedServing)
     }
 
-    /// Who runs a pass now (a live lease), for messages; nil when nobody does.
+    /// Who runs a pass now (a live lease), for messages; nil when nobody does. A lease of this
+    /// host whose process is gone (killed: its lease not yet expired) runs nothing.
     func runningPass() async throws -> String? {
         let now = ports.now()
-        guard let lease = try await ports.store.leases().first(where: { !$0.isExpired(at: now) }) else { return nil }
+        let host = ports.host
+        guard let lease = try await ports.store.leases().first(where: { lease in
+            guard !lease.isExpired(at: now) else { return false }
+            if lease.host == host, case .gone = LocalProcess.liveness(pid: lease.pid, startTime: lease.processStart) { return false }
+            return true
+        }) else { return nil }
         return "pid \(lease.pid) on \(lease.host), running '\(lease.command)'"
     }
 
@@ -277,7 +284,14 @@ public final class Reconciler: Sendable {
         let actual = ActualState(registry: try await context.registry.snapshot())
         // `--retry-failed` applies to this pass only: what is left is judged by the backoff.
         let residual = Planner.plan(desired: desired, actual: actual, now: context.now(), options: PlanOptions())
-        conditions = Conditions.models(desired: desired, residual: residual, registry: actual.registry, now: context.now()) + conditions
+        // What failed in this pass, by model: a failure the registry keeps no trace of (a missing
+        // secret, a full disk) still shows in the model's condition.
+        var failed: [String: ReconcileFailure] = [:]
+        for entry in plan.entries + followUps where entry.kind == .model {
+            if failed[entry.name] == nil, let failure = outcomes[entry.id]?.failure { failed[entry.name] = failure }
+        }
+        conditions = Conditions.models(desired: desired, residual: residual, registry: actual.registry, now: context.now(),
+                                       failed: failed) + conditions
         var recording = StateChanges("record the conditions of the pass")
         recording.setConditions(conditions, pruning: [.model, .deployment])
         try await context.commit(recording)
