@@ -207,7 +207,8 @@ public final class Reconciler: Sendable {
         } catch {
             var finish = StateChanges("record the end of pass \(passID)")
             let failure = Failures.classify(error)
-            finish.finishPass(passID, commit: commit, outcome: .failed, summary: failure.message)
+            finish.finishPass(passID, commit: commit, outcome: failure.reason == .interrupted ? .interrupted : .failed,
+                              summary: failure.message)
             try? await store.commit(finish)
             throw error
         }
@@ -240,9 +241,16 @@ public final class Reconciler: Sendable {
         // right after has nothing to do. Only bookkeeping entries; never a training.
         var followUps: [PlanEntry] = []
         let bookkeeping: Set<PlanAction> = [.moveAlias, .deleteAlias, .archiveVersions, .updateModel]
-        for round in 1...2 where !outcomes.values.contains(where: \.isFailure) {
+        // A model with a failed entry gets no follow-ups (its failure is for the next pass to
+        // look at); the others do.
+        var failedModels = Set<String>()
+        for entry in modelEntries.entries where outcomes[entry.id]?.isFailure == true { failedModels.insert(entry.name) }
+        for round in 1...2 {
             let next = Planner.plan(desired: desired, actual: afterModels, now: context.now(), options: PlanOptions())
-            let entries = next.entries.filter { bookkeeping.contains($0.action) && $0.dependsOn.allSatisfy { id in next.entries.first { $0.id == id } == nil } }
+            let entries = next.entries.filter { entry in
+                bookkeeping.contains(entry.action) && !failedModels.contains(entry.name)
+                    && entry.dependsOn.allSatisfy { id in next.entries.first { $0.id == id } == nil }
+            }
             if entries.isEmpty { break }
             let renamed = entries.map { e -> PlanEntry in
                 var e = e
@@ -252,7 +260,9 @@ public final class Reconciler: Sendable {
             followUps += renamed
             let round = Plan(repository: plan.repository, ref: plan.ref, commit: plan.commit, actualDigest: next.actualDigest,
                              createdAt: next.createdAt, entries: renamed)
-            outcomes.merge(await Executor(context: context).execute(round, desired: desired)) { a, _ in a }
+            let roundOutcomes = await Executor(context: context).execute(round, desired: desired)
+            for entry in renamed where roundOutcomes[entry.id]?.isFailure == true { failedModels.insert(entry.name) }
+            outcomes.merge(roundOutcomes) { a, _ in a }
             afterModels = ActualState(registry: try await context.registry.snapshot())
         }
 
