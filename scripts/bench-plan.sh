@@ -216,10 +216,10 @@ for n in "${sizes[@]}"; do
 done
 
 echo
-printf '%-7s %-34s %13s %9s %12s %9s %7s\n' models case "capstan" "peak MiB" "dvc status" "peak MiB" ratio
+printf '%-7s %-46s %13s %9s %12s %9s %7s\n' models case "capstan" "peak MiB" "dvc status" "peak MiB" ratio
 for row in "${rows[@]}"; do
   IFS='|' read -r n case cs cm ds dm ratio <<<"$row"
-  printf '%-7s %-34s %11s s %9s %12s %9s %7s\n' "$n" "$case" "$cs" "$cm" "${ds:+$ds s}" "$dm" "$ratio"
+  printf '%-7s %-46s %11s s %9s %12s %9s %7s\n' "$n" "$case" "$cs" "$cm" "${ds:+$ds s}" "$dm" "$ratio"
 done
 echo
 echo "capstan = capstan plan --repo R --state-dir S --no-fetch --detailed-exitcode (text output; median of $runs);"
