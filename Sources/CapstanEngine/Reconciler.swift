@@ -42,7 +42,10 @@ public final class Reconciler: Sendable {
         if options.applyInProgress == nil, let running = try? await runningPass() { options.applyInProgress = running }
         var prepared = try await prepare(context, ref: ref, fetch: fetch, resolved: resolved)
         var plan = try await modelPlan(&prepared, context, options: options)
-        let deployments = DeploymentPhase.desired(prepared.load.manifests, registry: prepared.actual.registry)
+        // `apply` plans the Deployments after the model entries ran: this plan shows them against
+        // the registry as those entries will leave it.
+        let deployments = DeploymentPhase.desired(prepared.load.manifests,
+                                                  projection: RegistryProjection.after(plan, from: prepared.actual.registry))
         // Observed even without Deployments in Git when Capstan set endpoints before: those left
         // behind are orphans. A repository that never deployed does not reach out.
         let deployedBefore = !(try await context.store.servingRecords().applied.isEmpty)

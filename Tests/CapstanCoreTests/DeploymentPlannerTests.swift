@@ -271,4 +271,42 @@ struct DeploymentPlannerTests {
         #expect(histogram.quantile(0.5)! <= 6)
         #expect(histogram.quantile(0.95)! >= 1000)
     }
+
+    // MARK: Deployments planned against the registry as the plan's model entries leave it
+
+    /// What `capstan plan` does: the model plan, the registry projected after it, the Deployments
+    /// resolved against the projection.
+    static func planAfterModels(_ model: DesiredModel, _ actual: ActualState, _ endpoints: [EndpointStatus]) -> (Plan, [PlanEntry]) {
+        let desired = DesiredState(repository: "repo", ref: "main", commit: "c0ffee", models: [model], policy: Policy())
+        let plan = Planner.plan(desired: desired, actual: actual, now: now)
+        let projection = RegistryProjection.after(plan, from: actual.registry)
+        let d = DesiredDeployment.resolve(deployment(strategy: .replace).manifest, projection: projection, specHash: "h1")
+        return (plan, Self.plan([d], endpoints))
+    }
+
+    @Test func aPromotionInThePlanStartsTheRolloutItWillTrigger() {
+        let model = PlannerTests.model(fingerprint: "fp-2", aliases: [AliasPin(name: "champion", target: .version(2))])
+        let actual = PlannerTests.registry([PlannerTests.version(1, .validated), PlannerTests.version(2, .validated)], aliases: ["champion": 1])
+        let (plan, entries) = Self.planAfterModels(model, actual, [Self.endpoint([Self.backend(1, 100)])])
+        #expect(plan.entries.map(\.id) == ["churn/alias/champion"])
+        #expect(Self.lines(entries) == [
+            "start-rollout churn-prod/rollout serves v1; the spec asks for v2; replace: v2 starts with no traffic until it is ready | v1=100x1,v2=0x1",
+        ])
+        #expect(entries.first?.dependsOn == ["churn/alias/champion"])
+        // Against the registry as it is (what the plan showed before), nothing would happen.
+        let before = DesiredDeployment.resolve(Self.deployment(strategy: .replace).manifest, registry: actual.registry, specHash: "h1")
+        #expect(Self.plan([before], [Self.endpoint([Self.backend(1, 100)])]).isEmpty)
+    }
+
+    @Test func anAliasMovingToTheVersionATrainProducesIsFollowed() {
+        let model = PlannerTests.model(fingerprint: "fp-new", aliases: [AliasPin(name: "champion", target: .latest)])
+        let actual = PlannerTests.registry([PlannerTests.version(1, .validated)], aliases: ["champion": 1])
+        let (_, entries) = Self.planAfterModels(model, actual, [Self.endpoint([Self.backend(1, 100)])])
+        #expect(Self.lines(entries) == [
+            "start-rollout churn-prod/rollout alias champion of model churn moves to the version this plan trains; once it passes its gates, the same apply rolls it out (replace); v1 serves until then",
+        ])
+        #expect(entries.first?.dependsOn == ["churn/alias/champion"])
+        guard case .deployment(let d)? = entries.first?.detail else { Issue.record("no deployment entry"); return }
+        #expect(d.from == 1 && d.to == nil)
+    }
 }

@@ -19,7 +19,18 @@ public enum DeploymentPlanner {
             return entries
         }
         for d in sorted {
-            entries += DeploymentStep(desired: d, endpoint: endpoints[d.name], serving: serving, policy: policy, now: now).plan()
+            let step = DeploymentStep(desired: d, endpoint: endpoints[d.name], serving: serving, policy: policy, now: now)
+            var planned = step.plan()
+            let drift: Set<PlanAction> = [.drift, .revertDrift, .adoptDrift]
+            if let move = d.pendingMove, !planned.contains(where: { drift.contains($0.action) }) {
+                planned = [step.followingProducedVersion(move)]
+            }
+            if let after = d.after {
+                for i in planned.indices where planned[i].action.isChange && !planned[i].dependsOn.contains(after) {
+                    planned[i].dependsOn.append(after)
+                }
+            }
+            entries += planned
         }
         let wanted = Set(sorted.map(\.name))
         for (name, endpoint) in endpoints.sorted(by: { $0.key < $1.key }) where !wanted.contains(name) {
@@ -126,6 +137,20 @@ private struct DeploymentStep {
         // The target already has the most traffic but others linger (an interrupted promotion).
         return [entry("promote", .promote, "v\(target) takes all traffic; other versions are stopped", from: current, to: target,
                       backends: [BackendWeight(version: target, weight: 100, replicas: replicas)], rollout: nil)]
+    }
+
+    /// The Deployment follows an alias that this plan moves to the version one of its trains
+    /// produces: the apply that trains it rolls it out once it passes its gates.
+    func followingProducedVersion(_ move: String) -> PlanEntry {
+        let current = endpoint.flatMap(DeploymentPlanner.heaviest)
+        guard case .alias(let alias)? = desired.spec.target else { preconditionFailure("a pending move is an alias's") }
+        let then = endpoint == nil ? "the same apply creates the endpoint serving it" : "the same apply rolls it out (\(strategyName))"
+        var e = entry(endpoint == nil ? "create" : "rollout", endpoint == nil ? .createEndpoint : .startRollout,
+                      "alias \(alias) of model \(model) moves to the version this plan trains; once it passes its gates, \(then)"
+                          + (current.map { "; v\($0) serves until then" } ?? ""),
+                      from: current, to: nil, backends: nil, rollout: nil)
+        e.dependsOn = [move]
+        return e
     }
 
     var strategyName: String {
