@@ -193,10 +193,23 @@ struct PlannerTests {
         #expect(Self.lines(archived).first?.hasPrefix("blocked churn/alias/champion alias champion is pinned to v1, but v1 is archived") == true)
     }
 
-    @Test func anAliasPinnedToAVersionStillTrainingWaits() {
-        let p = Self.plan([Self.model(fingerprint: "fp-1", aliases: [AliasPin(name: "champion", target: .version(2))])],
-                          Self.registry([Self.version(1, .validated), Self.version(2, .training)]))
-        #expect(Self.lines(p) == ["wait churn/alias/champion alias champion is pinned to v2, which is still training"])
+    /// A version of another spec left `training` by a killed pass: only a pass of that spec
+    /// resumes it, so an alias pinned to it is blocked rather than waiting forever — unless an
+    /// apply running now is training it.
+    @Test func anAliasPinnedToAnEarlierSpecsVersionLeftTrainingIsBlocked() {
+        let model = Self.model(fingerprint: "fp-1", aliases: [AliasPin(name: "champion", target: .version(2))])
+        let actual = Self.registry([Self.version(1, .validated), Self.version(2, .training)], aliases: ["champion": 1])
+        let p = Self.plan([model], actual)
+        #expect(Self.lines(p) == ["blocked churn/alias/champion alias champion is pinned to v2, which an interrupted pass left training under another spec (fingerprint fp-2); this commit does not train that spec, so nothing will finish v2. Pin a validated version in models/churn.yaml:20:15, or revert the training spec to the one v2 comes from so that the next pass resumes it"])
+        guard case .blocked(let b)? = p.entries.first?.detail else { Issue.record("not blocked"); return }
+        #expect(b.code == .pinnedVersionUnusable)
+        let desired = DesiredState(repository: "repo", ref: "main", commit: "c0ffee", models: [model], policy: Policy())
+        let running = Planner.plan(desired: desired, actual: actual, now: Self.now, options: PlanOptions(applyInProgress: "pid 7 on host"))
+        #expect(Self.lines(running) == ["wait churn/alias/champion alias champion is pinned to v2, which is still training"])
+        // The spec it comes from resumes it, and the alias moves once it passes its gates.
+        let reverted = Self.plan([Self.model(fingerprint: "fp-2", aliases: [AliasPin(name: "champion", target: .version(2))])], actual)
+        #expect(Self.lines(reverted).first == "train churn/train version 2 was interrupted while training; training it again")
+        #expect(Self.lines(reverted).last?.hasPrefix("move-alias churn/alias/champion [churn/validate] the spec pins champion to v2; it moves once") == true)
     }
 
     @Test func latestWithNothingValidatedIsBlocked() {

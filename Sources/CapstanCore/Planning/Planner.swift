@@ -326,6 +326,13 @@ private struct ModelPlanner {
                     dependsOn: [validation],
                     detail: .moveAlias(AliasMoveDetail(alias: pin.name, target: pin.target, from: current, to: .number(number),
                                                        current: summary(current), candidate: VersionSummary(version)))))
+            } else if version.status == .training && version.fingerprint != desired.fingerprint && options.applyInProgress == nil {
+                // Left `training` by a killed pass of another spec: only that spec trains it (a
+                // pass resumes the version of the spec it reconciles), so nothing ever will here.
+                entries.append(PlanEntry(
+                    id: id, action: .blocked, name: name,
+                    reason: "alias \(pin.name) is pinned to v\(number), which an interrupted pass left training under another spec (fingerprint \(version.fingerprint.prefix(12))); this commit does not train that spec, so nothing will finish v\(number). Pin a validated version in \(field), or revert the training spec to the one v\(number) comes from so that the next pass resumes it",
+                    detail: .blocked(BlockedDetail(alias: pin.name, version: number, location: field, code: .pinnedVersionUnusable))))
             } else {
                 entries.append(PlanEntry(
                     id: id, action: .wait, name: name,
