@@ -198,7 +198,7 @@ struct DeploymentPlannerTests {
         let errors = Self.plan([Self.deployment()], [Self.endpoint([Self.backend(1, 90), Self.backend(2, 10, stats: Self.stats(requests: 40, failures: 10))])],
                                rollouts: [Self.rollout(startedAgo: 5)])
         #expect(Self.lines(errors) == [
-            "rollback churn-prod/rollout step 1/2 failed its analysis: error rate 25% over 40 requests is above the 5% allowed: v2 is rolled back, all traffic returns to v1 and quarantined for churn-prod | v1=100x1",
+            "rollback churn-prod/rollout step 1/2 failed its analysis: error rate 25% over 40 requests is above the 5% allowed; v2 is rolled back and quarantined for churn-prod, and all traffic returns to v1 | v1=100x1",
         ])
         guard case .deployment(let d) = errors[0].detail else { Issue.record("no detail"); return }
         #expect(d.quarantine?.version == 2)
@@ -220,7 +220,7 @@ struct DeploymentPlannerTests {
         let entries = Self.plan([Self.deployment()], [Self.endpoint([Self.backend(1, 100), Self.backend(2, 0, health: .failing, error: "exited with status 1 (3 restarts)")])],
                                 rollouts: [Self.rollout(phase: .starting, baseline: nil, boot: nil)])
         #expect(Self.lines(entries) == [
-            "rollback churn-prod/rollout v2 is failing (exited with status 1 (3 restarts)): v2 is rolled back, all traffic returns to v1 and quarantined for churn-prod | v1=100x1",
+            "rollback churn-prod/rollout v2 is failing (exited with status 1 (3 restarts)); v2 is rolled back and quarantined for churn-prod, and all traffic returns to v1 | v1=100x1",
         ])
     }
 

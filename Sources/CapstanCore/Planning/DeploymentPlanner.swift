@@ -171,7 +171,7 @@ private struct DeploymentStep {
         let stable = r.from.map { [BackendWeight(version: $0, weight: 100, replicas: replicas)] } ?? []
         let q = Quarantine(deployment: name, version: r.to, specHash: desired.specHash, reason: why, at: now)
         return entry("rollout", .rollback,
-                     "\(why): v\(r.to) is rolled back\(r.from.map { ", all traffic returns to v\($0)" } ?? "") and quarantined for \(name)",
+                     "\(why); v\(r.to) is rolled back and quarantined for \(name)\(r.from.map { ", and all traffic returns to v\($0)" } ?? "")",
                      from: r.from, to: r.to, backends: stable, rollout: nil, quarantine: q, analysis: analysis, progress: "rolled back")
     }
 

@@ -216,8 +216,9 @@ public struct DesiredDeployment: Hashable, Sendable {
         }
         guard version.status == .validated, version.archivedAt == nil else {
             let state = version.archivedAt != nil ? "archived" : version.status.rawValue
+            let subject = manifest.spec.target == .version(n) ? "\(what) is \(state)" : "\(what) is v\(n), which is \(state)"
             return DesiredDeployment(manifest: manifest, target: nil,
-                                     targetProblem: "\(what) is v\(n), which is \(state); deployments serve only validated versions",
+                                     targetProblem: "\(subject); deployments serve only validated versions",
                                      specHash: specHash)
         }
         return DesiredDeployment(manifest: manifest, target: n, targetProblem: nil, specHash: specHash)
