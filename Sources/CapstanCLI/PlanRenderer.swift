@@ -443,6 +443,9 @@ extension PlanRenderer {
         // A rollback sends the traffic back: from the version rolled back to the stable one.
         case (let f?, let t?) where f != t && e.action == .rollback: versions = "v\(t) → v\(f)"
         case (let f?, let t?) where f != t: versions = "v\(f) → v\(t)"
+        // A rollout to the version a train of the same plan produces (no number yet).
+        case (let f?, nil) where e.action == .startRollout: versions = "v\(f) → the version this plan trains"
+        case (nil, nil) where e.action == .createEndpoint: versions = "the version this plan trains"
         case (_, let t?): versions = "v\(t)"
         case (let f?, nil): versions = "v\(f)"
         default: versions = ""
