@@ -143,10 +143,12 @@ private struct DeploymentStep {
     /// produces: the apply that trains it rolls it out once it passes its gates.
     func followingProducedVersion(_ move: String) -> PlanEntry {
         let current = endpoint.flatMap(DeploymentPlanner.heaviest)
-        guard case .alias(let alias)? = desired.spec.target else { preconditionFailure("a pending move is an alias's") }
+        // (Only a Deployment that follows an alias gets a pending move.)
+        let alias: String
+        if case .alias(let name)? = desired.spec.target { alias = "alias \(name)" } else { alias = "the alias it follows" }
         let then = endpoint == nil ? "the same apply creates the endpoint serving it" : "the same apply rolls it out (\(strategyName))"
         var e = entry(endpoint == nil ? "create" : "rollout", endpoint == nil ? .createEndpoint : .startRollout,
-                      "alias \(alias) of model \(model) moves to the version this plan trains; once it passes its gates, \(then)"
+                      "\(alias) of model \(model) moves to the version this plan trains; once it passes its gates, \(then)"
                           + (current.map { "; v\($0) serves until then" } ?? ""),
                       from: current, to: nil, backends: nil, rollout: nil)
         e.dependsOn = [move]
