@@ -32,8 +32,14 @@ struct DeploymentPhase: Sendable {
 
     /// Each Deployment with the version it should serve now.
     static func desired(_ manifests: ManifestSet, registry: RegistrySnapshot) -> [DesiredDeployment] {
+        desired(manifests, projection: RegistryProjection(registry: registry))
+    }
+
+    /// Each Deployment with the version it will serve once the model entries of a plan have run
+    /// (`capstan plan`; `apply` runs them, then resolves against the registry they left).
+    static func desired(_ manifests: ManifestSet, projection: RegistryProjection) -> [DesiredDeployment] {
         manifests.deployments.map { d in
-            DesiredDeployment.resolve(d, registry: registry,
+            DesiredDeployment.resolve(d, projection: projection,
                                       specHash: specHash(d, serve: manifests.model(named: d.spec.model)?.spec.serve))
         }
     }

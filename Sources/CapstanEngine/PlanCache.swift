@@ -118,7 +118,7 @@ extension Reconciler {
         // Nil when what the plan depends on cannot be read cheaply: then it is planned in full.
         var key: PlanCache.Key?
         if let generation = try? await cache.registryGeneration(),
-           let records = try? await ports.store.servingRecords(), records.applied.isEmpty {
+           let records = try? await ports.store.servingRecords(), records.applied.isEmpty, records.rollouts.isEmpty {
             key = PlanCache.Key(build: cache.build, repository: ports.source.displayName, ref: revision.ref,
                                 commit: revision.commit, tree: revision.tree, registryGeneration: generation,
                                 applyInProgress: options.applyInProgress, retryFailed: options.retryFailed)

@@ -43,7 +43,10 @@ public final class Reconciler: Sendable {
         if options.applyInProgress == nil, let running = try? await runningPass() { options.applyInProgress = running }
         var prepared = try await prepare(context, ref: ref, fetch: fetch, resolved: resolved)
         var plan = try await modelPlan(&prepared, context, options: options)
-        let deployments = DeploymentPhase.desired(prepared.load.manifests, registry: prepared.actual.registry)
+        // `apply` plans the Deployments after the model entries ran: this plan shows them against
+        // the registry as those entries will leave it.
+        let deployments = DeploymentPhase.desired(prepared.load.manifests,
+                                                  projection: RegistryProjection.after(plan, from: prepared.actual.registry))
         // Observed even without Deployments in Git when Capstan set endpoints before: those left
         // behind are orphans. A repository that never deployed does not reach out.
         let deployedBefore = !(try await context.store.servingRecords().applied.isEmpty)
@@ -124,9 +127,17 @@ public final class Reconciler: Sendable {
             throw failure
         }
         let desired = DesiredState(repository: source.displayName, ref: revision.ref, commit: revision.commit, models: models,
-                                   policy: load.manifests.configSpec.policy)
-        let actual = ActualState(registry: try await context.registry.snapshot())
+                                   deployments: load.manifests.deployments, policy: load.manifests.configSpec.policy)
+        let actual = try await Self.actualState(context, desired)
         return Prepared(revision: revision, load: load, desired: desired, actual: actual)
+    }
+
+    /// The registry as it is now, with the versions Capstan's serving records show in use (which
+    /// retention keeps).
+    static func actualState(_ context: EngineContext, _ desired: DesiredState) async throws -> ActualState {
+        let registry = try await context.registry.snapshot()
+        let models = Dictionary(desired.deployments.map { ($0.metadata.name, $0.spec.model) }, uniquingKeysWith: { a, _ in a })
+        return ActualState(registry: registry, serving: try await context.store.servingRecords().versionsInUse(models: models))
     }
 
     func load(_ revision: SourceRevision) async throws -> LoadResult {
@@ -235,7 +246,7 @@ public final class Reconciler: Sendable {
         let modelEntries = Plan(repository: plan.repository, ref: plan.ref, commit: plan.commit, actualDigest: plan.actualDigest,
                                 createdAt: plan.createdAt, entries: plan.entries.filter { $0.kind == .model })
         var outcomes = await Executor(context: context).execute(modelEntries, desired: desired)
-        var afterModels = ActualState(registry: try await context.registry.snapshot())
+        var afterModels = try await Self.actualState(context, desired)
         // What the first round made possible (archiving a version an alias just left, a `latest`
         // move to a version just validated) is done in the same pass, so that a second apply
         // right after has nothing to do. Only bookkeeping entries; never a training.
@@ -263,7 +274,7 @@ public final class Reconciler: Sendable {
             let roundOutcomes = await Executor(context: context).execute(round, desired: desired)
             for entry in renamed where roundOutcomes[entry.id]?.isFailure == true { failedModels.insert(entry.name) }
             outcomes.merge(roundOutcomes) { a, _ in a }
-            afterModels = ActualState(registry: try await context.registry.snapshot())
+            afterModels = try await Self.actualState(context, desired)
         }
 
         // A pass stopped (a signal, a lost lease) changes nothing in the serving layer.
@@ -291,7 +302,7 @@ public final class Reconciler: Sendable {
             }
         }
 
-        let actual = ActualState(registry: try await context.registry.snapshot())
+        let actual = try await Self.actualState(context, desired)
         // `--retry-failed` applies to this pass only: what is left is judged by the backoff.
         let residual = Planner.plan(desired: desired, actual: actual, now: context.now(), options: PlanOptions())
         // What failed in this pass, by model: a failure the registry keeps no trace of (a missing
