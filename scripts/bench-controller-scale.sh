@@ -11,7 +11,10 @@
 # Each pass's duration is read from the controller's own `capstan_pass_duration_seconds` (the
 # histogram's _sum before and after the pass: one pass at a time) and checked against the `pass
 # finished` log line; every pass must finish `converged`, and a changed pass must plan exactly
-# `update-model m<k>`. Resident memory (VmRSS, and the peak VmHWM) is read from /proc at the end.
+# `update-model m<k>`. Beside the wall time, the controller's CPU time per pass (utime + stime from
+# /proc/PID/stat, 10 ms ticks, a mean; it includes the poll of the source before each pass and the
+# /metrics reads) is printed: it does not move with the load of a shared machine. Resident memory
+# (VmRSS, and the peak VmHWM) is read from /proc at the end.
 #   scripts/bench-controller-scale.sh [MODELS]     (default 10000)
 # Environment:
 #   PASSES=10 CHANGES=5   passes of each kind
