@@ -128,6 +128,20 @@ let package = Package(
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
         ]),
         .executableTarget(name: "capstan", dependencies: ["CapstanCLI"]),
+        // Fuzzing (scripts/fuzz.sh, docs/security.md#fuzzing): the targets' bodies and invariants,
+        // libFuzzer's driver entry, and one executable per target. A plain build replays inputs;
+        // only scripts/fuzz.sh builds them with -sanitize=fuzzer,address and -DFUZZING.
+        .target(name: "CapstanFuzz", dependencies: [
+            "CapstanCore", "CapstanManifests", "CapstanServer", "CapstanServing",
+            .product(name: "Crypto", package: "swift-crypto"),
+            .product(name: "NIOCore", package: "swift-nio"),
+            .product(name: "NIOEmbedded", package: "swift-nio"),
+            .product(name: "NIOHTTP1", package: "swift-nio"),
+        ], path: "Sources/Fuzz/CapstanFuzz"),
+        .target(name: "CFuzzerDriver", path: "Sources/Fuzz/CFuzzerDriver"),
+        .executableTarget(name: "FuzzManifest", dependencies: ["CapstanFuzz", "CFuzzerDriver"], path: "Sources/Fuzz/FuzzManifest"),
+        .executableTarget(name: "FuzzWebhook", dependencies: ["CapstanFuzz", "CFuzzerDriver"], path: "Sources/Fuzz/FuzzWebhook"),
+        .executableTarget(name: "FuzzGatewayHead", dependencies: ["CapstanFuzz", "CFuzzerDriver"], path: "Sources/Fuzz/FuzzGatewayHead"),
         // Benchmarks that need one long-lived process (scripts/bench-*.sh drive them).
         .executableTarget(name: "capstan-bench", dependencies: ["CapstanCore", "CapstanGit", "CapstanManifests", "CapstanStore", "CapstanEngine"]),
         .testTarget(name: "CapstanCoreTests", dependencies: ["CapstanCore"]),
@@ -148,11 +162,15 @@ let package = Package(
             "CapstanEngine", "CapstanCore", "CapstanGit", "CapstanStore", "CapstanManifests", "CapstanRunner", "CapstanTestSupport",
             .product(name: "GRDB", package: "GRDB.swift"),
         ]),
+        // Every seed and every past finding of the fuzz targets, run through the same invariants.
+        .testTarget(name: "CapstanFuzzTests", dependencies: ["CapstanFuzz"], exclude: ["Seeds", "Regressions"]),
+        // The wake-up's invariants, in a test process of their own: the CLI tests block the
+        // cooperative threads while they wait for real processes, and would starve its deadlines.
         .testTarget(name: "CapstanControllerTests", dependencies: ["CapstanController"]),
         .testTarget(name: "CapstanCLITests", dependencies: [
-            "CapstanCLI", "capstan", "capstan-bench", "CapstanTestSupport", "CapstanStore", "CapstanCore",
+            "CapstanCLI", "capstan", "capstan-bench", "CapstanTestSupport", "CapstanStore", "CapstanCore", "CapstanEngine",
             .product(name: "Crypto", package: "swift-crypto"), .product(name: "GRDB", package: "GRDB.swift"),
-        ]),
+        ], resources: [.copy("GoldenPlans")]),
     ],
     swiftLanguageModes: [.v6]
 )

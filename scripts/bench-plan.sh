@@ -4,6 +4,8 @@
 # every model is converged, and compares it with `dvc status` on a DVC pipeline of N stages with
 # the same inputs. For each N, cases:
 #   - nothing changed: `capstan plan` must plan no changes (the benchmark stops otherwise);
+#     measured planned in full (`--no-cache`, the figure compared with dvc) and again as a user
+#     runs it twice (the second from the plan cache, docs/state.md; its output must be identical);
 #   - one data file changed and committed: the plan must train exactly that one model.
 # Wall time is the median of RUNS runs (DVC_RUNS for dvc); peak memory the largest max-RSS seen.
 #   scripts/bench-plan.sh [N...]       (default: 1000 10000)
@@ -151,10 +153,17 @@ for n in "${sizes[@]}"; do
   rows+=("$n|load manifests (validate --repo)|$median|$peak|||")
   echo "capstan validate --repo (loading only): median $median s, peak $peak MiB"
 
-  # a. Nothing changed (the state folder exists: warm).
-  measure "$runs" 0 "$dir" "$bin" plan --repo "$repo" --state-dir "$state" --no-fetch --detailed-exitcode
+  # a. Nothing changed: planned in full (--no-cache: every manifest and the whole registry read;
+  # the figure compared with dvc), then as a user runs it again (the plan cache of the run above).
+  measure "$runs" 0 "$dir" "$bin" plan --repo "$repo" --state-dir "$state" --no-fetch --detailed-exitcode --no-cache
+  cp "$work/out" "$dir/plan-full.txt"
   c_median=$median c_peak=$peak
-  echo "capstan plan, nothing changed: median $c_median s, peak $c_peak MiB ($(tail -1 "$work/out"))"
+  echo "capstan plan --no-cache, nothing changed: median $c_median s, peak $c_peak MiB ($(tail -1 "$work/out"))"
+  measure "$runs" 0 "$dir" "$bin" plan --repo "$repo" --state-dir "$state" --no-fetch --detailed-exitcode
+  cmp -s "$work/out" "$dir/plan-full.txt" || { diff "$dir/plan-full.txt" "$work/out" | head -10 >&2; die "the cached plan differs from the plan computed in full"; }
+  [ -f "$state/cache/plan-cache" ] || die "no plan cache in $state/cache after capstan plan"
+  rows+=("$n|nothing changed, plan cache|$median|$peak|||")
+  echo "capstan plan, nothing changed (plan cache): median $median s, peak $peak MiB (output identical to --no-cache)"
   d_median="" d_peak="" ratio=""
   if [ -n "$dvc" ]; then
     measure 1 0 "$dwork" "$dvc" status
@@ -169,7 +178,7 @@ for n in "${sizes[@]}"; do
     ratio=$(awk -v d="$d_median" -v c="$c_median" 'BEGIN { printf "%.0f×", d / c }')
     echo "dvc status, nothing changed: median $d_median s, peak $d_peak MiB ($(tail -1 "$work/out")); dvc/capstan $ratio"
   fi
-  rows+=("$n|nothing changed|$c_median|$c_peak|$d_median|$d_peak|$ratio")
+  rows+=("$n|nothing changed, planned in full (--no-cache)|$c_median|$c_peak|$d_median|$d_peak|$ratio")
 
   # b. One model's data file changed and committed.
   k=$(( n / 2 ))
@@ -178,9 +187,9 @@ for n in "${sizes[@]}"; do
   "$bin" plan --repo "$repo" --state-dir "$state" --no-fetch --format json >"$dir/plan-changed.json" || die "capstan plan failed"
   trained=$(jq -r '[.changes[] | select(.action == "train") | .name] | join(",")' "$dir/plan-changed.json")
   [ "$trained" = "m$k" ] || die "after changing data/m$k.csv the plan trains '$trained', expected exactly m$k"
-  measure "$runs" 2 "$dir" "$bin" plan --repo "$repo" --state-dir "$state" --no-fetch --detailed-exitcode
+  measure "$runs" 2 "$dir" "$bin" plan --repo "$repo" --state-dir "$state" --no-fetch --detailed-exitcode --no-cache
   c_median=$median c_peak=$peak
-  echo "capstan plan, data/m$k.csv changed: median $c_median s, peak $c_peak MiB ($(tail -1 "$work/out"))"
+  echo "capstan plan --no-cache, data/m$k.csv changed: median $c_median s, peak $c_peak MiB ($(tail -1 "$work/out"))"
   d_median="" d_peak="" ratio=""
   if [ -n "$dvc" ]; then
     printf '%s,%s\n' "$k" 7 >>"$dwork/data/m$k.csv"
@@ -203,14 +212,14 @@ for n in "${sizes[@]}"; do
     ratio=$(awk -v d="$d_median" -v c="$c_median" 'BEGIN { printf "%.0f×", d / c }')
     echo "dvc status, data/m$k.csv changed: median $d_median s, peak $d_peak MiB (reports stage m$k); dvc/capstan $ratio"
   fi
-  rows+=("$n|one data file changed|$c_median|$c_peak|$d_median|$d_peak|$ratio")
+  rows+=("$n|one data file changed (--no-cache)|$c_median|$c_peak|$d_median|$d_peak|$ratio")
 done
 
 echo
-printf '%-7s %-34s %13s %9s %12s %9s %7s\n' models case "capstan" "peak MiB" "dvc status" "peak MiB" ratio
+printf '%-7s %-46s %13s %9s %12s %9s %7s\n' models case "capstan" "peak MiB" "dvc status" "peak MiB" ratio
 for row in "${rows[@]}"; do
   IFS='|' read -r n case cs cm ds dm ratio <<<"$row"
-  printf '%-7s %-34s %11s s %9s %12s %9s %7s\n' "$n" "$case" "$cs" "$cm" "${ds:+$ds s}" "$dm" "$ratio"
+  printf '%-7s %-46s %11s s %9s %12s %9s %7s\n' "$n" "$case" "$cs" "$cm" "${ds:+$ds s}" "$dm" "$ratio"
 done
 echo
 echo "capstan = capstan plan --repo R --state-dir S --no-fetch --detailed-exitcode (text output; median of $runs);"

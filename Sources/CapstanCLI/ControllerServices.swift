@@ -172,6 +172,7 @@ enum NotificationMapping {
                 n.model = model
                 n.version = number
                 n.commit = event.commit
+                if !validated { n.set(ReconcileFailure.Class.terminal, .gateFailed) }
                 out.append(n)
             case (.alias(let model, let alias), .moveAlias):
                 let to = event.after.flatMap(Self.int)
@@ -194,6 +195,7 @@ enum NotificationMapping {
                     n.model = detail.model
                     n.version = detail.to
                 }
+                if event.action == .rollback { n.set(ReconcileFailure.Class.terminal, .rolledBack) }
                 out.append(n)
             default:
                 continue
@@ -212,5 +214,13 @@ enum NotificationMapping {
     static func int(_ value: ParamValue) -> Int? {
         if case .int(let i) = value { return Int(i) }
         return nil
+    }
+}
+
+extension NotificationEvent {
+    /// The failure's class and reason, as every failure notification carries them.
+    mutating func set(_ failureClass: ReconcileFailure.Class, _ reason: FailureReason) {
+        self.failureClass = failureClass.name
+        self.reason = reason.rawValue
     }
 }

@@ -35,14 +35,22 @@ struct PlanCommand: AsyncParsableCommand {
     @Flag(name: .customLong("no-color"), help: "No colour (also NO_COLOR).")
     var noColor = false
 
+    @Flag(name: .customLong("no-cache"), help: "Plan from scratch: neither read nor write the plan cache in the state directory.")
+    var noCache = false
+
     func run() async throws {
         let plan: Plan
         do {
             let store = try Wiring.store(repository.stateDirectory)
             let reconciler = Reconciler(ports: try Wiring.ports(repository, store: store, actor: "capstan plan"))
-            let report = try await reconciler.plan(at: repository.ref, options: PlanOptions(retryFailed: retryFailed),
-                                                   fetch: !repository.noFetch, events: Wiring.printNote)
-            plan = report.plan
+            let options = PlanOptions(retryFailed: retryFailed)
+            if noCache {
+                plan = try await reconciler.plan(at: repository.ref, options: options, fetch: !repository.noFetch,
+                                                 events: Wiring.printNote).plan
+            } else {
+                plan = try await reconciler.cachedPlan(at: repository.ref, cache: Wiring.planCache(repository.stateDirectory, store: store),
+                                                       options: options, fetch: !repository.noFetch, events: Wiring.printNote).plan
+            }
             if let out { try SavedPlan.write(plan, to: out) }
         } catch {
             throw Self.fail(Wiring.failure(error))

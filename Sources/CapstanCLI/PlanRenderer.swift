@@ -31,11 +31,15 @@ struct PlanRenderer {
 
     /// `Plan: 1 to register, …; 1 waiting, 0 blocked.` or `No changes. The registry matches …`.
     var summary: String {
-        let waiting = plan.count(.wait), blocked = plan.count(.blocked), orphaned = plan.count(.orphaned)
+        let waiting = plan.count(.wait), blocked = plan.count(.blocked)
         var notChanging = "\(waiting) waiting, \(blocked) blocked"
-        if orphaned > 0 { notChanging += ", \(orphaned) orphaned" }
+        // Counted only when there are some.
+        let others = [(plan.count(.orphaned), "orphaned", "orphaned"), (plan.count(.drift), "drift alert", "drift alerts"),
+                      (plan.count(.servingUnavailable), "serving unavailable", "serving unavailable")]
+        for (n, one, many) in others where n > 0 { notChanging += ", \(n) \(n == 1 ? one : many)" }
         guard plan.hasChanges else {
-            return "No changes. The registry matches \(shortCommit)." + (waiting + blocked + orphaned > 0 ? " \(notChanging)." : "")
+            let reported = waiting + blocked + others.reduce(0) { $0 + $1.0 }
+            return "No changes. The registry matches \(shortCommit)." + (reported > 0 ? " \(notChanging)." : "")
         }
         let moves = plan.count(.moveAlias)
         let deployments = plan.changes.count { $0.kind == .deployment }
@@ -436,7 +440,12 @@ extension PlanRenderer {
         let verb = e.action.rawValue.replacingOccurrences(of: "-", with: " ")
         let versions: String
         switch (d.from, d.to) {
+        // A rollback sends the traffic back: from the version rolled back to the stable one.
+        case (let f?, let t?) where f != t && e.action == .rollback: versions = "v\(t) → v\(f)"
         case (let f?, let t?) where f != t: versions = "v\(f) → v\(t)"
+        // A rollout to the version a train of the same plan produces (no number yet).
+        case (let f?, nil) where e.action == .startRollout: versions = "v\(f) → the version this plan trains"
+        case (nil, nil) where e.action == .createEndpoint: versions = "the version this plan trains"
         case (_, let t?): versions = "v\(t)"
         case (let f?, nil): versions = "v\(f)"
         default: versions = ""

@@ -37,6 +37,22 @@ enum Wiring {
             serving: servingTarget, workFolder: options.stateDirectory, actor: actor, host: StateLock.localHostName())
     }
 
+    /// The persistent plan cache of one-shot `capstan plan` runs, in the state folder; keyed to
+    /// this build of Capstan (its version and the executable file itself).
+    static func planCache(_ stateDirectory: String, store: SQLiteStateStore) -> PlanCache {
+        let registry = store.registry
+        return PlanCache(store: PlanCacheFile(stateDirectory: stateDirectory), build: buildIdentity,
+                         registryGeneration: { try await registry.generation() })
+    }
+
+    /// `capstan <version> <inode>:<size>:<mtime>` of the running executable: a rebuilt binary is
+    /// another build even when the version string stays the same.
+    static let buildIdentity: String = {
+        var info = stat()
+        guard stat("/proc/self/exe", &info) == 0 else { return "capstan \(CapstanMain.version) unknown-executable-\(getpid())" }
+        return "capstan \(CapstanMain.version) \(info.st_ino):\(info.st_size):\(info.st_mtim.tv_sec).\(info.st_mtim.tv_nsec)"
+    }()
+
     /// The configured serving layer (`spec.serving.local.admin` of capstan.yaml), reached through
     /// its admin API; the token, when `tokenEnv` names one, is read from the environment.
     @Sendable static func servingTarget(_ config: ConfigSpec) -> ServingConnection? {

@@ -61,7 +61,7 @@ struct ValidateCommand: AsyncParsableCommand {
         } catch {
             throw Self.fail(CommandFailure(message: "\(error)"))
         }
-        if result.fileCount == 0 {
+        if result.fileCount == 0 && result.diagnostics.isEmpty {
             // Nothing to check is almost always a wrong path: fail rather than pass silently.
             throw Self.fail(CommandFailure(message: "no manifest files found in '\(path)' (looked for capstan.yaml, *.yaml and *.yml); give the repository root"))
         }
@@ -76,7 +76,7 @@ struct ValidateCommand: AsyncParsableCommand {
         } catch let failure as CommandFailure {
             throw Self.fail(failure)
         }
-        if state.result.fileCount == 0 {
+        if state.result.fileCount == 0 && state.result.diagnostics.isEmpty {
             throw Self.fail(CommandFailure(message: "\(state.opened.location) @ \(state.revision.ref) (\(state.revision.commit.short)) holds no manifest files (capstan.yaml, *.yaml, *.yml)"))
         }
         let subject = "\(state.opened.location) @ \(state.revision.ref) (commit \(state.revision.commit.short))"

@@ -253,7 +253,11 @@ public final class Controller: Sendable {
                 return state.sourceError != nil
             }
             if recovered { logger.notice("the source is reachable again") }
-            for note in revision.notes where note.kind == .warning { logWarningOnce(note.message) }
+            for note in revision.notes {
+                // A force-push or a mirror cloned again is news once; a warning (credentials over
+                // plain http) repeats on every fetch and is logged once.
+                if note.kind == .warning { logWarningOnce(note.message) } else { logger.notice("\(note.message)") }
+            }
             return revision.commit
         } catch {
             let failure = ReconcileFailure.of(error)
@@ -297,8 +301,14 @@ public final class Controller: Sendable {
             }
         } catch {
             let failure = ReconcileFailure.of(error)
-            log.warning("the state is locked; trying again on the next tick", metadata: ["error": "\(failure.message)"])
-            return (false, "retry: \(why) (the state was locked)", nil)
+            if failure.reason == .locked {
+                log.warning("the state is locked; trying again on the next tick", metadata: ["error": "\(failure.message)"])
+                return (false, "retry: \(why) (the state was locked)", nil)
+            }
+            // Not a busy lock: the state store itself failed (damaged, unavailable).
+            log.error("cannot take the state lock", metadata: ["reason": "\(failure.reason.rawValue)", "class": "\(failure.failureClass.name)",
+                                                             "error": "\(failure.message)"])
+            return (false, failure.failureClass == .transient ? "retry: \(why) (\(failure.reason.rawValue))" : nil, nil)
         }
         log.info("pass started")
         let observer = self.observer

@@ -32,8 +32,14 @@ struct DeploymentPhase: Sendable {
 
     /// Each Deployment with the version it should serve now.
     static func desired(_ manifests: ManifestSet, registry: RegistrySnapshot) -> [DesiredDeployment] {
+        desired(manifests, projection: RegistryProjection(registry: registry))
+    }
+
+    /// Each Deployment with the version it will serve once the model entries of a plan have run
+    /// (`capstan plan`; `apply` runs them, then resolves against the registry they left).
+    static func desired(_ manifests: ManifestSet, projection: RegistryProjection) -> [DesiredDeployment] {
         manifests.deployments.map { d in
-            DesiredDeployment.resolve(d, registry: registry,
+            DesiredDeployment.resolve(d, projection: projection,
                                       specHash: specHash(d, serve: manifests.model(named: d.spec.model)?.spec.serve))
         }
     }
@@ -244,24 +250,38 @@ struct DeploymentPhase: Sendable {
         let fm = FileManager.default
         if !fm.fileExists(atPath: tree) {
             let materialized = try await context.source.materialize(commit: commit)
-            let staging = folder + ".partial-\(getpid())"
-            try? fm.removeItem(atPath: staging)
-            try WorkFiles.makeFolder(staging)
             let paths = StepWorkspace.paths(workdir: workdir, inputs: [])
-            if paths == [""] {
-                try fm.copyItem(atPath: materialized, toPath: staging + "/tree")
-            } else {
-                for path in paths {
-                    let to = staging + "/tree/" + path
-                    try fm.createDirectory(atPath: (to as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
-                    try fm.copyItem(atPath: materialized + "/" + path, toPath: to)
+            for path in paths where !path.isEmpty {
+                var info = stat()
+                guard lstat(materialized + "/" + path, &info) == 0 else {
+                    // Only a spec change helps: the version's own commit has no such folder.
+                    throw ReconcileFailure(.stalled, .notServable,
+                                           "\(model) v\(version): serve.workdir '\(path)' does not exist at its commit \(commit.prefix(12)); serve.workdir must name a folder of the commit the version was trained at (fix spec.serve.workdir, or pin a version trained after the folder was added)")
                 }
             }
-            try WorkFiles.makeFolder((folder as NSString).deletingLastPathComponent)
+            let staging = folder + ".partial-\(getpid())"
+            try? fm.removeItem(atPath: staging)
+            do {
+                try WorkFiles.makeFolder(staging)
+                if paths == [""] {
+                    try fm.copyItem(atPath: materialized, toPath: staging + "/tree")
+                } else {
+                    for path in paths {
+                        let to = staging + "/tree/" + path
+                        try fm.createDirectory(atPath: (to as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
+                        try fm.copyItem(atPath: materialized + "/" + path, toPath: to)
+                    }
+                }
+                try WorkFiles.makeFolder((folder as NSString).deletingLastPathComponent)
+            } catch {
+                try? fm.removeItem(atPath: staging)
+                throw error
+            }
             if rename(staging, folder) != 0 {
+                let code = errno
                 // Another pass made it meanwhile: use theirs.
                 try? fm.removeItem(atPath: staging)
-                guard fm.fileExists(atPath: tree) else { throw SystemError("create the serving folder", path: folder, errno: errno) }
+                guard fm.fileExists(atPath: tree) else { throw SystemError("create the serving folder", path: folder, errno: code) }
             }
         }
         return workdir == "." ? tree : tree + "/" + workdir

@@ -22,6 +22,8 @@ public final class LeaseKeeper: Sendable {
         var lost: ReconcileFailure?
         var onLost: (@Sendable (ReconcileFailure) -> Void)?
         var task: Task<Void, Never>?
+        /// Set by `release`: a check still in flight then finds the lease gone, which is not a loss.
+        var released = false
     }
 
     private let state = Mutex(State())
@@ -88,13 +90,19 @@ public final class LeaseKeeper: Sendable {
 
     /// Stops renewing and lets go of the lease (unless it was lost: then it is someone else's).
     public func release() async {
-        state.withLock { $0.task }?.cancel()
+        let (task, lost) = state.withLock { state in
+            state.released = true
+            return (state.task, state.lost)
+        }
+        task?.cancel()
+        // The loop's last check must not run after the row is gone (it would read as a loss).
+        await task?.value
         if lost == nil { try? await store.releaseLease(fence) }
     }
 
     private func lose(_ failure: ReconcileFailure) {
         let handler = state.withLock { state -> (@Sendable (ReconcileFailure) -> Void)? in
-            guard state.lost == nil else { return nil }
+            guard state.lost == nil, !state.released else { return nil }
             state.lost = failure
             return state.onLost
         }

@@ -1,5 +1,6 @@
 import CapstanCore
 import CapstanManifests
+import CapstanSystem
 import Foundation
 import Synchronization
 
@@ -40,6 +41,8 @@ public final class Reconciler: Sendable {
     struct Planned: Sendable {
         var desired: DesiredState
         var generation: Int64
+        /// The versions in use it was planned with (retention keeps them; no generation covers them).
+        var serving: [VersionInUse]
         var options: PlanOptions
         var plan: Plan
     }
@@ -76,17 +79,28 @@ public final class Reconciler: Sendable {
     /// otherwise (a source that cannot be read, inputs that cannot be identified).
     public func plan(at ref: String?, options: PlanOptions = PlanOptions(), fetch: Bool = true,
                      events: @escaping @Sendable (PassEvent) -> Void = { _ in }) async throws -> PlanReport {
+        try await plan(at: ref, options: options, fetch: fetch, resolved: nil, events: events)
+    }
+
+    /// `plan(at:)`, from `resolved` when the caller has resolved `ref` already.
+    func plan(at ref: String?, options: PlanOptions, fetch: Bool, resolved: SourceRevision?,
+              events: @escaping @Sendable (PassEvent) -> Void) async throws -> PlanReport {
         let context = EngineContext(ports, store: ports.store, registry: ports.registry, events: events)
         var options = options
         // A version `training` while another pass holds the lock is being trained, not interrupted.
         if options.applyInProgress == nil, let running = try? await runningPass() { options.applyInProgress = running }
-        var prepared = try await prepare(context, ref: ref, fetch: fetch)
+        var prepared = try await prepare(context, ref: ref, fetch: fetch, resolved: resolved)
         var plan = try await modelPlan(&prepared, context, options: options)
-        let deployments = DeploymentPhase.desired(prepared.load.manifests, registry: prepared.actual.registry)
+        // `apply` plans the Deployments after the model entries ran: this plan shows them against
+        // the registry as those entries will leave it.
+        let deployments = DeploymentPhase.desired(prepared.load.manifests,
+                                                  projection: RegistryProjection.after(plan, from: prepared.actual.registry))
         // Observed even without Deployments in Git when Capstan set endpoints before: those left
         // behind are orphans. A repository that never deployed does not reach out.
         let deployedBefore = !(try await context.store.servingRecords().applied.isEmpty)
+        var observedServing = false
         if !deployments.isEmpty || deployedBefore, let serving = ports.serving(prepared.load.manifests.configSpec) {
+            observedServing = true
             let phase = DeploymentPhase(context: context, serving: serving.target, commit: prepared.revision.commit)
             let observed = await Result { try await phase.observe(record: false) }
             await serving.close()
@@ -94,13 +108,19 @@ public final class Reconciler: Sendable {
                                                    now: context.now())
         }
         return PlanReport(revision: prepared.revision, load: prepared.load, desired: prepared.desired, actual: prepared.actual,
-                          plan: plan)
+                          plan: plan, observedServing: observedServing)
     }
 
-    /// Who runs a pass now (a live lease), for messages; nil when nobody does.
+    /// Who runs a pass now (a live lease), for messages; nil when nobody does. A lease of this
+    /// host whose process is gone (killed: its lease not yet expired) runs nothing.
     func runningPass() async throws -> String? {
         let now = ports.now()
-        guard let lease = try await ports.store.leases().first(where: { !$0.isExpired(at: now) }) else { return nil }
+        let host = ports.host
+        guard let lease = try await ports.store.leases().first(where: { lease in
+            guard !lease.isExpired(at: now) else { return false }
+            if lease.host == host, case .gone = LocalProcess.liveness(pid: lease.pid, startTime: lease.processStart) { return false }
+            return true
+        }) else { return nil }
         return "pid \(lease.pid) on \(lease.host), running '\(lease.command)'"
     }
 
@@ -116,9 +136,10 @@ public final class Reconciler: Sendable {
 
     /// Reads the manifests at `ref`, refuses a commit with errors (nothing is planned from an
     /// invalid commit), resolves the training inputs and fingerprints, and reads the registry.
-    func prepare(_ context: EngineContext, ref: String?, fetch: Bool) async throws -> Prepared {
+    func prepare(_ context: EngineContext, ref: String?, fetch: Bool, resolved: SourceRevision? = nil) async throws -> Prepared {
         let source = ports.source
-        var revision = try await source.resolve(ref, fetch: fetch)
+        var revision: SourceRevision
+        if let resolved { revision = resolved } else { revision = try await source.resolve(ref, fetch: fetch) }
         var load: LoadResult
         do {
             load = try await self.load(revision)
@@ -138,7 +159,9 @@ public final class Reconciler: Sendable {
         for note in revision.notes {
             context.events(note.kind == .warning ? .warning(note.message) : .note(note.message))
         }
-        if load.fileCount == 0 {
+        // (With errors, those are reported instead; a warning alone, such as a submodule, still
+        // leaves nothing to plan from.)
+        if load.fileCount == 0 && !load.diagnostics.hasErrors {
             throw ReconcileFailure(.stalled, .noManifests,
                                    "\(source.displayName) @ \(revision.ref) (\(revision.shortCommit)) holds no manifest files (capstan.yaml, *.yaml, *.yml); nothing to plan")
         }
@@ -160,9 +183,10 @@ public final class Reconciler: Sendable {
             throw failure
         }
         let desired = DesiredState(repository: source.displayName, ref: revision.ref, commit: revision.commit, models: models,
-                                   policy: load.manifests.configSpec.policy)
+                                   deployments: load.manifests.deployments, policy: load.manifests.configSpec.policy)
         let registry = try await registrySnapshot(context.registry)
-        return Prepared(revision: revision, load: load, desired: desired, actual: ActualState(registry: registry.snapshot),
+        return Prepared(revision: revision, load: load, desired: desired,
+                        actual: ActualState(registry: registry.snapshot, serving: try await Self.versionsInUse(context, desired)),
                         generation: registry.generation)
     }
 
@@ -175,13 +199,14 @@ public final class Reconciler: Sendable {
     }
 
     /// The last plan made, when it is what planning again would give: the same desired state
-    /// (commit and models), the same registry generation and options, and no backoff it waits
-    /// for has ended since (the only part of a plan that moves with the clock). Its creation
-    /// time is `now`.
+    /// (commit and models), the same registry generation, versions in use and options, and no
+    /// backoff it waits for has ended since (the only part of a plan that moves with the clock).
+    /// Its creation time is `now`.
     func reusablePlan(_ prepared: Prepared, options: PlanOptions, now: Int64) -> Plan? {
         guard let generation = prepared.generation,
               var plan = lastPlanned.withLock({ kept -> Plan? in
-                  guard let kept, kept.generation == generation, kept.options == options, kept.desired == prepared.desired else { return nil }
+                  guard let kept, kept.generation == generation, kept.options == options, kept.desired == prepared.desired,
+                        kept.serving == prepared.actual.serving else { return nil }
                   return kept.plan
               }) else { return nil }
         for entry in plan.entries where entry.action == .wait {
@@ -190,6 +215,14 @@ public final class Reconciler: Sendable {
         plan.createdAt = now
         return plan
     }
+
+    /// The versions Capstan's serving records show in use (which retention keeps), for the
+    /// Deployments of `desired`.
+    static func versionsInUse(_ context: EngineContext, _ desired: DesiredState) async throws -> [VersionInUse] {
+        let models = Dictionary(desired.deployments.map { ($0.metadata.name, $0.spec.model) }, uniquingKeysWith: { a, _ in a })
+        return try await context.store.servingRecords().versionsInUse(models: models)
+    }
+
 
     func load(_ revision: SourceRevision) async throws -> LoadResult {
         let manifests = try await ports.source.manifests(at: revision)
@@ -218,7 +251,8 @@ public final class Reconciler: Sendable {
         }
         if fetched { plan = Planner.plan(desired: prepared.desired, actual: prepared.actual, now: now, options: options) }
         if let generation = prepared.generation {
-            lastPlanned.withLock { $0 = Planned(desired: prepared.desired, generation: generation, options: options, plan: plan) }
+            lastPlanned.withLock { $0 = Planned(desired: prepared.desired, generation: generation, serving: prepared.actual.serving,
+                                                options: options, plan: plan) }
         }
         return plan
     }
@@ -284,7 +318,8 @@ public final class Reconciler: Sendable {
         } catch {
             var finish = StateChanges("record the end of pass \(passID)")
             let failure = Failures.classify(error)
-            finish.finishPass(passID, commit: commit, outcome: .failed, summary: failure.message)
+            finish.finishPass(passID, commit: commit, outcome: failure.reason == .interrupted ? .interrupted : .failed,
+                              summary: failure.message)
             try? await store.commit(finish)
             throw error
         }
@@ -315,10 +350,11 @@ public final class Reconciler: Sendable {
                                 createdAt: plan.createdAt, entries: plan.entries.filter { $0.kind == .model })
         var outcomes = await Executor(context: context).execute(modelEntries, desired: desired)
         /// The plan again against `actual`: only the models that changed since `prepared` when the
-        /// plan made then is at hand (`residualIfUnchanged`), otherwise all of them.
+        /// plan made then is at hand (`residualIfUnchanged`) and the versions in use are the same,
+        /// otherwise all of them.
         func planAgain(_ actual: ActualState) -> Plan {
             let now = context.now()
-            guard let base = residualIfUnchanged,
+            guard let base = residualIfUnchanged, actual.serving == prepared.actual.serving,
                   var models = Self.changedModels(from: prepared.actual.registry, to: actual.registry) else {
                 return Planner.plan(desired: desired, actual: actual, now: now, options: PlanOptions())
             }
@@ -328,7 +364,8 @@ public final class Reconciler: Sendable {
             return Planner.replan(base, models: models, desired: desired, actual: actual, now: now)
         }
         var read = try await registrySnapshot(context.registry)
-        var afterModels = ActualState(registry: read.snapshot)
+        // The model entries do not change what serves: the versions in use are those read for the plan.
+        var afterModels = ActualState(registry: read.snapshot, serving: prepared.actual.serving)
         /// Nothing the pass did (or anyone else did meanwhile) changed the registry.
         var registryUnchanged: Bool { read.generation != nil && read.generation == prepared.generation }
         // What the first round made possible (archiving a version an alias just left, a `latest`
@@ -336,9 +373,16 @@ public final class Reconciler: Sendable {
         // right after has nothing to do. Only bookkeeping entries; never a training.
         var followUps: [PlanEntry] = []
         let bookkeeping: Set<PlanAction> = [.moveAlias, .deleteAlias, .archiveVersions, .updateModel]
-        for round in 1...2 where !outcomes.values.contains(where: \.isFailure) && !registryUnchanged {
+        // A model with a failed entry gets no follow-ups (its failure is for the next pass to
+        // look at); the others do.
+        var failedModels = Set<String>()
+        for entry in modelEntries.entries where outcomes[entry.id]?.isFailure == true { failedModels.insert(entry.name) }
+        for round in 1...2 where !registryUnchanged {
             let next = planAgain(afterModels)
-            let entries = next.entries.filter { bookkeeping.contains($0.action) && $0.dependsOn.allSatisfy { id in next.entries.first { $0.id == id } == nil } }
+            let entries = next.entries.filter { entry in
+                bookkeeping.contains(entry.action) && !failedModels.contains(entry.name)
+                    && entry.dependsOn.allSatisfy { id in next.entries.first { $0.id == id } == nil }
+            }
             if entries.isEmpty { break }
             let renamed = entries.map { e -> PlanEntry in
                 var e = e
@@ -348,9 +392,11 @@ public final class Reconciler: Sendable {
             followUps += renamed
             let round = Plan(repository: plan.repository, ref: plan.ref, commit: plan.commit, actualDigest: next.actualDigest,
                              createdAt: next.createdAt, entries: renamed)
-            outcomes.merge(await Executor(context: context).execute(round, desired: desired)) { a, _ in a }
+            let roundOutcomes = await Executor(context: context).execute(round, desired: desired)
+            for entry in renamed where roundOutcomes[entry.id]?.isFailure == true { failedModels.insert(entry.name) }
+            outcomes.merge(roundOutcomes) { a, _ in a }
             read = try await registrySnapshot(context.registry)
-            afterModels = ActualState(registry: read.snapshot)
+            afterModels = ActualState(registry: read.snapshot, serving: prepared.actual.serving)
         }
 
         // A pass stopped (a signal, a lost lease) changes nothing in the serving layer.
@@ -379,19 +425,27 @@ public final class Reconciler: Sendable {
         }
 
         read = try await registrySnapshot(context.registry)
-        let actual = ActualState(registry: read.snapshot)
+        // The deployment phase may have changed what serves: read again.
+        let actual = ActualState(registry: read.snapshot, serving: try await Self.versionsInUse(context, desired))
+        let servingUnchanged = actual.serving == prepared.actual.serving
         // `--retry-failed` applies to this pass only: what is left is judged by the backoff.
-        let residual = (registryUnchanged ? residualIfUnchanged : nil) ?? planAgain(actual)
+        let residual = (registryUnchanged && servingUnchanged ? residualIfUnchanged : nil) ?? planAgain(actual)
+        // What failed in this pass, by model: a failure the registry keeps no trace of (a missing
+        // secret, a full disk) still shows in the model's condition.
+        var failed: [String: ReconcileFailure] = [:]
+        for entry in plan.entries + followUps where entry.kind == .model {
+            if failed[entry.name] == nil, let failure = outcomes[entry.id]?.failure { failed[entry.name] = failure }
+        }
         // The model conditions of the same commit, registry and residual are those of the last
-        // pass: taken as they are.
-        let basis = read.generation.map { (commit: desired.commit, generation: $0, plan: residual) }
+        // pass, when neither pass failed: taken as they are.
+        let basis = failed.isEmpty ? read.generation.map { (commit: desired.commit, generation: $0, plan: residual) } : nil
         let kept = conditionCache.withLock { kept -> [ObjectCondition]? in
             guard let kept, kept.passID == passID, let was = kept.basis, let basis, was.commit == basis.commit,
                   was.generation == basis.generation, was.plan.entries == basis.plan.entries else { return nil }
             return desired.models.compactMap { kept.conditions[.model($0.name)] }
         }
         let models = kept.flatMap { $0.count == desired.models.count ? $0 : nil }
-            ?? Conditions.models(desired: desired, residual: residual, registry: actual.registry, now: context.now())
+            ?? Conditions.models(desired: desired, residual: residual, registry: actual.registry, now: context.now(), failed: failed)
         conditions = models + conditions
         try await recordConditions(conditions, passID: passID, basis: basis, context)
         return PassReport(passID: 0, revision: prepared.revision, plan: plan, followUps: followUps,

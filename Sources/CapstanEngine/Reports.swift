@@ -11,6 +11,8 @@ public struct PlanReport: Sendable {
     public var desired: DesiredState
     public var actual: ActualState
     public var plan: Plan
+    /// Whether the serving layer was asked (deployments in Git, or endpoints Capstan set before).
+    public var observedServing: Bool = false
 
     /// The manifests' warnings (a commit with errors is never planned: `InvalidDesiredState`).
     public var warnings: [Diagnostic] { load.diagnostics.filter { $0.severity == .warning } }
@@ -216,10 +218,18 @@ public struct PassReport: Sendable {
             return "rollout in progress"
         }
         if conditions.contains(where: { $0.object.kind == .deployment && $0.type == .progressing }) { return "deployment starting" }
-        if failures.contains(where: { $0.failure.failureClass == .transient }) { return "retry after a transient failure" }
+        if failures.contains(where: { $0.failure.failureClass == .transient && !Self.retriedAtResync.contains($0.failure.reason) }) {
+            return "retry after a transient failure"
+        }
         if residual.contains(where: { $0.action == .servingUnavailable }) { return "the serving layer was unavailable" }
         return nil
     }
+
+    /// Transient failures of a step itself (it said "not now" with exit 75, the out-of-memory
+    /// killer stopped it, the disk filled up): retried on the next pass that comes anyway (a
+    /// commit, a nudge, the resync), not on the short tick, so that a training that fails so
+    /// every time does not run again every few seconds.
+    static let retriedAtResync: Set<FailureReason> = [.trainingTemporaryFailure, .diskFull]
 
     /// One line for people (and the pass record): what happened, what is left.
     public var summary: String {

@@ -361,25 +361,30 @@ struct Training {
         }
     }
 
-    /// A failure of the machine rather than of the training (the disk is full: the output could
-    /// not be stored, the step's folder not written) is not held against the version: it is not
-    /// marked failed and gets no backoff. It stays `training`, its journal entry is closed as
-    /// interrupted, and the next pass trains it again. Nil for any other error. A lost lease is
-    /// rethrown: the pass is stopping and must write nothing more.
+    /// A failure of the machine rather than of the training is not held against the version: it
+    /// is not marked failed and gets no backoff. It stays `training` (or `trained`, when only
+    /// recording the end failed), its journal entry is closed as interrupted, and the next pass
+    /// carries on. Machine failures: a full disk; the source, the state store or the materializer
+    /// failing transiently (classified so by their adapters); the state folder refusing a write
+    /// (`SystemError`). Nil for any other error (the step's outputs, metrics, secrets: the
+    /// training's). A lost lease is rethrown: the pass is stopping and must write nothing more.
     func deferIfTransient(_ error: any Error, _ number: Int, _ journalID: Int64, workspace: StepWorkspace,
                           scrubber: SecretScrubber) async throws -> EntryOutcome? {
         let failure = Failures.classify(error, scrubbing: scrubber)
         if failure.reason == .leaseLost { throw error }
-        guard failure.reason == .diskFull || WorkFiles.isDiskFull(error) else { return nil }
+        let diskFull = failure.reason == .diskFull || WorkFiles.isDiskFull(error)
+        let machine = diskFull || error is SystemError
+            || (error is any ClassifiedError && failure.failureClass == .transient)
+        guard machine else { return nil }
         // Space first: the step's folder is what filled the disk, most often.
         workspace.clean()
-        let message = "disk full: \(failure.message)"
+        let message = diskFull ? "disk full: \(failure.message)" : failure.message
         var changes = StateChanges("close journal entry \(journalID)")
         changes.failJournal(journalID, JournalClosing(interrupted: true, error: message))
         changes.record(context.event(.version(model: name, number: number), .interrupted, commit: plan.commit,
                                      reason: "\(message); v\(number) is not marked failed, and the next pass trains it again"))
         try? await context.commit(changes)
-        return .failed(ReconcileFailure(.transient, .diskFull,
+        return .failed(ReconcileFailure(.transient, diskFull ? .diskFull : failure.reason,
                                         "v\(number): \(message). v\(number) is not marked failed; the next pass trains it again"))
     }
 

@@ -3,56 +3,150 @@ import Foundation
 
 /// The manifests of one commit, read straight from the object database: no working tree is
 /// written. File identity is the blob id, so a parse cache keyed by it re-parses only what changed.
+///
+/// Symlinks are resolved inside the commit's tree exactly as `DirectoryManifestSource` resolves
+/// them on disk (`LinkResolver`): one that stays inside is followed (its file offered under its
+/// real path, once); one that is absolute, climbs out, leads into a hidden path, dangles or loops
+/// is refused, whatever its name. Submodules and names that are not printable UTF-8 are refused
+/// too, so a commit and its checkout give the same diagnostics.
 public struct GitManifestSource: ManifestSource {
     public let repository: GitRepository
     public let revision: ResolvedRevision
     public let displayName: String
-    /// Every path of the commit's tree → what it is.
-    let index: [String: (kind: EntryKind, id: ObjectID)]
+    /// The commit's tree, walked in pre-order: the entries below a folder follow it, contiguously.
+    let entries: [TreeEntry]
+    /// Every path of the tree → its position in `entries`.
+    let index: [String: Int]
 
     /// Reads the commit's whole tree once (paths and ids only; blobs are read on demand).
     public init(repository: GitRepository, revision: ResolvedRevision, repositoryName: String) async throws {
         self.repository = repository
         self.revision = revision
         self.displayName = "\(repositoryName) @ \(revision.commit.short)"
-        var index: [String: (kind: EntryKind, id: ObjectID)] = [:]
-        for entry in try await repository.walk(revision.tree) {
-            index[entry.path] = (entry.kind, entry.id)
-        }
+        let entries = try await repository.walk(revision.tree)
+        var index: [String: Int] = [:]
+        index.reserveCapacity(entries.count)
+        for (i, entry) in entries.enumerated() { index[entry.path] = i }
+        self.entries = entries
         self.index = index
     }
 
-    /// A source over an index already built (`GitSourceRepository` keeps the last trees' indexes).
+    /// A source over a walk already made (`GitSourceRepository` keeps the last trees' listings).
     init(repository: GitRepository, revision: ResolvedRevision, repositoryName: String,
-         index: [String: (kind: EntryKind, id: ObjectID)]) {
+         entries: [TreeEntry], index: [String: Int]) {
         self.repository = repository
         self.revision = revision
         self.displayName = "\(repositoryName) @ \(revision.commit.short)"
+        self.entries = entries
         self.index = index
+    }
+
+    private func entryAt(_ path: String) -> TreeEntry? {
+        index[path].map { entries[$0] }
     }
 
     /// The tree id: the same tree means the same desired state.
     public var snapshotIdentity: String? { revision.tree.hex }
 
     public func yamlFiles(under folder: String) async throws -> [ManifestFile] {
-        var out: [ManifestFile] = []
-        for (path, entry) in index where entry.kind == .blob || entry.kind == .executable {
-            guard path.hasSuffix(".yaml") || path.hasSuffix(".yml"), RepoPath.isInside(path, folder) else { continue }
-            let relative = folder.isEmpty ? path : String(path.dropFirst(folder.count + 1))
-            if relative.split(separator: "/").contains(where: { $0.hasPrefix(".") }) { continue }
-            // The size is read from the object header only when the file must be parsed.
-            out.append(ManifestFile(path: path, size: nil, identity: entry.id.hex))
+        let files = try await repository.withRepository { r -> [ManifestFile] in
+            var links = LinkTargets()
+            var listing = Listing()
+            switch resolve(folder, r, &links) {
+            case .found(let real, .directory):
+                list(real, r, &links, &listing)
+            case .found(_, .submodule):
+                listing.out.append(ManifestFile(refused: folder, .submodule))
+            case .refused(let refusal):
+                listing.out.append(ManifestFile(refused: folder, refusal))
+            case .found, .missing:
+                break
+            }
+            return listing.out
         }
-        return out.sorted { $0.path < $1.path }
+        var seen = Set<String>()
+        return files.filter { seen.insert($0.path).inserted }.sorted { $0.path < $1.path }
+    }
+
+    private struct Listing {
+        var out: [ManifestFile] = []
+        var folders = Set<String>()
+    }
+
+    /// The entries below the real folder `folder`, symlinks resolved, into `listing`.
+    private func list(_ folder: String, _ r: Repository, _ links: inout LinkTargets, _ listing: inout Listing) {
+        guard listing.folders.insert(folder).inserted else { return }
+        let prefix = folder.isEmpty ? "" : folder + "/"
+        var i = folder.isEmpty ? 0 : (index[folder] ?? entries.count) + 1
+        while i < entries.count, entries[i].path.utf8.starts(with: prefix.utf8) {
+            let entry = entries[i]
+            let path = entry.path
+            i += 1
+            let relative = path.utf8.dropFirst(prefix.utf8.count)
+            if relative.split(separator: UInt8(ascii: "/")).contains(where: { $0.first == UInt8(ascii: ".") }) { continue }
+            guard index[path] == i - 1 else { continue }  // a repaired name that collides with another
+            let name = path.split(separator: "/").last.map(String.init) ?? path
+            let yaml = Self.isYAML(name)
+            if let shown = entry.escapedPath {
+                // Below a refused name: not listed. The refused name itself: when it could hold manifests.
+                let parentShown = shown.split(separator: "/").dropLast()
+                let parent = path.split(separator: "/").dropLast()
+                guard parentShown.elementsEqual(parent) else { continue }
+                if entry.kind == .tree || entry.kind == .symlink || yaml {
+                    listing.out.append(ManifestFile(refused: shown, .unsafeName))
+                }
+                continue
+            }
+            switch entry.kind {
+            case .blob, .executable:
+                // The size is read from the object header only when the file must be parsed.
+                if yaml { listing.out.append(ManifestFile(path: path, size: nil, identity: entry.id.hex)) }
+            case .commit:
+                listing.out.append(ManifestFile(refused: path, .submodule))
+            case .tree:
+                continue  // its entries follow in this range
+            case .symlink:
+                switch resolve(path, r, &links) {
+                case .found(let real, _) where !SafeText.isPrintable(real):
+                    listing.out.append(ManifestFile(refused: path, .unsafeName))
+                case .found(let real, .file):
+                    if yaml, let target = entryAt(real) { listing.out.append(ManifestFile(path: real, size: nil, identity: target.id.hex)) }
+                case .found(let real, .directory):
+                    list(real, r, &links, &listing)
+                case .found(_, .submodule):
+                    listing.out.append(ManifestFile(refused: path, .submodule))
+                case .found(_, .special(let kind)):
+                    if yaml { listing.out.append(ManifestFile(refused: path, .notRegularFile(kind: kind))) }
+                case .refused(let refusal):
+                    listing.out.append(ManifestFile(refused: path, refusal))
+                case .found, .missing:
+                    listing.out.append(ManifestFile(refused: path, .symlinkBroken(target: "")))
+                }
+            }
+        }
+    }
+
+    static func isYAML(_ name: String) -> Bool {
+        name.count > 5 && (name.hasSuffix(".yaml") || name.hasSuffix(".yml"))
     }
 
     public func file(at path: String) async throws -> ManifestFile? {
-        guard let entry = index[path], entry.kind == .blob || entry.kind == .executable else { return nil }
-        return ManifestFile(path: path, size: nil, identity: entry.id.hex)
+        try await repository.withRepository { r -> ManifestFile? in
+            var links = LinkTargets()
+            switch resolve(path, r, &links) {
+            case .found(let real, .file):
+                guard SafeText.isPrintable(real), let entry = entryAt(real) else { return ManifestFile(refused: path, .unsafeName) }
+                return ManifestFile(path: real, size: nil, identity: entry.id.hex)
+            case .refused(let refusal):
+                return ManifestFile(refused: path, refusal)
+            case .found, .missing:
+                return nil
+            }
+        }
     }
 
     public func read(_ file: ManifestFile) async throws -> [UInt8] {
-        guard let id = ObjectID(hex: file.identity) else {
+        guard file.refusal == nil, let id = ObjectID(hex: file.identity) else {
             throw ManifestSourceError(source: displayName, path: file.path, message: "not a blob of this commit")
         }
         do {
@@ -69,11 +163,14 @@ public struct GitManifestSource: ManifestSource {
     }
 
     public func kinds(of paths: [String]) async throws -> [PathKind] {
-        paths.map(lookup)
+        try await repository.withRepository { r in
+            var links = LinkTargets()
+            return paths.map { resolve($0, r, &links, throughLinks: false).pathKind }
+        }
     }
 
     public func kind(of path: String) async throws -> PathKind {
-        lookup(path)
+        try await kinds(of: [path])[0]
     }
 
     /// Reads many blobs in one trip to the repository's queue, refusing any over `limit` bytes
@@ -82,7 +179,7 @@ public struct GitManifestSource: ManifestSource {
         let name = displayName
         return try await repository.withRepository { r in
             files.map { file -> ManifestRead in
-                guard let id = ObjectID(hex: file.identity) else {
+                guard file.refusal == nil, let id = ObjectID(hex: file.identity) else {
                     return .unreadable(ManifestSourceError(source: name, path: file.path, message: "not a blob of this commit"))
                 }
                 do {
@@ -97,13 +194,35 @@ public struct GitManifestSource: ManifestSource {
         }
     }
 
-    private func lookup(_ path: String) -> PathKind {
+    // MARK: Symlinks
+
+    /// Link texts read during one call (a link blob is read once).
+    private struct LinkTargets {
+        var texts: [ObjectID: String?] = [:]
+    }
+
+    private func resolve(_ path: String, _ r: Repository, _ links: inout LinkTargets, throughLinks: Bool = true) -> LinkResolver.Outcome {
+        LinkResolver.resolve(path, throughLinks: throughLinks) { node($0, r, &links) }
+    }
+
+    /// What the tree holds at `path`, without following it.
+    private func node(_ path: String, _ r: Repository, _ links: inout LinkTargets) -> LinkResolver.Node {
         if path.isEmpty { return .directory }
-        switch index[path]?.kind {
-        case .blob?, .executable?: return .file
-        case .tree?: return .directory
-        case nil: return .missing
-        case .symlink?, .commit?: return .other
+        guard let entry = entryAt(path) else { return .missing }
+        switch entry.kind {
+        case .blob, .executable: return .file
+        case .tree: return .directory
+        case .commit: return .submodule
+        case .symlink:
+            if let known = links.texts[entry.id] { return .symlink(target: known) }
+            let text: String?
+            if let size = try? r.blobSize(entry.id), size <= LinkResolver.maxTargetBytes, let bytes = try? r.blob(entry.id) {
+                text = String(validating: bytes, as: UTF8.self)
+            } else {
+                text = nil
+            }
+            links.texts[entry.id] = .some(text)
+            return .symlink(target: text)
         }
     }
 }

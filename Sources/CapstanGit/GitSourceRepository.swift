@@ -49,7 +49,9 @@ public actor GitSourceRepository: SourceRepository {
     private struct TreeListing {
         var tree: ObjectID
         var entries: [SourceTreeEntry]
-        var index: [String: (kind: EntryKind, id: ObjectID)]
+        /// The walk itself (pre-order) and every path's position in it, as `GitManifestSource` reads them.
+        var walked: [TreeEntry]
+        var index: [String: Int]
     }
 
     public init(source: GitSource) {
@@ -85,7 +87,7 @@ public actor GitSourceRepository: SourceRepository {
         let kept = try await repository(fetch: false)
         return GitManifestSource(repository: kept.repository,
                                  revision: ResolvedRevision(ref: revision.ref, commit: commit, tree: tree, summary: revision.summary),
-                                 repositoryName: displayName, index: listing.index)
+                                 repositoryName: displayName, entries: listing.walked, index: listing.index)
     }
 
     public func entries(of revision: SourceRevision) async throws -> [SourceTreeEntry] {
@@ -236,14 +238,14 @@ public actor GitSourceRepository: SourceRepository {
         try await requirePresent(tree, "tree", ref: ref)
         let walked = try await recovering(ref: ref) { try await $0.repository.walk(tree) }
         var entries: [SourceTreeEntry] = []
-        var index: [String: (kind: EntryKind, id: ObjectID)] = [:]
+        var index: [String: Int] = [:]
         entries.reserveCapacity(walked.count)
         index.reserveCapacity(walked.count)
-        for entry in walked {
+        for (i, entry) in walked.enumerated() {
             entries.append(SourceTreeEntry(path: entry.path, kind: Self.kind(entry.kind), id: entry.id.hex))
-            index[entry.path] = (entry.kind, entry.id)
+            index[entry.path] = i
         }
-        let listing = TreeListing(tree: tree, entries: entries, index: index)
+        let listing = TreeListing(tree: tree, entries: entries, walked: walked, index: index)
         listings.removeAll { $0.tree == tree }
         listings.append(listing)
         if listings.count > Self.keptListings { listings.removeFirst(listings.count - Self.keptListings) }

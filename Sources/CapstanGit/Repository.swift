@@ -1,3 +1,4 @@
+import CapstanCore
 import CCapstanGitStream
 import CLibGit2
 import Foundation
@@ -14,9 +15,13 @@ public enum EntryKind: Sendable, Equatable {
 
 /// One entry of a recursively walked tree.
 public struct TreeEntry: Sendable, Equatable {
+    /// The path; a name that is not UTF-8 is repaired (U+FFFD), so two such names may collide.
     public var path: String
     public var kind: EntryKind
     public var id: ObjectID
+    /// Set when a name on the path is not UTF-8 or not printable (`SafeText`): the path with
+    /// those names escaped (`bad\xFF.yaml`, `a\nb.yaml`), as diagnostics show it.
+    public var escapedPath: String? = nil
 }
 
 /// One path that differs between two trees.
@@ -221,13 +226,20 @@ final class Repository {
         var out: [TreeEntry] = []
         for i in 0..<git_tree_entrycount(t) {
             guard let entry = git_tree_entry_byindex(t, i) else { continue }
-            let name = String(cString: git_tree_entry_name(entry))
+            let raw = git_tree_entry_name(entry)!
+            let exact = String(validatingCString: raw)
+            let name = exact ?? String(cString: raw)
+            // A name that cannot be shown as it is keeps an escaped form for diagnostics.
+            let escaped: String? = exact.map { SafeText.isPrintable($0) } == true
+                ? nil : SafeText.escaped(bytes: UnsafeRawBufferPointer(start: raw, count: strlen(raw)))
             let kind = Repository.kind(git_tree_entry_filemode(entry))
             let id = ObjectID(git_tree_entry_id(entry)!)
-            out.append(TreeEntry(path: name, kind: kind, id: id))
+            out.append(TreeEntry(path: name, kind: kind, id: id, escapedPath: escaped))
             if kind == .tree {
                 for sub in try walk(id, cache: cache, visited: &visited) {
-                    out.append(TreeEntry(path: name + "/" + sub.path, kind: sub.kind, id: sub.id))
+                    let shown = escaped != nil || sub.escapedPath != nil
+                        ? (escaped ?? name) + "/" + (sub.escapedPath ?? sub.path) : nil
+                    out.append(TreeEntry(path: name + "/" + sub.path, kind: sub.kind, id: sub.id, escapedPath: shown))
                 }
             }
         }

@@ -125,8 +125,17 @@ public struct ManifestLoader: Sendable {
 
         // 1. capstan.yaml
         var configFile: ManifestFile?
+        // Paths reported as not read (a symlink out of the repository, a FIFO): never read for a snippet.
+        var refused = Set<String>()
         for name in Self.configFileNames {
-            if let f = try await source.file(at: name) { configFile = f; break }
+            guard let f = try await source.file(at: name) else { continue }
+            if let refusal = f.refusal {
+                diagnostics.append(refusal.diagnostic(at: display(f.path)))
+                refused.insert(display(f.path))
+            } else {
+                configFile = f
+            }
+            break
         }
         var configResult: ManifestDecoder.FileResult?
         if let configFile {
@@ -153,6 +162,10 @@ public struct ManifestLoader: Sendable {
             }
             let location = configManifest?.origin.location(of: "spec.manifests[\(i)]")
                 ?? SourceLocation(file: display(configFile?.path ?? "capstan.yaml"), line: 1, column: 1)
+            if case .refused(let refusal) = kind {
+                diagnostics.append(Self.refused("manifest folder '\(written)'", refusal, at: location, length: written.count))
+                continue
+            }
             diagnostics.append(.error(
                 .pathNotFound, kind == .missing ? "manifest folder '\(written)' does not exist" : "manifest folder '\(written)' is not a folder",
                 at: location, length: written.count, hint: "create it, or correct spec.manifests in capstan.yaml"))
@@ -163,7 +176,13 @@ public struct ManifestLoader: Sendable {
         for folder in folders {
             for f in try await source.yamlFiles(under: folder) where f.path != configFile?.path {
                 if excludes.contains(where: { $0.matches(f.path) }) { continue }
-                if seenPaths.insert(f.path).inserted { files.append(f) }
+                guard seenPaths.insert(f.path).inserted else { continue }
+                if let refusal = f.refusal {
+                    // (A refused capstan.yaml is reported once, above.)
+                    if refused.insert(display(f.path)).inserted { diagnostics.append(refusal.diagnostic(at: display(f.path))) }
+                } else {
+                    files.append(f)
+                }
             }
         }
         files.sort { $0.path < $1.path }
@@ -211,13 +230,21 @@ public struct ManifestLoader: Sendable {
         diagnostics += pathProblems
         if set.config == nil { set.config = configManifest }
 
-        // Make sure every file with diagnostics has its text for snippets.
-        for d in diagnostics where sources[d.location.file] == nil {
-            if let f = files.first(where: { display($0.path) == d.location.file }) ?? (configFile.map { display($0.path) == d.location.file } == true ? configFile : nil),
+        // Make sure every file with diagnostics has its text for snippets (never a refused one:
+        // those are not read at all).
+        var byDisplay: [String: ManifestFile] = [:]
+        for f in files { byDisplay[display(f.path)] = f }
+        if let configFile { byDisplay[display(configFile.path)] = configFile }
+        var wantText = Set<String>()
+        for d in diagnostics where sources[d.location.file] == nil && !refused.contains(d.location.file) {
+            wantText.insert(d.location.file)
+        }
+        for file in wantText.sorted() {
+            if let f = byDisplay[file],
                (try? await source.size(of: f)).map({ $0 <= decoder.reader.limits.maxFileBytes }) == true,
                let bytes = try? await source.read(f),
                let text = String(validating: bytes, as: UTF8.self) {
-                sources[d.location.file] = text
+                sources[file] = text
             }
         }
         return LoadResult(manifests: set, diagnostics: diagnostics.redactingSharedLines().sortedForDisplay(), sources: sources,
@@ -297,6 +324,16 @@ public struct ManifestLoader: Sendable {
         return results.map { $0! }
     }
 
+    /// A path named in a manifest that leads through a refused symlink: the refusal's code and
+    /// message, at the field.
+    static func refused(_ subject: String, _ refusal: ManifestRefusal, at location: SourceLocation, length: Int) -> Diagnostic {
+        var d = refusal.diagnostic(at: location.file)
+        d.location = location
+        d.length = max(1, length)
+        d.message = "\(subject): \(d.message)"
+        return d
+    }
+
     private func checkPaths(_ models: [ModelManifest], config: ConfigSpec) async throws -> [Diagnostic] {
         var out: [Diagnostic] = []
         // Ask the source about every path at once (a Git tree answers from its index).
@@ -329,10 +366,15 @@ public struct ManifestLoader: Sendable {
                                           hint: "add its folder to spec.dataRoots in capstan.yaml, or move the data under a data root"))
                     }
                 case .repository(let path):
-                    if kind(path) == .missing {
+                    switch kind(path) {
+                    case .missing:
                         out.append(.error(.pathNotFound, "input '\(path)' does not exist in the repository",
                                           at: origin.location(of: field), length: path.count,
                                           hint: "paths are relative to the repository root; commit the file or correct the path"))
+                    case .refused(let refusal):
+                        out.append(Self.refused("input '\(path)'", refusal, at: origin.location(of: field), length: path.count))
+                    default:
+                        break
                     }
                 case .uri:
                     break
@@ -348,7 +390,9 @@ public struct ManifestLoader: Sendable {
             for (field, dir) in workdirs {
                 guard let dir, !dir.isEmpty else { continue }
                 let k = kind(dir)
-                if k != .directory {
+                if case .refused(let refusal) = k {
+                    out.append(Self.refused("\(field) '\(dir)'", refusal, at: origin.location(of: field), length: dir.count))
+                } else if k != .directory {
                     out.append(.error(.pathNotFound,
                                       k == .missing ? "\(field) '\(dir)' does not exist in the repository"
                                                     : "\(field) '\(dir)' is not a folder",

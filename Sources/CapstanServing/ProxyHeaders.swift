@@ -77,7 +77,8 @@ enum ProxyHeaders {
     }
 
     /// The response head sent back to the client: the model server's headers less the hop-by-hop
-    /// ones, plus `X-Capstan-Version`, and `Connection: close` when the client connection ends
+    /// ones and any `X-Capstan-Version` of its own (found by the gateway fuzz target's invariants: the client saw two, the
+    /// server's first), plus `X-Capstan-Version`, and `Connection: close` when the client connection ends
     /// after this answer. `keepAlive` may be turned off (an HTTP/1.0 client and an answer of
     /// unknown length: only closing can end it).
     static func clientResponse(_ head: HTTPResponseHead, version: HTTPVersion, capstanVersion: String, keepAlive: inout Bool) -> HTTPResponseHead {
@@ -89,6 +90,7 @@ enum ProxyHeaders {
             switch hopByHop(name) {
             case .endToEnd:
                 if let connectionTokens, connectionTokens.contains(where: { $0.equalsIgnoringASCIICase(name) }) { continue }
+                if name.equalsIgnoringASCIICase(versionHeader) { continue }
                 headers.add(name: name, value: value)
             case .contentLength:
                 hasLength = true

@@ -20,6 +20,12 @@ final class TrainingRepo {
         flaky = os.environ.get("FLAKY_FILE")
         if flaky and os.path.exists(flaky):
             print("flaky failure", flush=True); sys.exit(5)
+        tempfail = os.environ.get("TEMPFAIL_FILE")
+        if tempfail and os.path.exists(tempfail):
+            how = open(tempfail).read().strip()
+            print("not now:", how, flush=True)
+            if how == "kill": os.kill(os.getpid(), 9)
+            sys.exit(75)
         sleep_file = os.environ.get("SLEEP_FILE")
         if sleep_file and os.path.exists(sleep_file):
             open(os.path.join(os.environ["MARKER_DIR"], "started"), "w").write(str(os.getpid()))
@@ -274,6 +280,36 @@ final class TrainingRepo {
         #expect(versions[0]["attempts"] as? Int == 2)
     }
 
+    /// Exit 75 (EX_TEMPFAIL) and a SIGKILL Capstan did not send (the out-of-memory killer's) are
+    /// transient: the version is not marked failed, gets no backoff, and the next pass trains it
+    /// again (no --retry-failed needed); the model's condition says so with class and reason.
+    @Test(arguments: ["75", "kill"])
+    func aTemporaryFailureOfTheTrainingIsRetriedWithoutBackoff(_ how: String) throws {
+        let t = try TrainingRepo(extraTrain: "")
+        let file = t.temp.sub("tempfail").path
+        try Data(how.utf8).write(to: URL(fileURLWithPath: file))
+        let env = ["TEMPFAIL_FILE": file]
+        try t.writeModel(learningRate: "0.1", extraTrain: "    secretEnv: {TEMPFAIL_FILE: TEMPFAIL_FILE}")
+        try t.repo.commit("may say not now")
+        let first = try t.capstan(["apply"], environment: env)
+        #expect(first.status == 1, "\(first.stdout)\(first.stderr)")
+        #expect(first.stdout.contains("FAILED (transient)"), "\(first.stdout)")
+        #expect(first.stdout.contains(how == "75" ? "exited with status 75 (EX_TEMPFAIL" : "was killed by SIGKILL, which Capstan did not send"), "\(first.stdout)")
+        var versions = try t.versions()
+        #expect(versions.count == 1)
+        #expect(versions[0]["status"] as? String == "training", "\(versions)")
+        let status = try CLI.run(["status", "--state-dir", t.state, "--format", "json"])
+        #expect(status.stdout.contains(#""class":"transient""#) || status.stdout.contains(#""class" : "transient""#), "\(status.stdout)")
+        #expect(status.stdout.contains("TrainingTemporaryFailure"), "\(status.stdout)")
+        // The next pass, without --retry-failed, trains the same version again.
+        try FileManager.default.removeItem(atPath: file)
+        let again = try t.capstan(["apply"], environment: env)
+        #expect(again.status == 0, "\(again.stdout)\(again.stderr)")
+        versions = try t.versions()
+        #expect(versions.count == 1)
+        #expect(versions[0]["status"] as? String == "validated", "\(versions)")
+    }
+
     @Test func aTrainingThatRunsTooLongIsStoppedWithItsChildren() throws {
         let t = try TrainingRepo(behavior: #"{"sleep": 300}"#, timeout: "2s")
         let r = try t.capstan(["apply"])
@@ -488,6 +524,25 @@ final class TrainingRepo {
         #expect(failing.stdout.contains("command python3 evaluate.py (exited with status 1"), "\(failing.stdout)")
         #expect(try t.model()["aliases"] as? [String: Int] == ["champion": 1])
         #expect(try t.versions().map { $0["status"] as? String } == ["validated", "rejected", "rejected"])
+    }
+
+    /// A failure the registry keeps no trace of still shows in the model's condition, with its
+    /// class and reason: a missing secret needs a change (stalled), not "progressing".
+    @Test func aMissingSecretShowsInTheModelsCondition() throws {
+        let t = try TrainingRepo()
+        try t.writeModel(learningRate: "0.1", extraTrain: "    secretEnv: {API_TOKEN: CAPSTAN_TEST_TOKEN_UNSET}")
+        try t.repo.commit("needs a token")
+        let r = try t.capstan(["apply"])
+        #expect(r.status == 1, "\(r.stdout)\(r.stderr)")
+        let status = try CLI.run(["status", "--state-dir", t.state, "--format", "json"])
+        let document = try #require(try JSONSerialization.jsonObject(with: Data(status.stdout.utf8)) as? [String: Any])
+        let models = try #require(document["models"] as? [[String: Any]])
+        let churn = try #require(models.first { $0["name"] as? String == "churn" })
+        let condition = try #require((churn["conditions"] as? [[String: Any]])?.first)
+        #expect(condition["type"] as? String == "Stalled", "\(condition)")
+        #expect(condition["class"] as? String == "stalled", "\(condition)")
+        #expect(condition["reason"] as? String == "MissingSecret", "\(condition)")
+        #expect((condition["message"] as? String)?.contains("CAPSTAN_TEST_TOKEN_UNSET") == true, "\(condition)")
     }
 
     @Test func secretsNeverReachLogsStatusOrHistory() throws {

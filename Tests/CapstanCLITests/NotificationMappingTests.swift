@@ -32,6 +32,10 @@ import Testing
         #expect(events[3].deployment == "churn-prod" && events[3].model == nil)
         #expect(events[4].deployment == "churn-prod" && events[4].model == "churn" && events[4].version == 3)
         #expect(events.allSatisfy { $0.commit == "4f07bd39a7068a7a" })
+        // The failures carry their class and reason; the rest carry none.
+        #expect(events[1].failureClass == "terminal" && events[1].reason == "GateFailed")
+        #expect(events[4].failureClass == "terminal" && events[4].reason == "RolledBack")
+        #expect([0, 2, 3].allSatisfy { events[$0].failureClass == nil && events[$0].reason == nil })
     }
 
     @Test func aFailedPassIsAnEvent() {

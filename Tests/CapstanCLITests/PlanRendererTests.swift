@@ -159,6 +159,20 @@ struct PlanRendererTests {
         #expect(PlanRenderer(plan: Self.plan(waiting), color: false).markdown().contains("\nNo changes. The registry matches 45903ab000. 1 waiting, 1 blocked.\n"))
     }
 
+    /// Drift alerts and an unreachable serving layer change nothing, but the summary counts them
+    /// like orphans, so a plan with a drift never ends with a bare "No changes.".
+    @Test func theSummaryCountsDriftAndServingUnavailable() {
+        func deployment(_ action: PlanAction, _ name: String) -> PlanEntry {
+            PlanEntry(id: "\(name)/x", action: action, kind: .deployment, name: name, reason: "r",
+                      detail: .deployment(DeploymentDetail(model: "churn", from: 1, to: 1, backends: nil, rollout: nil)))
+        }
+        let one = PlanRenderer(plan: Self.plan([deployment(.drift, "a")]), color: false).text()
+        #expect(one.hasSuffix("\nNo changes. The registry matches 45903ab000. 0 waiting, 0 blocked, 1 drift alert.\n"))
+        let many = PlanRenderer(plan: Self.plan([deployment(.drift, "a"), deployment(.drift, "b"), deployment(.servingUnavailable, "c"),
+                                                 deployment(.servingUnavailable, "d")]), color: false).text()
+        #expect(many.hasSuffix(" 0 waiting, 0 blocked, 2 drift alerts, 2 serving unavailable.\n"))
+    }
+
     @Test func controlCharactersNeverReachTheTerminal() {
         let entry = PlanEntry(id: "x/orphaned", action: .orphaned, name: "x", reason: "evil \u{1B}[2J\u{1B}]0;title\u{07} reason\u{7F}",
                               detail: .orphaned(OrphanDetail(versions: 1, aliases: [:])))

@@ -254,3 +254,82 @@ struct RedactionTests {
         #expect(!r.stdout.contains("xyz-other-secret"))
     }
 }
+
+/// Untrusted repository content (a pull request's checkout): validate reads nothing outside the
+/// repository, never blocks on a special file, and no name breaks an output line.
+struct UntrustedRepositoryTests {
+    static let model = "apiVersion: capstan/v1\nkind: Model\nmetadata: {name: churn}\nspec:\n  train:\n    command: [python3, train.py]\n"
+
+    /// The issue's report: `ln -s /proc/self/environ models/env.yaml; capstan validate .` printed
+    /// the process environment, tokens included, in the snippet.
+    @Test func aSymlinkToTheEnvironmentPrintsNothingOfIt() throws {
+        let dir = try TemporaryDirectory()
+        try dir.write("models/churn.yaml", Self.model)
+        try FileManager.default.createSymbolicLink(atPath: dir.url.appendingPathComponent("models/env.yaml").path,
+                                                   withDestinationPath: "/proc/self/environ")
+        let secret = "ghp_\(UUID().uuidString.replacingOccurrences(of: "-", with: ""))"
+        for format in ["text", "json", "github"] {
+            let r = try CLI.run(["validate", ".", "--format", format], in: dir.url, environment: ["CAPSTAN_TEST_TOKEN": secret])
+            #expect(r.status == 1, "\(format): \(r.stdout)\(r.stderr)")
+            #expect(!(r.stdout + r.stderr).contains(secret), "\(format) leaked the environment")
+            #expect(!(r.stdout + r.stderr).contains("CAPSTAN_TEST_TOKEN"))
+            switch format {
+            case "text":
+                #expect(r.stdout.hasPrefix("models/env.yaml:1:1: error: symlink to the absolute path '/proc/self/environ' leads outside the repository; it is not followed and nothing there is read [symlink-escapes-repository]\n    hint: "), "\(r.stdout)")
+                #expect(r.stdout.hasSuffix(".: invalid: 1 error (1 model, 0 deployments in 1 file)\n"), "\(r.stdout)")
+            case "json":
+                let items = try #require(try JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [[String: Any]])
+                #expect(items.map { $0["file"] as? String } == ["models/env.yaml"])
+                #expect(items.map { $0["code"] as? String } == ["symlink-escapes-repository"])
+            default:
+                #expect(r.stdout.hasPrefix("::error file=models/env.yaml,line=1,col=1,title=capstan symlink-escapes-repository::symlink to the absolute path '/proc/self/environ'"), "\(r.stdout)")
+            }
+        }
+    }
+
+    /// The same link committed, read with --repo (from Git objects): the same diagnostic.
+    @Test func theSameLinkInACommitIsRefusedTheSameWay() throws {
+        let temp = try TempDir()
+        let repo = try GitRepo(at: temp.sub("repo"))
+        try repo.write("models/churn.yaml", Self.model)
+        try repo.symlink("models/env.yaml", to: "/proc/self/environ")
+        try repo.commit("link out")
+        let r = try CLI.run(["validate", "--repo", repo.path, "--ref", "main", "--format", "json"])
+        #expect(r.status == 1, "\(r.stdout)\(r.stderr)")
+        let items = try #require(try JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [[String: Any]])
+        #expect(items.map { $0["file"] as? String } == ["models/env.yaml"])
+        #expect(items.map { $0["code"] as? String } == ["symlink-escapes-repository"])
+        // plan refuses the commit and shows the same diagnostic, nothing more.
+        let plan = try CLI.run(["plan", "--repo", repo.path, "--ref", "main", "--state-dir", temp.sub("state").path])
+        #expect(plan.status == 1)
+        #expect(plan.stderr.contains("models/env.yaml:1:1: error: symlink to the absolute path '/proc/self/environ'"), "\(plan.stderr)")
+        #expect(plan.stderr.contains("1 error in the manifests"), "\(plan.stderr)")
+    }
+
+    /// A FIFO named like a manifest: refused without being opened (opening it would block).
+    @Test func aFIFONamedLikeAManifestDoesNotBlock() throws {
+        let dir = try TemporaryDirectory()
+        try dir.write("models/churn.yaml", Self.model)
+        #expect(mkfifo(dir.url.appendingPathComponent("models/pipe.yaml").path, 0o644) == 0)
+        let r = try CLI.run(["validate", "."], in: dir.url)
+        #expect(r.status == 1)
+        #expect(r.stdout.hasPrefix("models/pipe.yaml:1:1: error: this is a FIFO, not a regular file; manifests are read only from regular files [not-a-regular-file]"), "\(r.stdout)")
+    }
+
+    /// A line break in a file name: shown escaped in text, one annotation per line on GitHub.
+    @Test func aLineBreakInAFileNameBreaksNoOutputLine() throws {
+        let dir = try TemporaryDirectory()
+        try dir.write("models/churn.yaml", Self.model)
+        try dir.write("models/evil\n::error file=x.yaml::forged.yaml", Self.model)
+        let text = try CLI.run(["validate", "."], in: dir.url)
+        #expect(text.status == 1)
+        #expect(text.stdout.hasPrefix(#"models/evil\n::error file=x.yaml::forged.yaml:1:1: error: the name is not UTF-8 or holds a control character"#), "\(text.stdout)")
+        let github = try CLI.run(["validate", ".", "--format", "github"], in: dir.url)
+        let lines = github.stdout.split(separator: "\n", omittingEmptySubsequences: false).dropLast()
+        #expect(lines.count == 1, "\(github.stdout)")
+        #expect(lines.allSatisfy { $0.hasPrefix("::error file=models/evil\\n%3A%3Aerror file=x.yaml%3A%3Aforged.yaml,line=1,col=1,") }, "\(github.stdout)")
+        let json = try CLI.run(["validate", ".", "--format", "json"], in: dir.url)
+        let items = try #require(try JSONSerialization.jsonObject(with: Data(json.stdout.utf8)) as? [[String: Any]])
+        #expect(items.map { $0["file"] as? String } == [#"models/evil\n::error file=x.yaml::forged.yaml"#])
+    }
+}

@@ -1,3 +1,4 @@
+import Foundation
 import CapstanCore
 import Testing
 
@@ -131,10 +132,50 @@ struct FormatterTests {
         #expect(text.contains("a: \u{FFFD}\u{FFFD}[31mred"))
     }
 
+    @Test func bidirectionalControlsInASourceLineAreNeutralized() {
+        let text = DiagnosticFormatter().text(d) { _, _ in "name: \u{202E}evil\u{2066}x" }
+        #expect(text.contains("name: \u{FFFD}evil\u{FFFD}x"))
+    }
+
+    /// A path or message quoting repository content cannot forge a line, a colour or an annotation.
+    @Test func pathsAndMessagesAreEscapedInTextAndGitHub() {
+        let forged = Diagnostic.error(.unknownKind, "unknown kind 'x\n::error::forged\u{1B}[2J'",
+                                      at: SourceLocation(file: "models/a\nb\u{1B}.yaml", line: 1, column: 1),
+                                      hint: "see\rthis", related: [RelatedLocation(SourceLocation(file: "c\td.yaml", line: 2, column: 3), "here\n")])
+        let text = DiagnosticFormatter().text(forged) { _, _ in nil }
+        #expect(text == #"""
+            models/a\nb\u{1B}.yaml:1:1: error: unknown kind 'x\n::error::forged\u{1B}[2J' [unknown-kind]
+                hint: see\rthis
+                note: c\td.yaml:2:3: here\n
+
+            """#)
+        let line = DiagnosticFormatter().github(forged)
+        #expect(!line.contains("\n") && !line.contains("\r") && !line.contains("\u{1B}"))
+        #expect(line == #"::error file=models/a\nb\u{1B}.yaml,line=1,col=1,title=capstan unknown-kind::unknown kind 'x\n::error::forged\u{1B}[2J' [unknown-kind]%0Ahint: see\rthis%0Anote: c\td.yaml:2:3: here\n"#)
+    }
+
+    @Test func escapingShowsBytesThatAreNotUTF8() {
+        #expect(SafeText.escaped(bytes: Array("a".utf8) + [0xFF, 0xC3, 0x28] + Array("é\n".utf8)) == #"a\xFF\xC3(é\n"#)
+        #expect(SafeText.escaped("tab\there\u{202E}") == #"tab\there\u{202E}"#)
+        #expect(SafeText.escaped("plain/path.yaml") == "plain/path.yaml")
+    }
+
     @Test func githubAnnotationEscapes() {
         let line = DiagnosticFormatter().github(d)
         #expect(line.hasPrefix("::error file=models/churn.yaml,line=7,col=5,title=capstan unknown-field::unknown field"))
         #expect(line.contains("%0Ahint: allowed fields"))
         #expect(!line.contains("\n"))
+    }
+}
+
+struct DiagnosticCodeDocsTests {
+    /// Tools match on codes: each one has its row in docs/diagnostics.md.
+    @Test func everyCodeIsDocumented() throws {
+        let docs = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+            .appendingPathComponent("docs/diagnostics.md")
+        let text = try String(contentsOf: docs, encoding: .utf8)
+        for code in DiagnosticCode.allCases {
+            #expect(text.contains("| `\(code.rawValue)` | "), "docs/diagnostics.md has no row for \(code.rawValue)")
+        }
     }
 }

@@ -198,7 +198,7 @@ struct DeploymentPlannerTests {
         let errors = Self.plan([Self.deployment()], [Self.endpoint([Self.backend(1, 90), Self.backend(2, 10, stats: Self.stats(requests: 40, failures: 10))])],
                                rollouts: [Self.rollout(startedAgo: 5)])
         #expect(Self.lines(errors) == [
-            "rollback churn-prod/rollout step 1/2 failed its analysis: error rate 25% over 40 requests is above the 5% allowed: v2 is rolled back, all traffic returns to v1 and quarantined for churn-prod | v1=100x1",
+            "rollback churn-prod/rollout step 1/2 failed its analysis: error rate 25% over 40 requests is above the 5% allowed; v2 is rolled back and quarantined for churn-prod, and all traffic returns to v1 | v1=100x1",
         ])
         guard case .deployment(let d) = errors[0].detail else { Issue.record("no detail"); return }
         #expect(d.quarantine?.version == 2)
@@ -220,7 +220,7 @@ struct DeploymentPlannerTests {
         let entries = Self.plan([Self.deployment()], [Self.endpoint([Self.backend(1, 100), Self.backend(2, 0, health: .failing, error: "exited with status 1 (3 restarts)")])],
                                 rollouts: [Self.rollout(phase: .starting, baseline: nil, boot: nil)])
         #expect(Self.lines(entries) == [
-            "rollback churn-prod/rollout v2 is failing (exited with status 1 (3 restarts)): v2 is rolled back, all traffic returns to v1 and quarantined for churn-prod | v1=100x1",
+            "rollback churn-prod/rollout v2 is failing (exited with status 1 (3 restarts)); v2 is rolled back and quarantined for churn-prod, and all traffic returns to v1 | v1=100x1",
         ])
     }
 
@@ -270,5 +270,43 @@ struct DeploymentPlannerTests {
         for ms in [1.0, 2, 3, 4, 5, 6, 7, 8, 9, 1000] { histogram.record(milliseconds: ms) }
         #expect(histogram.quantile(0.5)! <= 6)
         #expect(histogram.quantile(0.95)! >= 1000)
+    }
+
+    // MARK: Deployments planned against the registry as the plan's model entries leave it
+
+    /// What `capstan plan` does: the model plan, the registry projected after it, the Deployments
+    /// resolved against the projection.
+    static func planAfterModels(_ model: DesiredModel, _ actual: ActualState, _ endpoints: [EndpointStatus]) -> (Plan, [PlanEntry]) {
+        let desired = DesiredState(repository: "repo", ref: "main", commit: "c0ffee", models: [model], policy: Policy())
+        let plan = Planner.plan(desired: desired, actual: actual, now: now)
+        let projection = RegistryProjection.after(plan, from: actual.registry)
+        let d = DesiredDeployment.resolve(deployment(strategy: .replace).manifest, projection: projection, specHash: "h1")
+        return (plan, Self.plan([d], endpoints))
+    }
+
+    @Test func aPromotionInThePlanStartsTheRolloutItWillTrigger() {
+        let model = PlannerTests.model(fingerprint: "fp-2", aliases: [AliasPin(name: "champion", target: .version(2))])
+        let actual = PlannerTests.registry([PlannerTests.version(1, .validated), PlannerTests.version(2, .validated)], aliases: ["champion": 1])
+        let (plan, entries) = Self.planAfterModels(model, actual, [Self.endpoint([Self.backend(1, 100)])])
+        #expect(plan.entries.map(\.id) == ["churn/alias/champion"])
+        #expect(Self.lines(entries) == [
+            "start-rollout churn-prod/rollout serves v1; the spec asks for v2; replace: v2 starts with no traffic until it is ready | v1=100x1,v2=0x1",
+        ])
+        #expect(entries.first?.dependsOn == ["churn/alias/champion"])
+        // Against the registry as it is (what the plan showed before), nothing would happen.
+        let before = DesiredDeployment.resolve(Self.deployment(strategy: .replace).manifest, registry: actual.registry, specHash: "h1")
+        #expect(Self.plan([before], [Self.endpoint([Self.backend(1, 100)])]).isEmpty)
+    }
+
+    @Test func anAliasMovingToTheVersionATrainProducesIsFollowed() {
+        let model = PlannerTests.model(fingerprint: "fp-new", aliases: [AliasPin(name: "champion", target: .latest)])
+        let actual = PlannerTests.registry([PlannerTests.version(1, .validated)], aliases: ["champion": 1])
+        let (_, entries) = Self.planAfterModels(model, actual, [Self.endpoint([Self.backend(1, 100)])])
+        #expect(Self.lines(entries) == [
+            "start-rollout churn-prod/rollout alias champion of model churn moves to the version this plan trains; once it passes its gates, the same apply rolls it out (replace); v1 serves until then",
+        ])
+        #expect(entries.first?.dependsOn == ["churn/alias/champion"])
+        guard case .deployment(let d)? = entries.first?.detail else { Issue.record("no deployment entry"); return }
+        #expect(d.from == 1 && d.to == nil)
     }
 }

@@ -193,10 +193,23 @@ struct PlannerTests {
         #expect(Self.lines(archived).first?.hasPrefix("blocked churn/alias/champion alias champion is pinned to v1, but v1 is archived") == true)
     }
 
-    @Test func anAliasPinnedToAVersionStillTrainingWaits() {
-        let p = Self.plan([Self.model(fingerprint: "fp-1", aliases: [AliasPin(name: "champion", target: .version(2))])],
-                          Self.registry([Self.version(1, .validated), Self.version(2, .training)]))
-        #expect(Self.lines(p) == ["wait churn/alias/champion alias champion is pinned to v2, which is still training"])
+    /// A version of another spec left `training` by a killed pass: only a pass of that spec
+    /// resumes it, so an alias pinned to it is blocked rather than waiting forever — unless an
+    /// apply running now is training it.
+    @Test func anAliasPinnedToAnEarlierSpecsVersionLeftTrainingIsBlocked() {
+        let model = Self.model(fingerprint: "fp-1", aliases: [AliasPin(name: "champion", target: .version(2))])
+        let actual = Self.registry([Self.version(1, .validated), Self.version(2, .training)], aliases: ["champion": 1])
+        let p = Self.plan([model], actual)
+        #expect(Self.lines(p) == ["blocked churn/alias/champion alias champion is pinned to v2, which an interrupted pass left training under another spec (fingerprint fp-2); this commit does not train that spec, so nothing will finish v2. Pin a validated version in models/churn.yaml:20:15, or revert the training spec to the one v2 comes from so that the next pass resumes it"])
+        guard case .blocked(let b)? = p.entries.first?.detail else { Issue.record("not blocked"); return }
+        #expect(b.code == .pinnedVersionUnusable)
+        let desired = DesiredState(repository: "repo", ref: "main", commit: "c0ffee", models: [model], policy: Policy())
+        let running = Planner.plan(desired: desired, actual: actual, now: Self.now, options: PlanOptions(applyInProgress: "pid 7 on host"))
+        #expect(Self.lines(running) == ["wait churn/alias/champion alias champion is pinned to v2, which is still training"])
+        // The spec it comes from resumes it, and the alias moves once it passes its gates.
+        let reverted = Self.plan([Self.model(fingerprint: "fp-2", aliases: [AliasPin(name: "champion", target: .version(2))])], actual)
+        #expect(Self.lines(reverted).first == "train churn/train version 2 was interrupted while training; training it again")
+        #expect(Self.lines(reverted).last?.hasPrefix("move-alias churn/alias/champion [churn/validate] the spec pins champion to v2; it moves once") == true)
     }
 
     @Test func latestWithNothingValidatedIsBlocked() {
@@ -214,9 +227,40 @@ struct PlannerTests {
         let versions = (1...6).map { Self.version($0, $0 == 5 ? .rejected : .validated) }
         let p = Self.plan([Self.model(fingerprint: "fp-6", aliases: [AliasPin(name: "champion", target: .version(1))], retention: 2)],
                           Self.registry(versions, aliases: ["champion": 1]))
-        #expect(Self.lines(p) == ["archive-versions churn/archive retention keeps the newest 2 versions; versions holding an alias are kept"])
+        #expect(Self.lines(p) == ["archive-versions churn/archive retention keeps the newest 2 versions; versions an alias holds or a Deployment uses are kept"])
         guard case .archiveVersions(let a) = p.entries[0].detail else { Issue.record("no archive"); return }
         #expect(a.versions == [2, 3, 4])
+    }
+
+    static func deployment(_ name: String, _ target: DeploymentTarget) -> DeploymentManifest {
+        DeploymentManifest(metadata: ObjectMeta(name: name), spec: DeploymentSpec(model: "churn", target: target),
+                           origin: ManifestOrigin(file: "deployments/\(name).yaml", documentIndex: 0,
+                                                  location: SourceLocation(file: "deployments/\(name).yaml", line: 1, column: 1)))
+    }
+
+    /// Retention never archives a version a Deployment pins in Git, or one that serves (or is
+    /// being rolled out or away from) per Capstan's serving records, though no alias holds it.
+    @Test func retentionKeepsVersionsDeploymentsPinOrServe() {
+        let versions = (1...5).map { Self.version($0, .validated) }
+        let records = ServingRecords(
+            applied: ["churn-canary": [BackendWeight(version: 2, weight: 90, replicas: 1), BackendWeight(version: 4, weight: 10, replicas: 1)]],
+            rollouts: ["churn-canary": RolloutState(deployment: "churn-canary", model: "churn", from: 2, to: 4, phase: .stepping, step: 0,
+                                                    stepStartedAt: Self.now, startedAt: Self.now, specHash: "h")])
+        let serving = records.versionsInUse(models: [:])
+        #expect(serving.map(\.version) == [2, 4])
+        var actual = Self.registry(versions, aliases: ["champion": 5])
+        actual.serving = serving
+        let desired = DesiredState(repository: "repo", ref: "main", commit: "c0ffee",
+                                   models: [Self.model(fingerprint: "fp-5", aliases: [AliasPin(name: "champion", target: .latest)], retention: 1)],
+                                   deployments: [Self.deployment("churn-prod", .version(3))], policy: Policy())
+        let p = Planner.plan(desired: desired, actual: actual, now: Self.now)
+        guard case .archiveVersions(let a)? = p.entries.first?.detail else { Issue.record("no archive: \(Self.lines(p))"); return }
+        #expect(a.versions == [1])
+        // Without the Deployments, everything but the alias holder goes.
+        let bare = Planner.plan(desired: DesiredState(repository: "repo", ref: "main", commit: "c0ffee", models: desired.models, policy: Policy()),
+                                actual: Self.registry(versions, aliases: ["champion": 5]), now: Self.now)
+        guard case .archiveVersions(let b)? = bare.entries.first?.detail else { Issue.record("no archive"); return }
+        #expect(b.versions == [1, 2, 3, 4])
     }
 
     @Test func aRegressionGateRunsAfterItsAliasMoves() {

@@ -376,15 +376,20 @@ struct InputResolverTests {
     @Test func aFileWrittenJustBeforeItWasHashedIsReadAgain() async throws {
         // Its mtime is within the racy window of the hashing: a write in the same clock tick
         // would not change the mtime, so the digest is not trusted yet.
+        // The clock reads 1 ms, then 2 ms, after the file's mtime: both hashings are inside the
+        // window whatever the machine's load (a real clock would leave it on a busy machine).
         let f = try Fixture()
         let path = f.data("fresh.csv")
         try f.writeData("fresh.csv", "x\n", mtime: nil)
-        let hasher = ExternalInputHasher(store: f.store, now: StoreTime.systemMilliseconds) // the real clock
+        let info = try Self.status(path)
+        let mtime = Int64(info.st_mtim.tv_sec) * 1_000 + Int64(info.st_mtim.tv_nsec) / 1_000_000
+        let ticks = Atomic<Int64>(0)
+        let hasher = ExternalInputHasher(store: f.store, now: { mtime + ticks.add(1, ordering: .sequentiallyConsistent).newValue })
         _ = try await hasher.identities(of: [path])
         let row = try #require(try f.cacheRow(path))
-        try await Task.sleep(for: .milliseconds(10))
         _ = try await hasher.identities(of: [path])
         #expect(try #require(try f.cacheRow(path)).checkedAt > row.checkedAt)
+        #expect(ExternalInputHasher.racyWindow > 2)
     }
 
     @Test func aFolderIsTheHashOfItsFiles() async throws {

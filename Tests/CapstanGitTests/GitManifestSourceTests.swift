@@ -190,6 +190,7 @@ struct GitManifestSourceTests {
     @Test func kindOfPaths() async throws {
         let f = try Fixture()
         try f.repo.symlink("models/link", to: "churn")
+        try f.repo.symlink("models/out", to: "../../etc")
         try f.repo.git("add", "-A")
         // A submodule: a commit inside the tree (staged directly; there is no work tree for it).
         try f.repo.git("update-index", "--add", "--cacheinfo", "160000,\(f.first),vendor/lib")
@@ -202,11 +203,15 @@ struct GitManifestSourceTests {
         #expect(try await source.kind(of: "data/x.csv") == .file)
         #expect(try await source.kind(of: "data/nope.csv") == .missing)
         #expect(try await source.kind(of: "nope") == .missing)
-        #expect(try await source.kind(of: "models/link") == .other)
+        // A symlink inside the tree is followed; one out of it is refused, unread.
+        #expect(try await source.kind(of: "models/link") == .directory)
+        // A path through a symlinked folder identifies nothing at that exact path.
+        #expect(try await source.kind(of: "models/link/train.py") == .refused(.symlinkInPath(link: "models/link")))
+        #expect(try await source.kind(of: "models/out") == .refused(.symlinkEscapes(target: "../../etc")))
         #expect(try await source.kind(of: "vendor/lib") == .other)
         #expect(try await source.kind(of: "vendor") == .directory)
         #expect(try await source.file(at: "models/link") == nil)
-        #expect(try await source.kinds(of: ["models", "data/x.csv", "gone", "models/link"]) == [.directory, .file, .missing, .other])
+        #expect(try await source.kinds(of: ["models", "data/x.csv", "gone", "models/link"]) == [.directory, .file, .missing, .directory])
     }
 
     @Test func aMissingInputAtTheCommitIsReported() async throws {

@@ -338,6 +338,16 @@ import Testing
         #expect(!closing, "an HTTP/1.0 client can only learn the end of an answer of unknown length by the close")
         #expect(old.headers["Connection"] == [])
     }
+
+    /// A model server's own X-Capstan-Version never reaches the client beside the gateway's (found
+    /// by scripts/fuzz.sh; Tests/CapstanFuzzTests/Regressions/gateway-head).
+    @Test func theModelServersVersionHeaderIsReplaced() {
+        var keepAlive = true
+        let response = ProxyHeaders.clientResponse(HTTPResponseHead(version: .http1_1, status: .ok, headers: ["x-capstan-version": "99", "X-Kept": "1"]),
+                                                   version: .http1_1, capstanVersion: "7", keepAlive: &keepAlive)
+        #expect(response.headers["X-Capstan-Version"] == ["7"])
+        #expect(response.headers["X-Kept"] == ["1"])
+    }
 }
 
 /// A gateway with one deployment `d` of one backend (version 3) over `upstream`, for `body`.

@@ -12,6 +12,14 @@ public enum DiagnosticCode: String, Sendable, Codable, CaseIterable {
     case aliasExpansion = "alias-expansion"
     case nestingTooDeep = "nesting-too-deep"
 
+    // Repository content that is not read
+    case symlinkEscapesRepository = "symlink-escapes-repository"
+    case brokenSymlink = "broken-symlink"
+    case symlinkInPath = "symlink-in-path"
+    case notARegularFile = "not-a-regular-file"
+    case unsafeFileName = "unsafe-file-name"
+    case submoduleNotRead = "submodule-not-read"
+
     // Shape
     case unknownAPIVersion = "unknown-api-version"
     case unknownKind = "unknown-kind"

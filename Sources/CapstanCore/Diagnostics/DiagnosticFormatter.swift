@@ -22,7 +22,9 @@ public struct DiagnosticFormatter: Sendable {
         case (.color, .error): coloredSeverity = "\u{1B}[1;31m\(severityWord)\u{1B}[0m"
         case (.color, .warning): coloredSeverity = "\u{1B}[1;33m\(severityWord)\u{1B}[0m"
         }
-        var out = "\(d.location): \(coloredSeverity): \(d.message) [\(d.code.rawValue)]\n"
+        // Paths and messages may quote repository content: a line break or an escape sequence in
+        // them must not forge lines or colours (SafeText).
+        var out = "\(Self.located(d.location)): \(coloredSeverity): \(SafeText.escaped(d.message)) [\(d.code.rawValue)]\n"
         if let line = sourceLine(d.location.file, d.location.line) {
             let shown = Self.printable(d.redactFromColumn.map { redacted(line, from: $0) } ?? line)
             let expanded = shown.replacingTabs()
@@ -34,22 +36,28 @@ public struct DiagnosticFormatter: Sendable {
             out += "    \(pad)\(style == .color ? "\u{1B}[1;32m\(underline)\u{1B}[0m" : underline)\n"
         }
         if let hint = d.hint {
-            out += "    hint: \(hint)\n"
+            out += "    hint: \(SafeText.escaped(hint))\n"
         }
         for related in d.related {
-            out += "    note: \(related.location): \(related.message)\n"
+            out += "    note: \(Self.located(related.location)): \(SafeText.escaped(related.message))\n"
         }
         return out
+    }
+
+    /// `FILE:LINE:COL` with the file name escaped.
+    static func located(_ location: SourceLocation) -> String {
+        "\(SafeText.escaped(location.file)):\(location.line):\(location.column)"
     }
 
     /// One GitHub Actions workflow command per diagnostic.
     public func github(_ diagnostic: Diagnostic) -> String {
         let d = diagnostic
-        var message = "\(d.message) [\(d.code.rawValue)]"
-        if let hint = d.hint { message += "\nhint: \(hint)" }
-        for related in d.related { message += "\nnote: \(related.location): \(related.message)" }
+        // Line breaks separate the message, hint and notes; inside each they are escaped.
+        var message = "\(SafeText.escaped(d.message)) [\(d.code.rawValue)]"
+        if let hint = d.hint { message += "\nhint: \(SafeText.escaped(hint))" }
+        for related in d.related { message += "\nnote: \(Self.located(related.location)): \(SafeText.escaped(related.message))" }
         let properties = [
-            "file=\(Self.escapeProperty(d.location.file))",
+            "file=\(Self.escapeProperty(SafeText.escaped(d.location.file)))",
             "line=\(d.location.line)",
             "col=\(d.location.column)",
             "title=\(Self.escapeProperty("capstan \(d.code.rawValue)"))",
@@ -63,13 +71,15 @@ public struct DiagnosticFormatter: Sendable {
         String(line.unicodeScalars.prefix(max(0, column - 1))) + "<redacted>"
     }
 
-    /// Control characters (a NUL in a binary file, an escape sequence) are shown as U+FFFD, never
-    /// sent to the terminal. Each stays one column wide, so the caret still lines up.
+    /// Control characters (a NUL in a binary file, an escape sequence, a bidirectional override
+    /// that would reorder what a reviewer reads) are shown as U+FFFD, never sent to the terminal.
+    /// Each stays one column wide, so the caret still lines up.
     static func printable(_ line: String) -> String {
-        guard line.unicodeScalars.contains(where: { ($0.value < 0x20 && $0 != "\t") || $0.value == 0x7F }) else { return line }
+        func unsafe(_ c: Unicode.Scalar) -> Bool { c != "\t" && SafeText.isUnsafe(c) }
+        guard line.unicodeScalars.contains(where: unsafe) else { return line }
         var out = String.UnicodeScalarView()
         for c in line.unicodeScalars {
-            out.append((c.value < 0x20 && c != "\t") || c.value == 0x7F ? "\u{FFFD}" : c)
+            out.append(unsafe(c) ? "\u{FFFD}" : c)
         }
         return String(out)
     }

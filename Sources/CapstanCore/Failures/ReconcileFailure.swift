@@ -121,7 +121,8 @@ public enum FailureReason: String, Hashable, Sendable, Codable, CaseIterable {
     case missingSecret = "MissingSecret"
     /// An alias or deployment pins a version that does not exist.
     case pinnedVersionMissing = "PinnedVersionMissing"
-    /// An alias or deployment pins a version that is rejected, failed or archived.
+    /// An alias or deployment pins a version that is rejected, failed or archived, or that an
+    /// interrupted pass of another spec left training (nothing at this commit will finish it).
     case pinnedVersionUnusable = "PinnedVersionUnusable"
     /// A deployment's model has no `spec.serve`, or no validated version to serve.
     case notServable = "NotServable"

@@ -42,13 +42,33 @@ public struct ObjectCondition: Hashable, Sendable {
 public enum Conditions {
     /// Each desired model's condition, from the plan that remains after a pass (computed again
     /// from the registry as it is now) and the registry itself.
-    public static func models(desired: DesiredState, residual: Plan, registry: RegistrySnapshot, now: Int64) -> [ObjectCondition] {
+    /// `failed`: the failure of each model's entries in the pass just run, by model. It is what
+    /// the condition reports when the residual plan alone would say the model is progressing or
+    /// ready (a failure the registry keeps no trace of: a missing secret, a full disk, a training
+    /// that exited with 75); a degraded or stalled model reports what the residual plan says.
+    public static func models(desired: DesiredState, residual: Plan, registry: RegistrySnapshot, now: Int64,
+                              failed: [String: ReconcileFailure] = [:]) -> [ObjectCondition] {
         let byModel = Dictionary(grouping: residual.entries, by: \.name)
         return desired.models.map { model in
             let entries = byModel[model.name] ?? []
             let (type, reason, message) = classify(model, entries, registry.versions[model.name] ?? [])
+            if let failure = failed[model.name], type == .progressing || type == .ready {
+                return ObjectCondition(object: .model(model.name), type: kind(of: failure.failureClass), reason: failure.reason.rawValue,
+                                       message: failure.message, commit: desired.commit, updatedAt: now,
+                                       failureClass: failure.failureClass)
+            }
             return ObjectCondition(object: .model(model.name), type: type, reason: reason, message: message,
                                    commit: desired.commit, updatedAt: now, failureClass: failureClass(type, entries))
+        }
+    }
+
+    /// The condition of an object whose change failed with `failureClass`: it needs a spec change
+    /// (stalled), is retried (progressing), waits or is final (degraded).
+    static func kind(of failureClass: ReconcileFailure.Class) -> ObjectCondition.Kind {
+        switch failureClass {
+        case .stalled: return .stalled
+        case .transient: return .progressing
+        case .waiting, .terminal: return .degraded
         }
     }
 

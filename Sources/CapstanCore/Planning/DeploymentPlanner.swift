@@ -19,7 +19,18 @@ public enum DeploymentPlanner {
             return entries
         }
         for d in sorted {
-            entries += DeploymentStep(desired: d, endpoint: endpoints[d.name], serving: serving, policy: policy, now: now).plan()
+            let step = DeploymentStep(desired: d, endpoint: endpoints[d.name], serving: serving, policy: policy, now: now)
+            var planned = step.plan()
+            let drift: Set<PlanAction> = [.drift, .revertDrift, .adoptDrift]
+            if let move = d.pendingMove, !planned.contains(where: { drift.contains($0.action) }) {
+                planned = [step.followingProducedVersion(move)]
+            }
+            if let after = d.after {
+                for i in planned.indices where planned[i].action.isChange && !planned[i].dependsOn.contains(after) {
+                    planned[i].dependsOn.append(after)
+                }
+            }
+            entries += planned
         }
         let wanted = Set(sorted.map(\.name))
         for (name, endpoint) in endpoints.sorted(by: { $0.key < $1.key }) where !wanted.contains(name) {
@@ -128,6 +139,22 @@ private struct DeploymentStep {
                       backends: [BackendWeight(version: target, weight: 100, replicas: replicas)], rollout: nil)]
     }
 
+    /// The Deployment follows an alias that this plan moves to the version one of its trains
+    /// produces: the apply that trains it rolls it out once it passes its gates.
+    func followingProducedVersion(_ move: String) -> PlanEntry {
+        let current = endpoint.flatMap(DeploymentPlanner.heaviest)
+        // (Only a Deployment that follows an alias gets a pending move.)
+        let alias: String
+        if case .alias(let name)? = desired.spec.target { alias = "alias \(name)" } else { alias = "the alias it follows" }
+        let then = endpoint == nil ? "the same apply creates the endpoint serving it" : "the same apply rolls it out (\(strategyName))"
+        var e = entry(endpoint == nil ? "create" : "rollout", endpoint == nil ? .createEndpoint : .startRollout,
+                      "\(alias) of model \(model) moves to the version this plan trains; once it passes its gates, \(then)"
+                          + (current.map { "; v\($0) serves until then" } ?? ""),
+                      from: current, to: nil, backends: nil, rollout: nil)
+        e.dependsOn = [move]
+        return e
+    }
+
     var strategyName: String {
         if case .canary(let c) = desired.spec.strategy { return "canary (\(c.steps.count) step\(c.steps.count == 1 ? "" : "s"))" }
         return "replace"
@@ -146,7 +173,7 @@ private struct DeploymentStep {
         let stable = r.from.map { [BackendWeight(version: $0, weight: 100, replicas: replicas)] } ?? []
         let q = Quarantine(deployment: name, version: r.to, specHash: desired.specHash, reason: why, at: now)
         return entry("rollout", .rollback,
-                     "\(why): v\(r.to) is rolled back\(r.from.map { ", all traffic returns to v\($0)" } ?? "") and quarantined for \(name)",
+                     "\(why); v\(r.to) is rolled back and quarantined for \(name)\(r.from.map { ", and all traffic returns to v\($0)" } ?? "")",
                      from: r.from, to: r.to, backends: stable, rollout: nil, quarantine: q, analysis: analysis, progress: "rolled back")
     }
 

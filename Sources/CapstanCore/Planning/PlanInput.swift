@@ -22,26 +22,37 @@ public struct DesiredState: Hashable, Sendable {
     public var commit: String
     /// Sorted by name.
     public var models: [DesiredModel]
+    /// The Deployments of the commit: a version one pins (`version: 7`) is kept by retention.
+    public var deployments: [DeploymentManifest]
     public var policy: Policy
 
-    public init(repository: String, ref: String, commit: String, models: [DesiredModel], policy: Policy) {
+    public init(repository: String, ref: String, commit: String, models: [DesiredModel], deployments: [DeploymentManifest] = [],
+                policy: Policy) {
         self.repository = repository
         self.ref = ref
         self.commit = commit
         self.models = models.sorted { $0.name < $1.name }
+        self.deployments = deployments.sorted { $0.metadata.name < $1.metadata.name }
         self.policy = policy
     }
 }
 
-/// The actual state the planner observes: the registry, read at once.
+/// The actual state the planner observes: the registry, read at once, and the versions that
+/// Capstan's serving records show serving or rolling out.
 public struct ActualState: Hashable, Sendable {
     public var registry: RegistrySnapshot
+    /// Versions that serve (or are being rolled out or away from) on an endpoint Capstan set:
+    /// retention never archives them. See `ServingRecords.versionsInUse`.
+    public var serving: [VersionInUse]
 
-    public init(registry: RegistrySnapshot) {
+    public init(registry: RegistrySnapshot, serving: [VersionInUse] = []) {
         self.registry = registry
+        self.serving = serving
     }
 
-    /// A SHA-256 over what a plan depends on: every model's metadata, every version's number,
+    /// A SHA-256 over what a plan depends on (`serving` is left out: it changes as rollouts move,
+    /// and a saved plan can only archive versions that neither the commit's Deployments nor the
+    /// aliases it checks can put back into service): every model's metadata, every version's number,
     /// status, fingerprint, attempts, failure and archive times, and every alias. A saved plan
     /// records it; `apply PLANFILE` refuses the plan when the registry no longer matches.
     public var digest: String {
@@ -74,5 +85,37 @@ public struct PlanOptions: Hashable, Sendable {
     public init(retryFailed: Bool = false, applyInProgress: String? = nil) {
         self.retryFailed = retryFailed
         self.applyInProgress = applyInProgress
+    }
+}
+
+/// A version a Deployment uses: retention never archives it.
+public struct VersionInUse: Hashable, Sendable, Codable {
+    public var model: String
+    public var version: Int
+    public var deployment: String
+
+    public init(model: String, version: Int, deployment: String) {
+        self.model = model
+        self.version = version
+        self.deployment = deployment
+    }
+}
+
+extension ServingRecords {
+    /// The versions Capstan's records show on each endpoint: every backend it last set (whatever
+    /// its weight: a canary starting at 0% is in use) and both ends of a rollout in progress.
+    /// `models` gives the model of a deployment whose rollout does not name one (the Deployment
+    /// in Git, else the endpoint as last observed); a deployment of unknown model is left out.
+    public func versionsInUse(models: [String: String]) -> [VersionInUse] {
+        var out = Set<VersionInUse>()
+        for (deployment, weights) in applied {
+            guard let model = rollouts[deployment]?.model ?? models[deployment] ?? observed[deployment]?.model else { continue }
+            for w in weights { out.insert(VersionInUse(model: model, version: w.version, deployment: deployment)) }
+        }
+        for (deployment, r) in rollouts {
+            out.insert(VersionInUse(model: r.model, version: r.to, deployment: deployment))
+            if let from = r.from { out.insert(VersionInUse(model: r.model, version: from, deployment: deployment)) }
+        }
+        return out.sorted { ($0.model, $0.version, $0.deployment) < ($1.model, $1.version, $1.deployment) }
     }
 }

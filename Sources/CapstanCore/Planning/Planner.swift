@@ -14,6 +14,7 @@ public enum Planner {
                 desired: model, registered: registered[model.name],
                 versions: actual.registry.versions[model.name] ?? [],
                 aliases: actual.registry.aliases[model.name] ?? [:],
+                deployed: deployed(model.name, desired: desired, actual: actual),
                 policy: desired.policy, now: now, options: options)
             entries += planner.plan()
         }
@@ -45,6 +46,7 @@ public enum Planner {
                     registered: registered.map { $0[model.name] } ?? actual.registry.models.first { $0.name == model.name },
                     versions: actual.registry.versions[model.name] ?? [],
                     aliases: actual.registry.aliases[model.name] ?? [:],
+                    deployed: deployed(model.name, desired: desired, actual: actual),
                     policy: desired.policy, now: now, options: options)
                 entries += planner.plan()
             } else if let same = kept[model.name] {
@@ -68,6 +70,17 @@ public enum Planner {
                 detail: .orphaned(OrphanDetail(versions: versions.count, aliases: aliases))))
         }
         return entries
+    }
+
+    /// The versions of `model` that Deployments use: pinned by a Deployment in Git (`version: 7`),
+    /// or serving or rolling out per Capstan's serving records. (A Deployment that follows an
+    /// alias uses the alias's holder, which retention keeps anyway.)
+    static func deployed(_ model: String, desired: DesiredState, actual: ActualState) -> Set<Int> {
+        var numbers = Set(actual.serving.filter { $0.model == model }.map(\.version))
+        for d in desired.deployments where d.spec.model == model {
+            if case .version(let n)? = d.spec.target { numbers.insert(n) }
+        }
+        return numbers
     }
 
     /// The delay before attempt `attempts + 1` of a fingerprint that failed `attempts` times:
@@ -115,6 +128,8 @@ private struct ModelPlanner {
     let registered: RegisteredModel?
     let versions: [ModelVersion]
     let aliases: [String: Int]
+    /// Versions Deployments pin or serve (see `Planner.deployed`).
+    let deployed: Set<Int>
     let policy: Policy
     let now: Int64
     let options: PlanOptions
@@ -132,11 +147,12 @@ private struct ModelPlanner {
     var waiting = false
 
     init(desired: DesiredModel, registered: RegisteredModel?, versions: [ModelVersion], aliases: [String: Int],
-         policy: Policy, now: Int64, options: PlanOptions) {
+         deployed: Set<Int>, policy: Policy, now: Int64, options: PlanOptions) {
         self.desired = desired
         self.registered = registered
         self.versions = versions
         self.aliases = aliases
+        self.deployed = deployed
         self.policy = policy
         self.now = now
         self.options = options
@@ -351,6 +367,13 @@ private struct ModelPlanner {
                     dependsOn: [validation],
                     detail: .moveAlias(AliasMoveDetail(alias: pin.name, target: pin.target, from: current, to: .number(number),
                                                        current: summary(current), candidate: VersionSummary(version)))))
+            } else if version.status == .training && version.fingerprint != desired.fingerprint && options.applyInProgress == nil {
+                // Left `training` by a killed pass of another spec: only that spec trains it (a
+                // pass resumes the version of the spec it reconciles), so nothing ever will here.
+                entries.append(PlanEntry(
+                    id: id, action: .blocked, name: name,
+                    reason: "alias \(pin.name) is pinned to v\(number), which an interrupted pass left training under another spec (fingerprint \(version.fingerprint.prefix(12))); this commit does not train that spec, so nothing will finish v\(number). Pin a validated version in \(field), or revert the training spec to the one v\(number) comes from so that the next pass resumes it",
+                    detail: .blocked(BlockedDetail(alias: pin.name, version: number, location: field, code: .pinnedVersionUnusable))))
             } else {
                 entries.append(PlanEntry(
                     id: id, action: .wait, name: name,
@@ -419,7 +442,9 @@ private struct ModelPlanner {
 
     mutating func planRetention() {
         guard let keep = spec.retention?.keepVersions else { return }
-        var protected = Set(aliases.values)
+        // Never a version an alias holds or the spec pins, the one `latest` resolves to, or one a
+        // Deployment pins or serves.
+        var protected = Set(aliases.values).union(deployed)
         for pin in spec.aliases { if case .version(let n) = pin.target { protected.insert(n) } }
         if let latest = Planner.latest(versions, fingerprint: desired.fingerprint) { protected.insert(latest.number) }
         let live = versions.filter { $0.archivedAt == nil }.sorted { $0.number > $1.number }
@@ -431,7 +456,7 @@ private struct ModelPlanner {
         let aliasMoves = entries.filter { $0.action == .moveAlias || $0.action == .deleteAlias }.map(\.id)
         entries.append(PlanEntry(
             id: "\(name)/archive", action: .archiveVersions, name: name,
-            reason: "retention keeps the newest \(keep) version\(keep == 1 ? "" : "s"); versions holding an alias are kept",
+            reason: "retention keeps the newest \(keep) version\(keep == 1 ? "" : "s"); versions an alias holds or a Deployment uses are kept",
             dependsOn: aliasMoves, detail: .archiveVersions(ArchiveDetail(versions: numbers, keepVersions: keep))))
     }
 }

@@ -153,12 +153,38 @@ public struct DesiredDeployment: Hashable, Sendable {
     public var targetProblem: String?
     /// A digest of the Deployment's spec: quarantines and rollouts belong to one spec.
     public var specHash: String
+    /// In `capstan plan`: the model entry of the same plan the target comes from (the alias move,
+    /// or the validation of a pinned version), which the Deployment's entries depend on.
+    public var after: String?
+    /// In `capstan plan`: the entry that moves the Deployment's alias to the version a train of the
+    /// same plan produces (no number yet).
+    public var pendingMove: String?
 
-    public init(manifest: DeploymentManifest, target: Int?, targetProblem: String?, specHash: String) {
+    public init(manifest: DeploymentManifest, target: Int?, targetProblem: String?, specHash: String,
+                after: String? = nil, pendingMove: String? = nil) {
         self.manifest = manifest
         self.target = target
         self.targetProblem = targetProblem
         self.specHash = specHash
+        self.after = after
+        self.pendingMove = pendingMove
+    }
+
+    /// Resolves `manifest`'s target against the registry as a plan's model entries will leave it
+    /// (what `capstan plan` shows; `apply` resolves against the registry they did leave).
+    public static func resolve(_ manifest: DeploymentManifest, projection: RegistryProjection, specHash: String) -> DesiredDeployment {
+        var d = resolve(manifest, registry: projection.registry, specHash: specHash)
+        let model = manifest.spec.model
+        switch manifest.spec.target {
+        case .alias(let alias)?:
+            d.after = projection.moves[model]?[alias]
+            d.pendingMove = projection.pendingMoves[model]?[alias]
+        case .version(let n)?:
+            d.after = projection.validations[model]?[n]
+        case nil:
+            break
+        }
+        return d
     }
 
     public var name: String { manifest.metadata.name }
@@ -190,8 +216,9 @@ public struct DesiredDeployment: Hashable, Sendable {
         }
         guard version.status == .validated, version.archivedAt == nil else {
             let state = version.archivedAt != nil ? "archived" : version.status.rawValue
+            let subject = manifest.spec.target == .version(n) ? "\(what) is \(state)" : "\(what) is v\(n), which is \(state)"
             return DesiredDeployment(manifest: manifest, target: nil,
-                                     targetProblem: "\(what) is v\(n), which is \(state); deployments serve only validated versions",
+                                     targetProblem: "\(subject); deployments serve only validated versions",
                                      specHash: specHash)
         }
         return DesiredDeployment(manifest: manifest, target: n, targetProblem: nil, specHash: specHash)

@@ -2,16 +2,53 @@
 /// when it is known without extra work (nil otherwise: ask `size(of:)`), and an identity that
 /// changes whenever its content does (a Git blob id, or size+mtime for a folder). The loader keys
 /// its parse cache by identity.
+///
+/// A file reached through a symlink inside the repository is offered under its real path. An
+/// entry the source will not read (a symlink out of the repository, a FIFO, a name it cannot show)
+/// is offered with a `refusal` and its own path (escaped when not printable): the loader reports
+/// it and never reads it.
 public struct ManifestFile: Hashable, Sendable {
     public var path: String
     public var size: Int?
     public var identity: String
+    public var refusal: ManifestRefusal?
 
     public init(path: String, size: Int?, identity: String) {
         self.path = path
         self.size = size
         self.identity = identity
     }
+
+    /// An entry that is not read, for the reason given.
+    public init(refused path: String, _ refusal: ManifestRefusal) {
+        self.path = path
+        self.size = nil
+        self.identity = ""
+        self.refusal = refusal
+    }
+}
+
+/// Why a source does not read something it found below a manifest folder. The same repository
+/// gives the same refusals whether it is read from a folder or from a commit.
+public enum ManifestRefusal: Hashable, Sendable {
+    /// A symlink whose target is absolute, climbs above the root with `..`, or passes through a
+    /// hidden name (`.git/config`, `.env`). `target` is the link's own text.
+    case symlinkEscapes(target: String)
+    /// A symlink to nothing in the repository (dangling, or through something that is not a
+    /// folder), or whose target cannot be read as a path.
+    case symlinkBroken(target: String)
+    /// Symlinks that lead to each other (more than `LinkResolver.maxHops` links).
+    case symlinkLoop
+    /// A path named in a manifest (an input, a workdir, a manifest folder) that goes through a
+    /// symlinked folder (`link`): what is at the exact path is what counts, and there is nothing.
+    case symlinkInPath(link: String)
+    /// A FIFO, socket or device named like a manifest: reading it could block or never end.
+    case notRegularFile(kind: String)
+    /// A name that is not UTF-8, or holds a control character (a line break, an escape) or a
+    /// bidirectional control: the path is shown escaped.
+    case unsafeName
+    /// A Git submodule or a nested repository: another repository's files.
+    case submodule
 }
 
 /// The outcome of reading one file.
@@ -26,8 +63,12 @@ public enum PathKind: Sendable, Equatable {
     case file
     case directory
     case missing
-    /// A symlink, socket or anything else that is neither a plain file nor a folder.
+    /// A socket, device, submodule or anything else that is neither a plain file nor a folder.
     case other
+    /// Not followed: a symlink out of the repository, a dangling one, a loop, a path through a
+    /// symlinked folder, or a name that cannot be shown. A symlink inside the repository at the
+    /// path itself is followed (`kind` is its target's).
+    case refused(ManifestRefusal)
 }
 
 /// Where desired state is read from: a folder on disk, or (next) a commit in a Git repository.
@@ -37,7 +78,8 @@ public protocol ManifestSource: Sendable {
     var displayName: String { get }
 
     /// Every `*.yaml` / `*.yml` file below `folder` (`""` is the root), sorted by path. Hidden
-    /// folders (`.git`, `.github`, …) are skipped.
+    /// folders (`.git`, `.github`, …) are skipped. Symlinks inside the repository are followed
+    /// (files under their real paths, each once); entries that are not read come with a refusal.
     func yamlFiles(under folder: String) async throws -> [ManifestFile]
 
     /// The file at `path`, or nil when there is none.
@@ -54,7 +96,9 @@ public protocol ManifestSource: Sendable {
     /// without being read).
     func size(of file: ManifestFile) async throws -> Int
 
-    /// What is at `path` (used to check that inputs and working folders exist).
+    /// What is at `path` (used to check that inputs, working folders and manifest folders exist).
+    /// A symlink at `path` is followed while it stays inside; a path through a symlinked folder
+    /// is refused (`symlinkInPath`).
     func kind(of path: String) async throws -> PathKind
 
     /// What is at each path, in order; sources that can answer in bulk override this.

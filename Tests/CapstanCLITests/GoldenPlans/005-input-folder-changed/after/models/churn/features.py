@@ -1,0 +1,1 @@
+FEATURES = ['tenure', 'plan']
