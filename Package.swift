@@ -159,7 +159,7 @@ let package = Package(
         .testTarget(name: "CapstanMLflowTests", dependencies: ["CapstanMLflow", "CapstanCore", "CapstanTestSupport"]),
         .testTarget(name: "CapstanRunnerTests", dependencies: ["CapstanRunner", "CapstanCore", "CapstanTestSupport"]),
         .testTarget(name: "CapstanEngineTests", dependencies: [
-            "CapstanEngine", "CapstanCore", "CapstanGit", "CapstanStore", "CapstanManifests", "CapstanTestSupport",
+            "CapstanEngine", "CapstanCore", "CapstanGit", "CapstanStore", "CapstanManifests", "CapstanRunner", "CapstanTestSupport",
             .product(name: "GRDB", package: "GRDB.swift"),
         ]),
         // Every seed and every past finding of the fuzz targets, run through the same invariants.

@@ -5,6 +5,9 @@
         OUT_DIR/capstan.yaml (manifests: [models]), models/m<i>/model.yaml, models/m<i>/train.py and
         data/m<i>.csv for i in 0..N-1, committed on branch main and packed with `git gc` as a
         clone would be (--loose: leave the 3N+1 objects loose). OUT_DIR is replaced.
+        --timed: models/m<i>/train.sh instead of train.py, run by bash (for scripts/bench-apply.sh:
+        it starts in a millisecond or two, and records its own start and end, from bash's
+        $EPOCHREALTIME, as the metrics bench_started and bench_finished, seconds since the epoch).
     python3 scripts/generate-models-repo.py seed STATE_DIR PLAN_JSON
         Brings the embedded registry in STATE_DIR/capstan.db (created by `capstan plan`, so the
         schema is Capstan's own) to what `capstan apply` leaves after a converged pass: each model
@@ -68,6 +71,15 @@ if metrics:
         json.dump({"accuracy": 0.9}, f)
 """
 
+MODEL_TIMED = MODEL.replace("command: [python3, train.py]", "command: [bash, train.sh]").replace(
+    "inputs: [models/m{i}/train.py,", "inputs: [models/m{i}/train.sh,")
+
+TRAIN_TIMED = """# Records its own start and end (bash's clock: no process is started for it).
+started=$EPOCHREALTIME
+echo model >"$CAPSTAN_OUTPUT_DIR/model.txt"
+printf '{"accuracy": 0.9, "bench_started": %s, "bench_finished": %s}\\n' "$started" "$EPOCHREALTIME" >"$CAPSTAN_METRICS_FILE"
+"""
+
 GIT = ["git", "-c", "user.name=bench", "-c", "user.email=bench@example.com", "-c", "gc.auto=0"]
 
 
@@ -85,8 +97,12 @@ def repo(args):
     for i in range(args.models):
         folder = os.path.join(out, "models", f"m{i}")
         os.makedirs(folder)
-        write(os.path.join(folder, "model.yaml"), MODEL.format(i=i))
-        write(os.path.join(folder, "train.py"), TRAIN)
+        if args.timed:
+            write(os.path.join(folder, "model.yaml"), MODEL_TIMED.format(i=i))
+            write(os.path.join(folder, "train.sh"), TRAIN_TIMED)
+        else:
+            write(os.path.join(folder, "model.yaml"), MODEL.format(i=i))
+            write(os.path.join(folder, "train.py"), TRAIN)
         write(os.path.join(out, "data", f"m{i}.csv"), f"x,y\n{i},{i % 2}\n")
     subprocess.run(["git", "init", "-q", "-b", "main", out], check=True)
     subprocess.run(GIT + ["-C", out, "add", "-A"], check=True)
@@ -194,6 +210,7 @@ def main():
     p.add_argument("out")
     p.add_argument("--models", type=int, default=1000)
     p.add_argument("--loose", action="store_true", help="leave the objects loose (default: git gc, as a clone is packed)")
+    p.add_argument("--timed", action="store_true", help="train.sh run by bash, recording its own start and end in the metrics")
     p.set_defaults(run=repo)
     p = sub.add_parser("seed")
     p.add_argument("state")

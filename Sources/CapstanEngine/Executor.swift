@@ -9,6 +9,7 @@ struct Executor: Sendable {
     /// Runs `plan` against the desired state it was made from. Never throws: every failure is an
     /// entry's outcome.
     func execute(_ plan: Plan, desired: DesiredState) async -> [String: EntryOutcome] {
+        guard plan.entries.contains(where: \.action.isChange) else { return [:] }
         let models = Dictionary(desired.models.map { ($0.name, $0) }, uniquingKeysWith: { a, _ in a })
         var groups: [(String, [PlanEntry])] = []
         var index: [String: Int] = [:]

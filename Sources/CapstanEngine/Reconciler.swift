@@ -2,6 +2,7 @@ import CapstanCore
 import CapstanManifests
 import CapstanSystem
 import Foundation
+import Synchronization
 
 /// The reconcile pass (DESIGN.md §4), as one component: `plan(at:)` reads the desired state at a
 /// commit and the actual state and returns the plan; `pass(at:fence:)` recovers what a killed
@@ -10,17 +11,64 @@ import Foundation
 /// apply` and the controller all go through it; they only wire ports and render.
 ///
 /// A long-lived process keeps one reconciler: it keeps what it read (the parse cache by blob id,
-/// the tree index and folder identities of the last commit), and its source keeps the repository
-/// open.
+/// the tree index and folder identities of the last commit, the registry snapshot and the
+/// conditions it recorded), and its source keeps the repository open. A pass then costs what
+/// changed: the registry is refreshed by its generation, a pass that changed nothing in the
+/// registry is not observed and planned again, and only the conditions that changed are written.
 public final class Reconciler: Sendable {
     public let ports: ReconcilerPorts
     let parseCache: ParseCache
     let inputs: InputResolver
+    /// The registry as last read, refreshed by generation (`Registry.snapshot(refreshing:)`).
+    private let registryCache = Mutex<GenerationalSnapshot?>(nil)
+    /// The conditions stored by this reconciler's last pass, valid while no other process ran a
+    /// pass since (see `recordConditions`), and the commit and registry generation its model
+    /// conditions were computed from.
+    private let conditionCache = Mutex<KeptConditions?>(nil)
+    /// The last plan made from scratch, with the desired state and registry generation it was
+    /// made from: a pass over the same commit against a registry that did not move takes it
+    /// again (see `reusablePlan`).
+    private let lastPlanned = Mutex<Planned?>(nil)
+
+    struct KeptConditions: Sendable {
+        var passID: Int64
+        var conditions: [ObjectRef: ObjectCondition]
+        /// What the model conditions were computed from: `Conditions.models` gives the same
+        /// for the same commit, plan and registry.
+        var basis: (commit: String, generation: Int64, plan: Plan)?
+    }
+
+    struct Planned: Sendable {
+        var desired: DesiredState
+        var generation: Int64
+        /// The versions in use it was planned with (retention keeps them; no generation covers them).
+        var serving: [VersionInUse]
+        var options: PlanOptions
+        var plan: Plan
+    }
 
     public init(ports: ReconcilerPorts, parseCache: ParseCache = ParseCache()) {
         self.ports = ports
         self.parseCache = parseCache
         self.inputs = InputResolver(source: ports.source)
+    }
+
+    /// What the reconciler keeps between passes, for tests and diagnostics: the parse cache and the
+    /// generation of the registry snapshot it holds (nil: none, or a registry without
+    /// generations).
+    public var parsedFiles: ParseCache { parseCache }
+    public var registryGeneration: Int64? { registryCache.withLock { $0?.generation } }
+
+    /// The registry now: the kept snapshot when the registry has not moved since it was read,
+    /// otherwise refreshed through `registry` (the pass's fenced registry, over the same state).
+    func registrySnapshot(_ registry: any Registry) async throws -> GenerationalSnapshot {
+        let previous = registryCache.withLock { $0 }
+        let now = try await registry.snapshot(refreshing: previous)
+        registryCache.withLock { kept in
+            // Plans and passes may overlap (the controller's API): keep the newest.
+            if kept == nil || (kept?.generation ?? .min) <= (now.generation ?? .min) { kept = now }
+        }
+        return now
     }
 
     // MARK: Plan
@@ -82,6 +130,8 @@ public final class Reconciler: Sendable {
         var load: LoadResult
         var desired: DesiredState
         var actual: ActualState
+        /// The registry generation `actual` was read at (nil: the registry keeps none).
+        var generation: Int64?
     }
 
     /// Reads the manifests at `ref`, refuses a commit with errors (nothing is planned from an
@@ -120,7 +170,13 @@ public final class Reconciler: Sendable {
         }
         let models: [DesiredModel]
         do {
-            models = try await inputs.desiredModels(load, revision: revision, store: context.store, now: context.now)
+            if let kept = lastPlanned.withLock({ $0?.desired }), kept.commit == revision.commit, kept.repository == source.displayName,
+               !Self.hasExternalInputs(load.manifests) {
+                // The same commit, and every input identified by the commit alone: the same models.
+                models = kept.models
+            } else {
+                models = try await inputs.desiredModels(load, revision: revision, store: context.store, now: context.now)
+            }
         } catch let error as InputResolverError {
             var failure = error.failure
             failure.message = "\(source.displayName) @ \(revision.shortCommit): cannot resolve training inputs: \(failure.message)"
@@ -128,17 +184,45 @@ public final class Reconciler: Sendable {
         }
         let desired = DesiredState(repository: source.displayName, ref: revision.ref, commit: revision.commit, models: models,
                                    deployments: load.manifests.deployments, policy: load.manifests.configSpec.policy)
-        let actual = try await Self.actualState(context, desired)
-        return Prepared(revision: revision, load: load, desired: desired, actual: actual)
+        let registry = try await registrySnapshot(context.registry)
+        return Prepared(revision: revision, load: load, desired: desired,
+                        actual: ActualState(registry: registry.snapshot, serving: try await Self.versionsInUse(context, desired)),
+                        generation: registry.generation)
     }
 
-    /// The registry as it is now, with the versions Capstan's serving records show in use (which
-    /// retention keeps).
-    static func actualState(_ context: EngineContext, _ desired: DesiredState) async throws -> ActualState {
-        let registry = try await context.registry.snapshot()
-        let models = Dictionary(desired.deployments.map { ($0.metadata.name, $0.spec.model) }, uniquingKeysWith: { a, _ in a })
-        return ActualState(registry: registry, serving: try await context.store.servingRecords().versionsInUse(models: models))
+    /// Whether a model has an input outside the repository, whose identity (its content) may change
+    /// without a commit.
+    static func hasExternalInputs(_ manifests: ManifestSet) -> Bool {
+        manifests.models.contains { model in
+            model.spec.train.inputs.contains { if case .external = $0 { return true } else { return false } }
+        }
     }
+
+    /// The last plan made, when it is what planning again would give: the same desired state
+    /// (commit and models), the same registry generation, versions in use and options, and no
+    /// backoff it waits for has ended since (the only part of a plan that moves with the clock).
+    /// Its creation time is `now`.
+    func reusablePlan(_ prepared: Prepared, options: PlanOptions, now: Int64) -> Plan? {
+        guard let generation = prepared.generation,
+              var plan = lastPlanned.withLock({ kept -> Plan? in
+                  guard let kept, kept.generation == generation, kept.options == options, kept.desired == prepared.desired,
+                        kept.serving == prepared.actual.serving else { return nil }
+                  return kept.plan
+              }) else { return nil }
+        for entry in plan.entries where entry.action == .wait {
+            if case .wait(let wait) = entry.detail, let until = wait.until, until <= now { return nil }
+        }
+        plan.createdAt = now
+        return plan
+    }
+
+    /// The versions Capstan's serving records show in use (which retention keeps), for the
+    /// Deployments of `desired`.
+    static func versionsInUse(_ context: EngineContext, _ desired: DesiredState) async throws -> [VersionInUse] {
+        let models = Dictionary(desired.deployments.map { ($0.metadata.name, $0.spec.model) }, uniquingKeysWith: { a, _ in a })
+        return try await context.store.servingRecords().versionsInUse(models: models)
+    }
+
 
     func load(_ revision: SourceRevision) async throws -> LoadResult {
         let manifests = try await ports.source.manifests(at: revision)
@@ -150,6 +234,7 @@ public final class Reconciler: Sendable {
     /// what changed since.
     func modelPlan(_ prepared: inout Prepared, _ context: EngineContext, options: PlanOptions) async throws -> Plan {
         let now = context.now()
+        if let plan = reusablePlan(prepared, options: options, now: now) { return plan }
         var plan = Planner.plan(desired: prepared.desired, actual: prepared.actual, now: now, options: options)
         var fetched = false
         for entry in plan.entries {
@@ -165,6 +250,10 @@ public final class Reconciler: Sendable {
             fetched = true
         }
         if fetched { plan = Planner.plan(desired: prepared.desired, actual: prepared.actual, now: now, options: options) }
+        if let generation = prepared.generation {
+            lastPlanned.withLock { $0 = Planned(desired: prepared.desired, generation: generation, serving: prepared.actual.serving,
+                                                options: options, plan: plan) }
+        }
         return plan
     }
 
@@ -185,6 +274,11 @@ public final class Reconciler: Sendable {
         let (store, registry) = ports.fenced(fence, onLeaseLost)
         let context = EngineContext(ports, store: store, registry: registry, events: events)
         let passID = try await store.startPass(command: command, commit: nil)
+        // The conditions kept from this reconciler's last pass stay true only if no other pass ran
+        // since (pass ids are consecutive): then this pass takes them over.
+        conditionCache.withLock { kept in
+            if let k = kept, k.passID == passID - 1 { kept?.passID = passID } else { kept = nil }
+        }
         var commit: String?
         do {
             let recovered = try await Recovery(context: context).recover()
@@ -197,15 +291,21 @@ public final class Reconciler: Sendable {
                 throw error.failure
             }
             let plan: Plan
+            // The residual plan when the pass changes nothing in the registry: the plan itself,
+            // when it was made here with the options a residual is made with.
+            var unchanged: Plan?
             if let saved {
                 try Self.check(saved, against: prepared)
                 plan = saved
             } else {
                 plan = try await modelPlan(&prepared, context, options: options)
+                if options == PlanOptions() { unchanged = plan }
             }
             events(.planned(plan))
             let serving = override ?? ports.serving(prepared.load.manifests.configSpec)
-            let executed = await Result { try await execute(plan, prepared, context, serving: serving?.target) }
+            let executed = await Result {
+                try await execute(plan, prepared, context, serving: serving?.target, passID: passID, residualIfUnchanged: unchanged)
+            }
             if override == nil { await serving?.close() }
             var report = try executed.get()
             report.passID = passID
@@ -239,14 +339,35 @@ public final class Reconciler: Sendable {
     }
 
     /// Executes `plan` (its model entries), then the Deployments against the registry as it is
-    /// now, and computes what is left and each object's condition.
-    func execute(_ plan: Plan, _ prepared: Prepared, _ context: EngineContext, serving: (any ServingTarget)?) async throws -> PassReport {
+    /// now, and computes what is left and each object's condition. When the registry did not move
+    /// since `prepared` was read, nothing is planned again: what is left of the models is
+    /// `residualIfUnchanged` (the plan made from the same state, with the residual's options).
+    func execute(_ plan: Plan, _ prepared: Prepared, _ context: EngineContext, serving: (any ServingTarget)?, passID: Int64,
+                 residualIfUnchanged: Plan? = nil) async throws -> PassReport {
         let desired = prepared.desired
         let manifests = prepared.load.manifests
         let modelEntries = Plan(repository: plan.repository, ref: plan.ref, commit: plan.commit, actualDigest: plan.actualDigest,
                                 createdAt: plan.createdAt, entries: plan.entries.filter { $0.kind == .model })
         var outcomes = await Executor(context: context).execute(modelEntries, desired: desired)
-        var afterModels = try await Self.actualState(context, desired)
+        /// The plan again against `actual`: only the models that changed since `prepared` when the
+        /// plan made then is at hand (`residualIfUnchanged`) and the versions in use are the same,
+        /// otherwise all of them.
+        func planAgain(_ actual: ActualState) -> Plan {
+            let now = context.now()
+            guard let base = residualIfUnchanged, actual.serving == prepared.actual.serving,
+                  var models = Self.changedModels(from: prepared.actual.registry, to: actual.registry) else {
+                return Planner.plan(desired: desired, actual: actual, now: now, options: PlanOptions())
+            }
+            for entry in base.entries where entry.action == .wait {
+                if case .wait(let wait) = entry.detail, let until = wait.until, until <= now { models.insert(entry.name) }
+            }
+            return Planner.replan(base, models: models, desired: desired, actual: actual, now: now)
+        }
+        var read = try await registrySnapshot(context.registry)
+        // The model entries do not change what serves: the versions in use are those read for the plan.
+        var afterModels = ActualState(registry: read.snapshot, serving: prepared.actual.serving)
+        /// Nothing the pass did (or anyone else did meanwhile) changed the registry.
+        var registryUnchanged: Bool { read.generation != nil && read.generation == prepared.generation }
         // What the first round made possible (archiving a version an alias just left, a `latest`
         // move to a version just validated) is done in the same pass, so that a second apply
         // right after has nothing to do. Only bookkeeping entries; never a training.
@@ -256,8 +377,8 @@ public final class Reconciler: Sendable {
         // look at); the others do.
         var failedModels = Set<String>()
         for entry in modelEntries.entries where outcomes[entry.id]?.isFailure == true { failedModels.insert(entry.name) }
-        for round in 1...2 {
-            let next = Planner.plan(desired: desired, actual: afterModels, now: context.now(), options: PlanOptions())
+        for round in 1...2 where !registryUnchanged {
+            let next = planAgain(afterModels)
             let entries = next.entries.filter { entry in
                 bookkeeping.contains(entry.action) && !failedModels.contains(entry.name)
                     && entry.dependsOn.allSatisfy { id in next.entries.first { $0.id == id } == nil }
@@ -274,7 +395,8 @@ public final class Reconciler: Sendable {
             let roundOutcomes = await Executor(context: context).execute(round, desired: desired)
             for entry in renamed where roundOutcomes[entry.id]?.isFailure == true { failedModels.insert(entry.name) }
             outcomes.merge(roundOutcomes) { a, _ in a }
-            afterModels = try await Self.actualState(context, desired)
+            read = try await registrySnapshot(context.registry)
+            afterModels = ActualState(registry: read.snapshot, serving: prepared.actual.serving)
         }
 
         // A pass stopped (a signal, a lost lease) changes nothing in the serving layer.
@@ -302,23 +424,99 @@ public final class Reconciler: Sendable {
             }
         }
 
-        let actual = try await Self.actualState(context, desired)
+        read = try await registrySnapshot(context.registry)
+        // The deployment phase may have changed what serves: read again.
+        let actual = ActualState(registry: read.snapshot, serving: try await Self.versionsInUse(context, desired))
+        let servingUnchanged = actual.serving == prepared.actual.serving
         // `--retry-failed` applies to this pass only: what is left is judged by the backoff.
-        let residual = Planner.plan(desired: desired, actual: actual, now: context.now(), options: PlanOptions())
+        let residual = (registryUnchanged && servingUnchanged ? residualIfUnchanged : nil) ?? planAgain(actual)
         // What failed in this pass, by model: a failure the registry keeps no trace of (a missing
         // secret, a full disk) still shows in the model's condition.
         var failed: [String: ReconcileFailure] = [:]
         for entry in plan.entries + followUps where entry.kind == .model {
             if failed[entry.name] == nil, let failure = outcomes[entry.id]?.failure { failed[entry.name] = failure }
         }
-        conditions = Conditions.models(desired: desired, residual: residual, registry: actual.registry, now: context.now(),
-                                       failed: failed) + conditions
-        var recording = StateChanges("record the conditions of the pass")
-        recording.setConditions(conditions, pruning: [.model, .deployment])
-        try await context.commit(recording)
+        // The model conditions of the same commit, registry and residual are those of the last
+        // pass, when neither pass failed: taken as they are.
+        let basis = failed.isEmpty ? read.generation.map { (commit: desired.commit, generation: $0, plan: residual) } : nil
+        let kept = conditionCache.withLock { kept -> [ObjectCondition]? in
+            guard let kept, kept.passID == passID, let was = kept.basis, let basis, was.commit == basis.commit,
+                  was.generation == basis.generation, was.plan.entries == basis.plan.entries else { return nil }
+            return desired.models.compactMap { kept.conditions[.model($0.name)] }
+        }
+        let models = kept.flatMap { $0.count == desired.models.count ? $0 : nil }
+            ?? Conditions.models(desired: desired, residual: residual, registry: actual.registry, now: context.now(), failed: failed)
+        conditions = models + conditions
+        try await recordConditions(conditions, passID: passID, basis: basis, context)
         return PassReport(passID: 0, revision: prepared.revision, plan: plan, followUps: followUps,
                           deploymentEntries: deploymentEntries, outcomes: outcomes, residual: residual.entries + deploymentResidual,
                           conditions: conditions, recovered: [], at: context.now())
+    }
+}
+
+extension Reconciler {
+    /// The models whose registry state differs between `old` and `new` (their row, versions or
+    /// aliases); nil when a model was registered or removed, or the models are not in the same
+    /// order (then everything is planned again). Cheap for a refreshed snapshot: what did not
+    /// change shares its storage with `old`.
+    static func changedModels(from old: RegistrySnapshot, to new: RegistrySnapshot) -> Set<String>? {
+        guard old.models.count == new.models.count else { return nil }
+        var changed = Set<String>()
+        for (a, b) in zip(old.models, new.models) where a != b {
+            guard a.name == b.name else { return nil }
+            changed.insert(a.name)
+        }
+        for (name, versions) in new.versions where old.versions[name] != versions { changed.insert(name) }
+        for name in old.versions.keys where new.versions[name] == nil { changed.insert(name) }
+        for (name, aliases) in new.aliases where old.aliases[name] != aliases { changed.insert(name) }
+        for name in old.aliases.keys where new.aliases[name] == nil { changed.insert(name) }
+        return changed
+    }
+
+    /// Records the conditions of pass `passID`: only those that changed are written (a condition
+    /// that holds keeps the time and commit at which it was set), and those of objects no longer
+    /// desired are removed. What is stored is known without reading it when this reconciler's
+    /// previous pass was the last one (`pass` checks); otherwise it is read. When it cannot be
+    /// read (a row no Capstan wrote), every condition is written and the others pruned, as before.
+    func recordConditions(_ conditions: [ObjectCondition], passID: Int64, basis: (commit: String, generation: Int64, plan: Plan)?,
+                          _ context: EngineContext) async throws {
+        var known = conditionCache.withLock { kept -> [ObjectRef: ObjectCondition]? in
+            defer { kept = nil }  // Until the write is done: a failed write leaves the store unknown.
+            return kept?.passID == passID ? kept?.conditions : nil
+        }
+        if known == nil, let stored = try? await context.store.conditions() {
+            known = Dictionary(stored.map { ($0.object, $0) }, uniquingKeysWith: { a, _ in a })
+        }
+        var now: [ObjectRef: ObjectCondition] = [:]
+        var recording = StateChanges("record the conditions of the pass")
+        if let known {
+            var changed: [ObjectCondition] = []
+            for condition in conditions {
+                if let before = known[condition.object], before.holds(condition) {
+                    now[condition.object] = before
+                } else {
+                    changed.append(condition)
+                    now[condition.object] = condition
+                }
+            }
+            if !changed.isEmpty { recording.setConditions(changed) }
+            recording.removeConditions(known.keys.filter { now[$0] == nil }.sorted { $0.description < $1.description })
+        } else {
+            for condition in conditions { now[condition.object] = condition }
+            recording.setConditions(conditions, pruning: [.model, .deployment])
+        }
+        try await context.commit(recording)
+        conditionCache.withLock { $0 = KeptConditions(passID: passID, conditions: now, basis: basis) }
+    }
+}
+
+extension ObjectCondition {
+    /// Whether `other` says the same as this condition (the same type, reason, message and
+    /// failure class), whenever and at whichever commit it was observed: a condition that holds
+    /// is not written again, and keeps the time and commit at which it was set.
+    func holds(_ other: ObjectCondition) -> Bool {
+        object == other.object && type == other.type && reason == other.reason && message == other.message
+            && failureClass == other.failureClass
     }
 }
 

@@ -14,6 +14,7 @@ public final class ParseCache: Sendable {
     }
 
     private let entries = Mutex<[Key: ManifestDecoder.FileResult]>([:])
+    private let decoded = Atomic<Int>(0)
     /// The last whole result, by snapshot identity and display prefix.
     private let lastLoad = Mutex<(key: String, result: LoadResult)?>(nil)
 
@@ -37,6 +38,7 @@ public final class ParseCache: Sendable {
     }
 
     func put(_ key: Key, _ value: ManifestDecoder.FileResult) {
+        decoded.add(1, ordering: .relaxed)
         entries.withLock { $0[key] = value }
     }
 
@@ -48,6 +50,9 @@ public final class ParseCache: Sendable {
     }
 
     public var count: Int { entries.withLock { $0.count } }
+    /// How many files were decoded (read and parsed) into this cache since it was made: a load
+    /// that finds every file in the cache adds none.
+    public var decodedFiles: Int { decoded.load(ordering: .relaxed) }
 }
 
 /// The outcome of loading a source: the desired state and every problem found.

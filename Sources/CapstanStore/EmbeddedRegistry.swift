@@ -56,17 +56,6 @@ public struct EmbeddedRegistry: Registry {
         try await snapshot(refreshing: nil).snapshot
     }
 
-    /// A registry snapshot with the generation it was read at.
-    public struct GenerationalSnapshot: Hashable, Sendable {
-        public var generation: Int64
-        public var snapshot: RegistrySnapshot
-
-        public init(generation: Int64, snapshot: RegistrySnapshot) {
-            self.generation = generation
-            self.snapshot = snapshot
-        }
-    }
-
     /// The registry's generation: it moves with every write that changes a model, a version or
     /// an alias.
     public func generation() async throws -> Int64 {
@@ -85,12 +74,11 @@ public struct EmbeddedRegistry: Registry {
         try await database.read("read the registry") { db in
             let (generation, removedAt) = try Self.generations(db)
             // A row removed since (by another program), or a snapshot from a later state: all again.
-            guard let previous, previous.generation <= generation, previous.generation >= removedAt else {
+            guard let previous, let since = previous.generation, since <= generation, since >= removedAt else {
                 return GenerationalSnapshot(generation: generation, snapshot: try Self.snapshot(db, since: nil, into: nil))
             }
-            if previous.generation == generation { return previous }
-            return GenerationalSnapshot(generation: generation,
-                                        snapshot: try Self.snapshot(db, since: previous.generation, into: previous.snapshot))
+            if since == generation { return previous }
+            return GenerationalSnapshot(generation: generation, snapshot: try Self.snapshot(db, since: since, into: previous.snapshot))
         }
     }
 

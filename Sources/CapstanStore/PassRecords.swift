@@ -91,6 +91,13 @@ public struct PassRecords: Sendable {
         }
     }
 
+    /// Removes the stored conditions of `objects` (those not stored are ignored), in the caller's
+    /// transaction.
+    public func removeConditions(_ db: Database, _ objects: [ObjectRef]) throws {
+        let delete = try db.cachedStatement(sql: "DELETE FROM conditions WHERE object = ?")
+        for object in objects { try delete.execute(arguments: [object.description]) }
+    }
+
     /// Every stored condition, by object.
     public func conditions() throws -> [ObjectCondition] {
         try database.read("read conditions") { db in try conditions(db) }

@@ -164,6 +164,8 @@ public struct SQLiteStateStore: StateStore {
                     try passes.finish(db, id: id, commit: commit, outcome: outcome, summary: summary)
                 case .setConditions(let conditions, let pruning):
                     try passes.setConditions(db, conditions, pruning: pruning)
+                case .removeConditions(let objects):
+                    try passes.removeConditions(db, objects)
                 case .setApplied(let deployment, let model, let backends):
                     try serving.setApplied(db, deployment, model: model, backends)
                 case .setRollout(let deployment, let rollout):

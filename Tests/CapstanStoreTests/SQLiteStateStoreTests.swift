@@ -192,6 +192,7 @@ import Testing
             if state == .finished { changes.finishJournal(id, record: record) } else { changes.failJournal(id, closing, record: record) }
         case .finishPass(let id, let commit, let outcome, let summary): changes.finishPass(id, commit: commit, outcome: outcome, summary: summary)
         case .setConditions(let c, let pruning): changes.setConditions(c, pruning: pruning)
+        case .removeConditions(let objects): changes.removeConditions(objects)
         case .setApplied(let d, let m, let w): changes.setApplied(d, model: m, w)
         case .setRollout(let d, let r): changes.setRollout(d, r)
         case .addQuarantine(let q): changes.addQuarantine(q)

@@ -16,9 +16,12 @@ public struct ObjectCondition: Hashable, Sendable {
     /// A CamelCase reason (`Converged`, `TrainingFailed`, `CandidateRejected`, `AliasBlocked`…).
     public var reason: String
     public var message: String
-    /// The commit the condition was observed at.
+    /// The commit of the pass that set the condition. A condition that holds across passes (the
+    /// same type, reason, message and failure class) is not written again: it keeps the commit
+    /// and time at which it was set, like Kubernetes' `lastTransitionTime`. The commit a pass
+    /// observed is in its pass record.
     public var commit: String?
-    /// Milliseconds since the epoch.
+    /// When the condition was set (it last changed), in milliseconds since the epoch.
     public var updatedAt: Int64
     /// For a condition that is not Ready: what the loop does about it (stalled, waiting,
     /// transient, terminal), and when it comes back by itself (waiting).

@@ -18,6 +18,48 @@ public enum Planner {
                 policy: desired.policy, now: now, options: options)
             entries += planner.plan()
         }
+        entries += orphans(desired: desired, actual: actual)
+        return Plan(repository: desired.repository, ref: desired.ref, commit: desired.commit,
+                    actualDigest: actual.digest, createdAt: now, entries: entries)
+    }
+
+    /// `plan(desired:actual:now:options:)` again after a few models changed, without planning the
+    /// others again: the entries of `models` are planned against `actual`, every other model's
+    /// are taken from `previous`, and orphans are found again. Gives what `plan` gives when
+    /// `previous` was planned from the same `desired` and `options` and the models not in `models`
+    /// are as they were then in the registry and have no backoff that ended since (the caller
+    /// checks; see `Reconciler`).
+    public static func replan(_ previous: Plan, models: Set<String>, desired: DesiredState, actual: ActualState, now: Int64,
+                              options: PlanOptions = PlanOptions()) -> Plan {
+        var kept: [String: [PlanEntry]] = [:]
+        for entry in previous.entries where entry.action != .orphaned && !models.contains(entry.name) {
+            kept[entry.name, default: []].append(entry)
+        }
+        var entries: [PlanEntry] = []
+        entries.reserveCapacity(previous.entries.count)
+        // A few models: looked up one by one rather than indexing them all.
+        let registered = models.count > 16 ? Dictionary(actual.registry.models.map { ($0.name, $0) }, uniquingKeysWith: { a, _ in a }) : nil
+        for model in desired.models {
+            if models.contains(model.name) {
+                var planner = ModelPlanner(
+                    desired: model,
+                    registered: registered.map { $0[model.name] } ?? actual.registry.models.first { $0.name == model.name },
+                    versions: actual.registry.versions[model.name] ?? [],
+                    aliases: actual.registry.aliases[model.name] ?? [:],
+                    deployed: deployed(model.name, desired: desired, actual: actual),
+                    policy: desired.policy, now: now, options: options)
+                entries += planner.plan()
+            } else if let same = kept[model.name] {
+                entries += same
+            }
+        }
+        entries += orphans(desired: desired, actual: actual)
+        return Plan(repository: desired.repository, ref: desired.ref, commit: desired.commit,
+                    actualDigest: actual.digest, createdAt: now, entries: entries)
+    }
+
+    static func orphans(desired: DesiredState, actual: ActualState) -> [PlanEntry] {
+        var entries: [PlanEntry] = []
         let wanted = Set(desired.models.map(\.name))
         for model in actual.registry.models where !wanted.contains(model.name) {
             let versions = actual.registry.versions[model.name] ?? []
@@ -27,8 +69,7 @@ public enum Planner {
                 reason: "in the registry but no longer in Git; Capstan leaves it as it is",
                 detail: .orphaned(OrphanDetail(versions: versions.count, aliases: aliases))))
         }
-        return Plan(repository: desired.repository, ref: desired.ref, commit: desired.commit,
-                    actualDigest: actual.digest, createdAt: now, entries: entries)
+        return entries
     }
 
     /// The versions of `model` that Deployments use: pinned by a Deployment in Git (`version: 7`),

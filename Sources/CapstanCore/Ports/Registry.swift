@@ -157,6 +157,20 @@ public struct RegistrySnapshot: Hashable, Sendable {
     }
 }
 
+/// A registry snapshot with the registry generation it was read at, so that a reader keeping it
+/// (the controller's reconciler) can tell whether the registry moved since.
+public struct GenerationalSnapshot: Hashable, Sendable {
+    /// Moves with every write that changes a model, a version or an alias; nil for a registry
+    /// that keeps no generation (every refresh reads it all again).
+    public var generation: Int64?
+    public var snapshot: RegistrySnapshot
+
+    public init(generation: Int64?, snapshot: RegistrySnapshot) {
+        self.generation = generation
+        self.snapshot = snapshot
+    }
+}
+
 /// One move of an alias, kept forever: "which version was champion at time T".
 public struct AliasMove: Hashable, Sendable, Codable {
     public var model: String
@@ -213,6 +227,10 @@ public protocol Registry: Sendable {
     /// `training` description (the planner needs it only for the models it retrains): fetch it
     /// with `trainingDescription(of:number:)`.
     func snapshot() async throws -> RegistrySnapshot
+    /// The registry now, as `snapshot()`: `previous` itself when the registry has not changed
+    /// since it was read, otherwise a snapshot read again (only what changed, where the registry
+    /// can tell). `previous` must come from this registry.
+    func snapshot(refreshing previous: GenerationalSnapshot?) async throws -> GenerationalSnapshot
     /// What version `number`'s fingerprint was computed from, when it was recorded.
     func trainingDescription(of model: String, number: Int) async throws -> TrainingDescription?
     func model(named name: String) async throws -> RegisteredModel?
@@ -241,4 +259,11 @@ public protocol Registry: Sendable {
     func aliasHistory(of model: String, alias: String?) async throws -> [AliasMove]
     /// The version `alias` pointed at, at `time` (ms since the epoch), if any.
     func aliasHolder(_ alias: String, of model: String, at time: Int64) async throws -> Int?
+}
+
+extension Registry {
+    /// A registry without generations reads everything every time.
+    public func snapshot(refreshing previous: GenerationalSnapshot?) async throws -> GenerationalSnapshot {
+        GenerationalSnapshot(generation: nil, snapshot: try await snapshot())
+    }
 }

@@ -209,6 +209,8 @@ public struct StateChanges: Sendable {
         /// Replaces the conditions of these objects; with `pruning`, also removes the stored
         /// conditions of that kind of object (models, deployments) that are not listed.
         case setConditions([ObjectCondition], pruning: Set<ObjectKind>)
+        /// Removes the stored conditions of these objects.
+        case removeConditions([ObjectRef])
         case setApplied(deployment: String, model: String, [BackendWeight]?)
         case setRollout(deployment: String, RolloutState?)
         case addQuarantine(Quarantine)
@@ -240,6 +242,9 @@ public struct StateChanges: Sendable {
     }
     public mutating func setConditions(_ conditions: [ObjectCondition], pruning: Set<ObjectKind> = []) {
         writes.append(.setConditions(conditions, pruning: pruning))
+    }
+    public mutating func removeConditions(_ objects: [ObjectRef]) {
+        if !objects.isEmpty { writes.append(.removeConditions(objects)) }
     }
     public mutating func setApplied(_ deployment: String, model: String, _ backends: [BackendWeight]?) {
         writes.append(.setApplied(deployment: deployment, model: model, backends))
