@@ -50,27 +50,65 @@ struct StepWorkspace {
         return unique.filter { path in !unique.contains { $0 != path && path.hasPrefix($0 + "/") } }
     }
 
+    /// Where the repository paths a step gets are copied from: each path written on its own by
+    /// the source (`SourceRepository.materialize(commit:path:)`: a folder once per tree id, a file
+    /// once per blob, shared), or, when one of them cannot be, the commit's whole tree. The cost
+    /// of a step then follows what it gets, not the size of the repository.
+    struct Sources {
+        /// The commit's whole tree, when paths are copied out of it.
+        var whole: String?
+        /// Path → its own copy (paths the commit does not hold are missing).
+        var parts: [String: String]
+
+        static func locate(_ paths: [String], commit: String, source: any SourceRepository) async throws -> Sources {
+            if paths != [""] {
+                var parts: [String: String] = [:]
+                var separately = true
+                for path in paths where separately {
+                    switch try await source.materialize(commit: commit, path: path) {
+                    case .at(let location): parts[path] = location
+                    case .absent: continue
+                    case .wholeTreeNeeded: separately = false
+                    }
+                }
+                if separately { return Sources(whole: nil, parts: parts) }
+            }
+            return Sources(whole: try await source.materialize(commit: commit), parts: [:])
+        }
+
+        /// Where `path` is copied from; nil when the commit holds nothing there.
+        func location(of path: String) -> String? {
+            guard let whole else { return parts[path] }
+            if path.isEmpty { return whole }
+            var info = stat()
+            return lstat(whole + "/" + path, &info) == 0 ? whole + "/" + path : nil
+        }
+    }
+
     /// Creates the folders afresh (an interrupted attempt's leftovers are removed) and copies
-    /// `paths` (repository paths, see `paths(workdir:inputs:)`) out of the materialized tree.
-    func prepare(materialized: String, paths: [String], params: [String: ParamValue]) throws {
+    /// `paths` (repository paths, see `paths(workdir:inputs:)`) from `sources`.
+    func prepare(sources: Sources, paths: [String], params: [String: ParamValue]) throws {
         let fm = FileManager.default
         if fm.fileExists(atPath: folder) { try fm.removeItem(atPath: folder) }
         // Private like the rest of the state folder (runs/ and logs/ hold data and metrics).
         try WorkFiles.makeFolder(folder)
-        if paths == [""] {
-            try fm.copyItem(atPath: materialized, toPath: tree)
+        if paths == [""], let whole = sources.location(of: "") {
+            try fm.copyItem(atPath: whole, toPath: tree)
         } else {
             try WorkFiles.makeFolder(tree)
             for path in paths {
-                let from = materialized + "/" + path
                 // A declared input the commit does not hold is left out (the fingerprint says
                 // `missing`); its folder is still made, so that the step can create it.
-                var info = stat()
-                guard lstat(from, &info) == 0 else { continue }
+                guard let from = sources.location(of: path) else { continue }
                 let to = tree + "/" + path
                 let parent = (to as NSString).deletingLastPathComponent
                 if !fm.fileExists(atPath: parent) { try fm.createDirectory(atPath: parent, withIntermediateDirectories: true) }
                 try fm.copyItem(atPath: from, toPath: to)
+                // A shared file copy is read-only; the step's own copy is writable, as in a checkout.
+                var info = stat()
+                if lstat(to, &info) == 0, info.st_mode & S_IFMT == S_IFREG {
+                    chmod(to, info.st_mode & 0o111 != 0 ? 0o755 : 0o644)
+                }
             }
         }
         try WorkFiles.makeFolder(output)
@@ -258,9 +296,9 @@ struct Training {
         let result: StepResult
         let oomKillsBefore = OutOfMemory.kills()
         do {
-            let materialized = try await context.source.materialize(commit: plan.commit)
-            try workspace.prepare(materialized: materialized, paths: StepWorkspace.paths(workdir: spec.workdir, inputs: spec.inputs),
-                                  params: spec.params)
+            let paths = StepWorkspace.paths(workdir: spec.workdir, inputs: spec.inputs)
+            let sources = try await StepWorkspace.Sources.locate(paths, commit: plan.commit, source: context.source)
+            try workspace.prepare(sources: sources, paths: paths, params: spec.params)
             let env = try StepEnvironment.make(model: name, spec: spec, reconciler: context.environment, capstan: [
                 "CAPSTAN_MODEL": name, "CAPSTAN_VERSION": String(number), "CAPSTAN_FINGERPRINT": detail.fingerprint,
                 "CAPSTAN_COMMIT": plan.commit, "CAPSTAN_OUTPUT_DIR": workspace.output, "CAPSTAN_METRICS_FILE": workspace.metricsFile,

@@ -98,9 +98,9 @@ struct Validation {
                     workspace: StepWorkspace, workdir: String, run base: StepRun, journalID: Int64) async throws -> (GateResult, [String: Double]) {
         let train = model.manifest.spec.train
         let store = context.store
-        let materialized = try await context.source.materialize(commit: plan.commit)
-        try workspace.prepare(materialized: materialized, paths: StepWorkspace.paths(workdir: workdir, inputs: train.inputs),
-                              params: train.params)
+        let paths = StepWorkspace.paths(workdir: workdir, inputs: train.inputs)
+        let sources = try await StepWorkspace.Sources.locate(paths, commit: plan.commit, source: context.source)
+        try workspace.prepare(sources: sources, paths: paths, params: train.params)
         let env = try StepEnvironment.make(model: name, spec: train, reconciler: context.environment, capstan: [
             "CAPSTAN_MODEL": name, "CAPSTAN_VERSION": String(version.number), "CAPSTAN_FINGERPRINT": version.fingerprint,
             "CAPSTAN_COMMIT": plan.commit, "CAPSTAN_MODEL_DIR": artifact, "CAPSTAN_METRICS_FILE": workspace.metricsFile,

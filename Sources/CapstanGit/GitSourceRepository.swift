@@ -110,6 +110,38 @@ public actor GitSourceRepository: SourceRepository {
         return try await recovering(ref: id.short) { try await materializer.materialize($0.repository, commit: id).path }
     }
 
+    /// One folder (`<state>/trees/<its tree id>`) or file (`<state>/trees/blobs/<blob id>`) of
+    /// `commit`, for a step that needs only that. A symlink, a submodule, or a folder whose links
+    /// lead out of it is `.wholeTreeNeeded` (the whole tree resolves them).
+    public func materialize(commit: String, path: String) async throws -> MaterializedPath {
+        await enter()
+        defer { leave() }
+        guard let id = ObjectID(hex: commit) else {
+            throw GitSourceError(repository: displayName, ref: commit, kind: .notFound,
+                                 message: "'\(commit)' is not a commit id (40 lowercase hex digits)")
+        }
+        if path.isEmpty { return .wholeTreeNeeded }
+        try await requirePresent(id, "commit", ref: id.short)
+        let materializer = self.materializer
+        return try await recovering(ref: id.short) { opened -> MaterializedPath in
+            let repository = opened.repository
+            let info = try await repository.commitInfo(id)
+            guard let (object, kind) = try await repository.entry(at: path, in: info.tree) else { return .absent }
+            switch kind {
+            case .tree:
+                do {
+                    return .at(try await materializer.materialize(repository, commit: id, folder: path).path)
+                } catch let error as Materializer.MaterializeError where error.kind == .unsafeTree {
+                    return .wholeTreeNeeded
+                }
+            case .blob, .executable:
+                return .at(try await materializer.materializeFile(repository, blob: object, executable: kind == .executable))
+            case .symlink, .commit:
+                return .wholeTreeNeeded
+            }
+        }
+    }
+
     /// A remote's mirror is closed, thrown away and cloned again (true); a local repository is
     /// left as it is (false). The clone's notes come with the next revision `resolve` returns.
     public func recoverDamagedMirror() async throws -> Bool {

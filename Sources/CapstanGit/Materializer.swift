@@ -81,6 +81,32 @@ public struct Materializer: Sendable {
         return target
     }
 
+    /// The file `blob` written once, read-only, as `<root>/blobs/<blob id>` (`-x` for an
+    /// executable one): what a step that needs one file of a commit copies, without writing the
+    /// commit's whole tree.
+    public func materializeFile(_ repository: GitRepository, blob: ObjectID, executable: Bool) async throws -> String {
+        let folder = (root as NSString).appendingPathComponent("blobs")
+        let target = folder + "/" + blob.hex + (executable ? "-x" : "")
+        if FileManager.default.fileExists(atPath: target) { return target }
+        do {
+            try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
+        } catch {
+            throw Self.fileSystemError("create the folder of materialized files \(folder)", error: error)
+        }
+        let temporary = folder + "/.\(blob.hex).tmp-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        let bytes = try await repository.blob(blob)
+        do {
+            try Self.writeFile(temporary, bytes, mode: executable ? 0o555 : 0o444)
+            // Another process may have written the same blob first: theirs is identical.
+            guard rename(temporary, target) == 0 else { throw Self.systemError("move into place", target) }
+        } catch {
+            unlink(temporary)
+            if FileManager.default.fileExists(atPath: target) { return target }
+            throw error
+        }
+        return target
+    }
+
     /// Checks the tree's symlinks, then writes `entries` to a temporary folder under `root` and
     /// renames it to `target`.
     private static func writeTree(_ entries: [TreeEntry], of tree: ObjectID, to target: URL, root: String, commit: ObjectID,

@@ -196,6 +196,43 @@ struct GitSourceRepositoryTests {
         #expect(failure.message.contains("'main' is not a commit id"))
     }
 
+    /// One path of a commit on its own (what a training step gets): a folder written once per
+    /// tree id, a file once per blob (read-only, its executable bit kept), nothing for a path the
+    /// commit does not hold, and the whole tree for what cannot be written alone.
+    @Test func onePathIsWrittenOnItsOwn() async throws {
+        let f = try LocalFixture()
+        try f.repo.symlink("models/link", to: "churn")
+        try f.repo.symlink("models/out/up", to: "../../data")
+        try f.repo.write("models/out/train.py", "print(1)\n")
+        let commit = try f.repo.commit("links")
+        let repository = f.repository()
+
+        let folder = try await repository.materialize(commit: commit, path: "models/churn")
+        #expect(folder == .at(f.state + "/trees/" + (try f.repo.rev("\(commit):models/churn"))))
+        if case .at(let path) = folder {
+            #expect(f.dir.files(under: URL(fileURLWithPath: path)) == ["model.yaml", "serve.py", "train.py"])
+        }
+        let file = try await repository.materialize(commit: commit, path: "models/churn/train.py")
+        #expect(file == .at(f.state + "/trees/blobs/" + (try f.repo.rev("\(commit):models/churn/train.py")) + "-x"))
+        if case .at(let path) = file {
+            #expect(try FileManager.default.attributesOfItem(atPath: path)[.posixPermissions] as? Int == 0o555)
+            #expect(try String(contentsOfFile: path, encoding: .utf8) == (try String(contentsOfFile: f.repo.path + "/models/churn/train.py", encoding: .utf8)))
+        }
+        let data = try await repository.materialize(commit: commit, path: "data/x.csv")
+        if case .at(let path) = data {
+            #expect(try FileManager.default.attributesOfItem(atPath: path)[.posixPermissions] as? Int == 0o444)
+        } else {
+            Issue.record("data/x.csv: \(data)")
+        }
+        #expect(try await repository.materialize(commit: commit, path: "data/nothing.csv") == .absent)
+        #expect(try await repository.materialize(commit: commit, path: "models/link") == .wholeTreeNeeded)
+        #expect(try await repository.materialize(commit: commit, path: "models/out") == .wholeTreeNeeded)
+        #expect(try await repository.materialize(commit: commit, path: "") == .wholeTreeNeeded)
+        // The commit's whole tree was never written.
+        let trees = try FileManager.default.contentsOfDirectory(atPath: f.state + "/trees")
+        #expect(!trees.contains(try f.repo.rev("\(commit)^{tree}")), "\(trees)")
+    }
+
     @Test func aTreeThatCannotBeWrittenSafelyIsStalled() async throws {
         let f = try LocalFixture()
         try f.repo.symlink("models/churn/escape", to: "../../../etc/passwd")

@@ -20,6 +20,10 @@ public protocol SourceRepository: Sendable {
     /// what it needs from it. Written once per tree.
     func materialize(commit: String) async throws -> String
 
+    /// One path of `commit` on its own, shared and read-only (a folder written once per tree id,
+    /// a file once per blob): what a step needs without writing the whole commit out.
+    func materialize(commit: String, path: String) async throws -> MaterializedPath
+
     /// Called when reading `revision` found an object that cannot be read: a remote's mirror is
     /// thrown away and cloned again (true); a local repository is left as it is (false).
     func recoverDamagedMirror() async throws -> Bool
@@ -93,4 +97,20 @@ public struct SourceTreeEntry: Hashable, Sendable {
         self.kind = kind
         self.id = id
     }
+}
+
+/// Where one path of a commit was written (`SourceRepository.materialize(commit:path:)`).
+public enum MaterializedPath: Hashable, Sendable {
+    /// A read-only copy of the folder or file, at this location.
+    case at(String)
+    /// The commit holds nothing at the path.
+    case absent
+    /// The path cannot be written on its own (a symlink, a submodule, a link leading out of the
+    /// folder): copy it from the whole tree (`materialize(commit:)`).
+    case wholeTreeNeeded
+}
+
+extension SourceRepository {
+    /// A source that cannot write single paths: steps copy from the whole tree.
+    public func materialize(commit: String, path: String) async throws -> MaterializedPath { .wholeTreeNeeded }
 }
