@@ -29,6 +29,8 @@ public final class Reconciler: Sendable {
     /// made from: a pass over the same commit against a registry that did not move takes it
     /// again (see `reusablePlan`).
     private let lastPlanned = Mutex<Planned?>(nil)
+    /// The registry digest (`ActualState.digest`) of one generation: computed once per generation.
+    private let digestCache = Mutex<(generation: Int64, digest: String)?>(nil)
 
     struct KeptConditions: Sendable {
         var passID: Int64
@@ -69,6 +71,18 @@ public final class Reconciler: Sendable {
             if kept == nil || (kept?.generation ?? .min) <= (now.generation ?? .min) { kept = now }
         }
         return now
+    }
+
+    /// The actual state of `read` with `serving`, its digest known when this generation's was
+    /// computed before.
+    func actualState(_ read: GenerationalSnapshot, serving: [VersionInUse]) -> ActualState {
+        guard let generation = read.generation else { return ActualState(registry: read.snapshot, serving: serving) }
+        if let known = digestCache.withLock({ $0?.generation == generation ? $0?.digest : nil }) {
+            return ActualState(registry: read.snapshot, serving: serving, knownDigest: known)
+        }
+        let digest = ActualState.digest(of: read.snapshot)
+        digestCache.withLock { $0 = (generation, digest) }
+        return ActualState(registry: read.snapshot, serving: serving, knownDigest: digest)
     }
 
     // MARK: Plan
@@ -186,7 +200,7 @@ public final class Reconciler: Sendable {
                                    deployments: load.manifests.deployments, policy: load.manifests.configSpec.policy)
         let registry = try await registrySnapshot(context.registry)
         return Prepared(revision: revision, load: load, desired: desired,
-                        actual: ActualState(registry: registry.snapshot, serving: try await Self.versionsInUse(context, desired)),
+                        actual: actualState(registry, serving: try await Self.versionsInUse(context, desired)),
                         generation: registry.generation)
     }
 
@@ -216,6 +230,32 @@ public final class Reconciler: Sendable {
         return plan
     }
 
+    /// After a commit that changed a few models, with nothing else moved since the last plan (the
+    /// registry's generation, the versions in use, the options, the policy, the Deployments, the
+    /// repository and ref): that plan, and the models to plan again — those whose desired state
+    /// differs and those whose backoff ended since. Nil when the whole plan must be made again
+    /// (a model came or went, or many changed).
+    func changedDesiredModels(_ prepared: Prepared, options: PlanOptions, now: Int64) -> (Plan, Set<String>)? {
+        guard let generation = prepared.generation,
+              let kept = lastPlanned.withLock({ $0 }), kept.generation == generation, kept.options == options,
+              kept.serving == prepared.actual.serving, kept.desired.policy == prepared.desired.policy,
+              kept.desired.deployments == prepared.desired.deployments, kept.desired.repository == prepared.desired.repository,
+              kept.desired.ref == prepared.desired.ref, kept.desired.models.count == prepared.desired.models.count else { return nil }
+        var changed = Set<String>()
+        for (old, new) in zip(kept.desired.models, prepared.desired.models) where old != new {
+            guard old.name == new.name else { return nil }
+            changed.insert(new.name)
+            if changed.count > Self.replanLimit { return nil }
+        }
+        for entry in kept.plan.entries where entry.action == .wait {
+            if case .wait(let wait) = entry.detail, let until = wait.until, until <= now { changed.insert(entry.name) }
+        }
+        return (kept.plan, changed)
+    }
+
+    /// Beyond this many changed models a plan is made from scratch (as cheap, and simpler).
+    static let replanLimit = 256
+
     /// The versions Capstan's serving records show in use (which retention keeps), for the
     /// Deployments of `desired`.
     static func versionsInUse(_ context: EngineContext, _ desired: DesiredState) async throws -> [VersionInUse] {
@@ -235,7 +275,14 @@ public final class Reconciler: Sendable {
     func modelPlan(_ prepared: inout Prepared, _ context: EngineContext, options: PlanOptions) async throws -> Plan {
         let now = context.now()
         if let plan = reusablePlan(prepared, options: options, now: now) { return plan }
-        var plan = Planner.plan(desired: prepared.desired, actual: prepared.actual, now: now, options: options)
+        let changed = changedDesiredModels(prepared, options: options, now: now)
+        func planNow() -> Plan {
+            if let (base, models) = changed {
+                return Planner.replan(base, models: models, desired: prepared.desired, actual: prepared.actual, now: now, options: options)
+            }
+            return Planner.plan(desired: prepared.desired, actual: prepared.actual, now: now, options: options)
+        }
+        var plan = planNow()
         var fetched = false
         for entry in plan.entries {
             guard case .train(let t) = entry.detail,
@@ -249,7 +296,7 @@ public final class Reconciler: Sendable {
             prepared.actual.registry.versions[entry.name] = versions
             fetched = true
         }
-        if fetched { plan = Planner.plan(desired: prepared.desired, actual: prepared.actual, now: now, options: options) }
+        if fetched { plan = planNow() }
         if let generation = prepared.generation {
             lastPlanned.withLock { $0 = Planned(desired: prepared.desired, generation: generation, serving: prepared.actual.serving,
                                                 options: options, plan: plan) }
@@ -365,7 +412,7 @@ public final class Reconciler: Sendable {
         }
         var read = try await registrySnapshot(context.registry)
         // The model entries do not change what serves: the versions in use are those read for the plan.
-        var afterModels = ActualState(registry: read.snapshot, serving: prepared.actual.serving)
+        var afterModels = actualState(read, serving: prepared.actual.serving)
         /// Nothing the pass did (or anyone else did meanwhile) changed the registry.
         var registryUnchanged: Bool { read.generation != nil && read.generation == prepared.generation }
         // What the first round made possible (archiving a version an alias just left, a `latest`
@@ -396,7 +443,7 @@ public final class Reconciler: Sendable {
             for entry in renamed where roundOutcomes[entry.id]?.isFailure == true { failedModels.insert(entry.name) }
             outcomes.merge(roundOutcomes) { a, _ in a }
             read = try await registrySnapshot(context.registry)
-            afterModels = ActualState(registry: read.snapshot, serving: prepared.actual.serving)
+            afterModels = actualState(read, serving: prepared.actual.serving)
         }
 
         // A pass stopped (a signal, a lost lease) changes nothing in the serving layer.
@@ -426,10 +473,16 @@ public final class Reconciler: Sendable {
 
         read = try await registrySnapshot(context.registry)
         // The deployment phase may have changed what serves: read again.
-        let actual = ActualState(registry: read.snapshot, serving: try await Self.versionsInUse(context, desired))
+        let actual = actualState(read, serving: try await Self.versionsInUse(context, desired))
         let servingUnchanged = actual.serving == prepared.actual.serving
         // `--retry-failed` applies to this pass only: what is left is judged by the backoff.
         let residual = (registryUnchanged && servingUnchanged ? residualIfUnchanged : nil) ?? planAgain(actual)
+        // The residual is the plan of the next pass over this commit and registry: kept as the last
+        // plan (for a plan with trainings, the next pass plans again: it fetches what changed).
+        if let generation = read.generation, !residual.entries.contains(where: { $0.action == .train }) {
+            lastPlanned.withLock { $0 = Planned(desired: desired, generation: generation, serving: actual.serving,
+                                                options: PlanOptions(), plan: residual) }
+        }
         // What failed in this pass, by model: a failure the registry keeps no trace of (a missing
         // secret, a full disk) still shows in the model's condition.
         var failed: [String: ReconcileFailure] = [:]

@@ -114,6 +114,33 @@ struct ReconcilerReuseTests {
         #expect(reconciler.registryGeneration == (try await f.store.registry.generation()))
     }
 
+    /// After a commit that changes one model, the long-lived reconciler plans that model again
+    /// and keeps the others' entries: the plan is the one a fresh reconciler makes from scratch,
+    /// for a changed model, a changed description and after a later commit that changes another.
+    @Test func aCommitThatChangesOneModelPlansAsAFreshReconciler() async throws {
+        let f = try Fixture(models: ["a", "b", "c"])
+        let reconciler = f.reconciler()
+        #expect(try await f.pass(reconciler).outcome == .converged)
+        func expectSamePlan(_ what: String) async throws {
+            var kept = try await reconciler.plan(at: "main", fetch: false).plan
+            var fresh = try await f.reconciler().plan(at: "main", fetch: false).plan
+            kept.createdAt = 0
+            fresh.createdAt = 0
+            #expect(kept == fresh, "\(what)")
+        }
+        try f.write(model: "b", command: #"'echo other > "$CAPSTAN_OUTPUT_DIR/model.txt"'"#)
+        try f.repo.commit("b trains otherwise")
+        try await expectSamePlan("b changed")
+        let changed = try await reconciler.plan(at: "main", fetch: false).plan
+        #expect(changed.changes.filter { $0.action == .train }.map(\.name) == ["b"])
+        #expect(try await f.pass(reconciler).outcome == .converged)
+        try f.repo.write("models/c/model.yaml", try String(contentsOfFile: f.repo.path + "/models/c/model.yaml", encoding: .utf8)
+            .replacingOccurrences(of: "  train:", with: "  description: now described\n  train:"))
+        try f.repo.commit("c described")
+        try await expectSamePlan("c's description")
+        #expect(try await reconciler.plan(at: "main", fetch: false).plan.changes.map(\.action) == [.updateModel])
+    }
+
     /// The kept snapshot is refreshed when the registry moves, whoever moved it: a description
     /// changed behind Capstan's back is seen (and corrected) by the next pass at the same commit,
     /// and a version written by that pass is in the snapshot it keeps.

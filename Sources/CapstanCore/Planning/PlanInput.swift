@@ -45,9 +45,21 @@ public struct ActualState: Hashable, Sendable {
     /// retention never archives them. See `ServingRecords.versionsInUse`.
     public var serving: [VersionInUse]
 
-    public init(registry: RegistrySnapshot, serving: [VersionInUse] = []) {
+    /// `digest`, when the caller knows it (computed for the same registry before: a reader that
+    /// keeps its snapshot by generation computes it once per generation). Not part of equality.
+    public var knownDigest: String?
+
+    public init(registry: RegistrySnapshot, serving: [VersionInUse] = [], knownDigest: String? = nil) {
         self.registry = registry
         self.serving = serving
+        self.knownDigest = knownDigest
+    }
+
+    public static func == (a: ActualState, b: ActualState) -> Bool { a.registry == b.registry && a.serving == b.serving }
+
+    public func hash(into hasher: inout Hasher) {
+        hasher.combine(registry)
+        hasher.combine(serving)
     }
 
     /// A SHA-256 over what a plan depends on (`serving` is left out: it changes as rollouts move,
@@ -55,7 +67,10 @@ public struct ActualState: Hashable, Sendable {
     /// aliases it checks can put back into service): every model's metadata, every version's number,
     /// status, fingerprint, attempts, failure and archive times, and every alias. A saved plan
     /// records it; `apply PLANFILE` refuses the plan when the registry no longer matches.
-    public var digest: String {
+    public var digest: String { knownDigest ?? Self.digest(of: registry) }
+
+    /// `digest` computed over `registry`.
+    public static func digest(of registry: RegistrySnapshot) -> String {
         var hasher = SHA256()
         func add(_ s: String) {
             hasher.update(data: Array(s.utf8))
