@@ -17,6 +17,8 @@ public struct GitManifestSource: ManifestSource {
     let entries: [TreeEntry]
     /// Every path of the tree → its position in `entries`.
     let index: [String: Int]
+    /// Whether the tree holds a symlink anywhere (paths are resolved through links only then).
+    let hasSymlinks: Bool
 
     /// Reads the commit's whole tree once (paths and ids only; blobs are read on demand).
     public init(repository: GitRepository, revision: ResolvedRevision, repositoryName: String) async throws {
@@ -29,6 +31,7 @@ public struct GitManifestSource: ManifestSource {
         for (i, entry) in entries.enumerated() { index[entry.path] = i }
         self.entries = entries
         self.index = index
+        hasSymlinks = entries.contains { $0.kind == .symlink }
     }
 
     /// A source over a walk already made (`GitSourceRepository` keeps the last trees' listings).
@@ -39,6 +42,7 @@ public struct GitManifestSource: ManifestSource {
         self.displayName = "\(repositoryName) @ \(revision.commit.short)"
         self.entries = entries
         self.index = index
+        hasSymlinks = entries.contains { $0.kind == .symlink }
     }
 
     private func entryAt(_ path: String) -> TreeEntry? {
@@ -163,7 +167,13 @@ public struct GitManifestSource: ManifestSource {
     }
 
     public func kinds(of paths: [String]) async throws -> [PathKind] {
-        try await repository.withRepository { r in
+        // Without a symlink in the tree a path is what the tree holds there (the common case:
+        // answered from the index, with no trip to the repository).
+        if !hasSymlinks {
+            let plain = paths.map(plainKind)
+            if !plain.contains(nil) { return plain.map { $0! } }
+        }
+        return try await repository.withRepository { r in
             var links = LinkTargets()
             return paths.map { resolve($0, r, &links, throughLinks: false).pathKind }
         }
@@ -191,6 +201,22 @@ public struct GitManifestSource: ManifestSource {
                     return .unreadable(ManifestSourceError(source: name, path: file.path, message: "cannot read blob \(id.short): \(message)"))
                 }
             }
+        }
+    }
+
+    /// What the tree holds at `path`, for a tree without symlinks; nil for a path that is not
+    /// plain (`.`, `..` or empty names: the resolver decides).
+    private func plainKind(_ path: String) -> PathKind? {
+        if path.isEmpty { return .directory }
+        for part in path.split(separator: "/", omittingEmptySubsequences: false) where part.isEmpty || part == "." || part == ".." {
+            return nil
+        }
+        guard let entry = entryAt(path) else { return .missing }
+        switch entry.kind {
+        case .blob, .executable: return .file
+        case .tree: return .directory
+        case .commit: return .other
+        case .symlink: return nil
         }
     }
 
