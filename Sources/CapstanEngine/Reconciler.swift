@@ -232,7 +232,7 @@ public final class Reconciler: Sendable {
 
     /// After a commit that changed a few models, with nothing else moved since the last plan (the
     /// registry's generation, the versions in use, the options, the policy, the Deployments, the
-    /// repository and ref): that plan, and the models to plan again — those whose desired state
+    /// repository; the ref and commit name the plan, they decide nothing in it): that plan, and the models to plan again — those whose desired state
     /// differs and those whose backoff ended since. Nil when the whole plan must be made again
     /// (a model came or went, or many changed).
     func changedDesiredModels(_ prepared: Prepared, options: PlanOptions, now: Int64) -> (Plan, Set<String>)? {
@@ -240,7 +240,7 @@ public final class Reconciler: Sendable {
               let kept = lastPlanned.withLock({ $0 }), kept.generation == generation, kept.options == options,
               kept.serving == prepared.actual.serving, kept.desired.policy == prepared.desired.policy,
               kept.desired.deployments == prepared.desired.deployments, kept.desired.repository == prepared.desired.repository,
-              kept.desired.ref == prepared.desired.ref, kept.desired.models.count == prepared.desired.models.count else { return nil }
+              kept.desired.models.count == prepared.desired.models.count else { return nil }
         var changed = Set<String>()
         for (old, new) in zip(kept.desired.models, prepared.desired.models) where old != new {
             guard old.name == new.name else { return nil }

@@ -19,6 +19,9 @@ public struct GitManifestSource: ManifestSource {
     let index: [String: Int]
     /// Whether the tree holds a symlink anywhere (paths are resolved through links only then).
     let hasSymlinks: Bool
+    /// Whether a name of the tree had to be repaired (`TreeEntry.escapedPath`): only then may
+    /// two entries share a path.
+    let hasRepairedNames: Bool
 
     /// Reads the commit's whole tree once (paths and ids only; blobs are read on demand).
     public init(repository: GitRepository, revision: ResolvedRevision, repositoryName: String) async throws {
@@ -32,6 +35,7 @@ public struct GitManifestSource: ManifestSource {
         self.entries = entries
         self.index = index
         hasSymlinks = entries.contains { $0.kind == .symlink }
+        hasRepairedNames = entries.contains { $0.escapedPath != nil }
     }
 
     /// A source over a walk already made (`GitSourceRepository` keeps the last trees' listings).
@@ -43,6 +47,7 @@ public struct GitManifestSource: ManifestSource {
         self.entries = entries
         self.index = index
         hasSymlinks = entries.contains { $0.kind == .symlink }
+        hasRepairedNames = entries.contains { $0.escapedPath != nil }
     }
 
     private func entryAt(_ path: String) -> TreeEntry? {
@@ -87,9 +92,10 @@ public struct GitManifestSource: ManifestSource {
             let path = entry.path
             i += 1
             let relative = path.utf8.dropFirst(prefix.utf8.count)
-            if relative.split(separator: UInt8(ascii: "/")).contains(where: { $0.first == UInt8(ascii: ".") }) { continue }
-            guard index[path] == i - 1 else { continue }  // a repaired name that collides with another
-            let name = path.split(separator: "/").last.map(String.init) ?? path
+            if Self.isHidden(relative) { continue }
+            // A repaired name that collides with another (only a tree with repaired names has one).
+            if hasRepairedNames, index[path] != i - 1 { continue }
+            let name = path.lastIndex(of: "/").map { String(path[path.index(after: $0)...]) } ?? path
             let yaml = Self.isYAML(name)
             if let shown = entry.escapedPath {
                 // Below a refused name: not listed. The refused name itself: when it could hold manifests.
@@ -128,6 +134,16 @@ public struct GitManifestSource: ManifestSource {
                 }
             }
         }
+    }
+
+    /// Whether a name of the relative path `relative` starts with a dot.
+    static func isHidden(_ relative: Substring.UTF8View) -> Bool {
+        var atStart = true
+        for byte in relative {
+            if atStart && byte == UInt8(ascii: ".") { return true }
+            atStart = byte == UInt8(ascii: "/")
+        }
+        return false
     }
 
     static func isYAML(_ name: String) -> Bool {
