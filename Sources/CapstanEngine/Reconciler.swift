@@ -232,9 +232,9 @@ public final class Reconciler: Sendable {
 
     /// After a commit that changed a few models, with nothing else moved since the last plan (the
     /// registry's generation, the versions in use, the options, the policy, the Deployments, the
-    /// repository; the ref and commit name the plan, they decide nothing in it): that plan, and the models to plan again — those whose desired state
-    /// differs and those whose backoff ended since. Nil when the whole plan must be made again
-    /// (a model came or went, or many changed).
+    /// repository; the ref and commit name the plan and decide nothing in it): that plan, and the
+    /// models to plan again, those whose desired state differs and those whose backoff ended
+    /// since. Nil when the whole plan must be made again (a model came or went, or many changed).
     func changedDesiredModels(_ prepared: Prepared, options: PlanOptions, now: Int64) -> (Plan, Set<String>)? {
         guard let generation = prepared.generation,
               let kept = lastPlanned.withLock({ $0 }), kept.generation == generation, kept.options == options,
@@ -262,7 +262,6 @@ public final class Reconciler: Sendable {
         let models = Dictionary(desired.deployments.map { ($0.metadata.name, $0.spec.model) }, uniquingKeysWith: { a, _ in a })
         return try await context.store.servingRecords().versionsInUse(models: models)
     }
-
 
     func load(_ revision: SourceRevision) async throws -> LoadResult {
         let manifests = try await ports.source.manifests(at: revision)
