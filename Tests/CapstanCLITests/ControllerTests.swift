@@ -595,7 +595,10 @@ import Testing
         #expect(predict() == (200, "2"))
         let metrics = controller.request("GET", "/metrics").1
         #expect(metrics.contains("capstan_steps_total{kind=\"rollback\",result=\"failed\"} 1"), "\(metrics)")
-        #expect(metrics.contains("capstan_rollout_phase{deployment=\"churn-prod\",phase=\"stable\"} 1"))
+        // The phase gauge is set when the pass ends, a moment after its rollback step is logged.
+        #expect(Self.eventually(within: 30) {
+            controller.request("GET", "/metrics").1.contains("capstan_rollout_phase{deployment=\"churn-prod\",phase=\"stable\"} 1")
+        }, "\(controller.request("GET", "/metrics").1)")
 
         #expect(controller.stop() == 0)
         let modelDirs = "CAPSTAN_MODEL_DIR=\(temp.sub("state").path)"
