@@ -20,6 +20,7 @@
 #   PASSES=10 CHANGES=5   passes of each kind
 #   CAPSTAN_BIN=path      measure this binary (default: the shipped build, scripts/build-release.sh)
 #   KEEP=1                keep the temporary folder (printed), with the controller's log
+#   PERF=file             record the controller's changed passes with `perf record -g` into file
 # Targets (issue 14): at 10,000 models a pass over an unchanged commit under 50 ms, one with one
 # manifest changed under 150 ms, resident memory under 300 MiB.
 set -euo pipefail
@@ -182,6 +183,10 @@ k = models // 2
 path = os.path.join(src, "models", f"m{k}", "model.yaml")
 changed = []
 cpu_changed = 0.0
+recorder = None
+if os.environ.get("PERF"):
+    recorder = subprocess.Popen(["perf", "record", "-q", "-F", "2000", "-g", "-p", str(pid), "-o", os.environ["PERF"]])
+    time.sleep(1)
 for i in range(changes):
     text = open(path).read()
     lines_ = [x for x in text.split("\n") if not x.startswith("  description:")]
@@ -197,6 +202,9 @@ for i in range(changes):
     if planned != [("update-model", f"m{k}")]:
         sys.exit(f"changed pass {i + 1}: expected exactly update-model m{k}, the pass planned {planned}")
     changed.append((m, l))
+if recorder:
+    recorder.send_signal(2)
+    recorder.wait()
 c = show(f"one manifest changed (models/m{k}/model.yaml)", changed)
 c_cpu = cpu_changed / changes
 print(f"  CPU time of the controller per pass (mean, the fetch of the new commit included): {c_cpu:.1f} ms")

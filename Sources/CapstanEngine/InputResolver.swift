@@ -81,6 +81,13 @@ public final class InputResolver: Sendable {
     /// The index of the last tree and the folder identities hashed from it, reused while the
     /// tree and its manifest files stay the same (a controller's passes over an unchanged commit).
     private let last = Mutex<(index: RepositoryTreeIndex, folders: [Int: String])?>(nil)
+    /// The models resolved last, in manifest order, with the tree and manifest files they were
+    /// resolved at: carried forward to the next tree when what they depend on did not change.
+    private let lastModels = Mutex<(tree: String, manifestFiles: Set<String>, models: [DesiredModel])?>(nil)
+
+    private let resolved = Atomic<Int>(0)
+    /// How many models were resolved (not carried forward) since this resolver was made.
+    public var resolvedModels: Int { resolved.load(ordering: .relaxed) }
 
     public init(source: any SourceRepository) {
         self.source = source
@@ -88,31 +95,70 @@ public final class InputResolver: Sendable {
 
     /// Every model of `load` (in manifest order) with its training description and fingerprint
     /// at `revision`. Inputs outside the repository are hashed with the cache of `store`.
+    /// `changes`: how `revision`'s tree differs from the one resolved last (when the source
+    /// knows): a model whose manifest and repository inputs it leaves as they were is carried
+    /// forward as it was resolved, and only the others are resolved.
     public func desiredModels(_ load: LoadResult, revision: SourceRevision, store: any StateStore,
-                              now: @escaping @Sendable () -> Int64) async throws -> [DesiredModel] {
+                              now: @escaping @Sendable () -> Int64, changes: SourceChanges? = nil) async throws -> [DesiredModel] {
         try await desiredModels(load.manifests, manifestFiles: load.manifestFiles, revision: revision,
-                                hasher: ExternalInputHasher(store: store, now: now))
+                                hasher: ExternalInputHasher(store: store, now: now), changes: changes)
     }
 
     /// Every model of `manifests` (in manifest order) with its training description and
     /// fingerprint. `manifestFiles`: repository paths of the files that hold Capstan manifests.
     public func desiredModels(_ manifests: ManifestSet, manifestFiles: Set<String>, revision: SourceRevision,
-                              hasher: ExternalInputHasher) async throws -> [DesiredModel] {
-        let identities = try await identities(of: manifests.models.map(\.spec.train.inputs), revision: revision,
-                                              manifestFiles: manifestFiles, dataRoots: manifests.configSpec.dataRoots, hasher: hasher)
+                              hasher: ExternalInputHasher, changes: SourceChanges? = nil) async throws -> [DesiredModel] {
+        let models = manifests.models
+        // Carried forward: the models resolved at the tree `changes` starts from, where the
+        // manifest is the same and no changed file is among (or below) its repository inputs.
         var out: [DesiredModel] = []
-        out.reserveCapacity(manifests.models.count)
-        for (model, inputs) in zip(manifests.models, identities) {
-            let training = TrainingDescription(spec: model.spec.train, inputs: inputs)
-            out.append(DesiredModel(manifest: model, training: training, fingerprint: Fingerprint.of(training)))
+        var missing: [Int]
+        if let changes, let kept = lastModels.withLock({ $0 }), kept.tree == changes.from, kept.models.count == models.count,
+           kept.manifestFiles == manifestFiles {
+            out = kept.models
+            missing = models.indices.filter { i in out[i].manifest != models[i] || Self.dependsOnChanges(models[i], changes) }
+        } else {
+            missing = Array(models.indices)
         }
+        let identities = try await identities(of: missing.map { models[$0].spec.train.inputs }, revision: revision,
+                                              manifestFiles: manifestFiles, dataRoots: manifests.configSpec.dataRoots, hasher: hasher,
+                                              changes: changes)
+        resolved.add(missing.count, ordering: .relaxed)
+        if out.isEmpty { out.reserveCapacity(models.count) }
+        for (i, inputs) in zip(missing, identities) {
+            let training = TrainingDescription(spec: models[i].spec.train, inputs: inputs)
+            let model = DesiredModel(manifest: models[i], training: training, fingerprint: Fingerprint.of(training))
+            if out.count == models.count { out[i] = model } else { out.append(model) }
+        }
+        lastModels.withLock { $0 = (revision.tree, manifestFiles, out) }
         return out
+    }
+
+    /// Whether a model's identities may differ after `changes`: it has an input outside the
+    /// repository (identified by content, which moves without a commit), or one of its
+    /// repository inputs is, or holds, a changed file.
+    static func dependsOnChanges(_ model: ModelManifest, _ changes: SourceChanges) -> Bool {
+        for input in model.spec.train.inputs {
+            switch input {
+            case .external: return true
+            case .repository(let path):
+                if changes.files.isEmpty { continue }
+                // Inputs are normalized when loaded; one that is not is normalized here.
+                if RepoPath.isNormalized(path) {
+                    if changes.touches(path) { return true }
+                } else {
+                    guard let normalized = RepoPath.normalize(path), !changes.touches(normalized) else { return true }
+                }
+            case .uri: continue
+            }
+        }
+        return false
     }
 
     /// The identities of each list of inputs, in the same shape. Inputs outside the repository
     /// must lie under one of `dataRoots`.
     public func identities(of inputLists: [[TrainInput]], revision: SourceRevision, manifestFiles: Set<String>,
-                           dataRoots: [String], hasher: ExternalInputHasher) async throws -> [[InputIdentity]] {
+                           dataRoots: [String], hasher: ExternalInputHasher, changes: SourceChanges? = nil) async throws -> [[InputIdentity]] {
         var needsTree = false
         var external: [String] = []
         var seenExternal = Set<String>()
@@ -137,7 +183,7 @@ public final class InputResolver: Sendable {
         var index: RepositoryTreeIndex?
         // Folders without manifests cost a hash each: once per tree, however many models list them.
         var memo: [Int: String] = [:]
-        if needsTree { (index, memo) = try await treeIndex(revision, manifestFiles: manifestFiles) }
+        if needsTree { (index, memo) = try await treeIndex(revision, manifestFiles: manifestFiles, changes: changes) }
         let externalIdentities = external.isEmpty ? [:] : try await hasher.identities(of: external)
 
         let identities = inputLists.map { inputs in
@@ -164,14 +210,24 @@ public final class InputResolver: Sendable {
 
     /// The index of `tree` and the folder identities already known: ONE walk of the tree (cached
     /// by the repository), then one dictionary.
-    func treeIndex(_ revision: SourceRevision, manifestFiles: Set<String>) async throws -> (RepositoryTreeIndex, [Int: String]) {
-        if let hit = last.withLock({ $0 }), hit.index.tree == revision.tree, hit.index.manifestFiles == manifestFiles { return hit }
+    /// With `changes` from the last tree (the same paths), that tree's index is patched: its
+    /// positions are shared, and the folder identities of folders without a changed file are kept.
+    func treeIndex(_ revision: SourceRevision, manifestFiles: Set<String>,
+                   changes: SourceChanges? = nil) async throws -> (RepositoryTreeIndex, [Int: String]) {
+        let kept = last.withLock { $0 }
+        if let hit = kept, hit.index.tree == revision.tree, hit.index.manifestFiles == manifestFiles { return hit }
         let entries: [SourceTreeEntry]
         do {
             entries = try await source.entries(of: revision)
         } catch {
             throw InputResolverError(code: .gitFailure, message: "cannot list the tree \(revision.tree.prefix(10)) of the commit",
                                      path: source.displayName, underlying: error)
+        }
+        if let changes, let kept, kept.index.tree == changes.from, changes.to == revision.tree, kept.index.manifestFiles == manifestFiles,
+           let index = RepositoryTreeIndex(patching: kept.index, tree: revision.tree, entries: entries, changes: changes) {
+            let folders = kept.folders.filter { position, _ in position >= 0 && !changes.touches(entries[position].path) }
+            last.withLock { $0 = (index, folders) }
+            return (index, folders)
         }
         let index = RepositoryTreeIndex(tree: revision.tree, entries: entries, manifestFiles: manifestFiles)
         last.withLock { $0 = (index, [:]) }
@@ -212,6 +268,21 @@ public struct RepositoryTreeIndex: Sendable {
             }
         }
         self.foldersWithManifests = folders
+    }
+
+    /// The index of a tree with the same paths as `old`'s, in the same order (only contents
+    /// changed, as `changes` lists): `old`'s positions and folders are shared. Nil when
+    /// `entries` does not line up with `old` (then build it afresh).
+    init?(patching old: RepositoryTreeIndex, tree: String, entries: [SourceTreeEntry], changes: SourceChanges) {
+        guard entries.count == old.entries.count else { return nil }
+        for (path, change) in changes.files {
+            guard let i = old.positions[path], entries[i].path == path, entries[i].id == change.new else { return nil }
+        }
+        self.tree = tree
+        self.entries = entries
+        positions = old.positions
+        manifestFiles = old.manifestFiles
+        foldersWithManifests = old.foldersWithManifests
     }
 
     /// The identity of the file or folder at `path` (relative to the root; `""` or `.` is the

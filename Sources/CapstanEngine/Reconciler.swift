@@ -29,6 +29,8 @@ public final class Reconciler: Sendable {
     /// made from: a pass over the same commit against a registry that did not move takes it
     /// again (see `reusablePlan`).
     private let lastPlanned = Mutex<Planned?>(nil)
+    /// The revision loaded last and what it gave: a next revision of the same shape patches it.
+    private let lastLoaded = Mutex<(revision: SourceRevision, load: LoadResult)?>(nil)
     /// The registry digest (`ActualState.digest`) of one generation: computed once per generation.
     private let digestCache = Mutex<(generation: Int64, digest: String)?>(nil)
 
@@ -59,6 +61,12 @@ public final class Reconciler: Sendable {
     /// generation of the registry snapshot it holds (nil: none, or a registry without
     /// generations).
     public var parsedFiles: ParseCache { parseCache }
+    /// How many loads were made by patching the one before (only the files a commit changed were
+    /// read: `ManifestLoader.load(after:changes:)`), and how many models were resolved rather
+    /// than carried forward, since this reconciler was made.
+    public var patchedLoads: Int { patched.load(ordering: .relaxed) }
+    public var resolvedModels: Int { inputs.resolvedModels }
+    private let patched = Atomic<Int>(0)
     public var registryGeneration: Int64? { registryCache.withLock { $0?.generation } }
 
     /// The registry now: the kept snapshot when the registry has not moved since it was read,
@@ -155,12 +163,13 @@ public final class Reconciler: Sendable {
         var revision: SourceRevision
         if let resolved { revision = resolved } else { revision = try await source.resolve(ref, fetch: fetch) }
         var load: LoadResult
+        var changes: SourceChanges?
         do {
-            load = try await self.load(revision)
+            (load, changes) = try await self.load(revision)
             if load.diagnostics.contains(where: { $0.code == .fileUnreadable }), try await source.recoverDamagedMirror() {
                 context.events(.note("the mirror of \(source.displayName) was damaged; it was cloned again"))
                 revision = try await source.resolve(ref, fetch: true)
-                load = try await self.load(revision)
+                (load, changes) = try await self.load(revision)
             }
         } catch let error as any ClassifiedError where error.failure.reason == .sourceDamaged {
             // A damaged mirror is re-created, never trusted; a damaged local repository is
@@ -168,7 +177,7 @@ public final class Reconciler: Sendable {
             guard try await source.recoverDamagedMirror() else { throw error }
             context.events(.note("the mirror of \(source.displayName) was damaged; it was cloned again"))
             revision = try await source.resolve(ref, fetch: true)
-            load = try await self.load(revision)
+            (load, changes) = try await self.load(revision)
         }
         for note in revision.notes {
             context.events(note.kind == .warning ? .warning(note.message) : .note(note.message))
@@ -189,7 +198,8 @@ public final class Reconciler: Sendable {
                 // The same commit, and every input identified by the commit alone: the same models.
                 models = kept.models
             } else {
-                models = try await inputs.desiredModels(load, revision: revision, store: context.store, now: context.now)
+                models = try await inputs.desiredModels(load, revision: revision, store: context.store, now: context.now,
+                                                        changes: changes)
             }
         } catch let error as InputResolverError {
             var failure = error.failure
@@ -263,9 +273,32 @@ public final class Reconciler: Sendable {
         return try await context.store.servingRecords().versionsInUse(models: models)
     }
 
-    func load(_ revision: SourceRevision) async throws -> LoadResult {
+    /// The manifests at `revision`, and how its tree differs from the one loaded last when the
+    /// source can tell (the same paths, only contents changed): then only the changed files are
+    /// read again (`ManifestLoader.load(after:changes:)`), and the caller resolves only the
+    /// models they touch.
+    func load(_ revision: SourceRevision) async throws -> (LoadResult, SourceChanges?) {
+        var changes: SourceChanges?
+        let kept = lastLoaded.withLock { $0 }
+        if let kept {
+            if kept.revision.tree == revision.tree {
+                changes = SourceChanges(from: revision.tree, to: revision.tree, files: [:])
+            } else {
+                // A comparison that fails (an object that cannot be read) leaves the full read to say why.
+                changes = try? await ports.source.changes(from: kept.revision, to: revision)
+            }
+        }
         let manifests = try await ports.source.manifests(at: revision)
-        return try await ManifestLoader(source: manifests, decoder: ManifestDecoder(), cache: parseCache).load()
+        let loader = ManifestLoader(source: manifests, decoder: ManifestDecoder(), cache: parseCache)
+        let load: LoadResult
+        if let kept, let changes {
+            load = try await loader.load(after: kept.load, changes: changes)
+            if load.patched { patched.add(1, ordering: .relaxed) }
+        } else {
+            load = try await loader.load()
+        }
+        lastLoaded.withLock { $0 = (revision, load) }
+        return (load, changes)
     }
 
     /// The plan of the models. Snapshots leave out the training descriptions of versions; a
@@ -398,10 +431,10 @@ public final class Reconciler: Sendable {
         /// The plan again against `actual`: only the models that changed since `prepared` when the
         /// plan made then is at hand (`residualIfUnchanged`) and the versions in use are the same,
         /// otherwise all of them.
-        func planAgain(_ actual: ActualState) -> Plan {
+        func planAgain(_ actual: ActualState, _ read: GenerationalSnapshot) -> Plan {
             let now = context.now()
             guard let base = residualIfUnchanged, actual.serving == prepared.actual.serving,
-                  var models = Self.changedModels(from: prepared.actual.registry, to: actual.registry) else {
+                  var models = Self.changedModels(from: prepared.actual.registry, generation: prepared.generation, to: read) else {
                 return Planner.plan(desired: desired, actual: actual, now: now, options: PlanOptions())
             }
             for entry in base.entries where entry.action == .wait {
@@ -424,7 +457,7 @@ public final class Reconciler: Sendable {
         var failedModels = Set<String>()
         for entry in modelEntries.entries where outcomes[entry.id]?.isFailure == true { failedModels.insert(entry.name) }
         for round in 1...2 where !registryUnchanged {
-            let next = planAgain(afterModels)
+            let next = planAgain(afterModels, read)
             let entries = next.entries.filter { entry in
                 bookkeeping.contains(entry.action) && !failedModels.contains(entry.name)
                     && entry.dependsOn.allSatisfy { id in next.entries.first { $0.id == id } == nil }
@@ -475,7 +508,7 @@ public final class Reconciler: Sendable {
         let actual = actualState(read, serving: try await Self.versionsInUse(context, desired))
         let servingUnchanged = actual.serving == prepared.actual.serving
         // `--retry-failed` applies to this pass only: what is left is judged by the backoff.
-        let residual = (registryUnchanged && servingUnchanged ? residualIfUnchanged : nil) ?? planAgain(actual)
+        let residual = (registryUnchanged && servingUnchanged ? residualIfUnchanged : nil) ?? planAgain(actual, read)
         // The residual is the plan of the next pass over this commit and registry: kept as the last
         // plan (for a plan with trainings, the next pass plans again: it fetches what changed).
         if let generation = read.generation, !residual.entries.contains(where: { $0.action == .train }) {
@@ -512,7 +545,16 @@ extension Reconciler {
     /// order (then everything is planned again). Cheap for a refreshed snapshot: what did not
     /// change shares its storage with `old`.
     static func changedModels(from old: RegistrySnapshot, to new: RegistrySnapshot) -> Set<String>? {
+        changedModels(from: old, generation: nil, to: GenerationalSnapshot(generation: nil, snapshot: new))
+    }
+
+    /// `changedModels(from:to:)`, told by the registry when `new` was refreshed from the
+    /// generation `old` was read at (`GenerationalSnapshot.refreshed`): no comparison then.
+    static func changedModels(from old: RegistrySnapshot, generation: Int64?, to read: GenerationalSnapshot) -> Set<String>? {
+        let new = read.snapshot
         guard old.models.count == new.models.count else { return nil }
+        if let generation, read.generation == generation { return [] }
+        if let generation, let refreshed = read.refreshed, refreshed.since == generation { return refreshed.models }
         var changed = Set<String>()
         for (a, b) in zip(old.models, new.models) where a != b {
             guard a.name == b.name else { return nil }

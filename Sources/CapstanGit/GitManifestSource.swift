@@ -224,9 +224,7 @@ public struct GitManifestSource: ManifestSource {
     /// plain (`.`, `..` or empty names: the resolver decides).
     private func plainKind(_ path: String) -> PathKind? {
         if path.isEmpty { return .directory }
-        for part in path.split(separator: "/", omittingEmptySubsequences: false) where part.isEmpty || part == "." || part == ".." {
-            return nil
-        }
+        guard RepoPath.isNormalized(path) else { return nil }
         guard let entry = entryAt(path) else { return .missing }
         switch entry.kind {
         case .blob, .executable: return .file

@@ -68,6 +68,12 @@ public actor GitRepository {
         return entries
     }
 
+    /// The entries whose ids differ between two trees holding the same paths (each of the same
+    /// kind), folders included; nil when the shapes differ or more than `limit` entries differ.
+    public func sameShapeChanges(from old: ObjectID, to new: ObjectID, limit: Int) throws -> [ShapeChange]? {
+        try repository.sameShapeChanges(from: old, to: new, limit: limit)
+    }
+
     public func entry(at path: String, in tree: ObjectID) throws -> (ObjectID, EntryKind)? {
         try repository.entry(at: path, in: tree)
     }

@@ -52,6 +52,9 @@ public actor GitSourceRepository: SourceRepository {
         /// The walk itself (pre-order) and every path's position in it, as `GitManifestSource` reads them.
         var walked: [TreeEntry]
         var index: [String: Int]
+        /// Whether a name had to be repaired (`TreeEntry.escapedPath`): then two entries may share
+        /// a path, and the listing is never patched.
+        var hasRepairedNames: Bool
     }
 
     public init(source: GitSource) {
@@ -88,6 +91,37 @@ public actor GitSourceRepository: SourceRepository {
         return GitManifestSource(repository: kept.repository,
                                  revision: ResolvedRevision(ref: revision.ref, commit: commit, tree: tree, summary: revision.summary),
                                  repositoryName: displayName, entries: listing.walked, index: listing.index)
+    }
+
+    /// Compares the two trees (only the subtrees whose ids differ are read); the comparison
+    /// is kept, so that reading the new tree's listing afterwards patches the old one.
+    public func changes(from old: SourceRevision, to new: SourceRevision) async throws -> SourceChanges? {
+        await enter()
+        defer { leave() }
+        let (_, a) = try ids(of: old)
+        let (_, b) = try ids(of: new)
+        guard let changed = try await shapeChanges(from: a, to: b, ref: new.ref) else { return nil }
+        var files: [String: SourceChanges.Change] = [:]
+        for change in changed where change.kind != .tree {
+            // A link that leads elsewhere may change what is listed where: read in full.
+            if change.kind == .symlink { return nil }
+            files[change.path] = SourceChanges.Change(old: change.old.hex, new: change.new.hex)
+        }
+        return SourceChanges(from: old.tree, to: new.tree, files: files)
+    }
+
+    /// The last comparison of two trees (`sameShapeChanges`), nil inside when their shapes differ.
+    private var lastComparison: (from: ObjectID, to: ObjectID, changes: [ShapeChange]?)?
+    /// Beyond this many changed entries, a tree is walked in full.
+    static let patchLimit = 4096
+
+    private func shapeChanges(from a: ObjectID, to b: ObjectID, ref: String) async throws -> [ShapeChange]? {
+        if let kept = lastComparison, kept.from == a, kept.to == b { return kept.changes }
+        try await requirePresent(a, "tree", ref: ref)
+        try await requirePresent(b, "tree", ref: ref)
+        let changes = try await recovering(ref: ref) { try await $0.repository.sameShapeChanges(from: a, to: b, limit: Self.patchLimit) }
+        lastComparison = (a, b, changes)
+        return changes
     }
 
     public func entries(of revision: SourceRevision) async throws -> [SourceTreeEntry] {
@@ -267,6 +301,10 @@ public actor GitSourceRepository: SourceRepository {
     /// not read again).
     private func listing(of tree: ObjectID, ref: String) async throws -> TreeListing {
         if let kept = listings.last(where: { $0.tree == tree }) { return kept }
+        if let patched = try await patchedListing(of: tree, ref: ref) {
+            keep(patched)
+            return patched
+        }
         try await requirePresent(tree, "tree", ref: ref)
         let walked = try await recovering(ref: ref) { try await $0.repository.walk(tree) }
         var entries: [SourceTreeEntry] = []
@@ -277,10 +315,31 @@ public actor GitSourceRepository: SourceRepository {
             entries.append(SourceTreeEntry(path: entry.path, kind: Self.kind(entry.kind), id: entry.id.hex))
             index[entry.path] = i
         }
-        let listing = TreeListing(tree: tree, entries: entries, walked: walked, index: index)
-        listings.removeAll { $0.tree == tree }
+        let listing = TreeListing(tree: tree, entries: entries, walked: walked, index: index,
+                                  hasRepairedNames: walked.contains { $0.escapedPath != nil })
+        keep(listing)
+        return listing
+    }
+
+    private func keep(_ listing: TreeListing) {
+        listings.removeAll { $0.tree == listing.tree }
         listings.append(listing)
         if listings.count > Self.keptListings { listings.removeFirst(listings.count - Self.keptListings) }
+    }
+
+    /// The listing of `tree` made from the last one kept, when the two trees hold the same paths
+    /// (only contents changed): the changed entries get their new ids, the index of paths is
+    /// shared. Nil when there is none to patch (no listing kept, names that had to be repaired,
+    /// another shape, too many changes).
+    private func patchedListing(of tree: ObjectID, ref: String) async throws -> TreeListing? {
+        guard var listing = listings.last, !listing.hasRepairedNames,
+              let changes = try await shapeChanges(from: listing.tree, to: tree, ref: ref) else { return nil }
+        for change in changes {
+            guard let i = listing.index[change.path], listing.walked[i].path == change.path else { return nil }
+            listing.walked[i].id = change.new
+            listing.entries[i].id = change.new.hex
+        }
+        listing.tree = tree
         return listing
     }
 

@@ -24,6 +24,14 @@ public struct TreeEntry: Sendable, Equatable {
     public var escapedPath: String? = nil
 }
 
+/// One entry whose id differs between two trees of the same shape (`Repository.sameShapeChanges`).
+public struct ShapeChange: Sendable, Equatable {
+    public var path: String
+    public var kind: EntryKind
+    public var old: ObjectID
+    public var new: ObjectID
+}
+
 /// One path that differs between two trees.
 public struct PathChange: Sendable, Equatable, Hashable {
     public enum Status: String, Sendable, Codable {
@@ -245,6 +253,42 @@ final class Repository {
         }
         visited[tree] = out
         return out
+    }
+
+    /// The entries whose ids differ between the trees `old` and `new` when both hold the same
+    /// paths, each of the same kind (only contents changed): every such entry with its old and
+    /// new id, folders included, in pre-order. Nil when the shapes differ (an entry added,
+    /// removed, renamed or changed in kind) or more than `limit` entries differ. Reads only the
+    /// subtrees whose ids differ.
+    func sameShapeChanges(from old: ObjectID, to new: ObjectID, limit: Int) throws(GitError) -> [ShapeChange]? {
+        var out: [ShapeChange] = []
+        func compare(_ a: ObjectID, _ b: ObjectID, _ prefix: String) throws(GitError) -> Bool {
+            try guardLooseObject(a)
+            try guardLooseObject(b)
+            var oidA = a.oid, oidB = b.oid
+            var ta: OpaquePointer?, tb: OpaquePointer?
+            try checkReferenced(git_tree_lookup(&ta, pointer, &oidA), "git_tree_lookup", a)
+            defer { git_tree_free(ta) }
+            try checkReferenced(git_tree_lookup(&tb, pointer, &oidB), "git_tree_lookup", b)
+            defer { git_tree_free(tb) }
+            let count = git_tree_entrycount(ta)
+            guard count == git_tree_entrycount(tb) else { return false }
+            for i in 0..<count {
+                guard let ea = git_tree_entry_byindex(ta, i), let eb = git_tree_entry_byindex(tb, i) else { return false }
+                let mode = git_tree_entry_filemode(ea)
+                guard mode == git_tree_entry_filemode(eb), strcmp(git_tree_entry_name(ea), git_tree_entry_name(eb)) == 0 else { return false }
+                if git_oid_equal(git_tree_entry_id(ea), git_tree_entry_id(eb)) != 0 { continue }
+                let path = prefix + String(cString: git_tree_entry_name(ea))
+                let kind = Repository.kind(mode)
+                let from = ObjectID(git_tree_entry_id(ea)!), to = ObjectID(git_tree_entry_id(eb)!)
+                out.append(ShapeChange(path: path, kind: kind, old: from, new: to))
+                guard out.count <= limit else { return false }
+                if kind == .tree, try !compare(from, to, path + "/") { return false }
+            }
+            return true
+        }
+        if old == new { return [] }
+        return try compare(old, new, "") ? out : nil
     }
 
     /// Every entry below `tree`, depth first, paths relative to it.

@@ -37,6 +37,10 @@ public final class ParseCache: Sendable {
         entries.withLock { dict in keys.map { dict[$0] } }
     }
 
+    func remove(_ keys: [Key]) {
+        entries.withLock { dict in for key in keys { dict[key] = nil } }
+    }
+
     func put(_ key: Key, _ value: ManifestDecoder.FileResult) {
         decoded.add(1, ordering: .relaxed)
         entries.withLock { $0[key] = value }
@@ -68,6 +72,8 @@ public struct LoadResult: Sendable {
     public var snapshots: [ObjectSnapshot] = []
     /// The manifest files that were loaded.
     public var manifestFiles: Set<String> = []
+    /// Made by patching the load of an earlier commit (`ManifestLoader.load(after:changes:)`).
+    public var patched = false
 
     /// Line `line` (1-based) of a file with diagnostics, without its line break. Works on bytes,
     /// so CRLF files (where Swift sees "\r\n" as one Character) split correctly.
@@ -85,6 +91,8 @@ public struct LoadResult: Sendable {
 /// manifest folders, exclusions and data roots), then every YAML file below those folders.
 public struct ManifestLoader: Sendable {
     public static let configFileNames = ["capstan.yaml", "capstan.yml"]
+    /// Beyond this many changed manifest files, `load(after:changes:)` loads in full.
+    static let patchLimit = 64
 
     public var source: any ManifestSource
     /// Prepended to repository paths in diagnostics (`examples/quickstart/`), so paths are clickable.
@@ -110,10 +118,96 @@ public struct ManifestLoader: Sendable {
         if let snapshotKey, let cached = cache?.snapshot(snapshotKey) {
             var result = cached
             result.parsedFileCount = 0
+            result.patched = false
             return result
         }
         let result = try await loadUncached()
         if let snapshotKey { cache?.remember(snapshotKey, result) }
+        return result
+    }
+
+    /// The load of a commit that differs from the one `previous` was loaded from only in the
+    /// contents listed by `changes` (the same paths, each of the same kind): the changed manifest
+    /// files are decoded and checked again, and the rest of `previous` stands. It is exactly what
+    /// `load()` would return, and it falls back to `load()` whenever that is not certain:
+    /// `previous` has diagnostics or kept fields, capstan.yaml changed, or a changed file now has
+    /// a problem (of its own, in the paths it names, or with a Deployment) or holds other objects
+    /// (kinds, names, order) than before.
+    public func load(after previous: LoadResult, changes: SourceChanges) async throws -> LoadResult {
+        let snapshotKey = source.snapshotIdentity.map { "\($0)\u{0}\(displayPrefix)\(decoder.keepFields ? "\u{0}fields" : "")" }
+        if let snapshotKey, let cached = cache?.snapshot(snapshotKey) {
+            var result = cached
+            result.parsedFileCount = 0
+            result.patched = false
+            return result
+        }
+        guard let result = try await patched(previous, changes) else { return try await load() }
+        if let snapshotKey { cache?.remember(snapshotKey, result) }
+        return result
+    }
+
+    private func patched(_ previous: LoadResult, _ changes: SourceChanges) async throws -> LoadResult? {
+        guard !decoder.keepFields, previous.diagnostics.isEmpty, previous.snapshots.isEmpty,
+              !Self.configFileNames.contains(where: { changes.files[$0] != nil }) else { return nil }
+        let changed = changes.files.keys.filter { previous.manifestFiles.contains($0) }.sorted()
+        guard changed.count <= Self.patchLimit else { return nil }
+        var result = previous
+        result.parsedFileCount = 0
+        result.patched = true
+        if changed.isEmpty { return result }
+        var files: [ManifestFile] = []
+        for path in changed {
+            guard let file = try await source.file(at: path), file.refusal == nil, file.path == path else { return nil }
+            files.append(file)
+        }
+        let decoded = try await decodeAll(files)
+        // Where each changed file's objects are in the set: they must be the same objects, in
+        // the same order, now as before.
+        var set = previous.manifests
+        var changedModels: [ModelManifest] = []
+        var changedNames = Set<String>()
+        var changedDeployments = Set<Int>()
+        for (file, fileResult, _, _) in decoded {
+            guard fileResult.diagnostics.isEmpty else { return nil }
+            let shown = display(file.path)
+            let modelAt = set.models.indices.filter { set.models[$0].origin.file == shown }
+            let deploymentAt = set.deployments.indices.filter { set.deployments[$0].origin.file == shown }
+            var models = modelAt.makeIterator(), deployments = deploymentAt.makeIterator()
+            for manifest in fileResult.manifests {
+                switch manifest {
+                case .model(let m):
+                    guard let i = models.next(), set.models[i].metadata.name == m.metadata.name else { return nil }
+                    set.models[i] = m
+                    changedModels.append(m)
+                    changedNames.insert(m.metadata.name)
+                case .deployment(let d):
+                    guard let i = deployments.next(), set.deployments[i].metadata.name == d.metadata.name else { return nil }
+                    set.deployments[i] = d
+                    changedDeployments.insert(i)
+                case .config:
+                    return nil
+                }
+            }
+            guard models.next() == nil, deployments.next() == nil else { return nil }
+        }
+        guard try await checkPaths(changedModels, config: set.configSpec).isEmpty else { return nil }
+        if !set.deployments.isEmpty {
+            var modelsByName: [String: Int] = [:]
+            for (i, d) in set.deployments.enumerated() where changedDeployments.contains(i) || changedNames.contains(d.spec.model) {
+                if modelsByName.isEmpty {
+                    for (j, m) in set.models.enumerated() { modelsByName[m.metadata.name] = j }
+                }
+                let model = modelsByName[d.spec.model].map { set.models[$0] }
+                guard ReferenceChecker.problems(of: d, model: model, modelNames: []).isEmpty else { return nil }
+            }
+        }
+        // The parse cache forgets what the changed files held before.
+        cache?.remove(changed.compactMap { path in
+            changes.files[path].map { ParseCache.Key(identity: $0.old, path: display(path), keepFields: decoder.keepFields) }
+        })
+        result.manifests = set
+        result.parsedFileCount = decoded.filter(\.3).count
+        result.patched = true
         return result
     }
 
@@ -336,18 +430,24 @@ public struct ManifestLoader: Sendable {
 
     private func checkPaths(_ models: [ModelManifest], config: ConfigSpec) async throws -> [Diagnostic] {
         var out: [Diagnostic] = []
-        // Ask the source about every path at once (a Git tree answers from its index).
-        var wanted = Set<String>()
+        // Ask the source about every path at once (a Git tree answers from its index), in the
+        // order they are checked below: each model's repository inputs, then its workdirs that
+        // are written and not empty. `kind` takes the answers in that order.
+        var paths: [String] = []
+        paths.reserveCapacity(models.count * 3)
         for model in models {
-            for case .repository(let path) in model.spec.train.inputs { wanted.insert(path) }
-            wanted.insert(model.spec.train.workdir)
-            if let w = model.spec.validate?.workdir { wanted.insert(w) }
-            if let w = model.spec.serve?.workdir { wanted.insert(w) }
+            for case .repository(let path) in model.spec.train.inputs { paths.append(path) }
+            for dir in [model.spec.train.workdir, model.spec.validate?.workdir, model.spec.serve?.workdir] {
+                if let dir, !dir.isEmpty { paths.append(dir) }
+            }
         }
-        let paths = Array(wanted)
-        var kinds: [String: PathKind] = [:]
-        for (p, k) in zip(paths, try await source.kinds(of: paths)) { kinds[p] = p.isEmpty ? .directory : k }
-        func kind(_ path: String) -> PathKind { kinds[path] ?? .missing }
+        let kinds = try await source.kinds(of: paths)
+        var next = 0
+        func kind(_ path: String) -> PathKind {
+            defer { next += 1 }
+            precondition(paths[next] == path, "checkPaths asks for the paths in the order it listed them")
+            return path.isEmpty ? .directory : kinds[next]
+        }
         for model in models {
             let origin = model.origin
             let train = model.spec.train

@@ -78,13 +78,23 @@ public struct EmbeddedRegistry: Registry {
                 return GenerationalSnapshot(generation: generation, snapshot: try Self.snapshot(db, since: nil, into: nil))
             }
             if since == generation { return previous }
-            return GenerationalSnapshot(generation: generation, snapshot: try Self.snapshot(db, since: since, into: previous.snapshot))
+            var read: Set<String> = []
+            let snapshot = try Self.snapshot(db, since: since, into: previous.snapshot, read: &read)
+            return GenerationalSnapshot(generation: generation, snapshot: snapshot,
+                                        refreshed: GenerationalSnapshot.Refresh(since: since, models: read))
         }
     }
 
     /// The models and versions stamped after `since` (all of them without it), and the aliases of
     /// those models, merged into `base`.
     static func snapshot(_ db: Database, since: Int64?, into base: RegistrySnapshot?) throws -> RegistrySnapshot {
+        var read: Set<String> = []
+        return try snapshot(db, since: since, into: base, read: &read)
+    }
+
+    /// `snapshot(_:since:into:)`, collecting in `read` the models whose row, versions or aliases
+    /// were read.
+    static func snapshot(_ db: Database, since: Int64?, into base: RegistrySnapshot?, read: inout Set<String>) throws -> RegistrySnapshot {
         // Read in full, rows come in key order; read since a generation, they come through the
         // generation indexes (an ORDER BY would make SQLite scan the whole table in key order).
         let filter = since == nil ? "" : "WHERE generation > ?"
@@ -144,6 +154,10 @@ public struct EmbeddedRegistry: Registry {
             """, arguments: arguments)
         while let row = try aliasRows.next() {
             aliases[row[0] as String, default: [:]][row[1] as String] = row[2] as Int
+        }
+        if base != nil {
+            read = touched
+            for model in changedModels { read.insert(model.name) }
         }
         return RegistrySnapshot(models: allModels, versions: versions, aliases: aliases)
     }

@@ -116,6 +116,7 @@ struct GoldenCase {
         var repository: String
         var stateDirectory: String
         var afterCommit: String
+        var beforeCommit: String? = nil
     }
 
     struct Output {
@@ -140,6 +141,16 @@ struct GoldenCase {
                                                          options: PlanOptions(retryFailed: state.options?.retryFailed ?? false)).plan
             cached.createdAt = report.plan.createdAt
             #expect(cached == report.plan, "\(name): the plan through the plan cache differs from the plan computed in full")
+        }
+        // A long-lived reconciler that read the before commit reads only what changed since
+        // (the manifests, input identities and plan entries the change touches): the same plan.
+        if let beforeCommit = prepared.beforeCommit {
+            let following = Reconciler(ports: try ports(prepared, store: store))
+            _ = try? await following.plan(at: beforeCommit, fetch: false)
+            var again = try await following.plan(at: "main", options: PlanOptions(retryFailed: state.options?.retryFailed ?? false),
+                                                 fetch: true).plan
+            again.createdAt = report.plan.createdAt
+            #expect(again == report.plan, "\(name): planned after the before commit, the plan differs from the plan computed in full")
         }
         let renderer = PlanRenderer(plan: report.plan, color: false)
         return Output(text: Self.normalized(renderer.text(), repository: prepared.repository),
@@ -178,7 +189,7 @@ struct GoldenCase {
         }
         try fill(repo, with: "after")
         let afterCommit = try repo.commit("after", allowEmpty: true)
-        let prepared = Prepared(repository: repo.path, stateDirectory: stateDirectory, afterCommit: afterCommit)
+        let prepared = Prepared(repository: repo.path, stateDirectory: stateDirectory, afterCommit: afterCommit, beforeCommit: beforeCommit)
         try await seed(prepared, beforeCommit: beforeCommit)
         return prepared
     }

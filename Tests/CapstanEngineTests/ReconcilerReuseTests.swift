@@ -44,16 +44,17 @@ struct ReconcilerReuseTests {
             try repo.commit("models \(models.joined(separator: ", "))")
         }
 
-        func write(model name: String, command: String = #"'echo model > "$CAPSTAN_OUTPUT_DIR/model.txt"'"#) throws {
+        func write(model name: String, command: String = #"'echo model > "$CAPSTAN_OUTPUT_DIR/model.txt"'"#,
+                   inputs: [String] = [], description: String? = nil) throws {
             try repo.write("models/\(name)/model.yaml", """
                 apiVersion: capstan/v1
                 kind: Model
                 metadata: {name: \(name)}
                 spec:
-                  train:
+                \(description.map { "  description: \($0)\n" } ?? "")  train:
                     command: [sh, -c, \(command)]
                     workdir: models/\(name)
-                  aliases: {champion: latest}
+                \(inputs.isEmpty ? "" : "    inputs: [\(inputs.joined(separator: ", "))]\n")  aliases: {champion: latest}
 
                 """)
         }
@@ -215,5 +216,96 @@ struct ReconcilerReuseTests {
         f.advance(milliseconds: 61_000)  // The first backoff is a minute.
         let retried = try await f.pass(reconciler)
         #expect(retried.plan.changes.first?.action == .train)
+    }
+
+    /// After a commit that only edits files, the long-lived reconciler reads only what changed:
+    /// the load is patched (one file decoded), and only the models whose manifest or inputs the
+    /// commit touched are resolved again; the plan is the one a fresh reconciler makes.
+    @Test func anEditIsReadAloneAndPlansAsAFreshReconciler() async throws {
+        let f = try Fixture(models: [])
+        for name in ["a", "b", "c"] {
+            try f.repo.write("data/\(name).csv", "x,y\n1,\(name)\n")
+            try f.write(model: name, inputs: ["data/\(name).csv"])
+        }
+        try f.repo.commit("three models with data")
+        let reconciler = f.reconciler()
+        #expect(try await f.pass(reconciler).outcome == .converged)
+        func expectSamePlan(_ what: String) async throws -> Plan {
+            var kept = try await reconciler.plan(at: "main", fetch: false).plan
+            var fresh = try await f.reconciler().plan(at: "main", fetch: false).plan
+            kept.createdAt = 0
+            fresh.createdAt = 0
+            #expect(kept == fresh, "\(what)")
+            return kept
+        }
+        let (patched, resolved, decoded) = (reconciler.patchedLoads, reconciler.resolvedModels, reconciler.parsedFiles.decodedFiles)
+
+        // b's description: one file decoded, one model resolved.
+        try f.write(model: "b", inputs: ["data/b.csv"], description: "described")
+        try f.repo.commit("b described")
+        #expect(try await expectSamePlan("b described").changes.map(\.action) == [.updateModel])
+        #expect(reconciler.patchedLoads == patched + 1)
+        #expect(reconciler.resolvedModels == resolved + 1)
+        #expect(reconciler.parsedFiles.decodedFiles == decoded + 1)
+        #expect(try await f.pass(reconciler).outcome == .converged)
+
+        // c's data: no manifest read, c alone resolved, and it retrains.
+        let resolvedBefore = reconciler.resolvedModels
+        try f.repo.write("data/c.csv", "x,y\n2,c\n")
+        try f.repo.commit("new data for c")
+        let plan = try await expectSamePlan("c's data")
+        #expect(plan.changes.filter { $0.action == .train }.map(\.name) == ["c"])
+        #expect(reconciler.resolvedModels == resolvedBefore + 1)
+        #expect(reconciler.patchedLoads == patched + 2)
+    }
+
+    /// Whatever the patched load could get wrong is read in full: a changed file with an error
+    /// (reported exactly as a fresh reconciler reports it), a model renamed in its file, a
+    /// capstan.yaml edited, a file added.
+    @Test func whatAPatchCannotSayIsReadInFull() async throws {
+        let f = try Fixture(models: ["a", "b"])
+        let reconciler = f.reconciler()
+        #expect(try await f.pass(reconciler).outcome == .converged)
+        let patched = reconciler.patchedLoads
+        func diagnostics(_ r: Reconciler) async -> [Diagnostic]? {
+            do {
+                _ = try await r.plan(at: "main", fetch: false)
+                return nil
+            } catch let invalid as InvalidDesiredState {
+                return invalid.load.diagnostics
+            } catch {
+                return nil
+            }
+        }
+        func expectSamePlan(_ what: String) async throws {
+            var kept = try await reconciler.plan(at: "main", fetch: false).plan
+            var fresh = try await f.reconciler().plan(at: "main", fetch: false).plan
+            kept.createdAt = 0
+            fresh.createdAt = 0
+            #expect(kept == fresh, "\(what)")
+        }
+
+        try f.repo.write("models/b/model.yaml", "apiVersion: capstan/v1\nkind: Model\nmetadata: {name: b}\nspec:\n  train: {workdir: nowhere}\n")
+        try f.repo.commit("b broken")
+        let reported = try #require(await diagnostics(reconciler))
+        #expect(!reported.isEmpty)
+        #expect(reported == (await diagnostics(f.reconciler())))
+
+        try f.write(model: "b")
+        try f.repo.commit("b repaired")
+        try await expectSamePlan("b repaired")
+
+        try f.repo.write("models/b/model.yaml", try String(contentsOfFile: f.repo.path + "/models/b/model.yaml", encoding: .utf8)
+            .replacingOccurrences(of: "{name: b}", with: "{name: bb}"))
+        try f.repo.commit("b renamed bb")
+        try await expectSamePlan("b renamed")
+        #expect(try await reconciler.plan(at: "main", fetch: false).desired.models.map(\.name) == ["a", "bb"])
+
+        try f.repo.write("capstan.yaml", "apiVersion: capstan/v1\nkind: Config\nmetadata: {name: default}\nspec:\n  manifests: [models]  # edited\n")
+        try f.repo.commit("config edited")
+        try await expectSamePlan("config edited")
+        // The broken commit (an error), its repair (the commit before had errors), the rename
+        // (other objects) and the config: each read in full.
+        #expect(reconciler.patchedLoads == patched)
     }
 }

@@ -197,6 +197,17 @@ struct RegistryGenerationTests {
             let full = try await registry.snapshot(refreshing: nil)
             #expect(refreshed == full, "\(name)")
             #expect(refreshed.generation == (try await registry.generation()), "\(name)")
+            // The refresh names the models it read again: every model that differs, at least.
+            if refreshed.generation != current.generation, let since = current.generation {
+                let refresh = try #require(refreshed.refreshed, "\(name)")
+                #expect(refresh.since == since, "\(name)")
+                let differ = Set(full.snapshot.models.map(\.name)).union(current.snapshot.models.map(\.name)).filter { model in
+                    full.snapshot.models.first { $0.name == model } != current.snapshot.models.first { $0.name == model }
+                        || full.snapshot.versions[model] != current.snapshot.versions[model]
+                        || full.snapshot.aliases[model] != current.snapshot.aliases[model]
+                }
+                #expect(!differ.isEmpty && differ.isSubset(of: refresh.models), "\(name): \(differ.sorted()) ⊄ \(refresh.models.sorted())")
+            }
             current = refreshed
         }
         #expect(current.snapshot.models.map(\.name) == ["churn", "dunning", "fraud"])

@@ -68,45 +68,52 @@ public enum ReferenceChecker {
         var modelsByName: [String: Int] = [:]
         modelsByName.reserveCapacity(set.models.count)
         for (i, m) in set.models.enumerated() { modelsByName[m.metadata.name] = i }
-        let modelNames = set.models.map(\.metadata.name)
-
         for deployment in set.deployments {
-            let origin = deployment.origin
-            let modelName = deployment.spec.model
-            guard !modelName.isEmpty else { continue }
-            guard let modelIndex = modelsByName[modelName] else {
-                // An invalid name was reported where it is written; do not pile a lookup failure on it.
-                if Names.dnsLabelProblem(modelName) != nil { continue }
-                let suggestion = Suggest.closest(to: modelName, among: modelNames)
-                diagnostics.append(.error(
-                    .unknownModel, "Deployment '\(deployment.metadata.name)' refers to model '\(modelName)', which no manifest defines",
-                    at: origin.location(of: "spec.model"), length: modelName.count,
-                    hint: suggestion.map { "did you mean '\($0)'?" }
-                        ?? "add a Model manifest named '\(modelName)' or correct spec.model"))
-                continue
-            }
-            let model = set.models[modelIndex]
-            if model.spec.serve == nil {
-                diagnostics.append(.error(
-                    .missingField, "Deployment '\(deployment.metadata.name)' serves model '\(modelName)', which has no spec.serve",
-                    at: origin.location(of: "spec.model"), length: modelName.count,
-                    hint: "add spec.serve (the command that serves a version) to Model '\(modelName)' in \(model.origin.file)",
-                    related: [RelatedLocation(model.origin.location(of: "metadata.name"), "model '\(modelName)' is defined here")]))
-            }
-            // An alias written with an invalid target is still declared (its target was reported).
-            if case .alias(let alias)? = deployment.spec.target, model.spec.alias(named: alias) == nil,
-               model.origin.fields["spec.aliases.\(alias)"] == nil {
-                let declared = model.spec.aliases.map(\.name)
-                let suggestion = Suggest.closest(to: alias, among: declared)
-                let list = declared.isEmpty ? "it declares no aliases" : "it declares " + declared.map { "'\($0)'" }.joined(separator: ", ")
-                diagnostics.append(.error(
-                    .undeclaredAlias, "alias '\(alias)' is not declared by model '\(modelName)' (\(list))",
-                    at: origin.location(of: "spec.alias"), length: alias.count,
-                    hint: suggestion.map { "did you mean '\($0)'?" }
-                        ?? "declare it under spec.aliases of Model '\(modelName)' (\(model.origin.file)), or use `version: N`",
-                    related: [RelatedLocation(model.origin.location(of: "metadata.name"), "model '\(modelName)' is defined here")]))
-            }
+            let model = modelsByName[deployment.spec.model].map { set.models[$0] }
+            diagnostics += problems(of: deployment, model: model, modelNames: set.models.map(\.metadata.name))
         }
         return (set, diagnostics)
+    }
+
+    /// What is wrong between `deployment` and the model it serves (`model`: the one of that name,
+    /// nil when none is defined): an unknown model, a model without `spec.serve`, an alias it
+    /// does not declare. `modelNames` (every model's name) is read only to suggest a name.
+    public static func problems(of deployment: DeploymentManifest, model: ModelManifest?,
+                                modelNames: @autoclosure () -> [String]) -> [Diagnostic] {
+        var diagnostics: [Diagnostic] = []
+        let origin = deployment.origin
+        let modelName = deployment.spec.model
+        guard !modelName.isEmpty else { return [] }
+        guard let model else {
+            // An invalid name was reported where it is written; do not pile a lookup failure on it.
+            if Names.dnsLabelProblem(modelName) != nil { return [] }
+            let suggestion = Suggest.closest(to: modelName, among: modelNames())
+            return [.error(
+                .unknownModel, "Deployment '\(deployment.metadata.name)' refers to model '\(modelName)', which no manifest defines",
+                at: origin.location(of: "spec.model"), length: modelName.count,
+                hint: suggestion.map { "did you mean '\($0)'?" }
+                    ?? "add a Model manifest named '\(modelName)' or correct spec.model")]
+        }
+        if model.spec.serve == nil {
+            diagnostics.append(.error(
+                .missingField, "Deployment '\(deployment.metadata.name)' serves model '\(modelName)', which has no spec.serve",
+                at: origin.location(of: "spec.model"), length: modelName.count,
+                hint: "add spec.serve (the command that serves a version) to Model '\(modelName)' in \(model.origin.file)",
+                related: [RelatedLocation(model.origin.location(of: "metadata.name"), "model '\(modelName)' is defined here")]))
+        }
+        // An alias written with an invalid target is still declared (its target was reported).
+        if case .alias(let alias)? = deployment.spec.target, model.spec.alias(named: alias) == nil,
+           model.origin.fields["spec.aliases.\(alias)"] == nil {
+            let declared = model.spec.aliases.map(\.name)
+            let suggestion = Suggest.closest(to: alias, among: declared)
+            let list = declared.isEmpty ? "it declares no aliases" : "it declares " + declared.map { "'\($0)'" }.joined(separator: ", ")
+            diagnostics.append(.error(
+                .undeclaredAlias, "alias '\(alias)' is not declared by model '\(modelName)' (\(list))",
+                at: origin.location(of: "spec.alias"), length: alias.count,
+                hint: suggestion.map { "did you mean '\($0)'?" }
+                    ?? "declare it under spec.aliases of Model '\(modelName)' (\(model.origin.file)), or use `version: N`",
+                related: [RelatedLocation(model.origin.location(of: "metadata.name"), "model '\(modelName)' is defined here")]))
+        }
+        return diagnostics
     }
 }

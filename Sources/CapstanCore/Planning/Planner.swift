@@ -31,26 +31,42 @@ public enum Planner {
     /// checks; see `Reconciler`).
     public static func replan(_ previous: Plan, models: Set<String>, desired: DesiredState, actual: ActualState, now: Int64,
                               options: PlanOptions = PlanOptions()) -> Plan {
-        var kept: [String: [PlanEntry]] = [:]
-        for entry in previous.entries where entry.action != .orphaned && !models.contains(entry.name) {
-            kept[entry.name, default: []].append(entry)
+        // A few models: looked up one by one rather than indexing them all.
+        let registered = models.count > 16 ? Dictionary(actual.registry.models.map { ($0.name, $0) }, uniquingKeysWith: { a, _ in a }) : nil
+        func planned(_ i: Int) -> [PlanEntry] {
+            let model = desired.models[i]
+            var planner = ModelPlanner(
+                desired: model,
+                registered: registered.map { $0[model.name] } ?? actual.registry.models.first { $0.name == model.name },
+                versions: actual.registry.versions[model.name] ?? [],
+                aliases: actual.registry.aliases[model.name] ?? [:],
+                deployed: deployed(model.name, desired: desired, actual: actual),
+                policy: desired.policy, now: now, options: options)
+            return planner.plan()
         }
         var entries: [PlanEntry] = []
         entries.reserveCapacity(previous.entries.count)
-        // A few models: looked up one by one rather than indexing them all.
-        let registered = models.count > 16 ? Dictionary(actual.registry.models.map { ($0.name, $0) }, uniquingKeysWith: { a, _ in a }) : nil
-        for model in desired.models {
-            if models.contains(model.name) {
-                var planner = ModelPlanner(
-                    desired: model,
-                    registered: registered.map { $0[model.name] } ?? actual.registry.models.first { $0.name == model.name },
-                    versions: actual.registry.versions[model.name] ?? [],
-                    aliases: actual.registry.aliases[model.name] ?? [:],
-                    deployed: deployed(model.name, desired: desired, actual: actual),
-                    policy: desired.policy, now: now, options: options)
-                entries += planner.plan()
-            } else if let same = kept[model.name] {
-                entries += same
+        // `previous` lists each model's entries together, in the order of `desired.models` (as
+        // `plan` and `replan` make them), orphans last: taken in one walk. When it does not, its
+        // entries are gathered by model first.
+        var next = 0
+        let old = previous.entries
+        for i in desired.models.indices {
+            let name = desired.models[i].name
+            let start = next
+            while next < old.count, old[next].name == name, old[next].action != .orphaned { next += 1 }
+            if models.contains(name) { entries += planned(i) } else { entries += old[start..<next] }
+        }
+        while next < old.count, old[next].action == .orphaned { next += 1 }
+        if next < old.count {
+            var kept: [String: [PlanEntry]] = [:]
+            for entry in old where entry.action != .orphaned && !models.contains(entry.name) {
+                kept[entry.name, default: []].append(entry)
+            }
+            entries.removeAll(keepingCapacity: true)
+            for i in desired.models.indices {
+                let name = desired.models[i].name
+                if models.contains(name) { entries += planned(i) } else if let same = kept[name] { entries += same }
             }
         }
         entries += orphans(desired: desired, actual: actual)
@@ -60,8 +76,12 @@ public enum Planner {
 
     static func orphans(desired: DesiredState, actual: ActualState) -> [PlanEntry] {
         var entries: [PlanEntry] = []
+        // Every registered model desired, in the same order (the common case): none.
+        let registry = actual.registry.models
+        if registry.count <= desired.models.count,
+           registry.indices.allSatisfy({ registry[$0].name == desired.models[$0].name }) { return [] }
         let wanted = Set(desired.models.map(\.name))
-        for model in actual.registry.models where !wanted.contains(model.name) {
+        for model in registry where !wanted.contains(model.name) {
             let versions = actual.registry.versions[model.name] ?? []
             let aliases = actual.registry.aliases[model.name] ?? [:]
             entries.append(PlanEntry(

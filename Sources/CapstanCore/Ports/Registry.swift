@@ -164,10 +164,34 @@ public struct GenerationalSnapshot: Hashable, Sendable {
     /// that keeps no generation (every refresh reads it all again).
     public var generation: Int64?
     public var snapshot: RegistrySnapshot
+    /// For a snapshot refreshed from an earlier one: that one's generation and the models whose
+    /// row, versions or aliases were read again since (a superset of those that differ).
+    public var refreshed: Refresh?
 
-    public init(generation: Int64?, snapshot: RegistrySnapshot) {
+    public struct Refresh: Hashable, Sendable {
+        public var since: Int64
+        public var models: Set<String>
+
+        public init(since: Int64, models: Set<String>) {
+            self.since = since
+            self.models = models
+        }
+    }
+
+    public init(generation: Int64?, snapshot: RegistrySnapshot, refreshed: Refresh? = nil) {
         self.generation = generation
         self.snapshot = snapshot
+        self.refreshed = refreshed
+    }
+
+    /// The same registry at the same generation, however it was read (`refreshed` is left out).
+    public static func == (a: GenerationalSnapshot, b: GenerationalSnapshot) -> Bool {
+        a.generation == b.generation && a.snapshot == b.snapshot
+    }
+
+    public func hash(into hasher: inout Hasher) {
+        hasher.combine(generation)
+        hasher.combine(snapshot)
     }
 }
 

@@ -16,6 +16,13 @@ public protocol SourceRepository: Sendable {
     /// Every entry of `revision`'s tree, pre-order (a folder's entries follow it, contiguously).
     func entries(of revision: SourceRevision) async throws -> [SourceTreeEntry]
 
+    /// What differs between the trees of two revisions when both hold the same paths, each of the
+    /// same kind: only contents changed (the common commit that edits a few files). Nil when the
+    /// shapes differ (a path added, removed or changed in kind, or a symlink's target changed),
+    /// or too much changed to be worth following: then the new revision is read in full. A long-lived reader uses it to redo only
+    /// what the changed files touch.
+    func changes(from old: SourceRevision, to new: SourceRevision) async throws -> SourceChanges?
+
     /// A folder holding the files of `commit` (40 hex digits), shared and read-only: a step copies
     /// what it needs from it. Written once per tree.
     func materialize(commit: String) async throws -> String
@@ -27,6 +34,48 @@ public protocol SourceRepository: Sendable {
     /// Called when reading `revision` found an object that cannot be read: a remote's mirror is
     /// thrown away and cloned again (true); a local repository is left as it is (false).
     func recoverDamagedMirror() async throws -> Bool
+}
+
+/// The files whose contents differ between two trees of the same shape
+/// (`SourceRepository.changes(from:to:)`).
+public struct SourceChanges: Hashable, Sendable {
+    public struct Change: Hashable, Sendable {
+        /// The blob ids (40 hex digits) before and after.
+        public var old: String
+        public var new: String
+
+        public init(old: String, new: String) {
+            self.old = old
+            self.new = new
+        }
+    }
+
+    /// The trees compared.
+    public var from: String
+    public var to: String
+    /// Every file (or symlink, or submodule) whose content differs, by path; folders are left out.
+    public var files: [String: Change]
+
+    public init(from: String, to: String, files: [String: Change]) {
+        self.from = from
+        self.to = to
+        self.files = files
+    }
+
+    /// Whether a change touches the file or folder at `path` ("" is the root): the path itself,
+    /// or anything below it.
+    /// `path` is normalized (`RepoPath.normalize`).
+    public func touches(_ path: String) -> Bool {
+        if files.isEmpty { return false }
+        if path.isEmpty { return true }
+        if files[path] != nil { return true }
+        let folder = path.utf8
+        return files.keys.contains { file in
+            let bytes = file.utf8
+            guard bytes.count > folder.count, bytes.starts(with: folder) else { return false }
+            return bytes[bytes.index(bytes.startIndex, offsetBy: folder.count)] == UInt8(ascii: "/")
+        }
+    }
 }
 
 /// A ref resolved to a commit.
@@ -111,6 +160,9 @@ public enum MaterializedPath: Hashable, Sendable {
 }
 
 extension SourceRepository {
+    /// A source that cannot compare trees: every revision is read in full.
+    public func changes(from old: SourceRevision, to new: SourceRevision) async throws -> SourceChanges? { nil }
+
     /// A source that cannot write single paths: steps copy from the whole tree.
     public func materialize(commit: String, path: String) async throws -> MaterializedPath { .wholeTreeNeeded }
 }

@@ -95,6 +95,24 @@ public enum RepoPath {
         return parts.joined(separator: "/")
     }
 
+    /// Whether `normalize(path)` is `path` itself (no empty, `.` or `..` name), without building
+    /// anything: `""` (the root) is.
+    public static func isNormalized(_ path: String) -> Bool {
+        if path.isEmpty { return true }
+        var length = 0, dots = 0
+        for byte in path.utf8 {
+            if byte == UInt8(ascii: "/") {
+                if length == 0 || length == dots && dots <= 2 { return false }
+                length = 0
+                dots = 0
+            } else {
+                length += 1
+                if byte == UInt8(ascii: ".") { dots += 1 }
+            }
+        }
+        return !(length == 0 || length == dots && dots <= 2)
+    }
+
     /// True when `path` is `folder` or inside it (`folder` "" is the root).
     public static func isInside(_ path: String, _ folder: String) -> Bool {
         folder.isEmpty || path == folder || path.hasPrefix(folder + "/")
