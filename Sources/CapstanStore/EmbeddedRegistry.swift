@@ -401,9 +401,6 @@ struct SnapshotReader {
         created_at, tags, attempts, failed_at, archived_at
         """
 
-    private var params = Memo<[String: ParamValue]>()
-    private var metrics = Memo<[String: Double]>()
-    private var gates = Memo<[GateResult]>()
     private var strings = Memo<[String: String]>()
 
     /// A row of `SELECT name, description, labels, created_at, updated_at FROM models`.
@@ -414,12 +411,38 @@ struct SnapshotReader {
     }
 
     /// A row of `SELECT \(versionColumns) FROM versions`; without its training description.
+    /// Its JSON columns (params, metrics, gate results, tags) are copied, not decoded: they are
+    /// decoded when first read (`ModelVersion.init(…deferred:)`), and a snapshot of every
+    /// version decodes none of them.
     mutating func version(_ row: Row) -> ModelVersion {
-        ModelVersion(
+        let texts = Texts(params: Self.bytes(row, 5), metrics: Self.bytes(row, 6), gates: Self.bytes(row, 9), tags: Self.bytes(row, 12))
+        return ModelVersion(
             model: row[0], number: row[1], status: VersionStatus(rawValue: row[2]) ?? .failed, fingerprint: row[3], commit: row[4],
-            params: params.decode(row, 5) ?? [:], metrics: metrics.decode(row, 6) ?? [:], artifactDigest: row[7],
-            artifactLocation: row[8], gateResults: gates.decode(row, 9) ?? [], logTail: row[10], tags: strings.decode(row, 12) ?? [:],
-            createdAt: row[11], attempts: row[13], failedAt: row[14], archivedAt: row[15])
+            artifactDigest: row[7], artifactLocation: row[8], logTail: row[10], createdAt: row[11], attempts: row[13],
+            failedAt: row[14], archivedAt: row[15], deferred: { texts.decoded() })
+    }
+
+    /// A version's JSON columns as stored (nil for NULL).
+    struct Texts: Sendable {
+        var params: Data?
+        var metrics: Data?
+        var gates: Data?
+        var tags: Data?
+
+        /// Decoded as the registry always read them: NULL, or text that does not decode, is empty.
+        func decoded() -> VersionDetails {
+            func decode<T: Decodable>(_ data: Data?, _ type: T.Type) -> T? {
+                data.flatMap { try? EmbeddedRegistry.decoder.decode(T.self, from: $0) }
+            }
+            return VersionDetails(params: decode(params, [String: ParamValue].self) ?? [:],
+                                  metrics: decode(metrics, [String: Double].self) ?? [:],
+                                  gateResults: decode(gates, [GateResult].self) ?? [], tags: decode(tags, [String: String].self) ?? [:])
+        }
+    }
+
+    static func bytes(_ row: Row, _ index: Int) -> Data? {
+        // A copy: SQLite's buffer is valid only in this closure.
+        try? row.withUnsafeData(atIndex: index) { data in data.map { d in d.withUnsafeBytes { Data($0) } } }
     }
 
     /// Decoded JSON values of one column type, by text, for texts short enough to repeat.

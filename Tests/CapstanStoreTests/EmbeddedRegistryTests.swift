@@ -106,6 +106,38 @@ struct EmbeddedRegistryTests {
         #expect(try await registry.aliasHolder("champion", of: "churn", at: 3_000) == nil)
     }
 
+    /// A snapshot hands over every version's JSON columns undecoded: they are decoded when first
+    /// read, to the same values a single version's read gives, and the two compare equal.
+    @Test func aSnapshotDecodesAVersionsDetailsOnlyWhenRead() async throws {
+        try await registry.upsertModel(name: "churn", description: nil, labels: [:])
+        let v = try await registry.createVersion(NewVersion(model: "churn", fingerprint: "f1", params: ["lr": .double(0.1), "depth": .int(3)],
+                                                            tags: ["team": "risk"]))
+        try await registry.updateVersion(model: "churn", number: v.number, VersionUpdate(
+            status: .rejected, metrics: ["accuracy": 0.85], gateResults: [GateResult(gate: "metric accuracy >= 0.9", passed: false, detail: "0.85 < 0.9")]))
+        let read = try #require(try await registry.version(of: "churn", number: v.number))
+        #expect(!read.detailsDeferred)
+        let inSnapshot = try #require(try await registry.snapshot().versions["churn"]?.first)
+        #expect(inSnapshot.detailsDeferred)
+        #expect(inSnapshot.status == .rejected && inSnapshot.fingerprint == "f1")
+        #expect(inSnapshot.detailsDeferred, "reading the plain fields decodes nothing")
+        #expect(inSnapshot.metrics == ["accuracy": 0.85])
+        #expect(!inSnapshot.detailsDeferred)
+        #expect(inSnapshot.params == ["lr": .double(0.1), "depth": .int(3)] && inSnapshot.tags == ["team": "risk"])
+        #expect(inSnapshot.gateResults == [GateResult(gate: "metric accuracy >= 0.9", passed: false, detail: "0.85 < 0.9")])
+        let again = try #require(try await registry.snapshot().versions["churn"]?.first)
+        #expect(again == read && read == again)
+        #expect(Set([again, read]).count == 1)
+        // Changed like any value: the copy changes, the original does not.
+        var changed = again
+        changed.metrics["auc"] = 0.7
+        #expect(changed.metrics == ["accuracy": 0.85, "auc": 0.7] && again.metrics == ["accuracy": 0.85] && changed != again)
+        // And coded as it always was.
+        let decoded = try JSONDecoder().decode(ModelVersion.self, from: try JSONEncoder().encode(again))
+        #expect(decoded == read)
+        let keys = try #require(try JSONSerialization.jsonObject(with: try JSONEncoder().encode(read)) as? [String: Any]).keys
+        #expect(Set(keys) == ["model", "number", "status", "fingerprint", "params", "metrics", "gateResults", "tags", "createdAt", "attempts"])
+    }
+
     @Test func everythingSurvivesReopeningTheDatabase() async throws {
         try await registry.upsertModel(name: "churn", description: "d", labels: ["a": "b"])
         let v1 = try await validated("churn", "f1")

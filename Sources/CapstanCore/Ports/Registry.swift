@@ -1,3 +1,5 @@
+import Synchronization
+
 /// Status of a model version: `training → trained → validated | rejected`, or `failed`.
 public enum VersionStatus: String, Sendable, Codable, CaseIterable {
     case training, trained, validated, rejected, failed
@@ -36,6 +38,10 @@ public struct GateResult: Hashable, Sendable, Codable {
 }
 
 /// An immutable output of one training run, as the registry holds it (actual state).
+///
+/// Its JSON-backed details (params, metrics, gate results, tags) may be deferred: a registry
+/// reading a snapshot of every version hands them over undecoded (`init(…deferred:)`), and they
+/// are decoded when first read. The planner reads them for a few versions, never for all.
 public struct ModelVersion: Hashable, Sendable, Codable {
     public var model: String
     /// 1, 2, 3… per model, never reused.
@@ -44,14 +50,26 @@ public struct ModelVersion: Hashable, Sendable, Codable {
     public var fingerprint: String
     /// The commit whose desired state produced it.
     public var commit: String?
-    public var params: [String: ParamValue]
-    public var metrics: [String: Double]
+    public var params: [String: ParamValue] {
+        get { details.value.params }
+        set { details.update { $0.params = newValue } }
+    }
+    public var metrics: [String: Double] {
+        get { details.value.metrics }
+        set { details.update { $0.metrics = newValue } }
+    }
     public var artifactDigest: String?
     public var artifactLocation: String?
-    public var gateResults: [GateResult]
+    public var gateResults: [GateResult] {
+        get { details.value.gateResults }
+        set { details.update { $0.gateResults = newValue } }
+    }
     /// The last lines of output of a failed run.
     public var logTail: String?
-    public var tags: [String: String]
+    public var tags: [String: String] {
+        get { details.value.tags }
+        set { details.update { $0.tags = newValue } }
+    }
     public var createdAt: Int64
     /// Training attempts of this fingerprint (a failed one is retried into the same version).
     public var attempts: Int
@@ -61,29 +79,171 @@ public struct ModelVersion: Hashable, Sendable, Codable {
     public var archivedAt: Int64?
     /// What the fingerprint was computed from, so a plan can say what changed since.
     public var training: TrainingDescription?
+    private var details: Details
 
     public init(model: String, number: Int, status: VersionStatus, fingerprint: String, commit: String? = nil,
                 params: [String: ParamValue] = [:], metrics: [String: Double] = [:], artifactDigest: String? = nil,
                 artifactLocation: String? = nil, gateResults: [GateResult] = [], logTail: String? = nil,
                 tags: [String: String] = [:], createdAt: Int64, attempts: Int = 1, failedAt: Int64? = nil,
                 archivedAt: Int64? = nil, training: TrainingDescription? = nil) {
+        self.init(model: model, number: number, status: status, fingerprint: fingerprint, commit: commit,
+                  artifactDigest: artifactDigest, artifactLocation: artifactLocation, logTail: logTail, createdAt: createdAt,
+                  attempts: attempts, failedAt: failedAt, archivedAt: archivedAt, training: training,
+                  details: .values(VersionDetails(params: params, metrics: metrics, gateResults: gateResults, tags: tags)))
+    }
+
+    /// A version whose details are decoded by `deferred` when first read (at most once).
+    public init(model: String, number: Int, status: VersionStatus, fingerprint: String, commit: String?,
+                artifactDigest: String?, artifactLocation: String?, logTail: String?, createdAt: Int64, attempts: Int,
+                failedAt: Int64?, archivedAt: Int64?, training: TrainingDescription? = nil,
+                deferred: @escaping @Sendable () -> VersionDetails) {
+        self.init(model: model, number: number, status: status, fingerprint: fingerprint, commit: commit,
+                  artifactDigest: artifactDigest, artifactLocation: artifactLocation, logTail: logTail, createdAt: createdAt,
+                  attempts: attempts, failedAt: failedAt, archivedAt: archivedAt, training: training,
+                  details: .deferred(DeferredDetails(deferred)))
+    }
+
+    private init(model: String, number: Int, status: VersionStatus, fingerprint: String, commit: String?,
+                 artifactDigest: String?, artifactLocation: String?, logTail: String?, createdAt: Int64, attempts: Int,
+                 failedAt: Int64?, archivedAt: Int64?, training: TrainingDescription?, details: Details) {
         self.model = model
         self.number = number
         self.status = status
         self.fingerprint = fingerprint
         self.commit = commit
-        self.params = params
-        self.metrics = metrics
         self.artifactDigest = artifactDigest
         self.artifactLocation = artifactLocation
-        self.gateResults = gateResults
         self.logTail = logTail
-        self.tags = tags
         self.createdAt = createdAt
         self.attempts = attempts
         self.failedAt = failedAt
         self.archivedAt = archivedAt
         self.training = training
+        self.details = details
+    }
+
+    /// Whether the details are still undecoded (for tests of the registries that defer them).
+    public var detailsDeferred: Bool {
+        if case .deferred(let d) = details { return !d.isDecoded }
+        return false
+    }
+
+    // The same JSON as the synthesized coding of the stored fields it had before deferring.
+    private enum CodingKeys: String, CodingKey {
+        case model, number, status, fingerprint, commit, params, metrics, artifactDigest, artifactLocation, gateResults, logTail,
+             tags, createdAt, attempts, failedAt, archivedAt, training
+    }
+
+    public init(from decoder: any Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        self.init(model: try c.decode(String.self, forKey: .model), number: try c.decode(Int.self, forKey: .number),
+                  status: try c.decode(VersionStatus.self, forKey: .status), fingerprint: try c.decode(String.self, forKey: .fingerprint),
+                  commit: try c.decodeIfPresent(String.self, forKey: .commit),
+                  params: try c.decode([String: ParamValue].self, forKey: .params),
+                  metrics: try c.decode([String: Double].self, forKey: .metrics),
+                  artifactDigest: try c.decodeIfPresent(String.self, forKey: .artifactDigest),
+                  artifactLocation: try c.decodeIfPresent(String.self, forKey: .artifactLocation),
+                  gateResults: try c.decode([GateResult].self, forKey: .gateResults),
+                  logTail: try c.decodeIfPresent(String.self, forKey: .logTail),
+                  tags: try c.decode([String: String].self, forKey: .tags), createdAt: try c.decode(Int64.self, forKey: .createdAt),
+                  attempts: try c.decode(Int.self, forKey: .attempts), failedAt: try c.decodeIfPresent(Int64.self, forKey: .failedAt),
+                  archivedAt: try c.decodeIfPresent(Int64.self, forKey: .archivedAt),
+                  training: try c.decodeIfPresent(TrainingDescription.self, forKey: .training))
+    }
+
+    public func encode(to encoder: any Encoder) throws {
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        try c.encode(model, forKey: .model)
+        try c.encode(number, forKey: .number)
+        try c.encode(status, forKey: .status)
+        try c.encode(fingerprint, forKey: .fingerprint)
+        try c.encodeIfPresent(commit, forKey: .commit)
+        try c.encode(params, forKey: .params)
+        try c.encode(metrics, forKey: .metrics)
+        try c.encodeIfPresent(artifactDigest, forKey: .artifactDigest)
+        try c.encodeIfPresent(artifactLocation, forKey: .artifactLocation)
+        try c.encode(gateResults, forKey: .gateResults)
+        try c.encodeIfPresent(logTail, forKey: .logTail)
+        try c.encode(tags, forKey: .tags)
+        try c.encode(createdAt, forKey: .createdAt)
+        try c.encode(attempts, forKey: .attempts)
+        try c.encodeIfPresent(failedAt, forKey: .failedAt)
+        try c.encodeIfPresent(archivedAt, forKey: .archivedAt)
+        try c.encodeIfPresent(training, forKey: .training)
+    }
+
+    /// The details as values, or still to be decoded.
+    private enum Details: Hashable, Sendable {
+        case values(VersionDetails)
+        case deferred(DeferredDetails)
+
+        var value: VersionDetails {
+            switch self {
+            case .values(let v): return v
+            case .deferred(let d): return d.value
+            }
+        }
+
+        mutating func update(_ change: (inout VersionDetails) -> Void) {
+            var v = value
+            change(&v)
+            self = .values(v)
+        }
+
+        /// Equal when they hold the same details, decoded or not (the same deferred ones are
+        /// equal without decoding).
+        static func == (a: Details, b: Details) -> Bool {
+            if case .deferred(let x) = a, case .deferred(let y) = b, x === y { return true }
+            return a.value == b.value
+        }
+
+        func hash(into hasher: inout Hasher) { hasher.combine(value) }
+    }
+}
+
+/// The JSON-backed details of a version.
+public struct VersionDetails: Hashable, Sendable {
+    public var params: [String: ParamValue]
+    public var metrics: [String: Double]
+    public var gateResults: [GateResult]
+    public var tags: [String: String]
+
+    public init(params: [String: ParamValue] = [:], metrics: [String: Double] = [:], gateResults: [GateResult] = [],
+                tags: [String: String] = [:]) {
+        self.params = params
+        self.metrics = metrics
+        self.gateResults = gateResults
+        self.tags = tags
+    }
+}
+
+/// Details decoded at most once, when first read (`ModelVersion.init(…deferred:)`).
+final class DeferredDetails: Sendable {
+    private enum State {
+        case pending(@Sendable () -> VersionDetails)
+        case decoded(VersionDetails)
+    }
+
+    private let state: Mutex<State>
+
+    init(_ decode: @escaping @Sendable () -> VersionDetails) {
+        state = Mutex(.pending(decode))
+    }
+
+    var value: VersionDetails {
+        state.withLock { state in
+            switch state {
+            case .decoded(let v): return v
+            case .pending(let decode):
+                let v = decode()
+                state = .decoded(v)
+                return v
+            }
+        }
+    }
+
+    var isDecoded: Bool {
+        state.withLock { if case .decoded = $0 { return true } else { return false } }
     }
 }
 
