@@ -332,8 +332,10 @@ public actor GitSourceRepository: SourceRepository {
     /// shared. Nil when there is none to patch (no listing kept, names that had to be repaired,
     /// another shape, too many changes).
     private func patchedListing(of tree: ObjectID, ref: String) async throws -> TreeListing? {
+        // A comparison that fails (the last tree pruned since, an object that cannot be read)
+        // leaves the walk to read the tree, or to say why it cannot.
         guard var listing = listings.last, !listing.hasRepairedNames,
-              let changes = try await shapeChanges(from: listing.tree, to: tree, ref: ref) else { return nil }
+              let changes = try? await shapeChanges(from: listing.tree, to: tree, ref: ref) else { return nil }
         for change in changes {
             guard let i = listing.index[change.path], listing.walked[i].path == change.path else { return nil }
             listing.walked[i].id = change.new

@@ -148,6 +148,28 @@ struct SameShapeTests {
         #expect(String(decoding: try await manifests.read(edited), as: UTF8.self) == "m7, edited\n")
     }
 
+    /// The last tree listed may be gone (a force-push, then `git gc`): the new tree is walked.
+    @Test func aPrunedLastTreeLeavesTheWalk() async throws {
+        let dir = try TempDir()
+        let repo = try GitRepo(at: dir.sub("repo"))
+        let base = try repo.commit("one", files: ["a.yaml": "a\n"])
+        let gone = try repo.commit("two", files: ["a.yaml": "a, soon gone\n"])
+        let source = GitSourceRepository(source: GitSource(location: .local(path: repo.path),
+                                                           options: GitSourceOptions(stateDirectory: dir.sub("state").path)))
+        let listed = try await source.resolve("main", fetch: false)
+        #expect(listed.commit == gone)
+        _ = try await source.entries(of: listed)
+        try repo.git("reset", "-q", "--hard", base)
+        _ = try repo.commit("three", files: ["a.yaml": "a, edited again\n"])
+        try repo.git("reflog", "expire", "--expire=now", "--all")
+        try repo.git("gc", "-q", "--prune=now")
+        #expect((try? repo.git("cat-file", "-e", listed.tree)) == nil, "the listed tree is pruned")
+        let now = try await source.resolve("main", fetch: false)
+        let entries = try await source.entries(of: now)
+        #expect(entries.map(\.path) == ["a.yaml"])
+        #expect(entries.first?.id == (try repo.rev("\(now.commit):a.yaml")))
+    }
+
     /// A file added is another shape: no changes, the new tree is walked.
     @Test func anAddedFileHasNoChanges() async throws {
         let dir = try TempDir()

@@ -19,8 +19,8 @@ public protocol SourceRepository: Sendable {
     /// What differs between the trees of two revisions when both hold the same paths, each of the
     /// same kind: only contents changed (the common commit that edits a few files). Nil when the
     /// shapes differ (a path added, removed or changed in kind, or a symlink's target changed),
-    /// or too much changed to be worth following: then the new revision is read in full. A long-lived reader uses it to redo only
-    /// what the changed files touch.
+    /// or too much changed to be worth following: then the new revision is read in full. A
+    /// long-lived reader uses it to redo only what the changed files touch.
     func changes(from old: SourceRevision, to new: SourceRevision) async throws -> SourceChanges?
 
     /// A folder holding the files of `commit` (40 hex digits), shared and read-only: a step copies
@@ -62,9 +62,8 @@ public struct SourceChanges: Hashable, Sendable {
         self.files = files
     }
 
-    /// Whether a change touches the file or folder at `path` ("" is the root): the path itself,
-    /// or anything below it.
-    /// `path` is normalized (`RepoPath.normalize`).
+    /// Whether a change touches the file or folder at `path` (normalized, as `RepoPath.normalize`
+    /// gives it; "" is the root): the path itself, or anything below it.
     public func touches(_ path: String) -> Bool {
         if files.isEmpty { return false }
         if path.isEmpty { return true }
