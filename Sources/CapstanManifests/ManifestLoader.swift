@@ -114,6 +114,12 @@ public struct ManifestLoader: Sendable {
     func display(_ path: String) -> String { displayPrefix + path }
 
     public func load() async throws -> LoadResult {
+        try await kept { try await loadUncached() }
+    }
+
+    /// The last whole result for this source's snapshot (nothing parsed then), or `compute`'s,
+    /// remembered for the next load of the same snapshot.
+    private func kept(otherwise compute: () async throws -> LoadResult) async throws -> LoadResult {
         let snapshotKey = source.snapshotIdentity.map { "\($0)\u{0}\(displayPrefix)\(decoder.keepFields ? "\u{0}fields" : "")" }
         if let snapshotKey, let cached = cache?.snapshot(snapshotKey) {
             var result = cached
@@ -121,7 +127,7 @@ public struct ManifestLoader: Sendable {
             result.patched = false
             return result
         }
-        let result = try await loadUncached()
+        let result = try await compute()
         if let snapshotKey { cache?.remember(snapshotKey, result) }
         return result
     }
@@ -134,16 +140,10 @@ public struct ManifestLoader: Sendable {
     /// a problem (of its own, in the paths it names, or with a Deployment) or holds other objects
     /// (kinds, names, order) than before.
     public func load(after previous: LoadResult, changes: SourceChanges) async throws -> LoadResult {
-        let snapshotKey = source.snapshotIdentity.map { "\($0)\u{0}\(displayPrefix)\(decoder.keepFields ? "\u{0}fields" : "")" }
-        if let snapshotKey, let cached = cache?.snapshot(snapshotKey) {
-            var result = cached
-            result.parsedFileCount = 0
-            result.patched = false
-            return result
+        try await kept {
+            if let result = try await patched(previous, changes) { return result }
+            return try await loadUncached()
         }
-        guard let result = try await patched(previous, changes) else { return try await load() }
-        if let snapshotKey { cache?.remember(snapshotKey, result) }
-        return result
     }
 
     private func patched(_ previous: LoadResult, _ changes: SourceChanges) async throws -> LoadResult? {
