@@ -78,6 +78,18 @@ struct ReconcilerReuseTests {
                 now: { clock.now() }))
         }
 
+        /// Expects `reconciler`'s plan at main to be the one a fresh reconciler makes from scratch
+        /// (but for their creation times), and returns it.
+        @discardableResult
+        func expectSamePlan(_ reconciler: Reconciler, _ what: String, sourceLocation: Testing.SourceLocation) async throws -> Plan {
+            var kept = try await reconciler.plan(at: "main", fetch: false).plan
+            var fresh = try await self.reconciler().plan(at: "main", fetch: false).plan
+            kept.createdAt = 0
+            fresh.createdAt = 0
+            #expect(kept == fresh, "\(what)", sourceLocation: sourceLocation)
+            return kept
+        }
+
         /// One pass of `reconciler` at main, under the lease, as the controller runs it.
         func pass(_ reconciler: Reconciler) async throws -> PassReport {
             let keeper = try await LeaseKeeper.acquire(store, holder: UUID().uuidString, command: "test", waitMilliseconds: 0)
@@ -122,12 +134,8 @@ struct ReconcilerReuseTests {
         let f = try Fixture(models: ["a", "b", "c"])
         let reconciler = f.reconciler()
         #expect(try await f.pass(reconciler).outcome == .converged)
-        func expectSamePlan(_ what: String) async throws {
-            var kept = try await reconciler.plan(at: "main", fetch: false).plan
-            var fresh = try await f.reconciler().plan(at: "main", fetch: false).plan
-            kept.createdAt = 0
-            fresh.createdAt = 0
-            #expect(kept == fresh, "\(what)")
+        func expectSamePlan(_ what: String, sourceLocation: Testing.SourceLocation = #_sourceLocation) async throws {
+            try await f.expectSamePlan(reconciler, what, sourceLocation: sourceLocation)
         }
         try f.write(model: "b", command: #"'echo other > "$CAPSTAN_OUTPUT_DIR/model.txt"'"#)
         try f.repo.commit("b trains otherwise")
@@ -230,13 +238,8 @@ struct ReconcilerReuseTests {
         try f.repo.commit("three models with data")
         let reconciler = f.reconciler()
         #expect(try await f.pass(reconciler).outcome == .converged)
-        func expectSamePlan(_ what: String) async throws -> Plan {
-            var kept = try await reconciler.plan(at: "main", fetch: false).plan
-            var fresh = try await f.reconciler().plan(at: "main", fetch: false).plan
-            kept.createdAt = 0
-            fresh.createdAt = 0
-            #expect(kept == fresh, "\(what)")
-            return kept
+        func expectSamePlan(_ what: String, sourceLocation: Testing.SourceLocation = #_sourceLocation) async throws -> Plan {
+            try await f.expectSamePlan(reconciler, what, sourceLocation: sourceLocation)
         }
         let (patched, resolved, decoded) = (reconciler.patchedLoads, reconciler.resolvedModels, reconciler.parsedFiles.decodedFiles)
 
@@ -277,12 +280,8 @@ struct ReconcilerReuseTests {
                 return nil
             }
         }
-        func expectSamePlan(_ what: String) async throws {
-            var kept = try await reconciler.plan(at: "main", fetch: false).plan
-            var fresh = try await f.reconciler().plan(at: "main", fetch: false).plan
-            kept.createdAt = 0
-            fresh.createdAt = 0
-            #expect(kept == fresh, "\(what)")
+        func expectSamePlan(_ what: String, sourceLocation: Testing.SourceLocation = #_sourceLocation) async throws {
+            try await f.expectSamePlan(reconciler, what, sourceLocation: sourceLocation)
         }
 
         try f.repo.write("models/b/model.yaml", "apiVersion: capstan/v1\nkind: Model\nmetadata: {name: b}\nspec:\n  train: {workdir: nowhere}\n")
