@@ -123,6 +123,7 @@ let package = Package(
             "CapstanController",
             "CapstanServing",
             "CapstanServer",
+            "CapstanMLflow",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),

@@ -55,7 +55,7 @@ struct ApplyCommand: AsyncParsableCommand {
             if options.ref == nil { options.ref = saved.ref }
         }
         let store = try Wiring.store(options.stateDirectory)
-        let reconciler = Reconciler(ports: try Wiring.ports(options, store: store, actor: Self.actor()))
+        let reconciler = Reconciler(ports: try await Wiring.ports(options, store: store, actor: Self.actor()))
         let command = (["capstan"] + CommandLine.arguments.dropFirst()).joined(separator: " ")
         let wait = try ManifestDuration.option(lockTimeout, "--lock-timeout").milliseconds
         let keeper: LeaseKeeper

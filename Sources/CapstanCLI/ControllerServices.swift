@@ -72,6 +72,8 @@ final class AsyncGate<Value: Sendable>: Sendable {
 struct ControllerStatusBackend: ControllerBackend {
     let controller: Controller
     let store: SQLiteStateStore
+    /// The registry the controller reconciles (the embedded one, or MLflow).
+    let registry: any Registry
     let stateDirectory: String
     let repository: String
     let ref: String?
@@ -83,7 +85,7 @@ struct ControllerStatusBackend: ControllerBackend {
     }
 
     func status() async throws -> StatusDocument {
-        try await StatusReader.document(store: store, registry: store.registry, stateDirectory: stateDirectory)
+        try await StatusReader.document(store: store, registry: registry, stateDirectory: stateDirectory)
     }
 
     func history(limit: Int) async throws -> [AuditEvent] {

@@ -42,9 +42,10 @@ struct PlanCommand: AsyncParsableCommand {
         let plan: Plan
         do {
             let store = try Wiring.store(repository.stateDirectory)
-            let reconciler = Reconciler(ports: try Wiring.ports(repository, store: store, actor: "capstan plan"))
+            let reconciler = Reconciler(ports: try await Wiring.ports(repository, store: store, actor: "capstan plan"))
             let options = PlanOptions(retryFailed: retryFailed)
-            if noCache {
+            // The plan cache is keyed by the embedded registry's generation; MLflow keeps none.
+            if noCache || reconciler.ports.registryConfig != .embedded {
                 plan = try await reconciler.plan(at: repository.ref, options: options, fetch: !repository.noFetch,
                                                  events: Wiring.printNote).plan
             } else {

@@ -314,6 +314,8 @@ extension PlanRenderer {
             return object("retry", ["attempt": .int(attempt), "last_failure": .optional(lastFailure, JSON.string)])
         case .resumeInterrupted(let version):
             return object("resume-interrupted", ["version": .int(version)])
+        case .resumeAttempt(let fingerprint):
+            return object("resume-attempt", ["fingerprint": .string(fingerprint)])
         }
     }
 

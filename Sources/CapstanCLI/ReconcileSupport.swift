@@ -3,6 +3,7 @@ import CapstanCore
 import CapstanEngine
 import CapstanGit
 import CapstanManifests
+import CapstanMLflow
 import CapstanRunner
 import CapstanServing
 import CapstanStore
@@ -24,17 +25,71 @@ enum Wiring {
         }
     }
 
-    /// The ports of a reconciler following `options`' repository with the state in `store`.
-    static func ports(_ options: RepositoryOptions, store: SQLiteStateStore, actor: String) throws -> ReconcilerPorts {
+    /// The ports of a reconciler following `options`' repository with the state in `store`, and
+    /// the registry that `capstan.yaml` names at the ref (`registry(for:store:)`).
+    static func ports(_ options: RepositoryOptions, store: SQLiteStateStore, actor: String) async throws -> ReconcilerPorts {
         let source = GitSourceRepository(source: try options.source(for: options.repo ?? "."))
-        return ReconcilerPorts(
-            source: source, store: store, registry: store.registry,
+        let config = await registryConfig(source, ref: options.ref, fetch: !options.noFetch)
+        let registry = try registry(for: config, store: store)
+        if try await store.registryInUse() != config { try await store.recordRegistryInUse(config) }
+        var ports = ReconcilerPorts(
+            source: source, store: store, registry: registry.unfenced,
             fenced: { fence, onLost in
                 let fenced = store.fencedStore(by: fence, onLost: onLost)
-                return (fenced, fenced.registry)
+                return (fenced, registry.fenced(fenced))
             },
             runner: LocalStepRunner(), artifacts: LocalArtifactStore(stateDirectory: options.stateDirectory),
             serving: servingTarget, workFolder: options.stateDirectory, actor: actor, host: StateLock.localHostName())
+        ports.registryConfig = config
+        return ports
+    }
+
+    /// The registry of a configuration: the embedded one in `store`, or an MLflow server (its
+    /// alias history kept in `store`), and the same over a pass's fenced store.
+    struct WiredRegistry {
+        var unfenced: any Registry
+        var fenced: @Sendable (SQLiteStateStore) -> any Registry
+    }
+
+    static func registry(for config: RegistryConfig, store: SQLiteStateStore) throws -> WiredRegistry {
+        switch config {
+        case .embedded:
+            return WiredRegistry(unfenced: store.registry, fenced: { $0.registry })
+        case .mlflow(let m):
+            let credentials: MLflowCredentials
+            do {
+                credentials = try MLflowCredentials.resolve(tokenVariable: m.tokenEnv, usernameVariable: m.usernameEnv,
+                                                            passwordVariable: m.passwordEnv, environment: ProcessInfo.processInfo.environment)
+            } catch {
+                throw CommandFailure(message: "capstan.yaml spec.registry.mlflow: \(error.description)")
+            }
+            let client: MLflowClient
+            do {
+                client = try MLflowClient(MLflowClient.Configuration(url: m.url, credentials: credentials,
+                                                                     timeout: .milliseconds(m.timeout.milliseconds)))
+            } catch {
+                throw CommandFailure(message: "capstan.yaml spec.registry.mlflow: \(error)")
+            }
+            let registry = MLflowRegistry(client: client, history: store.registry.history,
+                                          options: MLflowRegistry.Options(experiment: m.experiment))
+            return WiredRegistry(unfenced: registry, fenced: { registry.with(history: $0.registry.history) })
+        }
+    }
+
+    /// The registry `capstan.yaml` names at `ref` (the embedded one when the commit cannot be
+    /// read or has no valid config: the pass reads the commit again and reports its problems,
+    /// and refuses a commit naming another registry than the one wired).
+    static func registryConfig(_ source: GitSourceRepository, ref: String?, fetch: Bool) async -> RegistryConfig {
+        var revision = try? await source.resolve(ref, fetch: false)
+        if revision == nil, fetch { revision = try? await source.resolve(ref, fetch: true) }
+        guard let revision, let manifests = try? await source.manifests(at: revision) else { return .embedded }
+        for name in ManifestLoader.configFileNames {
+            guard let file = try? await manifests.file(at: name), let bytes = try? await manifests.read(file) else { continue }
+            let decoded = ManifestDecoder().decode(bytes, file: name)
+            for case .config(let config) in decoded.manifests { return config.spec.registry }
+            return .embedded
+        }
+        return .embedded
     }
 
     /// The persistent plan cache of one-shot `capstan plan` runs, in the state folder; keyed to

@@ -144,7 +144,7 @@ struct RunCommand: AsyncParsableCommand {
         let store = try Wiring.store(options.stateDirectory)
         let host = ProcessInfo.processInfo.hostName
         // One reconciler for the controller's life: its source stays open and what it read is kept.
-        let reconciler = Reconciler(ports: try Wiring.ports(options, store: store, actor: "capstan run (\(host))"))
+        let reconciler = Reconciler(ports: try await Wiring.ports(options, store: store, actor: "capstan run (\(host))"))
         var timing = ControllerTiming()
         timing.interval = .milliseconds(try ManifestDuration.option(interval, "--interval").milliseconds)
         timing.resync = .milliseconds(try ManifestDuration.option(resync, "--resync").milliseconds)
@@ -193,7 +193,8 @@ struct RunCommand: AsyncParsableCommand {
             })
         services.append(.init(service: ControllerLoopService(controller: controller),
                               successTerminationBehavior: .gracefullyShutdownGroup, failureTerminationBehavior: .gracefullyShutdownGroup))
-        let backend = ControllerStatusBackend(controller: controller, store: store, stateDirectory: options.stateDirectory,
+        let backend = ControllerStatusBackend(controller: controller, store: store, registry: reconciler.ports.registry,
+                                              stateDirectory: options.stateDirectory,
                                               repository: options.repo ?? ".", ref: options.ref, interval: interval)
         let httpLogger = logger
         let application = Listener(role: "controller's HTTP server", address: httpAddress, flag: "--http", application: Application(

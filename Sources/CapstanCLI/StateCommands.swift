@@ -42,7 +42,9 @@ struct StatusCommand: AsyncParsableCommand {
         if state.databaseExists {
             do {
                 let store = try state.open()
-                document = try await StatusReader.document(store: store, registry: store.registry, stateDirectory: state.path)
+                // The registry the last pass used (an MLflow server, or the embedded one).
+                let registry = try Wiring.registry(for: try await store.registryInUse() ?? .embedded, store: store).unfenced
+                document = try await StatusReader.document(store: store, registry: registry, stateDirectory: state.path)
             } catch {
                 throw Self.fail(Wiring.failure(error))
             }

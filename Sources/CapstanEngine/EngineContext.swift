@@ -28,6 +28,9 @@ public struct ReconcilerPorts: Sendable {
     public var now: @Sendable () -> Int64
     /// How long a step gets after SIGTERM before SIGKILL.
     public var killGrace: ManifestDuration
+    /// The registry `capstan.yaml` named when `registry` was wired: a commit naming another is
+    /// refused (a pass never writes into a registry the commit does not name).
+    public var registryConfig: RegistryConfig = .embedded
 
     public init(source: any SourceRepository, store: any StateStore, registry: any Registry,
                 fenced: @escaping @Sendable (Fence, @escaping @Sendable (any Error) -> Void) -> (any StateStore, any Registry),

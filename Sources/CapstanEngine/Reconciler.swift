@@ -191,6 +191,11 @@ public final class Reconciler: Sendable {
         if load.diagnostics.errorCount > 0 {
             throw InvalidDesiredState(revision: revision, repository: source.displayName, load: load)
         }
+        let named = load.manifests.configSpec.registry
+        if named != ports.registryConfig {
+            throw ReconcileFailure(.stalled, .registryRefused,
+                                   "capstan.yaml at \(revision.shortCommit) names \(Self.describe(named)), but this reconciler was started for \(Self.describe(ports.registryConfig)); nothing was planned against either. Run the command again (a running `capstan run` must be restarted to change registries)")
+        }
         let models: [DesiredModel]
         do {
             if let kept = lastPlanned.withLock({ $0?.desired }), kept.commit == revision.commit, kept.repository == source.displayName,
@@ -212,6 +217,20 @@ public final class Reconciler: Sendable {
         return Prepared(revision: revision, load: load, desired: desired,
                         actual: actualState(registry, serving: try await Self.versionsInUse(context, desired)),
                         generation: registry.generation)
+    }
+
+    static func describe(_ registry: RegistryConfig) -> String {
+        switch registry {
+        case .embedded: return "the embedded registry"
+        case .mlflow(let m):
+            // Never user information a URL may carry (the client refuses such URLs anyway).
+            var url = m.url
+            if let scheme = url.range(of: "://"), let at = url[scheme.upperBound...].firstIndex(of: "@"),
+               !url[scheme.upperBound..<at].contains("/") {
+                url.replaceSubrange(scheme.upperBound...at, with: "")
+            }
+            return "the MLflow registry at \(url) (experiment \(m.experiment))"
+        }
     }
 
     /// Whether a model has an input outside the repository, whose identity (its content) may change

@@ -64,6 +64,8 @@ struct Recovery {
     /// The audit events an interrupted training did not get to record: its version's creation
     /// (journaled with the number, unless the crash came first), its end of training, its failure.
     func missedTrainingEvents(model: String, _ run: TrainingRun) async throws -> [AuditEvent] {
+        // Its working folder is of no further use (named by the fingerprint before a number).
+        StepWorkspace(workFolder: context.workFolder, model: model, training: nil, fingerprint: run.fingerprint, attempt: run.attempt).clean()
         guard let version = try await registry.version(of: model, fingerprint: run.fingerprint) else { return [] }
         var events: [AuditEvent] = []
         let object = ObjectRef.version(model: model, number: version.number)
@@ -91,7 +93,8 @@ struct Recovery {
             events.append(event)
         }
         // Its working folder is of no further use.
-        StepWorkspace(workFolder: context.workFolder, model: model, version: version.number, label: "a\(run.attempt)").clean()
+        StepWorkspace(workFolder: context.workFolder, model: model, training: version.number, fingerprint: run.fingerprint,
+                      attempt: run.attempt).clean()
         return events
     }
 

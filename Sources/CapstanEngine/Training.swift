@@ -20,7 +20,8 @@ let runMarker = "CAPSTAN_RUN_ID"
 /// repository (nothing else of the repository: an undeclared file would not be part of the
 /// fingerprint either). Its cost follows the workdir, not the size of the repository.
 struct StepWorkspace {
-    /// `<state>/runs/<model>/v<N>-a<attempt>` (training) or `…-validate`.
+    /// `<state>/runs/<model>/v<N>-a<attempt>` (training), `…/f<fingerprint>-a<attempt>` (a
+    /// training before its version has a number: the MLflow registry) or `…/v<N>-validate`.
     var folder: String
     /// The step's files, laid out as in the repository: steps may write into their working
     /// folder without touching another run's files.
@@ -31,12 +32,22 @@ struct StepWorkspace {
     var logFile: String
 
     init(workFolder: String, model: String, version: Int, label: String) {
-        folder = "\(workFolder)/runs/\(model)/v\(version)-\(label)"
+        self.init(workFolder: workFolder, model: model, run: "v\(version)-\(label)")
+    }
+
+    /// The folder of attempt `attempt` of a training: named by the version when the registry
+    /// numbered it when the training started, otherwise by the fingerprint.
+    init(workFolder: String, model: String, training number: Int?, fingerprint: String, attempt: Int) {
+        self.init(workFolder: workFolder, model: model, run: (number.map { "v\($0)" } ?? "f\(fingerprint.prefix(12))") + "-a\(attempt)")
+    }
+
+    private init(workFolder: String, model: String, run: String) {
+        folder = "\(workFolder)/runs/\(model)/\(run)"
         tree = folder + "/tree"
         output = folder + "/output"
         metricsFile = folder + "/metrics.json"
         paramsFile = folder + "/params.json"
-        logFile = "\(workFolder)/logs/\(model)/v\(version)-\(label).log"
+        logFile = "\(workFolder)/logs/\(model)/\(run).log"
     }
 
     /// The repository paths a step gets: its working folder and its inputs inside the
@@ -264,32 +275,50 @@ struct Training {
                                     resumes: detail.version)
         let journalID = try await context.store.beginJournal(.training(journaled), subject: .model(name))
         Failpoint.hit("train.after-journal")
-        let version: ModelVersion
+        let claim: TrainingClaim
         do {
-            version = try await claimVersion(detail)
+            claim = try await registry.startTraining(TrainingStart(
+                model: name, fingerprint: detail.fingerprint, commit: plan.commit, params: spec.params, training: detail.training,
+                attempt: detail.attempt, resumes: detail.version, repository: plan.repository))
         } catch {
             var closing = StateChanges("close journal entry \(journalID)")
             closing.failJournal(journalID, JournalClosing(error: String(describing: error)))
             try? await context.commit(closing)
             throw error
         }
-        let number = version.number
+        let number = claim.number
+        let label = claim.label
         Failpoint.hit("train.after-create-version")
-        // The version number is journaled with its audit event in one transaction; recovery
-        // records the event when a crash came in between (`Recovery`).
-        let created = context.event(.version(model: name, number: number), detail.version == nil ? .createVersion : .retrainVersion,
+        // The version number (or the registry's run) is journaled with its audit event in one
+        // transaction; recovery records the event when a crash came in between (`Recovery`).
+        let started: AuditEvent
+        if let number {
+            started = context.event(.version(model: name, number: number), detail.version == nil ? .createVersion : .retrainVersion,
                                     commit: plan.commit,
                                     after: .map(["status": .string("training"), "fingerprint": .string(detail.fingerprint),
                                                  "attempt": .int(Int64(detail.attempt))]),
                                     reason: detail.reasons.map(\.description).joined(separator: "; "))
+        } else {
+            var after: [String: ParamValue] = ["fingerprint": .string(detail.fingerprint), "attempt": .int(Int64(detail.attempt))]
+            if let run = claim.run { after["run"] = .string(run) }
+            started = context.event(.model(name), .startTraining, commit: plan.commit, after: .map(after),
+                                    reason: detail.reasons.map(\.description).joined(separator: "; "))
+        }
         journaled.version = number
         journaled.resumes = nil
-        var claimed = StateChanges("journal the version of entry \(journalID)")
-        claimed.record(created)
+        journaled.registryRun = claim.run
+        var claimed = StateChanges("journal the training of entry \(journalID)")
+        claimed.record(started)
         claimed.updateJournal(journalID, .training(journaled))
         try await context.commit(claimed)
+        if let trained = claim.trained {
+            // An earlier attempt trained and stored its artifact; only its registration is left.
+            return try await finish(claim, trained, directory: nil, journalID: journalID,
+                                    took: "registered the artifact an interrupted pass had trained")
+        }
 
-        let workspace = StepWorkspace(workFolder: context.workFolder, model: name, version: number, label: "a\(detail.attempt)")
+        let workspace = StepWorkspace(workFolder: context.workFolder, model: name, training: number,
+                                      fingerprint: detail.fingerprint, attempt: detail.attempt)
         // Everything the step returns (output, metrics, the names of its outputs, errors that
         // quote them) goes through this before it is shown, logged or stored.
         let scrubber = StepEnvironment.scrubber(spec: spec, reconciler: context.environment)
@@ -300,17 +329,18 @@ struct Training {
             let sources = try await StepWorkspace.Sources.locate(paths, commit: plan.commit, source: context.source)
             try workspace.prepare(sources: sources, paths: paths, params: spec.params)
             let env = try StepEnvironment.make(model: name, spec: spec, reconciler: context.environment, capstan: [
-                "CAPSTAN_MODEL": name, "CAPSTAN_VERSION": String(number), "CAPSTAN_FINGERPRINT": detail.fingerprint,
+                "CAPSTAN_MODEL": name, "CAPSTAN_FINGERPRINT": detail.fingerprint,
                 "CAPSTAN_COMMIT": plan.commit, "CAPSTAN_OUTPUT_DIR": workspace.output, "CAPSTAN_METRICS_FILE": workspace.metricsFile,
                 "CAPSTAN_PARAMS_FILE": workspace.paramsFile, runMarker: runID,
-            ])
+            ].merging(number.map { ["CAPSTAN_VERSION": String($0)] } ?? [:]) { a, _ in a }
+             .merging(claim.run.map { ["CAPSTAN_REGISTRY_RUN": $0] } ?? [:]) { a, _ in a })
             let events = context.events
             let store = context.store
             let started = journaled
             result = try await context.runner.run(
                 StepRequest(argv: spec.command, workdir: workspace.workdir(spec.workdir),
                             environment: env, timeout: spec.timeout, logPath: workspace.logFile,
-                            outputPrefix: "[\(name) v\(number)] ", killGrace: context.killGrace, redact: scrubber.secrets),
+                            outputPrefix: "[\(name) \(number.map { "v\($0)" } ?? String(detail.fingerprint.prefix(12)))] ", killGrace: context.killGrace, redact: scrubber.secrets),
                 started: { pid in
                     // Journaled before waiting: a crash from here on leaves the group to kill.
                     var running = started
@@ -327,17 +357,17 @@ struct Training {
             workspace.clean()
             var changes = StateChanges("close journal entry \(journalID)")
             changes.failJournal(journalID, JournalClosing(interrupted: true))
-            changes.record(context.event(.version(model: name, number: number), .interrupted, commit: plan.commit,
-                                         reason: "the pass was stopped during training; the next pass trains v\(number) again"))
+            changes.record(context.event(subject(claim), .interrupted, commit: plan.commit,
+                                         reason: "the pass was stopped during training; the next pass trains \(label) again"))
             try? await context.commit(changes)
-            return (number, .skipped("v\(number): stopped during training; the next pass trains it again"))
+            return (number, .skipped("\(label): stopped during training; the next pass trains it again"))
         } catch {
-            if let deferred = try await deferIfTransient(error, number, journalID, workspace: workspace, scrubber: scrubber) {
+            if let deferred = try await deferIfTransient(error, claim, journalID, workspace: workspace, scrubber: scrubber) {
                 return (number, deferred)
             }
             let failure = Failures.classify(error, scrubbing: scrubber)
-            let until = try await fail(number, detail, journalID, run: journaled, tail: failure.message, workspace: workspace)
-            return (number, .failed(ReconcileFailure(.waiting(until: until), .trainingFailed, "v\(number): \(failure.message)")))
+            let until = try await fail(claim, detail, journalID, run: journaled, tail: failure.message, workspace: workspace)
+            return (number, .failed(ReconcileFailure(.waiting(until: until), .trainingFailed, "\(label): \(failure.message)")))
         }
 
         Failpoint.hit("train.after-exit")
@@ -346,7 +376,7 @@ struct Training {
             let reason: FailureReason
             switch result.termination {
             case .exited(Self.temporaryFailureStatus):
-                return (number, try await deferTemporary(number, journalID, workspace: workspace,
+                return (number, try await deferTemporary(claim, journalID, workspace: workspace,
                                                          why: "exited with status 75 (EX_TEMPFAIL: a temporary failure)"))
             case .signalled(SIGKILL):
                 // Capstan stops a step with SIGTERM first (its timeout, a stop) and reports that
@@ -354,7 +384,7 @@ struct Training {
                 // killer's, as the cgroup's count says when it can be read.
                 let counted = OutOfMemory.kills().map { after in oomKillsBefore.map { after > $0 } ?? false } ?? false
                 return (number, try await deferTemporary(
-                    number, journalID, workspace: workspace,
+                    claim, journalID, workspace: workspace,
                     why: counted ? "was killed by the out-of-memory killer (its cgroup's oom_kill count rose)"
                                  : "was killed by SIGKILL, which Capstan did not send (the out-of-memory killer sends it)"))
             case .exited(let code):
@@ -365,38 +395,72 @@ struct Training {
                 (why, reason) = ("ran longer than its timeout of \(spec.timeout) and was stopped", .trainingTimedOut)
             }
             let message = "training \(why); log: \(workspace.logFile)"
-            let until = try await fail(number, detail, journalID, run: journaled, tail: scrubber.scrub(result.outputTail),
+            let until = try await fail(claim, detail, journalID, run: journaled, tail: scrubber.scrub(result.outputTail),
                                        workspace: workspace)
-            return (number, .failed(ReconcileFailure(.waiting(until: until), reason, "v\(number): \(message)")))
+            return (number, .failed(ReconcileFailure(.waiting(until: until), reason, "\(label): \(message)")))
         }
 
+        let stored: StoredArtifact
+        let metrics: [String: Double]
         do {
-            let metrics = try MetricsFile.read(workspace.metricsFile, required: false, scrubber: scrubber)
+            metrics = try MetricsFile.read(workspace.metricsFile, required: false, scrubber: scrubber)
             try workspace.checkOutput()
-            let stored = try await context.artifacts.store(directory: workspace.output, scrubber: scrubber)
+            stored = try await context.artifacts.store(directory: workspace.output, scrubber: scrubber)
             Failpoint.hit("train.after-artifact")
-            try await registry.updateVersion(model: name, number: number, VersionUpdate(
-                status: .trained, metrics: metrics, artifactDigest: stored.digest, artifactLocation: stored.location, logTail: ""))
-            Failpoint.hit("train.after-trained")
-            // Cleaned while the entry is still open: a crash meanwhile leaves it to recovery.
-            workspace.clean()
-            var finished = StateChanges("record the end of journal entry \(journalID)")
-            finished.record(Self.trainedEvent(context, name: name, number: number, commit: plan.commit, artifact: stored.digest,
-                                              metrics: metrics,
-                                              reason: "training finished in \(ManifestDuration.format(result.durationMilliseconds))"))
-            finished.finishJournal(journalID)
-            try await context.commit(finished)
-            Failpoint.hit("train.after-finish")
-            return (number, .done("v\(number) trained in \(ManifestDuration.format(result.durationMilliseconds)); " +
-                                  (metrics.isEmpty ? "no metrics" : MetricsFile.describe(metrics))))
         } catch {
-            if let deferred = try await deferIfTransient(error, number, journalID, workspace: workspace, scrubber: scrubber) {
+            if let deferred = try await deferIfTransient(error, claim, journalID, workspace: workspace, scrubber: scrubber) {
                 return (number, deferred)
             }
             let failure = Failures.classify(error, scrubbing: scrubber)
-            let until = try await fail(number, detail, journalID, run: journaled, tail: failure.message, workspace: workspace)
-            return (number, .failed(ReconcileFailure(.waiting(until: until), .invalidOutput, "v\(number): \(failure.message)")))
+            let until = try await fail(claim, detail, journalID, run: journaled, tail: failure.message, workspace: workspace)
+            return (number, .failed(ReconcileFailure(.waiting(until: until), .invalidOutput, "\(label): \(failure.message)")))
         }
+        // Cleaned while the entry is still open: a crash meanwhile leaves it to recovery.
+        workspace.clean()
+        return try await finish(claim, TrainingResult(metrics: metrics, artifactDigest: stored.digest, artifactLocation: stored.location),
+                                directory: stored.location, journalID: journalID,
+                                took: "trained in \(ManifestDuration.format(result.durationMilliseconds))")
+    }
+
+    /// Records the training's result in the registry (the version becomes `trained`; MLflow
+    /// registers it from the uploaded artifact) and closes the journal entry. A failure of the
+    /// registry is transient: what was trained is kept (the artifact store holds it, and MLflow
+    /// the run that names it) and the next pass registers it without training again.
+    func finish(_ claim: TrainingClaim, _ trained: TrainingResult, directory: String?, journalID: Int64,
+                took: String) async throws -> (Int?, EntryOutcome) {
+        let version: ModelVersion
+        do {
+            var local = directory
+            if local == nil { local = try await context.artifacts.open(digest: trained.artifactDigest) }
+            version = try await registry.finishTraining(claim, trained, directory: local)
+        } catch {
+            let failure = Failures.classify(error)
+            if failure.reason == .leaseLost { throw error }
+            var changes = StateChanges("close journal entry \(journalID)")
+            changes.failJournal(journalID, JournalClosing(interrupted: true, error: failure.message))
+            // The embedded registry leaves the version `training` (the next pass trains it again);
+            // a registry that numbers versions when it registers them keeps the trained run.
+            let next = claim.number == nil ? "the next pass registers it without training again" : "the next pass trains it again"
+            changes.record(context.event(subject(claim), .interrupted, commit: plan.commit,
+                                         reason: "\(failure.message); \(claim.label) is not marked failed, and \(next)"))
+            try? await context.commit(changes)
+            return (claim.number, .failed(ReconcileFailure(failure.failureClass, failure.reason,
+                                                           "\(claim.label): \(failure.message). It is not marked failed; \(next)")))
+        }
+        Failpoint.hit("train.after-trained")
+        var finished = StateChanges("record the end of journal entry \(journalID)")
+        finished.record(Self.trainedEvent(context, name: name, number: version.number, commit: plan.commit,
+                                          artifact: trained.artifactDigest, metrics: trained.metrics, reason: took))
+        finished.finishJournal(journalID)
+        try await context.commit(finished)
+        Failpoint.hit("train.after-finish")
+        return (version.number, .done("v\(version.number) \(took); " +
+                                      (trained.metrics.isEmpty ? "no metrics" : MetricsFile.describe(trained.metrics))))
+    }
+
+    /// What the audit log names for a training: its version, or the model before it has one.
+    func subject(_ claim: TrainingClaim) -> ObjectRef {
+        claim.number.map { .version(model: name, number: $0) } ?? .model(name)
     }
 
     /// A failure of the machine rather than of the training is not held against the version: it
@@ -406,7 +470,7 @@ struct Training {
     /// failing transiently (classified so by their adapters); the state folder refusing a write
     /// (`SystemError`). Nil for any other error (the step's outputs, metrics, secrets: the
     /// training's). A lost lease is rethrown: the pass is stopping and must write nothing more.
-    func deferIfTransient(_ error: any Error, _ number: Int, _ journalID: Int64, workspace: StepWorkspace,
+    func deferIfTransient(_ error: any Error, _ claim: TrainingClaim, _ journalID: Int64, workspace: StepWorkspace,
                           scrubber: SecretScrubber) async throws -> EntryOutcome? {
         let failure = Failures.classify(error, scrubbing: scrubber)
         if failure.reason == .leaseLost { throw error }
@@ -416,27 +480,29 @@ struct Training {
         guard machine else { return nil }
         // Space first: the step's folder is what filled the disk, most often.
         workspace.clean()
+        let label = claim.label
         let message = diskFull ? "disk full: \(failure.message)" : failure.message
         var changes = StateChanges("close journal entry \(journalID)")
         changes.failJournal(journalID, JournalClosing(interrupted: true, error: message))
-        changes.record(context.event(.version(model: name, number: number), .interrupted, commit: plan.commit,
-                                     reason: "\(message); v\(number) is not marked failed, and the next pass trains it again"))
+        changes.record(context.event(subject(claim), .interrupted, commit: plan.commit,
+                                     reason: "\(message); \(label) is not marked failed, and the next pass trains it again"))
         try? await context.commit(changes)
         return .failed(ReconcileFailure(.transient, diskFull ? .diskFull : failure.reason,
-                                        "v\(number): \(message). v\(number) is not marked failed; the next pass trains it again"))
+                                        "\(label): \(message). \(label) is not marked failed; the next pass trains it again"))
     }
 
     /// A training that says "not now" (exit 75) or was killed by the out-of-memory killer: like a
     /// full disk, nothing is held against the version; the next pass trains it again.
-    func deferTemporary(_ number: Int, _ journalID: Int64, workspace: StepWorkspace, why: String) async throws -> EntryOutcome {
+    func deferTemporary(_ claim: TrainingClaim, _ journalID: Int64, workspace: StepWorkspace, why: String) async throws -> EntryOutcome {
         workspace.clean()
+        let label = claim.label
         var changes = StateChanges("close journal entry \(journalID)")
         changes.failJournal(journalID, JournalClosing(interrupted: true, error: "training \(why)"))
-        changes.record(context.event(.version(model: name, number: number), .interrupted, commit: plan.commit,
-                                     reason: "training \(why); v\(number) is not marked failed, and the next pass trains it again"))
+        changes.record(context.event(subject(claim), .interrupted, commit: plan.commit,
+                                     reason: "training \(why); \(label) is not marked failed, and the next pass trains it again"))
         try await context.commit(changes)
         return .failed(ReconcileFailure(.transient, .trainingTemporaryFailure,
-                                        "v\(number): training \(why); log: \(workspace.logFile). The next pass trains it again, without backoff"))
+                                        "\(label): training \(why); log: \(workspace.logFile). The next pass trains it again, without backoff"))
     }
 
     static func trainedEvent(_ context: EngineContext, name: String, number: Int, commit: String?, artifact: String,
@@ -447,31 +513,14 @@ struct Training {
                       reason: reason)
     }
 
-    /// A new version for a new fingerprint; the same version again for a retry or a resumed run.
-    func claimVersion(_ detail: TrainDetail) async throws -> ModelVersion {
-        if let number = detail.version {
-            guard let existing = try await registry.version(of: name, number: number), existing.fingerprint == detail.fingerprint else {
-                throw ReconcileFailure(.stalled, .planOutdated, "v\(number) is not a version of fingerprint \(detail.fingerprint.prefix(12)); make a new plan")
-            }
-            guard existing.status == .failed || existing.status == .training else {
-                throw ReconcileFailure(.stalled, .planOutdated, "v\(number) is \(existing.status.rawValue) now; make a new plan")
-            }
-            return try await registry.updateVersion(model: name, number: number, VersionUpdate(
-                status: .training, attempts: detail.attempt, commit: plan.commit))
-        }
-        return try await registry.createVersion(NewVersion(
-            model: name, fingerprint: detail.fingerprint, commit: plan.commit, params: spec.params, status: .training,
-            training: detail.training))
-    }
-
     /// Marks the version failed (its backoff starts) and records `training-failed`. The event is
     /// journaled before the version changes, so that a crash in between leaves recovery the event
     /// to record (`Recovery`): every failure is in the audit log once. Returns when the backoff
     /// ends (ms since the epoch).
-    func fail(_ number: Int, _ detail: TrainDetail, _ journalID: Int64, run journaled: TrainingRun, tail: String,
+    func fail(_ claim: TrainingClaim, _ detail: TrainDetail, _ journalID: Int64, run journaled: TrainingRun, tail: String,
               workspace: StepWorkspace) async throws -> Int64 {
         let now = context.now()
-        let event = context.event(.version(model: name, number: number), .trainingFailed, commit: plan.commit,
+        let event = context.event(subject(claim), .trainingFailed, commit: plan.commit,
                                   before: .string("training"), after: .string("failed"), reason: String(tail.suffix(500)))
         workspace.clean()
         var run = journaled
@@ -479,8 +528,7 @@ struct Training {
         var journal = StateChanges("journal the failure of entry \(journalID)")
         journal.updateJournal(journalID, .training(run))
         try await context.commit(journal)
-        try await registry.updateVersion(model: name, number: number, VersionUpdate(
-            status: .failed, logTail: String(tail.suffix(8192)), failedAt: now))
+        try await registry.failTraining(claim, logTail: tail, at: now)
         Failpoint.hit("train.after-failed")
         var closing = StateChanges("record the end of journal entry \(journalID)")
         closing.record(event)

@@ -60,6 +60,15 @@ extension MLflowClient {
                                       operation: "delete tag '\(key)' of registered model '\(name)'")
     }
 
+    /// Sets the registered model's description (the only field MLflow lets change).
+    @discardableResult
+    public func updateRegisteredModel(name: String, description: String) async throws -> MLflowRegisteredModel {
+        struct Request: Encodable { var name: String; var description: String }
+        struct Answer: Decodable { var registered_model: MLflowRegisteredModel }
+        return try await send(.PATCH, "registered-models/update", Request(name: name, description: description), as: Answer.self,
+                              operation: "update the description of registered model '\(name)'").registered_model
+    }
+
     /// Every registered model that matches `filter` (`name = 'x'`, `name LIKE 'x%'`,
     /// `tags.\`k\` = 'v'`; see `MLflowFilter`), with their tags and aliases: one request per
     /// `pageSize` models (at most 1,000).

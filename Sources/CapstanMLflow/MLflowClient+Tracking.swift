@@ -42,6 +42,30 @@ extension MLflowClient {
         return try active(created)
     }
 
+    /// Every active experiment that matches `filter` (`name LIKE 'capstan/%'`), page after page.
+    public func searchExperiments(filter: String? = nil, pageSize: Int = 1000) async throws -> [MLflowExperiment] {
+        struct Request: Encodable {
+            var filter: String?
+            var max_results: Int
+            var page_token: String?
+            var view_type: String
+        }
+        struct Answer: Decodable {
+            var experiments: [MLflowExperiment]?
+            var next_page_token: String?
+        }
+        var all: [MLflowExperiment] = []
+        var token: String?
+        repeat {
+            let answer = try await send(.POST, "experiments/search",
+                                        Request(filter: filter, max_results: pageSize, page_token: token, view_type: "ACTIVE_ONLY"),
+                                        as: Answer.self, operation: "search experiments\(filter.map { " where \($0)" } ?? "")")
+            all += answer.experiments ?? []
+            token = answer.next_page_token.flatMap { $0.isEmpty ? nil : $0 }
+        } while token != nil
+        return all
+    }
+
     private func active(_ experiment: MLflowExperiment) throws -> MLflowExperiment {
         guard experiment.isDeleted else { return experiment }
         throw MLflowError(kind: .rejected, server: server, operation: "use experiment '\(experiment.name)'",

@@ -106,12 +106,6 @@ public struct ManifestDecoder: Sendable {
         let spec = root["spec"]
         switch kind {
         case .config:
-            // Accepted by the schema (editors complete it) but not built yet: refused rather than
-            // silently trained into the embedded registry (issue 15 builds the backend).
-            if let mlflow = spec?["registry"]?["mlflow"] {
-                ctx.error(.unsupportedBackend, "spec.registry.mlflow: the MLflow registry backend is not available in this version of Capstan", mlflow,
-                          hint: "use registry: {embedded: {}} (the default) for now; nothing would be written to MLflow")
-            }
             return .config(ConfigManifest(metadata: metadata, spec: Build.config(spec), origin: origin))
         case .model:
             let (model, inputIndices) = Build.model(spec)
@@ -205,7 +199,11 @@ enum Build {
         spec.exclude = Read.stringList(n["exclude"])
         spec.dataRoots = Read.stringList(n["dataRoots"]).compactMap(HostPath.normalize)
         if let mlflow = n["registry"]?["mlflow"], let url = Read.string(mlflow["url"]) {
-            spec.registry = .mlflow(MLflowRegistryConfig(url: url, tokenEnv: Read.string(mlflow["tokenEnv"])))
+            spec.registry = .mlflow(MLflowRegistryConfig(
+                url: url, tokenEnv: Read.string(mlflow["tokenEnv"]), usernameEnv: Read.string(mlflow["usernameEnv"]),
+                passwordEnv: Read.string(mlflow["passwordEnv"]),
+                experiment: Read.string(mlflow["experiment"]) ?? MLflowRegistryConfig.defaultExperiment,
+                timeout: Read.duration(mlflow["timeout"]) ?? MLflowRegistryConfig.defaultTimeout))
         }
         if let local = n["serving"]?["local"] {
             spec.serving = .local(LocalServingConfig(admin: Read.string(local["admin"]) ?? LocalServingConfig.defaultAdmin,

@@ -24,7 +24,27 @@ public enum ManifestSchema {
         FieldSpec("tokenEnv", .string(.envName),
                   doc: "Name of the environment variable that holds the bearer token. The token itself never goes in a manifest.",
                   example: "MLFLOW_TRACKING_TOKEN"),
-    ])
+        FieldSpec("usernameEnv", .string(.envName),
+                  doc: "Name of the environment variable that holds the user name of HTTP basic auth (MLflow's basic-auth app); needs passwordEnv.",
+                  example: "MLFLOW_TRACKING_USERNAME"),
+        FieldSpec("passwordEnv", .string(.envName),
+                  doc: "Name of the environment variable that holds the password of HTTP basic auth; needs usernameEnv.",
+                  example: "MLFLOW_TRACKING_PASSWORD"),
+        FieldSpec("experiment", .string(.any), default: "\"capstan/{model}\"",
+                  doc: "The MLflow experiment of a model's training runs; {model} stands for the model's name (without it, every model's runs share one experiment).",
+                  example: "\"capstan/{model}\""),
+        FieldSpec("timeout", .duration(allowZero: false), default: "30s", doc: "The bound of one request to the MLflow server.", example: "30s"),
+    ], check: { node, owner, ctx, path in
+        let token = node["tokenEnv"] != nil
+        let user = node["usernameEnv"] != nil, password = node["passwordEnv"] != nil
+        if user != password {
+            ctx.error(.invalidValue, "\(path): usernameEnv and passwordEnv go together (HTTP basic auth needs both)", node,
+                      hint: user ? "add passwordEnv" : "add usernameEnv")
+        }
+        if token && (user || password) {
+            ctx.error(.invalidValue, "\(path): set either tokenEnv (a bearer token) or usernameEnv and passwordEnv (basic auth), not both", node)
+        }
+    })
 
     static let embedded = ObjectSchema(id: "EmbeddedRegistry", doc: "The embedded SQLite registry in the state directory. Takes no settings.", fields: [])
 
@@ -32,7 +52,7 @@ public enum ManifestSchema {
         id: "Registry", doc: "Which model registry holds versions and aliases (the actual state). Set exactly one backend.",
         fields: [
             FieldSpec("embedded", .object(embedded), doc: "The embedded registry (the default).", example: "{}"),
-            FieldSpec("mlflow", .object(mlflow), doc: "An MLflow registry (not in this version yet: refused with unsupported-backend).", example: "{url: \"http://127.0.0.1:5000\"}"),
+            FieldSpec("mlflow", .object(mlflow), doc: "An MLflow tracking server's registry (docs/mlflow.md).", example: "{url: \"http://127.0.0.1:5000\"}"),
         ], exactlyOneOf: ["embedded", "mlflow"])
 
     static let localServing = ObjectSchema(id: "LocalServing", doc: "Capstan's own serving agent (`capstan serve`).", fields: [

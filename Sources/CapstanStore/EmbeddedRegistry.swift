@@ -336,6 +336,9 @@ public struct EmbeddedRegistry: Registry {
         }
     }
 
+    /// The alias history table alone, for a registry that keeps no history of its own (MLflow).
+    public var history: any AliasHistory { AliasHistoryTable(registry: self) }
+
     /// SQLite's order of text (BINARY: by bytes).
     static func precedes(_ a: String, _ b: String) -> Bool {
         a.utf8.lexicographicallyPrecedes(b.utf8)
@@ -462,5 +465,27 @@ struct SnapshotReader {
                 return value
             }
         }
+    }
+}
+
+/// The embedded registry's `alias_history` table, written for another registry (MLflow) whose
+/// aliases Capstan moves: the same rows, fenced like the rest of the state.
+struct AliasHistoryTable: AliasHistory {
+    let registry: EmbeddedRegistry
+
+    func record(_ move: AliasMove) async throws {
+        try await registry.database.write("record the move of alias '\(move.alias)' of '\(move.model)'") { db in
+            try db.execute(sql: """
+                INSERT INTO alias_history (model, alias, from_version, to_version, at, commit_id, reason) VALUES (?, ?, ?, ?, ?, ?, ?)
+                """, arguments: [move.model, move.alias, move.from, move.to, move.at, move.commit, move.reason])
+        }
+    }
+
+    func moves(of model: String, alias: String?) async throws -> [AliasMove] {
+        try await registry.aliasHistory(of: model, alias: alias)
+    }
+
+    func holder(_ alias: String, of model: String, at time: Int64) async throws -> Int? {
+        try await registry.aliasHolder(alias, of: model, at: time)
     }
 }

@@ -112,6 +112,25 @@ public struct SQLiteStateStore: StateStore {
 
     // MARK: - Journal and passes
 
+    /// The registry the last pass wired (`capstan.yaml`'s `spec.registry`: names of variables,
+    /// never their values), so that commands without a repository (`capstan status`) read the
+    /// same one. Nil before any pass.
+    public func registryInUse() async throws -> RegistryConfig? {
+        let text = try await database.read("read the registry in use") { db in
+            try String.fetchOne(db, sql: "SELECT value FROM capstan_meta WHERE key = 'registry'")
+        }
+        return text.flatMap { try? JSONDecoder().decode(RegistryConfig.self, from: Data($0.utf8)) }
+    }
+
+    public func recordRegistryInUse(_ config: RegistryConfig) async throws {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys]
+        let text = String(decoding: try encoder.encode(config), as: UTF8.self)
+        try await database.write("record the registry in use") { db in
+            try db.execute(sql: "INSERT OR REPLACE INTO capstan_meta (key, value) VALUES ('registry', ?)", arguments: [text])
+        }
+    }
+
     public func beginJournal(_ record: JournalRecord, subject: ObjectRef) async throws -> Int64 {
         let journal = self.journal
         return try await database.write("journal '\(record.operation.rawValue)' of '\(subject)'") { db in

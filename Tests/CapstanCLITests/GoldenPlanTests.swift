@@ -128,7 +128,7 @@ struct GoldenCase {
     func run() async throws -> Output {
         let prepared = try await prepare()
         let store = try Wiring.store(prepared.stateDirectory)
-        let reconciler = Reconciler(ports: try ports(prepared, store: store))
+        let reconciler = Reconciler(ports: try await ports(prepared, store: store))
         let report = try await reconciler.plan(at: "main", options: PlanOptions(retryFailed: state.options?.retryFailed ?? false),
                                                fetch: true)
         #expect(report.revision.commit == prepared.afterCommit)
@@ -145,7 +145,7 @@ struct GoldenCase {
         // A long-lived reconciler that read the before commit reads only what changed since
         // (the manifests, input identities and plan entries the change touches): the same plan.
         if let beforeCommit = prepared.beforeCommit {
-            let following = Reconciler(ports: try ports(prepared, store: store))
+            let following = Reconciler(ports: try await ports(prepared, store: store))
             _ = try? await following.plan(at: beforeCommit, fetch: false)
             var again = try await following.plan(at: "main", options: PlanOptions(retryFailed: state.options?.retryFailed ?? false),
                                                  fetch: true).plan
@@ -158,9 +158,9 @@ struct GoldenCase {
     }
 
     /// The ports of `capstan plan` (`Wiring.ports`) with the case's clock and serving layer.
-    func ports(_ prepared: Prepared, store: SQLiteStateStore) throws -> ReconcilerPorts {
+    func ports(_ prepared: Prepared, store: SQLiteStateStore) async throws -> ReconcilerPorts {
         let options = try RepositoryOptions.parse(["--repo", prepared.repository, "--state-dir", prepared.stateDirectory])
-        var ports = try Wiring.ports(options, store: store, actor: "capstan plan")
+        var ports = try await Wiring.ports(options, store: store, actor: "capstan plan")
         let now = self.now
         ports.now = { now }
         ports.environment = [:]
@@ -240,7 +240,7 @@ struct GoldenCase {
 
         // The desired state at each commit, as Capstan computes it (an empty registry meanwhile).
         func desired(at commit: String) async throws -> Desired {
-            let reconciler = Reconciler(ports: try ports(prepared, store: store))
+            let reconciler = Reconciler(ports: try await ports(prepared, store: store))
             return Desired(commit: commit, report: try await reconciler.plan(at: commit, fetch: false))
         }
         let after = try await desired(at: prepared.afterCommit)

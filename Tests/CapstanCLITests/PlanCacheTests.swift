@@ -58,9 +58,9 @@ struct PlanCacheTests {
         }
 
         /// A reconciler over the ports `capstan plan` wires, with the clock at `now`.
-        func reconciler(now: Int64) throws -> (Reconciler, PlanCache, SQLiteStateStore) {
+        func reconciler(now: Int64) async throws -> (Reconciler, PlanCache, SQLiteStateStore) {
             let store = try Wiring.store(state)
-            var ports = try Wiring.ports(try options, store: store, actor: "test")
+            var ports = try await Wiring.ports(try options, store: store, actor: "test")
             ports.now = { now }
             let registry = store.registry
             let cache = PlanCache(store: PlanCacheFile(stateDirectory: state), build: "test-build",
@@ -82,9 +82,9 @@ struct PlanCacheTests {
 
     /// Plans through the cache and from scratch at `now`, and checks they agree.
     static func planBothWays(_ f: Fixture, now: Int64, options: PlanOptions = PlanOptions()) async throws -> CachedPlanReport {
-        let (reconciler, cache, _) = try f.reconciler(now: now)
+        let (reconciler, cache, _) = try await f.reconciler(now: now)
         let cached = try await reconciler.cachedPlan(at: "main", cache: cache, options: options, fetch: false)
-        let (fresh, _, _) = try f.reconciler(now: now)
+        let (fresh, _, _) = try await f.reconciler(now: now)
         let expected = try await fresh.plan(at: "main", options: options, fetch: false).plan
         #expect(try comparable(cached.plan) == comparable(expected))
         #expect(cached.plan.createdAt == now)
@@ -114,7 +114,7 @@ struct PlanCacheTests {
         #expect(try await Self.planBothWays(f, now: 4_000).fromCache)
 
         // The registry written (by anyone): the generation moves.
-        let (_, _, store) = try f.reconciler(now: 5_000)
+        let (_, _, store) = try await f.reconciler(now: 5_000)
         try await store.registry.upsertModel(name: "churn", description: "registered elsewhere", labels: [:])
         #expect(try await !Self.planBothWays(f, now: 6_000).fromCache)
         #expect(try await Self.planBothWays(f, now: 7_000).fromCache)
@@ -131,7 +131,7 @@ struct PlanCacheTests {
         // churn's training failed at 1,000: a backoff of 1h (the policy's initial retry).
         guard case .train(let train) = try #require(fresh.plan.entries.first { $0.name == "churn" && $0.action == .train }).detail
         else { Issue.record("no training of churn"); return }
-        let (_, _, store) = try f.reconciler(now: 1_000)
+        let (_, _, store) = try await f.reconciler(now: 1_000)
         _ = try await store.registry.upsertModel(name: "churn", description: nil, labels: [:])
         let version = try await store.registry.createVersion(NewVersion(model: "churn", fingerprint: train.fingerprint))
         try await store.registry.updateVersion(model: "churn", number: version.number,

@@ -165,6 +165,9 @@ public enum FailureReason: String, Hashable, Sendable, Codable, CaseIterable {
     case diskFull = "DiskFull"
     /// The registry cannot be reached or answered with a server error.
     case registryUnavailable = "RegistryUnavailable"
+    /// The registry refused a request (credentials, permissions, a value it does not accept, a
+    /// version Capstan did not make): a person must act.
+    case registryRefused = "RegistryRefused"
     /// The serving layer cannot be reached.
     case servingUnavailable = "ServingUnavailable"
     /// The training exited with 75 (EX_TEMPFAIL) or was killed by the OOM killer.
@@ -186,7 +189,7 @@ public enum FailureReason: String, Hashable, Sendable, Codable, CaseIterable {
     public var defaultClass: ReconcileFailure.Class {
         switch self {
         case .invalidManifests, .noManifests, .inputUnresolvable, .missingSecret, .pinnedVersionMissing,
-             .pinnedVersionUnusable, .notServable, .unverifiedCommit, .noValidatedVersion, .planOutdated:
+             .pinnedVersionUnusable, .notServable, .unverifiedCommit, .noValidatedVersion, .planOutdated, .registryRefused:
             return .stalled
         case .trainingFailed, .trainingTimedOut, .invalidOutput, .trainingElsewhere, .rolloutPaused, .starting,
              .soakPending:

@@ -176,13 +176,28 @@ public enum RegistryConfig: Hashable, Sendable, Codable {
 }
 
 public struct MLflowRegistryConfig: Hashable, Sendable, Codable {
+    public static let defaultExperiment = "capstan/{model}"
+    public static let defaultTimeout = ManifestDuration(milliseconds: 30_000)
+
     public var url: String
     /// Name of the environment variable holding the bearer token (never the token itself).
     public var tokenEnv: String?
+    /// Names of the environment variables holding HTTP basic credentials (MLflow's basic-auth app).
+    public var usernameEnv: String?
+    public var passwordEnv: String?
+    /// The experiment of a model's training runs; `{model}` stands for the model's name.
+    public var experiment: String
+    /// The bound of one request to the server.
+    public var timeout: ManifestDuration
 
-    public init(url: String, tokenEnv: String? = nil) {
+    public init(url: String, tokenEnv: String? = nil, usernameEnv: String? = nil, passwordEnv: String? = nil,
+                experiment: String = MLflowRegistryConfig.defaultExperiment, timeout: ManifestDuration = MLflowRegistryConfig.defaultTimeout) {
         self.url = url
         self.tokenEnv = tokenEnv
+        self.usernameEnv = usernameEnv
+        self.passwordEnv = passwordEnv
+        self.experiment = experiment
+        self.timeout = timeout
     }
 }
 

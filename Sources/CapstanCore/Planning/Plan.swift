@@ -177,6 +177,9 @@ public enum TrainReason: Hashable, Sendable, Codable, CustomStringConvertible {
     case retry(attempt: Int, lastFailure: String?)
     /// A version of this fingerprint was left `training` by an interrupted pass.
     case resumeInterrupted(version: Int)
+    /// The last training of the fingerprint (which has no version yet) was interrupted, or
+    /// trained without its version being registered.
+    case resumeAttempt(fingerprint: String)
 
     public var description: String {
         switch self {
@@ -205,6 +208,7 @@ public enum TrainReason: Hashable, Sendable, Codable, CustomStringConvertible {
         case .fingerprintChanged(let f, let t): return "fingerprint changed \(f.prefix(12)) → \(t.prefix(12))"
         case .retry(let a, _): return "retry of a failed training (attempt \(a))"
         case .resumeInterrupted(let v): return "version \(v) was interrupted while training; training it again"
+        case .resumeAttempt(let f): return "the last training of fingerprint \(f.prefix(12)) was interrupted; resuming it"
         }
     }
 

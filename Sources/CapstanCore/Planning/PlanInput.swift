@@ -91,6 +91,11 @@ public struct ActualState: Hashable, Sendable {
             if let aliases = registry.aliases[m.name], !aliases.isEmpty {
                 for (a, n) in aliases.sorted(by: { $0.key < $1.key }) { add("alias"); add(a); add(n) }
             }
+            // (Only registries that number versions when they register them keep attempts.)
+            for a in registry.attempts[m.name] ?? [] {
+                add("attempt"); add(a.fingerprint); add(a.state.rawValue); add(a.attempts)
+                add(a.failedAt.map { String($0) } ?? "-")
+            }
         }
         return Hex.string(SHA256.hash(data: bytes))
     }

@@ -13,6 +13,7 @@ public enum Planner {
             var planner = ModelPlanner(
                 desired: model, registered: registered[model.name],
                 versions: actual.registry.versions[model.name] ?? [],
+                attempts: actual.registry.attempts[model.name] ?? [],
                 aliases: actual.registry.aliases[model.name] ?? [:],
                 deployed: deployed(model.name, desired: desired, actual: actual),
                 policy: desired.policy, now: now, options: options)
@@ -39,6 +40,7 @@ public enum Planner {
                 desired: model,
                 registered: registered.map { $0[model.name] } ?? actual.registry.models.first { $0.name == model.name },
                 versions: actual.registry.versions[model.name] ?? [],
+                attempts: actual.registry.attempts[model.name] ?? [],
                 aliases: actual.registry.aliases[model.name] ?? [:],
                 deployed: deployed(model.name, desired: desired, actual: actual),
                 policy: desired.policy, now: now, options: options)
@@ -147,6 +149,8 @@ private struct ModelPlanner {
     let desired: DesiredModel
     let registered: RegisteredModel?
     let versions: [ModelVersion]
+    /// Trainings of fingerprints without a version (`RegistrySnapshot.attempts`).
+    let attempts: [TrainingAttemptRecord]
     let aliases: [String: Int]
     /// Versions Deployments pin or serve (see `Planner.deployed`).
     let deployed: Set<Int>
@@ -166,11 +170,12 @@ private struct ModelPlanner {
     /// Whether the desired fingerprint is waiting out a failure.
     var waiting = false
 
-    init(desired: DesiredModel, registered: RegisteredModel?, versions: [ModelVersion], aliases: [String: Int],
-         deployed: Set<Int>, policy: Policy, now: Int64, options: PlanOptions) {
+    init(desired: DesiredModel, registered: RegisteredModel?, versions: [ModelVersion], attempts: [TrainingAttemptRecord],
+         aliases: [String: Int], deployed: Set<Int>, policy: Policy, now: Int64, options: PlanOptions) {
         self.desired = desired
         self.registered = registered
         self.versions = versions
+        self.attempts = attempts
         self.aliases = aliases
         self.deployed = deployed
         self.policy = policy
@@ -217,7 +222,11 @@ private struct ModelPlanner {
     mutating func planTraining() {
         let fingerprint = desired.fingerprint
         guard let existing = versions.first(where: { $0.fingerprint == fingerprint }) else {
-            addTrain(version: nil, attempt: 1, reasons: newVersionReasons(), reason: nil)
+            if let attempt = attempts.first(where: { $0.fingerprint == fingerprint }) {
+                planAttempt(attempt)
+            } else {
+                addTrain(version: nil, attempt: 1, reasons: newVersionReasons(), reason: nil)
+            }
             return
         }
         switch existing.status {
@@ -256,6 +265,43 @@ private struct ModelPlanner {
                     reason: "training v\(existing.number) (fingerprint \(fingerprint.prefix(12))) failed \(failures); retrying after a backoff of \(ManifestDuration.format(delay)), or now with --retry-failed",
                     detail: .wait(WaitDetail(until: next, version: existing.number, fingerprint: fingerprint,
                                              lastFailure: existing.logTail))))
+            }
+        }
+    }
+
+    /// The desired fingerprint has no version but has been trained before, in a registry that
+    /// numbers versions when it registers them (`RegistrySnapshot.attempts`): the same decisions
+    /// as for a version in `training` or `failed`, naming the fingerprint instead of a number.
+    mutating func planAttempt(_ record: TrainingAttemptRecord) {
+        let fingerprint = desired.fingerprint
+        let label = "fingerprint \(fingerprint.prefix(12))"
+        switch record.state {
+        case .running, .trained:
+            if record.state == .running, let running = options.applyInProgress {
+                entries.append(PlanEntry(
+                    id: "\(name)/wait", action: .wait, name: name,
+                    reason: "\(label) is being trained by a running apply (\(running))",
+                    detail: .wait(WaitDetail(until: nil, version: nil, fingerprint: fingerprint))))
+                return
+            }
+            addTrain(version: nil, attempt: record.attempts + 1, reasons: [.resumeAttempt(fingerprint: fingerprint)],
+                     reason: record.state == .trained
+                        ? "the last training of \(label) stored its artifact but its version was not registered; registering it (the training does not run again)"
+                        : nil)
+        case .failed:
+            let delay = Planner.backoff(afterFailures: record.attempts, policy: policy.retry)
+            let next = (record.failedAt ?? record.startedAt) + delay
+            if options.retryFailed || now >= next {
+                let attempt = record.attempts + 1
+                addTrain(version: nil, attempt: attempt, reasons: [.retry(attempt: attempt, lastFailure: record.logTail)],
+                         reason: options.retryFailed && now < next ? "retrying \(label) now (--retry-failed)" : nil)
+            } else {
+                waiting = true
+                let failures = record.attempts == 1 ? "once" : "\(record.attempts) times"
+                entries.append(PlanEntry(
+                    id: "\(name)/wait", action: .wait, name: name,
+                    reason: "training \(label) failed \(failures); retrying after a backoff of \(ManifestDuration.format(delay)), or now with --retry-failed",
+                    detail: .wait(WaitDetail(until: next, version: nil, fingerprint: fingerprint, lastFailure: record.logTail))))
             }
         }
     }

@@ -309,11 +309,127 @@ public struct RegistrySnapshot: Hashable, Sendable {
     public var versions: [String: [ModelVersion]]
     /// Model name → alias → version number.
     public var aliases: [String: [String: Int]]
+    /// Model name → the trainings of fingerprints that have no version, in a registry that
+    /// numbers a version only when it registers its artifacts (MLflow). Empty for the embedded
+    /// registry, whose versions are numbered when their training starts.
+    public var attempts: [String: [TrainingAttemptRecord]]
 
-    public init(models: [RegisteredModel], versions: [String: [ModelVersion]], aliases: [String: [String: Int]]) {
+    public init(models: [RegisteredModel], versions: [String: [ModelVersion]], aliases: [String: [String: Int]],
+                attempts: [String: [TrainingAttemptRecord]] = [:]) {
         self.models = models
         self.versions = versions
         self.aliases = aliases
+        self.attempts = attempts
+    }
+}
+
+/// The trainings of one fingerprint that produced no version yet (the MLflow registry: each is
+/// an MLflow run of the model's experiment; a version is registered from a finished one).
+public struct TrainingAttemptRecord: Hashable, Sendable, Codable {
+    public enum State: String, Hashable, Sendable, Codable {
+        /// The last attempt was interrupted (a killed pass) or is running in another pass.
+        case running
+        /// The last attempt failed; the retry backoff counts from `failedAt`.
+        case failed
+        /// The last attempt finished and stored its artifacts, but its version was not
+        /// registered (the registry failed or the pass was killed in between): the next pass
+        /// registers it without training again.
+        case trained
+    }
+
+    public var fingerprint: String
+    public var state: State
+    /// Attempts made so far (the last one included).
+    public var attempts: Int
+    /// When the last attempt started, and failed (ms since the epoch).
+    public var startedAt: Int64
+    public var failedAt: Int64?
+    /// The last lines of output of the last failed attempt (scrubbed when it was recorded).
+    public var logTail: String?
+    public var commit: String?
+    /// The registry's id of the last attempt (the MLflow run id).
+    public var run: String?
+
+    public init(fingerprint: String, state: State, attempts: Int, startedAt: Int64, failedAt: Int64? = nil,
+                logTail: String? = nil, commit: String? = nil, run: String? = nil) {
+        self.fingerprint = fingerprint
+        self.state = state
+        self.attempts = attempts
+        self.startedAt = startedAt
+        self.failedAt = failedAt
+        self.logTail = logTail
+        self.commit = commit
+        self.run = run
+    }
+}
+
+/// What a training starts with (`Registry.startTraining`).
+public struct TrainingStart: Hashable, Sendable {
+    public var model: String
+    public var fingerprint: String
+    public var commit: String
+    public var params: [String: ParamValue]
+    public var training: TrainingDescription?
+    /// 1 for a first attempt.
+    public var attempt: Int
+    /// The version a retry or a resumed training claims (a registry that numbers versions when
+    /// their training starts); nil for a new one.
+    public var resumes: Int?
+    /// The repository the commit is of, as Capstan names it (`mlflow.source.name`).
+    public var repository: String?
+
+    public init(model: String, fingerprint: String, commit: String, params: [String: ParamValue] = [:],
+                training: TrainingDescription? = nil, attempt: Int = 1, resumes: Int? = nil, repository: String? = nil) {
+        self.model = model
+        self.fingerprint = fingerprint
+        self.commit = commit
+        self.params = params
+        self.training = training
+        self.attempt = attempt
+        self.resumes = resumes
+        self.repository = repository
+    }
+}
+
+/// A training the registry has taken note of (`Registry.startTraining`).
+public struct TrainingClaim: Hashable, Sendable, Codable {
+    public var model: String
+    public var fingerprint: String
+    public var attempt: Int
+    /// The version trained into, when the registry numbers versions when training starts (the
+    /// embedded registry); nil when it numbers them when they are registered (MLflow).
+    public var number: Int?
+    /// The registry's id of this attempt (the MLflow run id).
+    public var run: String?
+    /// Set when an earlier attempt of this fingerprint already trained and stored its artifact,
+    /// and only its registration is left: the step is not run again.
+    public var trained: TrainingResult?
+
+    public init(model: String, fingerprint: String, attempt: Int, number: Int? = nil, run: String? = nil,
+                trained: TrainingResult? = nil) {
+        self.model = model
+        self.fingerprint = fingerprint
+        self.attempt = attempt
+        self.number = number
+        self.run = run
+        self.trained = trained
+    }
+
+    /// How messages name what is trained: `v3`, or `fingerprint 1a2b3c4d5e6f` before a number.
+    public var label: String { number.map { "v\($0)" } ?? "fingerprint \(fingerprint.prefix(12))" }
+}
+
+/// What a successful training produced.
+public struct TrainingResult: Hashable, Sendable, Codable {
+    public var metrics: [String: Double]
+    /// The artifact in Capstan's artifact store (its digest and where the store keeps it).
+    public var artifactDigest: String
+    public var artifactLocation: String
+
+    public init(metrics: [String: Double], artifactDigest: String, artifactLocation: String) {
+        self.metrics = metrics
+        self.artifactDigest = artifactDigest
+        self.artifactLocation = artifactLocation
     }
 }
 
@@ -376,6 +492,16 @@ public struct AliasMove: Hashable, Sendable, Codable {
         self.commit = commit
         self.reason = reason
     }
+}
+
+/// Where Capstan keeps the history of the aliases of a registry that keeps none (MLflow): in its
+/// state store, so that `capstan history` answers "which version was champion at time T".
+public protocol AliasHistory: Sendable {
+    func record(_ move: AliasMove) async throws
+    /// Every move of the model's aliases (of one alias when given), oldest first.
+    func moves(of model: String, alias: String?) async throws -> [AliasMove]
+    /// The version `alias` pointed at, at `time` (ms since the epoch), if any.
+    func holder(_ alias: String, of model: String, at time: Int64) async throws -> Int?
 }
 
 /// Why a registry call was refused. Distinct cases so callers (the planner, the CLI) can react.
@@ -443,9 +569,58 @@ public protocol Registry: Sendable {
     func aliasHistory(of model: String, alias: String?) async throws -> [AliasMove]
     /// The version `alias` pointed at, at `time` (ms since the epoch), if any.
     func aliasHolder(_ alias: String, of model: String, at time: Int64) async throws -> Int?
+
+    /// Takes note of a training that starts (or resumes). The embedded registry creates or claims
+    /// a version in `training`; MLflow finds or creates the attempt's run.
+    func startTraining(_ start: TrainingStart) async throws -> TrainingClaim
+    /// Records a successful training: the version becomes `trained` (MLflow: the output folder
+    /// is uploaded to the run and a version is registered from it). Idempotent for a claim whose
+    /// version was registered already.
+    func finishTraining(_ claim: TrainingClaim, _ result: TrainingResult, directory: String?) async throws -> ModelVersion
+    /// Records a failed training, whose retry backoff starts at `time`.
+    func failTraining(_ claim: TrainingClaim, logTail: String, at time: Int64) async throws
 }
 
 extension Registry {
+    /// The embedded way: a new fingerprint gets a version in `training` at once; a retry or a
+    /// resumed training claims the same version again.
+    public func startTraining(_ start: TrainingStart) async throws -> TrainingClaim {
+        if let number = start.resumes {
+            guard let existing = try await version(of: start.model, number: number), existing.fingerprint == start.fingerprint else {
+                throw ReconcileFailure(.stalled, .planOutdated,
+                                       "v\(number) is not a version of fingerprint \(start.fingerprint.prefix(12)); make a new plan")
+            }
+            guard existing.status == .failed || existing.status == .training else {
+                throw ReconcileFailure(.stalled, .planOutdated, "v\(number) is \(existing.status.rawValue) now; make a new plan")
+            }
+            try await updateVersion(model: start.model, number: number, VersionUpdate(
+                status: .training, attempts: start.attempt, commit: start.commit))
+            return TrainingClaim(model: start.model, fingerprint: start.fingerprint, attempt: start.attempt, number: number)
+        }
+        let created = try await createVersion(NewVersion(
+            model: start.model, fingerprint: start.fingerprint, commit: start.commit, params: start.params, status: .training,
+            training: start.training))
+        return TrainingClaim(model: start.model, fingerprint: start.fingerprint, attempt: start.attempt, number: created.number)
+    }
+
+    /// The embedded way: the claimed version becomes `trained`. `directory` (the step's output,
+    /// already in Capstan's artifact store) is for registries that keep their own copy.
+    public func finishTraining(_ claim: TrainingClaim, _ result: TrainingResult, directory: String?) async throws -> ModelVersion {
+        guard let number = claim.number else {
+            throw ReconcileFailure(.stalled, .planOutdated, "the training of \(claim.label) has no version to finish")
+        }
+        return try await updateVersion(model: claim.model, number: number, VersionUpdate(
+            status: .trained, metrics: result.metrics, artifactDigest: result.artifactDigest,
+            artifactLocation: result.artifactLocation, logTail: ""))
+    }
+
+    /// The embedded way: the claimed version becomes `failed`, with the log's last lines.
+    public func failTraining(_ claim: TrainingClaim, logTail: String, at time: Int64) async throws {
+        guard let number = claim.number else { return }
+        try await updateVersion(model: claim.model, number: number, VersionUpdate(
+            status: .failed, logTail: String(logTail.suffix(8192)), failedAt: time))
+    }
+
     /// A registry without generations reads everything every time.
     public func snapshot(refreshing previous: GenerationalSnapshot?) async throws -> GenerationalSnapshot {
         GenerationalSnapshot(generation: nil, snapshot: try await snapshot())

@@ -6,6 +6,9 @@ public enum AuditAction: String, Hashable, Sendable, Codable, CaseIterable {
     case update
     case createVersion = "create-version"
     case retrainVersion = "retrain-version"
+    /// A training started for a fingerprint that has no version yet (a registry that numbers
+    /// versions when it registers them: MLflow).
+    case startTraining = "start-training"
     case trained
     case trainingFailed = "training-failed"
     case validated

@@ -50,9 +50,12 @@ public struct TrainingRun: Hashable, Sendable, Codable {
     /// The failure event, written before the version is marked failed: a pass killed in
     /// between still records it.
     public var failure: AuditEvent?
+    /// The registry's id of the attempt (the MLflow run), once claimed.
+    public var registryRun: String?
 
     public init(fingerprint: String, commit: String, run: String, attempt: Int, version: Int? = nil, resumes: Int? = nil,
-                processGroup: Int32? = nil, failure: AuditEvent? = nil) {
+                processGroup: Int32? = nil, failure: AuditEvent? = nil, registryRun: String? = nil) {
+        self.registryRun = registryRun
         self.fingerprint = fingerprint
         self.commit = commit
         self.run = run
@@ -64,7 +67,7 @@ public struct TrainingRun: Hashable, Sendable, Codable {
     }
 
     enum CodingKeys: String, CodingKey {
-        case fingerprint, commit, run, attempt, version, resumes, processGroup = "pgid", failure
+        case fingerprint, commit, run, attempt, version, resumes, processGroup = "pgid", failure, registryRun
     }
 }
 

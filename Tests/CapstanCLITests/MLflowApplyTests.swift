@@ -1,0 +1,259 @@
+import Foundation
+import Testing
+@testable import CapstanTestSupport
+
+/// `capstan apply` with `registry: {mlflow: …}` against a real `mlflow server` on 127.0.0.1 (one
+/// per suite, `MLflowServer.shared()`), with MLflow's own Python client as the judge of what
+/// Capstan wrote. Each test uses its own model names, so that they share the server.
+@Suite(.serialized) struct MLflowApplyTests {
+    /// The quick start pointed at `server` (and at `agent`, when given), its model named `model`.
+    static func repository(_ temp: TempDir, server: MLflowServer, model: String, agent: ServeApplyTests.Agent? = nil,
+                           registry: String? = nil) throws -> GitRepo {
+        let repo = try GitRepo(at: temp.sub("repo"))
+        let example = CLI.packageRoot.appendingPathComponent("examples/quickstart")
+        for file in try FileManager.default.subpathsOfDirectory(atPath: example.path) {
+            var isDir: ObjCBool = false
+            _ = FileManager.default.fileExists(atPath: example.appendingPathComponent(file).path, isDirectory: &isDir)
+            if isDir.boolValue { continue }
+            var text = try String(contentsOf: example.appendingPathComponent(file), encoding: .utf8)
+            text = text.replacingOccurrences(of: "    embedded: {}                     # SQLite registry in the state directory",
+                                             with: "    mlflow: " + (registry ?? "{url: \"\(server.url)\"}"))
+            if let agent { text = text.replacingOccurrences(of: "http://127.0.0.1:7070", with: "http://127.0.0.1:\(agent.admin)") }
+            text = text.replacingOccurrences(of: "pause: 5s", with: "pause: 1s").replacingOccurrences(of: "minRequests: 20", with: "minRequests: 5")
+                .replacingOccurrences(of: "  name: churn\n", with: "  name: \(model)\n")
+                .replacingOccurrences(of: "  model: churn\n", with: "  model: \(model)\n")
+            try repo.write(file, text)
+        }
+        try repo.commit("quick start on MLflow")
+        return repo
+    }
+
+    static func uniqueName(_ prefix: String) -> String { "\(prefix)-\(UUID().uuidString.prefix(8).lowercased())" }
+
+    /// JSON printed by a judge script.
+    static func judge(_ server: MLflowServer, _ script: String, _ arguments: [String] = []) async throws -> [String: Any] {
+        let out = try await server.python(script, arguments)
+        let line = try #require(out.split(separator: "\n").last.map(String.init), "the judge printed nothing")
+        return try #require(try JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any])
+    }
+
+    /// Runs, versions and aliases of `model`, as MLflow's client sees them.
+    static func inventory(_ server: MLflowServer, _ model: String) async throws -> [String: Any] {
+        try await judge(server, """
+            import json, sys
+            from mlflow import MlflowClient
+            c = MlflowClient()
+            name = sys.argv[1]
+            exp = c.get_experiment_by_name("capstan/" + name)
+            runs = c.search_runs([exp.experiment_id]) if exp else []
+            versions = c.search_model_versions(f"name = '{name}'")
+            try:
+                aliases = c.get_registered_model(name).aliases
+            except Exception:
+                aliases = {}
+            print(json.dumps({
+                "runs": [{"id": r.info.run_id, "status": r.info.status, "tags": r.data.tags, "params": r.data.params,
+                          "metrics": r.data.metrics} for r in runs],
+                "versions": [{"version": int(v.version), "run_id": v.run_id, "source": v.source, "status": v.status,
+                              "tags": v.tags} for v in versions],
+                "aliases": {a: int(v) for a, v in aliases.items()},
+            }))
+            """, [model])
+    }
+
+    @Test func theQuickStartFlowRunsAgainstMLflow() async throws {
+        let server = try await MLflowServer.shared()
+        let temp = try TempDir()
+        let state = temp.sub("state").path
+        let agent = try ServeApplyTests.Agent(state: temp.sub("agent").path, log: temp.sub("agent.log"))
+        defer { agent.stop() }
+        let model = Self.uniqueName("churn")
+        let repo = try Self.repository(temp, server: server, model: model, agent: agent)
+
+        // Train, gate, champion, endpoint: everything in MLflow, nothing in the embedded registry.
+        let first = try CLI.run(["apply", "--repo", repo.path, "--state-dir", state])
+        #expect(first.status == 0, "\(first.stdout)\n\(first.stderr)")
+        #expect(first.stdout.contains("\(model): train done: v1 trained"), "\(first.stdout)")
+        #expect(first.stdout.contains("\(model): move-alias done: champion: unset → v1"), "\(first.stdout)")
+        var polls = 0
+        while agent.predict().0 != 200 && polls < 200 { usleep(100_000); polls += 1 }
+        #expect(agent.predict() == (200, "1"))
+
+        let judged = try await Self.judge(server, """
+            import json, sys, os, tempfile
+            import mlflow
+            from mlflow import MlflowClient
+            c = MlflowClient()
+            name = sys.argv[1]
+            v = c.get_model_version_by_alias(name, "champion")
+            run = c.get_run(v.run_id)
+            folder = mlflow.artifacts.download_artifacts(run_id=v.run_id, artifact_path="model", dst_path=tempfile.mkdtemp())
+            print(json.dumps({"version": int(v.version), "status": v.status, "source": v.source, "tags": v.tags,
+                              "run_status": run.info.status, "params": run.data.params, "metrics": run.data.metrics,
+                              "run_tags": run.data.tags, "files": sorted(os.listdir(folder)),
+                              "experiment": c.get_experiment(run.info.experiment_id).name,
+                              "model_tags": c.get_registered_model(name).tags}))
+            """, [model])
+        #expect(judged["version"] as? Int == 1)
+        #expect(judged["status"] as? String == "READY")
+        #expect(judged["run_status"] as? String == "FINISHED")
+        #expect(judged["experiment"] as? String == "capstan/\(model)")
+        #expect((judged["source"] as? String)?.hasPrefix("mlflow-artifacts:/") == true)
+        #expect(judged["files"] as? [String] == ["model.json"])
+        #expect(judged["params"] as? [String: String] == ["epochs": "20", "learning_rate": "0.3", "seed": "7"])
+        #expect((judged["metrics"] as? [String: Double])?["accuracy"] != nil)
+        let versionTags = try #require(judged["tags"] as? [String: String])
+        #expect(versionTags["capstan.status"] == "validated")
+        #expect(versionTags["capstan.gates"] == "passed")
+        #expect(versionTags["capstan.fingerprint"]?.count == 64)
+        let runTags = try #require(judged["run_tags"] as? [String: String])
+        #expect(runTags["capstan.model"] == model)
+        #expect(runTags["capstan.fingerprint"] == versionTags["capstan.fingerprint"])
+        #expect(runTags["mlflow.source.git.commit"] == (try repo.git("rev-parse", "HEAD")).trimmingCharacters(in: .whitespacesAndNewlines))
+        #expect(runTags["mlflow.source.name"] == repo.path)
+        #expect((judged["model_tags"] as? [String: String]) == ["capstan.managed": "true", "team": "growth"])
+
+        // Converged: the next plan has nothing to do.
+        let plan = try CLI.run(["plan", "--repo", repo.path, "--state-dir", state])
+        #expect(plan.status == 0)
+        #expect(plan.stdout.contains("No changes."), "\(plan.stdout)")
+
+        // A better v2 rolls out by canary and takes champion, in MLflow too.
+        try ServeApplyTests.edit(repo, "models/churn/model.yaml") { $0.replacingOccurrences(of: "epochs: 20,", with: "epochs: 200,") }
+        try repo.commit("more epochs")
+        let rollout = try ServeApplyTests.applyUntil(repo, state: state, agent: agent) { $0.stdout.contains("churn-prod: promote done") }
+        #expect(rollout.map(\.stdout).joined().contains("churn-prod: promote done"))
+        #expect(agent.predict() == (200, "2"))
+        var now = try await Self.inventory(server, model)
+        #expect(now["aliases"] as? [String: Int] == ["champion": 2])
+
+        // A broken v3 is rolled back from the endpoint; champion stays where the gates put it.
+        try ServeApplyTests.edit(repo, "models/churn/serve.py") {
+            $0.replacingOccurrences(of: #"self._send(200, {"churn_probability": round(predict(row), 4)})"#, with: #"self._send(500, {"error": "broken"})"#)
+        }
+        try repo.commit("broken server")
+        let broken = try ServeApplyTests.applyUntil(repo, state: state, agent: agent) { $0.stdout.contains("churn-prod: rollback") }
+        #expect(broken.map(\.stdout).joined().contains("v3 rolled back and quarantined; traffic back on v2"))
+        #expect(agent.predict() == (200, "2"))
+        now = try await Self.inventory(server, model)
+        #expect((now["versions"] as? [[String: Any]])?.count == 3)
+        #expect((now["runs"] as? [[String: Any]])?.count == 3)
+
+        // Status and history read MLflow (through the registry the state folder last used).
+        let status = try CLI.run(["status", "--state-dir", state])
+        #expect(status.stdout.contains("Model \(model)"), "\(status.stdout)")
+        #expect(status.stdout.contains("[champion]"), "\(status.stdout)")
+        let history = try CLI.run(["history", "--state-dir", state, "--model", model])
+        #expect(history.stdout.contains("move-alias"), "\(history.stdout)")
+    }
+
+    @Test func aFailedTrainingIsAFailedRunAndNoVersion() async throws {
+        let server = try await MLflowServer.shared()
+        let temp = try TempDir()
+        let state = temp.sub("state").path
+        let model = Self.uniqueName("failing")
+        let repo = try Self.repository(temp, server: server, model: model)
+        try ServeApplyTests.edit(repo, "models/churn/train.py") { "import sys\nprint('the data is broken')\nsys.exit(3)\n" + $0 }
+        try repo.commit("break the training")
+
+        let failed = try CLI.run(["apply", "--repo", repo.path, "--state-dir", state])
+        #expect(failed.status != 0)
+        #expect(failed.stdout.contains("training exited with status 3"), "\(failed.stdout)")
+        var now = try await Self.inventory(server, model)
+        #expect((now["versions"] as? [[String: Any]])?.isEmpty == true, "a failed training registers no version")
+        let runs = try #require(now["runs"] as? [[String: Any]])
+        #expect(runs.count == 1)
+        #expect(runs.first?["status"] as? String == "FAILED")
+        #expect(((runs.first?["tags"] as? [String: String])?["capstan.log_tail"])?.contains("the data is broken") == true)
+
+        // The backoff is read from MLflow's run: the plan waits, naming the fingerprint.
+        let plan = try CLI.run(["plan", "--repo", repo.path, "--state-dir", state])
+        #expect(plan.stdout.contains("failed once; retrying after a backoff"), "\(plan.stdout)")
+
+        // Retried now: a second run; fixed: a third run, and the first version is v1.
+        let retried = try CLI.run(["apply", "--repo", repo.path, "--state-dir", state, "--retry-failed"])
+        #expect(retried.status != 0)
+        now = try await Self.inventory(server, model)
+        let attempts = (now["runs"] as? [[String: Any]])?.compactMap { ($0["tags"] as? [String: String])?["capstan.attempt"] }.sorted()
+        #expect(attempts == ["1", "2"])
+        try ServeApplyTests.edit(repo, "models/churn/train.py") { $0.replacingOccurrences(of: "import sys\nprint('the data is broken')\nsys.exit(3)\n", with: "") }
+        try repo.commit("fix the training")
+        let fixed = try CLI.run(["apply", "--repo", repo.path, "--state-dir", state])
+        #expect(fixed.stdout.contains("\(model): train done: v1 trained"), "\(fixed.stdout)\n\(fixed.stderr)")
+    }
+
+    /// A pass killed at each point of a training leaves MLflow so that the next pass finishes it
+    /// without a second run or version.
+    @Test(arguments: ["train.after-create-version", "train.after-start", "train.after-artifact", "train.after-trained",
+                      "validate.after-update", "alias.after-set"])
+    func aKilledPassIsFinishedWithoutDuplicates(failpoint: String) async throws {
+        let server = try await MLflowServer.shared()
+        let temp = try TempDir()
+        let state = temp.sub("state").path
+        let model = Self.uniqueName("killed")
+        let repo = try Self.repository(temp, server: server, model: model)
+        let killed = try CLI.run(["apply", "--repo", repo.path, "--state-dir", state], environment: ["CAPSTAN_FAILPOINT": failpoint])
+        #expect(killed.status != 0, "\(failpoint): the pass was not killed")
+        let resumed = try CLI.run(["apply", "--repo", repo.path, "--state-dir", state])
+        #expect(resumed.status == 0, "\(failpoint): \(resumed.stdout)\n\(resumed.stderr)")
+        let plan = try CLI.run(["plan", "--repo", repo.path, "--state-dir", state])
+        #expect(plan.stdout.contains("No changes."), "\(failpoint): \(plan.stdout)")
+        let now = try await Self.inventory(server, model)
+        let runs = try #require(now["runs"] as? [[String: Any]])
+        #expect(runs.count == 1, "\(failpoint): \(runs)")
+        #expect(runs.first?["status"] as? String == "FINISHED")
+        #expect((now["versions"] as? [[String: Any]])?.count == 1, "\(failpoint)")
+        #expect(now["aliases"] as? [String: Int] == ["champion": 1])
+    }
+
+    @Test func aWrongTokenIsRefusedWithoutShowingIt() async throws {
+        let server = try await MLflowServer.sharedWithAuth()
+        let temp = try TempDir()
+        let state = temp.sub("state").path
+        let model = Self.uniqueName("auth")
+        let repo = try Self.repository(temp, server: server, model: model,
+                                       registry: "{url: \"\(server.url)\", tokenEnv: CAPSTAN_TEST_MLFLOW_TOKEN}")
+        let token = "not-the-token-\(UUID().uuidString)"
+        let refused = try CLI.run(["apply", "--repo", repo.path, "--state-dir", state], environment: ["CAPSTAN_TEST_MLFLOW_TOKEN": token])
+        #expect(refused.status != 0)
+        let output = refused.stdout + refused.stderr
+        #expect(output.contains("HTTP 401"), "\(output)")
+        #expect(output.contains(server.url), "\(output)")
+        #expect(output.contains("CAPSTAN_TEST_MLFLOW_TOKEN"), "the error names the variable to fix: \(output)")
+        #expect(!output.contains(token))
+
+        // An unset variable is refused before anything is sent.
+        let unset = try CLI.run(["plan", "--repo", repo.path, "--state-dir", state])
+        #expect(unset.status != 0)
+        #expect(unset.stderr.contains("CAPSTAN_TEST_MLFLOW_TOKEN"), "\(unset.stderr)")
+
+        // The right token works.
+        let auth = try #require(server.auth)
+        let accepted = try CLI.run(["plan", "--repo", repo.path, "--state-dir", state], environment: ["CAPSTAN_TEST_MLFLOW_TOKEN": auth.token])
+        #expect(accepted.status == 0, "\(accepted.stdout)\n\(accepted.stderr)")
+        #expect(accepted.stdout.contains("+ train \(model)"), "\(accepted.stdout)")
+    }
+
+    @Test func anUnreachableServerIsATransientFailureThatTrainsNothing() async throws {
+        let temp = try TempDir()
+        let state = temp.sub("state").path
+        let port = try Ports.free()
+        let repo = try GitRepo(at: temp.sub("repo"))
+        let example = CLI.packageRoot.appendingPathComponent("examples/quickstart")
+        for file in try FileManager.default.subpathsOfDirectory(atPath: example.path) {
+            var isDir: ObjCBool = false
+            _ = FileManager.default.fileExists(atPath: example.appendingPathComponent(file).path, isDirectory: &isDir)
+            if isDir.boolValue { continue }
+            try repo.write(file, try String(contentsOf: example.appendingPathComponent(file), encoding: .utf8).replacingOccurrences(
+                of: "    embedded: {}                     # SQLite registry in the state directory",
+                with: "    mlflow: {url: \"http://127.0.0.1:\(port)\", timeout: 2s}"))
+        }
+        try repo.commit("unreachable MLflow")
+        let r = try CLI.run(["apply", "--repo", repo.path, "--state-dir", state])
+        #expect(r.status != 0)
+        let output = r.stdout + r.stderr
+        #expect(output.contains("http://127.0.0.1:\(port)"), "\(output)")
+        #expect(!output.contains("train done"), "\(output)")
+        #expect(!FileManager.default.fileExists(atPath: state + "/runs/churn"), "nothing was trained")
+    }
+}
