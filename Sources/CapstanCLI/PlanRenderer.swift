@@ -43,10 +43,13 @@ struct PlanRenderer {
         }
         let moves = plan.count(.moveAlias)
         let deployments = plan.changes.count { $0.kind == .deployment }
+        // Drift in a registry others write too (MLflow), reverted or adopted.
+        let registryDrift = plan.changes.count { $0.kind == .model && ($0.action == .revertDrift || $0.action == .adoptDrift) }
         return "Plan: \(plan.count(.registerModel)) to register, \(plan.count(.updateModel)) to update, "
             + "\(plan.count(.train)) to train, \(plan.count(.validate)) to validate, "
             + "\(moves) alias move\(moves == 1 ? "" : "s"), \(plan.count(.deleteAlias)) to delete, "
             + "\(plan.count(.archiveVersions)) to archive"
+            + (registryDrift > 0 ? ", \(registryDrift) registry drift\(registryDrift == 1 ? "" : "s") to revert or adopt" : "")
             + (deployments > 0 ? ", \(deployments) deployment change\(deployments == 1 ? "" : "s")" : "") + "; \(notChanging)."
     }
 }
@@ -120,6 +123,10 @@ extension PlanRenderer {
             headline = "blocked \(name)\(b.alias.map { "@" + Self.oneLine($0) } ?? ""): \(Self.oneLine(e.reason))"
         case .orphaned(let o):
             headline = "orphaned model \(name) (\(Self.orphanFacts(o)))"
+            more = why
+        case .registryDrift(let d):
+            headline = "\(Self.driftVerb(e.action)) \(name) \(Self.oneLine(d.object.description)): \(Self.oneLine(d.found))"
+                + (d.expected.map { " (Capstan set \(Self.oneLine($0)))" } ?? "")
             more = why
         case .deployment(let d):
             headline = Self.deploymentHeadline(e, d)
@@ -251,6 +258,10 @@ extension PlanRenderer {
         case .orphaned(let r):
             o["version_count"] = .int(r.versions)
             o["aliases"] = .object(r.aliases.mapValues(JSON.int))
+        case .registryDrift(let d):
+            o["object"] = .string(d.object.key)
+            o["found"] = .string(d.found)
+            o["expected"] = .optional(d.expected, JSON.string)
         case .deployment(let d):
             o["model"] = .string(d.model)
             o["from"] = .optional(d.from, JSON.int)
@@ -316,6 +327,15 @@ extension PlanRenderer {
             return object("resume-interrupted", ["version": .int(version)])
         case .resumeAttempt(let fingerprint):
             return object("resume-attempt", ["fingerprint": .string(fingerprint)])
+        }
+    }
+
+    /// `drift`, `adopt drift`, `revert drift`.
+    static func driftVerb(_ action: PlanAction) -> String {
+        switch action {
+        case .adoptDrift: return "adopt drift of"
+        case .revertDrift: return "revert drift of"
+        default: return "drift of"
         }
     }
 
@@ -433,6 +453,8 @@ extension PlanRenderer {
         case .wait: return "wait"
         case .blocked: return "blocked"
         case .orphaned(let o): return "orphaned (\(Self.orphanFacts(o)))"
+        case .registryDrift(let d):
+            return "\(Self.driftVerb(e.action)) \(d.object): \(d.found)" + (d.expected.map { " (Capstan set \($0))" } ?? "")
         case .deployment(let d): return Self.deploymentHeadline(e, d) + (d.backends.map { " — " + Self.traffic($0) } ?? "")
         }
     }

@@ -70,9 +70,9 @@ enum Wiring {
             } catch {
                 throw CommandFailure(message: "capstan.yaml spec.registry.mlflow: \(error)")
             }
-            let registry = MLflowRegistry(client: client, history: store.registry.history,
+            let registry = MLflowRegistry(client: client, ledger: store.registry.ledger,
                                           options: MLflowRegistry.Options(experiment: m.experiment))
-            return WiredRegistry(unfenced: registry, fenced: { registry.with(history: $0.registry.history) })
+            return WiredRegistry(unfenced: registry, fenced: { registry.with(ledger: $0.registry.ledger) })
         }
     }
 

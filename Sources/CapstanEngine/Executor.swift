@@ -177,7 +177,39 @@ struct ModelPipeline: Sendable {
             }
             return .done("archived " + archived.map { "v\($0)" }.joined(separator: ", "))
 
+        case .registryDrift(let detail):
+            return try await registryDrift(entry, detail)
+
         case .wait, .blocked, .orphaned, .deployment:
+            return .skipped("not a change")
+        }
+    }
+
+    /// A change made in the registry outside Capstan: adopted (recorded in the ledger, so that
+    /// it is not reported again while the spec stays), or Capstan's tags put back.
+    func registryDrift(_ entry: PlanEntry, _ detail: RegistryDriftDetail) async throws -> EntryOutcome {
+        let object: ObjectRef
+        switch detail.object {
+        case .alias(let alias): object = .alias(model: entry.name, alias: alias)
+        case .version(let n): object = .version(model: entry.name, number: n)
+        case .foreignVersions: object = .model(entry.name)
+        }
+        switch entry.action {
+        case .adoptDrift:
+            var changes = StateChanges("record the adoption of \(entry.id)")
+            changes.record(context.event(object, .adoptDrift, commit: plan.commit, after: .string(detail.found), reason: entry.reason))
+            try await registry.adoptDrift(model: entry.name, object: detail.object, detail.adoption)
+            try await context.commit(changes)
+            return .done("adopted (\(detail.found))")
+        case .revertDrift:
+            guard case .version(let number) = detail.object else { return .skipped("nothing to put back") }
+            var changes = StateChanges("record the revert of \(entry.id)")
+            changes.record(context.event(object, .revertDrift, commit: plan.commit, before: .string(detail.found),
+                                         after: detail.expected.map(ParamValue.string), reason: entry.reason))
+            try await registry.restoreVersion(model: entry.name, number: number)
+            try await context.commit(changes)
+            return .done("Capstan's tags of v\(number) put back")
+        default:
             return .skipped("not a change")
         }
     }

@@ -16,7 +16,10 @@ import Synchronization
 ///   (`trained`, `validated`, `rejected`), `capstan.gates`, `capstan.metrics`, … Versions
 ///   without `capstan.fingerprint` were not made by Capstan and are left out.
 /// - Registered models Capstan manages carry `capstan.managed = true`; others are not read.
-/// - MLflow keeps no history of aliases: Capstan's state does (`AliasHistory`).
+/// - MLflow keeps no history of aliases: Capstan's state does, with the tags Capstan wrote on
+///   its versions and the drift it adopted (`RegistryLedgerStore`). What Capstan decides from is
+///   that record, not MLflow's editable tags: a change made in MLflow is drift
+///   (`RegistrySnapshot.external`), which `policy.drift` reverts, reports or adopts.
 ///
 /// Every step is idempotent: runs and versions are looked up by their tags before they are
 /// created, so a pass killed anywhere leaves nothing that the next pass duplicates.
@@ -66,28 +69,28 @@ public final class MLflowRegistry: Registry {
     static let modelPath = "model"
 
     public let client: MLflowClient
-    let history: any AliasHistory
+    let ledger: any RegistryLedgerStore
     let options: Options
     let now: @Sendable () -> Int64
     /// Experiment name → id, once found or created.
     private let experiments = Mutex<[String: String]>([:])
 
-    public init(client: MLflowClient, history: any AliasHistory, options: Options = Options(),
+    public init(client: MLflowClient, ledger: any RegistryLedgerStore, options: Options = Options(),
                 now: @escaping @Sendable () -> Int64 = { Int64((Date().timeIntervalSince1970 * 1000).rounded(.down)) }) {
         self.client = client
-        self.history = history
+        self.ledger = ledger
         self.options = options
         self.now = now
     }
 
-    /// The same registry, recording alias moves in `history` (a fenced state store's).
-    public func with(history: any AliasHistory) -> MLflowRegistry {
-        MLflowRegistry(sharing: self, history: history)
+    /// The same registry, keeping its ledger in `ledger` (a fenced state store's).
+    public func with(ledger: any RegistryLedgerStore) -> MLflowRegistry {
+        MLflowRegistry(sharing: self, ledger: ledger)
     }
 
-    private init(sharing other: MLflowRegistry, history: any AliasHistory) {
+    private init(sharing other: MLflowRegistry, ledger: any RegistryLedgerStore) {
         client = other.client
-        self.history = history
+        self.ledger = ledger
         options = other.options
         now = other.now
         experiments.withLock { $0 = other.experiments.withLock { $0 } }
@@ -112,21 +115,37 @@ public final class MLflowRegistry: Registry {
     public func snapshot() async throws -> RegistrySnapshot {
         let registered = try await managedModels()
         let names = Set(registered.map(\.name))
+        let record = try await ledger.ledger()
         var versions: [String: [ModelVersion]] = [:]
+        var external = ExternalRegistryState(ledger: record)
         for v in try await client.searchModelVersions(filter: nil, pageSize: 10_000) where names.contains(v.name) {
-            if let version = Self.version(v) { versions[v.name, default: []].append(version) }
+            let tags = v.tags.dictionary
+            guard tags[Tag.fingerprint] != nil || record.versions[v.name]?[v.version] != nil else {
+                external.foreignVersions[v.name, default: []].append(v.version)
+                continue
+            }
+            external.versionTags[v.name, default: [:]][v.version] = Self.capstanTags(tags)
+            if let version = Self.version(v, recorded: record.versions[v.name]?[v.version]) {
+                versions[v.name, default: []].append(version)
+            }
         }
         for name in versions.keys { versions[name]!.sort { $0.number < $1.number } }
         var aliases: [String: [String: Int]] = [:]
         for m in registered where !m.aliases.isEmpty { aliases[m.name] = m.aliasVersions }
-        let attempts = try await unfinishedAttempts(models: names, versions: versions)
+        let attempts = try await unfinishedAttempts(models: names, versions: versions, ledger: record)
         return RegistrySnapshot(models: registered.map(Self.model).sorted { $0.name < $1.name }, versions: versions,
-                                aliases: aliases, attempts: attempts)
+                                aliases: aliases, attempts: attempts, external: external)
+    }
+
+    /// Capstan's own tags of a version (what the ledger records and compares).
+    static func capstanTags(_ tags: [String: String]) -> [String: String] {
+        tags.filter { $0.key.hasPrefix("capstan.") }
     }
 
     /// The trainings of fingerprints without a version: the runs of Capstan's experiments that
     /// did not finish (a finished run always has its version), newest per fingerprint.
-    func unfinishedAttempts(models: Set<String>, versions: [String: [ModelVersion]]) async throws -> [String: [TrainingAttemptRecord]] {
+    func unfinishedAttempts(models: Set<String>, versions: [String: [ModelVersion]],
+                            ledger record: RegistryLedger) async throws -> [String: [TrainingAttemptRecord]] {
         let experimentIDs = try await capstanExperiments()
         guard !experimentIDs.isEmpty else { return [:] }
         var runs: [MLflowRun] = []
@@ -134,6 +153,18 @@ public final class MLflowRegistry: Registry {
         for start in stride(from: 0, to: experimentIDs.count, by: 100) {
             let ids = Array(experimentIDs[start..<min(start + 100, experimentIDs.count)])
             runs += try await client.searchRuns(experimentIDs: ids, filter: "attributes.status != 'FINISHED'")
+        }
+        // A version Capstan registered and someone deleted: its finished run can register it
+        // again (`startTraining` takes it up), without training.
+        for (model, recorded) in record.versions.sorted(by: { $0.key < $1.key }) where models.contains(model) {
+            for (number, tags) in recorded.sorted(by: { $0.key < $1.key }) {
+                guard let fingerprint = tags[Tag.fingerprint], !(versions[model]?.contains { $0.number == number } ?? false),
+                      !(versions[model]?.contains { $0.fingerprint == fingerprint } ?? false) else { continue }
+                let filter = MLflowFilter.all([try MLflowFilter.tag(Tag.model, equals: model),
+                                               try MLflowFilter.tag(Tag.fingerprint, equals: fingerprint),
+                                               "attributes.status = 'FINISHED'"])
+                runs += try await client.searchRuns(experimentIDs: [try await experimentID(of: model)], filter: filter, pageSize: 10)
+            }
         }
         var latest: [String: [String: (run: MLflowRun, attempts: Int)]] = [:]
         for run in runs {
@@ -154,6 +185,7 @@ public final class MLflowRegistry: Registry {
                 let state: TrainingAttemptRecord.State
                 switch entry.run.info.status {
                 case .failed: state = .failed
+                case .finished: state = .trained
                 // A killed run (a lost artifact, a stop) was interrupted, not failed: no backoff.
                 default: state = tags[Tag.artifactDigest] != nil && entry.run.info.status == .running ? .trained : .running
                 }
@@ -192,16 +224,19 @@ public final class MLflowRegistry: Registry {
     }
 
     public func versions(of model: String) async throws -> [ModelVersion] {
-        try await client.searchModelVersions(filter: try MLflowFilter.name(equals: model))
-            .compactMap(Self.version).sorted { $0.number < $1.number }
+        let recorded = try await ledger.ledger().versions[model] ?? [:]
+        return try await client.searchModelVersions(filter: try MLflowFilter.name(equals: model))
+            .compactMap { Self.version($0, recorded: recorded[$0.version]) }.sorted { $0.number < $1.number }
     }
 
     public func version(of model: String, number: Int) async throws -> ModelVersion? {
-        try await client.modelVersion(name: model, version: number).flatMap(Self.version)
+        guard let v = try await client.modelVersion(name: model, version: number) else { return nil }
+        return Self.version(v, recorded: try await ledger.ledger().versions[model]?[number])
     }
 
     public func version(of model: String, fingerprint: String) async throws -> ModelVersion? {
-        try await mlflowVersion(of: model, fingerprint: fingerprint).flatMap(Self.version)
+        guard let v = try await mlflowVersion(of: model, fingerprint: fingerprint) else { return nil }
+        return Self.version(v, recorded: try await ledger.ledger().versions[model]?[v.version])
     }
 
     func mlflowVersion(of model: String, fingerprint: String) async throws -> MLflowModelVersion? {
@@ -265,7 +300,8 @@ public final class MLflowRegistry: Registry {
         guard let current = try await client.modelVersion(name: model, version: number) else {
             throw RegistryError.versionNotFound(model: model, number: number)
         }
-        guard current.tags.dictionary[Tag.fingerprint] != nil else {
+        let known = try await ledger.ledger().versions[model]?[number]
+        guard current.tags.dictionary[Tag.fingerprint] != nil || known != nil else {
             throw MLflowRegistryError(message: "version \(number) of '\(model)' was not made by Capstan (it has no \(Tag.fingerprint) tag); Capstan does not change it")
         }
         var tags: [(String, String)] = []
@@ -299,9 +335,14 @@ public final class MLflowRegistry: Registry {
                 MLflowMetric(key: $0.key, value: $0.value, timestamp: time)
             })
         }
-        guard let updated = try await client.modelVersion(name: model, version: number).flatMap(Self.version) else {
+        guard let after = try await client.modelVersion(name: model, version: number) else {
             throw RegistryError.versionNotFound(model: model, number: number)
         }
+        // What Capstan wrote: its own record, from which it decides (not the editable tags).
+        var recorded = known ?? Self.capstanTags(current.tags.dictionary)
+        for (key, value) in tags where key.hasPrefix("capstan.") { recorded[key] = value }
+        try await ledger.recordVersion(model: model, number: number, tags: recorded)
+        guard let updated = Self.version(after, recorded: recorded) else { throw RegistryError.versionNotFound(model: model, number: number) }
         return updated
     }
 
@@ -311,14 +352,17 @@ public final class MLflowRegistry: Registry {
         let experiment = try await experimentID(of: start.model)
         let filter = MLflowFilter.all([
             try MLflowFilter.tag(Tag.model, equals: start.model), try MLflowFilter.tag(Tag.fingerprint, equals: start.fingerprint),
-            "attributes.status = 'RUNNING'",
         ])
-        // A run an interrupted pass left is taken up again, not duplicated.
-        if let left = try await client.searchRuns(experimentIDs: [experiment], filter: filter, orderBy: ["attributes.start_time DESC"],
-                                                  pageSize: 1).first {
+        let earlier = try await client.searchRuns(experimentIDs: [experiment], filter: filter, orderBy: ["attributes.start_time DESC"])
+        // A run an interrupted pass left is taken up again, not duplicated; a finished one whose
+        // version was deleted registers it again.
+        if let left = earlier.first(where: { $0.info.status == .running })
+            ?? earlier.first(where: { $0.info.status == .finished && $0.data.tags.dictionary[Tag.uploaded] != nil }) {
             let runID = left.info.runID
-            try await client.logBatch(runID: runID, tags: [MLflowTag(key: Tag.attempt, value: String(start.attempt)),
-                                                           MLflowTag(key: Tag.commit, value: start.commit)])
+            if left.info.status == .running {
+                try await client.logBatch(runID: runID, tags: [MLflowTag(key: Tag.attempt, value: String(start.attempt)),
+                                                               MLflowTag(key: Tag.commit, value: start.commit)])
+            }
             var claim = TrainingClaim(model: start.model, fingerprint: start.fingerprint, attempt: start.attempt, run: runID)
             let tags = left.data.tags.dictionary
             if let digest = tags[Tag.artifactDigest] {
@@ -389,6 +433,7 @@ public final class MLflowRegistry: Registry {
     /// The version once MLflow registered it, with its run ended. A failed registration fails the
     /// training (its run is marked failed, with MLflow's reason).
     func ready(_ version: MLflowModelVersion, run runID: String) async throws -> ModelVersion {
+        let recorded = try await ledger.ledger().versions[version.name]?[version.version]
         let registered: MLflowModelVersion
         do {
             registered = try await client.waitUntilReady(version, timeout: options.registrationTimeout)
@@ -400,7 +445,9 @@ public final class MLflowRegistry: Registry {
         if let run = try await client.run(id: runID), run.info.status != .finished {
             _ = try await client.updateRun(id: runID, status: .finished, endTime: now())
         }
-        guard let mapped = Self.version(registered) else {
+        let tags = recorded ?? Self.capstanTags(registered.tags.dictionary)
+        if recorded == nil { try await ledger.recordVersion(model: registered.name, number: registered.version, tags: tags) }
+        guard let mapped = Self.version(registered, recorded: tags) else {
             throw MLflowRegistryError(message: "version \(registered.version) of '\(registered.name)' has no \(Tag.fingerprint) tag after its registration")
         }
         return mapped
@@ -433,21 +480,44 @@ public final class MLflowRegistry: Registry {
         let from = try await resolveAlias(alias, of: model)
         guard from != number else { return }
         try await client.setAlias(name: model, alias: alias, version: number)
-        try await history.record(AliasMove(model: model, alias: alias, from: from, to: number, at: now(), commit: commit, reason: reason))
+        try await ledger.record(AliasMove(model: model, alias: alias, from: from, to: number, at: now(), commit: commit, reason: reason))
     }
 
     public func deleteAlias(_ alias: String, of model: String, commit: String?, reason: String) async throws {
         guard let from = try await resolveAlias(alias, of: model) else { return }
         try await client.deleteAlias(name: model, alias: alias)
-        try await history.record(AliasMove(model: model, alias: alias, from: from, to: nil, at: now(), commit: commit, reason: reason))
+        try await ledger.record(AliasMove(model: model, alias: alias, from: from, to: nil, at: now(), commit: commit, reason: reason))
     }
 
     public func aliasHistory(of model: String, alias: String?) async throws -> [AliasMove] {
-        try await history.moves(of: model, alias: alias)
+        try await ledger.moves(of: model, alias: alias)
     }
 
     public func aliasHolder(_ alias: String, of model: String, at time: Int64) async throws -> Int? {
-        try await history.holder(alias, of: model, at: time)
+        try await ledger.holder(alias, of: model, at: time)
+    }
+
+    // MARK: Drift
+
+    public func adoptDrift(model: String, object: DriftObject, _ adoption: DriftAdoption) async throws {
+        try await ledger.adopt(model: model, object: object, adoption)
+    }
+
+    /// Sets the tags Capstan recorded back on the version, and removes Capstan tags it did not write.
+    public func restoreVersion(model: String, number: Int) async throws {
+        guard let recorded = try await ledger.ledger().versions[model]?[number] else {
+            throw MLflowRegistryError(message: "Capstan has no record of the tags of version \(number) of '\(model)'; it cannot put them back")
+        }
+        guard let current = try await client.modelVersion(name: model, version: number) else {
+            throw RegistryError.versionNotFound(model: model, number: number)
+        }
+        let now = Self.capstanTags(current.tags.dictionary)
+        for (key, value) in recorded.sorted(by: { $0.key < $1.key }) where now[key] != value {
+            try await client.setModelVersionTag(name: model, version: number, key: key, value: value)
+        }
+        for key in now.keys.sorted() where recorded[key] == nil {
+            try await client.deleteModelVersionTag(name: model, version: number, key: key)
+        }
     }
 
     // MARK: Mapping
@@ -464,8 +534,9 @@ public final class MLflowRegistry: Registry {
 
     /// A version Capstan made, as the port has it; nil for versions of others' making (no
     /// fingerprint) and for a registration that failed.
-    static func version(_ v: MLflowModelVersion) -> ModelVersion? {
-        let tags = v.tags.dictionary
+    static func version(_ v: MLflowModelVersion, recorded: [String: String]?) -> ModelVersion? {
+        // Capstan's record when it has one (MLflow's tags may have been edited: that is drift).
+        let tags = v.tags.dictionary.filter { !$0.key.hasPrefix("capstan.") }.merging(recorded ?? Self.capstanTags(v.tags.dictionary)) { _, r in r }
         guard let fingerprint = tags[Tag.fingerprint], v.status != .failedRegistration else { return nil }
         let status = tags[Tag.status].flatMap(VersionStatus.init(rawValue:)) ?? .trained
         let source = v.source

@@ -336,8 +336,9 @@ public struct EmbeddedRegistry: Registry {
         }
     }
 
-    /// The alias history table alone, for a registry that keeps no history of its own (MLflow).
-    public var history: any AliasHistory { AliasHistoryTable(registry: self) }
+    /// The ledger of a registry others write too (MLflow), in the same database: its alias
+    /// moves in alias_history, the tags of its versions and the drift adopted.
+    public var ledger: any RegistryLedgerStore { LedgerTables(registry: self) }
 
     /// SQLite's order of text (BINARY: by bytes).
     static func precedes(_ a: String, _ b: String) -> Bool {
@@ -468,9 +469,10 @@ struct SnapshotReader {
     }
 }
 
-/// The embedded registry's `alias_history` table, written for another registry (MLflow) whose
-/// aliases Capstan moves: the same rows, fenced like the rest of the state.
-struct AliasHistoryTable: AliasHistory {
+/// The ledger of another registry (MLflow) whose aliases and versions Capstan changes:
+/// alias_history (as for the embedded registry), external_versions and drift_adoptions, fenced
+/// like the rest of the state.
+struct LedgerTables: RegistryLedgerStore {
     let registry: EmbeddedRegistry
 
     func record(_ move: AliasMove) async throws {
@@ -487,5 +489,47 @@ struct AliasHistoryTable: AliasHistory {
 
     func holder(_ alias: String, of model: String, at time: Int64) async throws -> Int? {
         try await registry.aliasHolder(alias, of: model, at: time)
+    }
+
+    func recordVersion(model: String, number: Int, tags: [String: String]) async throws {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys]
+        let text = String(decoding: try encoder.encode(tags), as: UTF8.self)
+        try await registry.database.write("record the tags of v\(number) of '\(model)'") { db in
+            try db.execute(sql: "INSERT OR REPLACE INTO external_versions (model, number, tags) VALUES (?, ?, ?)",
+                           arguments: [model, number, text])
+        }
+    }
+
+    func adopt(model: String, object: DriftObject, _ adoption: DriftAdoption) async throws {
+        try await registry.database.write("adopt the drift of \(object) of '\(model)'") { db in
+            try db.execute(sql: "INSERT OR REPLACE INTO drift_adoptions (model, object, value, spec) VALUES (?, ?, ?, ?)",
+                           arguments: [model, object.key, adoption.value, adoption.spec])
+        }
+    }
+
+    func ledger() async throws -> RegistryLedger {
+        try await registry.database.read("read the registry ledger") { db in
+            var ledger = RegistryLedger()
+            // The last move of each alias (by id: the order they were made in).
+            for row in try Row.fetchAll(db, sql: """
+                SELECT model, alias, to_version FROM alias_history
+                WHERE id IN (SELECT max(id) FROM alias_history GROUP BY model, alias)
+                """) {
+                let to: Int? = row["to_version"]
+                ledger.aliases[row["model"], default: [:]][row["alias"]] = .some(to)
+            }
+            let decoder = JSONDecoder()
+            for row in try Row.fetchAll(db, sql: "SELECT model, number, tags FROM external_versions") {
+                let text: String = row["tags"]
+                let tags = (try? decoder.decode([String: String].self, from: Data(text.utf8))) ?? [:]
+                ledger.versions[row["model"], default: [:]][row["number"]] = tags
+            }
+            for row in try Row.fetchAll(db, sql: "SELECT model, object, value, spec FROM drift_adoptions") {
+                guard let object = DriftObject(key: row["object"]) else { continue }
+                ledger.adoptions[row["model"], default: [:]][object] = DriftAdoption(value: row["value"], spec: row["spec"])
+            }
+            return ledger
+        }
     }
 }

@@ -28,7 +28,7 @@ public final class StateDatabase: Sendable {
     /// `PRAGMA application_id`, the ASCII bytes 'CAPS'.
     public static let applicationID: Int32 = 0x4341_5053
     /// The schema version this build creates and understands: the number of the last migration.
-    public static let schemaVersion = 5
+    public static let schemaVersion = 6
     /// Names of the migrations this build knows, in order (`v1`, `v2`…).
     public static let knownMigrations: [String] = (1...schemaVersion).map { "v\($0)" }
 
@@ -537,6 +537,27 @@ public final class StateDatabase: Sendable {
                     """)
             }
             try setSchemaVersion(5, in: db)
+        }
+        // The ledger of a registry others write too (MLflow): the tags Capstan wrote on the
+        // versions it registered, and the drift taken as it is (`policy.drift: adopt`). Its alias
+        // moves go to alias_history, as the embedded registry's do.
+        migrator.registerMigration("v6") { db in
+            try db.execute(sql: """
+                CREATE TABLE external_versions (
+                    model  TEXT NOT NULL,
+                    number INTEGER NOT NULL,
+                    tags   TEXT NOT NULL,
+                    PRIMARY KEY (model, number)
+                );
+                CREATE TABLE drift_adoptions (
+                    model  TEXT NOT NULL,
+                    object TEXT NOT NULL,
+                    value  TEXT NOT NULL,
+                    spec   TEXT NOT NULL,
+                    PRIMARY KEY (model, object)
+                );
+                """)
+            try setSchemaVersion(6, in: db)
         }
         return migrator
     }

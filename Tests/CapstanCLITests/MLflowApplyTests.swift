@@ -8,7 +8,7 @@ import Testing
 @Suite(.serialized) struct MLflowApplyTests {
     /// The quick start pointed at `server` (and at `agent`, when given), its model named `model`.
     static func repository(_ temp: TempDir, server: MLflowServer, model: String, agent: ServeApplyTests.Agent? = nil,
-                           registry: String? = nil) throws -> GitRepo {
+                           registry: String? = nil, drift: String = "revert") throws -> GitRepo {
         let repo = try GitRepo(at: temp.sub("repo"))
         let example = CLI.packageRoot.appendingPathComponent("examples/quickstart")
         for file in try FileManager.default.subpathsOfDirectory(atPath: example.path) {
@@ -22,6 +22,7 @@ import Testing
             text = text.replacingOccurrences(of: "pause: 5s", with: "pause: 1s").replacingOccurrences(of: "minRequests: 20", with: "minRequests: 5")
                 .replacingOccurrences(of: "  name: churn\n", with: "  name: \(model)\n")
                 .replacingOccurrences(of: "  model: churn\n", with: "  model: \(model)\n")
+                .replacingOccurrences(of: "    drift: revert", with: "    drift: \(drift)")
             try repo.write(file, text)
         }
         try repo.commit("quick start on MLflow")
@@ -204,6 +205,99 @@ import Testing
         #expect(runs.first?["status"] as? String == "FINISHED")
         #expect((now["versions"] as? [[String: Any]])?.count == 1, "\(failpoint)")
         #expect(now["aliases"] as? [String: Int] == ["champion": 1])
+    }
+
+    /// Changes made in MLflow behind Capstan's back: champion moved, a version added by hand,
+    /// Capstan's tags edited. Each is drift, and `policy.drift` decides.
+    @Test(arguments: ["revert", "alert", "adopt"])
+    func driftInMLflowIsHandledPerPolicy(policy: String) async throws {
+        let server = try await MLflowServer.shared()
+        let temp = try TempDir()
+        let state = temp.sub("state").path
+        let model = Self.uniqueName("drift-\(policy)")
+        let repo = try Self.repository(temp, server: server, model: model, drift: policy)
+        #expect(try CLI.run(["apply", "--repo", repo.path, "--state-dir", state]).status == 0)
+        try ServeApplyTests.edit(repo, "models/churn/model.yaml") { $0.replacingOccurrences(of: "epochs: 20,", with: "epochs: 200,") }
+        try repo.commit("more epochs")
+        let second = try CLI.run(["apply", "--repo", repo.path, "--state-dir", state])
+        #expect(second.stdout.contains("champion: v1 → v2"), "\(second.stdout)")
+
+        // Someone moves champion back to v1 in the UI, registers v3 by hand from v1's files, and
+        // edits a tag Capstan wrote on v2.
+        _ = try await server.python("""
+            import sys
+            from mlflow import MlflowClient
+            c = MlflowClient()
+            name = sys.argv[1]
+            c.set_registered_model_alias(name, "champion", "1")
+            v1 = c.get_model_version(name, "1")
+            c.create_model_version(name, v1.source, run_id=v1.run_id, tags={"owner": "notebook"})
+            c.set_model_version_tag(name, "2", "capstan.gates", "rejected")
+            """, [model])
+        let plan = try CLI.run(["plan", "--repo", repo.path, "--state-dir", state])
+        let text = plan.stdout
+        #expect(text.contains("alias champion was moved outside Capstan to v1 (Capstan set v2)"), "\(text)")
+        #expect(text.contains("v3 was registered outside Capstan"), "\(text)")
+        #expect(text.contains("the tags Capstan wrote on v2 were edited outside Capstan (capstan.gates: rejected)"), "\(text)")
+        let apply = try CLI.run(["apply", "--repo", repo.path, "--state-dir", state])
+        #expect(apply.status == 0, "\(apply.stdout)\n\(apply.stderr)")
+        var now = try await Self.inventory(server, model)
+        let v2Tags = ((now["versions"] as? [[String: Any]])?.first { $0["version"] as? Int == 2 }?["tags"] as? [String: String])
+        let v3Tags = ((now["versions"] as? [[String: Any]])?.first { $0["version"] as? Int == 3 }?["tags"] as? [String: String])
+        #expect(v3Tags == ["owner": "notebook"], "Capstan never touches a version it did not make")
+        let again = try CLI.run(["plan", "--repo", repo.path, "--state-dir", state])
+        switch policy {
+        case "revert":
+            #expect(text.contains("policy.drift is revert: champion follows the version of the current spec, v2"), "\(text)")
+            #expect(now["aliases"] as? [String: Int] == ["champion": 2])
+            #expect(v2Tags?["capstan.gates"] == "passed")
+            // The hand-made version stays reported: Capstan cannot put anything back there.
+            #expect(again.stdout.contains("v3 was registered outside Capstan"), "\(again.stdout)")
+            #expect(!again.stdout.contains("alias champion was moved"), "\(again.stdout)")
+        case "alert":
+            #expect(now["aliases"] as? [String: Int] == ["champion": 1])
+            #expect(v2Tags?["capstan.gates"] == "rejected")
+            #expect(again.stdout.contains("alias champion was moved outside Capstan to v1"), "reported until it is resolved: \(again.stdout)")
+            #expect(again.stdout.contains("policy.drift is alert: reported only"), "\(again.stdout)")
+        default:
+            #expect(now["aliases"] as? [String: Int] == ["champion": 1])
+            #expect(v2Tags?["capstan.gates"] == "rejected")
+            #expect(again.stdout.contains("No changes."), "adopted drift is not reported again: \(again.stdout)")
+            #expect(!again.stdout.contains("outside Capstan"), "\(again.stdout)")
+            // Until the spec changes: then champion follows the spec again.
+            try ServeApplyTests.edit(repo, "models/churn/model.yaml") { $0.replacingOccurrences(of: "epochs: 200,", with: "epochs: 150,") }
+            try repo.commit("other epochs")
+            let changed = try CLI.run(["apply", "--repo", repo.path, "--state-dir", state])
+            #expect(changed.status == 0, "\(changed.stdout)\n\(changed.stderr)")
+            now = try await Self.inventory(server, model)
+            #expect(now["aliases"] as? [String: Int] == ["champion": 4], "\(changed.stdout)")
+        }
+    }
+
+    /// A version Capstan registered, deleted in MLflow, is registered again from its run (a new
+    /// number: MLflow never reuses one) without training again.
+    @Test func aDeletedVersionIsRegisteredAgainFromItsRun() async throws {
+        let server = try await MLflowServer.shared()
+        let temp = try TempDir()
+        let state = temp.sub("state").path
+        let model = Self.uniqueName("deleted")
+        let repo = try Self.repository(temp, server: server, model: model)
+        #expect(try CLI.run(["apply", "--repo", repo.path, "--state-dir", state]).status == 0)
+        _ = try await server.python("""
+            import sys
+            from mlflow import MlflowClient
+            MlflowClient().delete_model_version(sys.argv[1], "1")
+            """, [model])
+        let plan = try CLI.run(["plan", "--repo", repo.path, "--state-dir", state])
+        #expect(plan.stdout.contains("v1, which Capstan registered, was deleted outside Capstan"), "\(plan.stdout)")
+        #expect(plan.stdout.contains("registering it (the training does not run again)"), "\(plan.stdout)")
+        let apply = try CLI.run(["apply", "--repo", repo.path, "--state-dir", state])
+        #expect(apply.status == 0, "\(apply.stdout)\n\(apply.stderr)")
+        #expect(!apply.stdout.contains("trained on"), "the training did not run: \(apply.stdout)")
+        let now = try await Self.inventory(server, model)
+        #expect((now["runs"] as? [[String: Any]])?.count == 1)
+        #expect((now["versions"] as? [[String: Any]])?.map { $0["version"] as? Int } == [2])
+        #expect(now["aliases"] as? [String: Int] == ["champion": 2])
     }
 
     @Test func aWrongTokenIsRefusedWithoutShowingIt() async throws {

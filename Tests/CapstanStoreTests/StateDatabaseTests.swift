@@ -18,10 +18,10 @@ import Testing
                 """)
             #expect(tables == Self.tables)
             #expect(try Int32.fetchOne(db, sql: "PRAGMA application_id") == 0x4341_5053)
-            #expect(try Int.fetchOne(db, sql: "PRAGMA user_version") == 5)
+            #expect(try Int.fetchOne(db, sql: "PRAGMA user_version") == 6)
             #expect(try String.fetchOne(db, sql: "SELECT value FROM capstan_meta WHERE key = 'application'") == "capstan")
             #expect(try String.fetchOne(db, sql: "SELECT value FROM capstan_meta WHERE key = 'schema_version'") == "5")
-            #expect(try String.fetchAll(db, sql: "SELECT identifier FROM grdb_migrations") == ["v1", "v2", "v3", "v4", "v5"])
+            #expect(try String.fetchAll(db, sql: "SELECT identifier FROM grdb_migrations") == ["v1", "v2", "v3", "v4", "v5", "v6"])
         }
     }
 

@@ -142,6 +142,28 @@ public enum PlanDetail: Hashable, Sendable, Codable {
     case blocked(BlockedDetail)
     case orphaned(OrphanDetail)
     case deployment(DeploymentDetail)
+    /// Something changed in the registry outside Capstan (a registry others write too).
+    case registryDrift(RegistryDriftDetail)
+}
+
+/// A change made in the registry outside Capstan, and what `policy.drift` does with it: `drift`
+/// (alert: reported), `adoptDrift` (adopt: taken as it is), `revertDrift` (revert: Capstan's tags
+/// put back on an edited version; a moved or deleted alias is reverted by a `moveAlias` entry).
+public struct RegistryDriftDetail: Hashable, Sendable, Codable {
+    public var object: DriftObject
+    /// What the registry holds now, for people: `v2`, `deleted`, `v5, v6`, `capstan.status: validated`.
+    public var found: String
+    /// What Capstan set, for people (nil when Capstan set nothing there).
+    public var expected: String?
+    /// What adopting it records (compared with later snapshots).
+    public var adoption: DriftAdoption
+
+    public init(object: DriftObject, found: String, expected: String?, adoption: DriftAdoption) {
+        self.object = object
+        self.found = found
+        self.expected = expected
+        self.adoption = adoption
+    }
 }
 
 public struct ModelMetadataChange: Hashable, Sendable, Codable {

@@ -15,6 +15,7 @@ public enum Planner {
                 versions: actual.registry.versions[model.name] ?? [],
                 attempts: actual.registry.attempts[model.name] ?? [],
                 aliases: actual.registry.aliases[model.name] ?? [:],
+                external: actual.registry.external.map { ExternalSlice($0, model: model.name) },
                 deployed: deployed(model.name, desired: desired, actual: actual),
                 policy: desired.policy, now: now, options: options)
             entries += planner.plan()
@@ -42,6 +43,7 @@ public enum Planner {
                 versions: actual.registry.versions[model.name] ?? [],
                 attempts: actual.registry.attempts[model.name] ?? [],
                 aliases: actual.registry.aliases[model.name] ?? [:],
+                external: actual.registry.external.map { ExternalSlice($0, model: model.name) },
                 deployed: deployed(model.name, desired: desired, actual: actual),
                 policy: desired.policy, now: now, options: options)
             return planner.plan()
@@ -170,12 +172,16 @@ private struct ModelPlanner {
     /// Whether the desired fingerprint is waiting out a failure.
     var waiting = false
 
+    /// What the registry's ledger says of this model (a registry others write too), or nil.
+    let external: ExternalSlice?
+
     init(desired: DesiredModel, registered: RegisteredModel?, versions: [ModelVersion], attempts: [TrainingAttemptRecord],
-         aliases: [String: Int], deployed: Set<Int>, policy: Policy, now: Int64, options: PlanOptions) {
+         aliases: [String: Int], external: ExternalSlice? = nil, deployed: Set<Int>, policy: Policy, now: Int64, options: PlanOptions) {
         self.desired = desired
         self.registered = registered
         self.versions = versions
         self.attempts = attempts
+        self.external = external
         self.aliases = aliases
         self.deployed = deployed
         self.policy = policy
@@ -191,6 +197,7 @@ private struct ModelPlanner {
         planTraining()
         planStrayValidations()
         planAliases()
+        planVersionDrift()
         planRetention()
         return entries
     }
@@ -222,6 +229,11 @@ private struct ModelPlanner {
     mutating func planTraining() {
         let fingerprint = desired.fingerprint
         guard let existing = versions.first(where: { $0.fingerprint == fingerprint }) else {
+            // Its version was deleted outside Capstan: registered again only under revert (the
+            // drift entry reports it otherwise; `planVersionDrift`).
+            if let external, policy.drift != .revert, external.deletedVersions(present: versions).contains(where: { $0.fingerprint == fingerprint }) {
+                return
+            }
             if let attempt = attempts.first(where: { $0.fingerprint == fingerprint }) {
                 planAttempt(attempt)
             } else {
@@ -355,12 +367,21 @@ private struct ModelPlanner {
     mutating func planAliases() {
         let wanted = Set(spec.aliases.map(\.name))
         for pin in spec.aliases {
+            let drift = aliasDrift(pin)
+            if let drift, drift.handled { continue }
+            let before = entries.count
             switch pin.target {
             case .version(let number): planPinned(pin, number)
             case .latest: planLatest(pin)
             }
+            // Reverted by the move the spec asks for, which says why.
+            if let drift, let i = entries[before...].firstIndex(where: { $0.id == "\(name)/alias/\(pin.name)" }) {
+                entries[i].reason = "\(drift.text); policy.drift is revert: " + entries[i].reason
+            }
         }
-        for (alias, number) in aliases.sorted(by: { $0.key < $1.key }) where !wanted.contains(alias) {
+        // In a registry others write too, only the aliases Capstan set are Capstan's to delete.
+        let deletable = external.map { ext in Set(ext.aliasesSet.compactMap { $0.value == nil ? nil : $0.key }) }
+        for (alias, number) in aliases.sorted(by: { $0.key < $1.key }) where !wanted.contains(alias) && deletable?.contains(alias) != false {
             entries.append(PlanEntry(
                 id: "\(name)/alias/\(alias)/delete", action: .deleteAlias, name: name,
                 reason: "alias \(alias) is no longer in the spec", detail: .deleteAlias(AliasDeleteDetail(alias: alias, from: number))))
@@ -378,6 +399,97 @@ private struct ModelPlanner {
                 let moved = entries.remove(at: from)
                 entries.insert(moved, at: to)
             }
+        }
+    }
+
+    // MARK: Drift (a registry others write too)
+
+    /// An alias Capstan set that is no longer where Capstan put it. Under alert or adopt it gets
+    /// its entry here (`handled`); under revert the alias is planned as the spec says, and `text`
+    /// says why. Nil when it did not drift, or its adoption still holds, or its adoption was for
+    /// another spec (Capstan manages the alias again).
+    mutating func aliasDrift(_ pin: AliasPin) -> (text: String, handled: Bool)? {
+        guard let external, let set = external.aliasesSet[pin.name] else { return nil }
+        let current = aliases[pin.name]
+        guard set != current else { return nil }
+        let found = current.map { "v\($0)" } ?? "deleted"
+        let expected = set.map { "v\($0)" } ?? "none"
+        let spec = "\(pin.target)@\(desired.fingerprint)"
+        if let adopted = external.adoptions[.alias(pin.name)], adopted.value == found {
+            return adopted.spec == spec ? (text: "", handled: true) : nil
+        }
+        let text = current == nil
+            ? "alias \(pin.name) was deleted outside Capstan (Capstan had set it to \(expected))"
+            : "alias \(pin.name) was moved outside Capstan to \(found) (Capstan set \(expected))"
+        guard addDrift(.alias(pin.name), text: text, found: found, expected: expected, spec: spec, revertible: false) else {
+            return (text: text, handled: false)
+        }
+        return (text: text, handled: true)
+    }
+
+    /// Versions someone else registered, and versions Capstan made that were edited or deleted
+    /// outside Capstan.
+    mutating func planVersionDrift() {
+        guard let external else { return }
+        let fingerprint = desired.fingerprint
+        let foreign = external.foreign.sorted()
+        if !foreign.isEmpty {
+            let found = foreign.map { "v\($0)" }.joined(separator: ", ")
+            let adopted = external.adoptions[.foreignVersions]
+            if adopted?.value != found || adopted?.spec != fingerprint {
+                _ = addDrift(.foreignVersions,
+                             text: "\(found) \(foreign.count == 1 ? "was" : "were") registered outside Capstan (no capstan.fingerprint tag); Capstan never changes versions it did not make",
+                             found: found, expected: nil, spec: fingerprint, revertible: false)
+            }
+        }
+        for (number, recorded) in external.recordedVersions.sorted(by: { $0.key < $1.key }) {
+            let object = DriftObject.version(number)
+            if let now = external.tags[number] {
+                guard now != recorded else { continue }
+                let changed = Set(now.keys).union(recorded.keys).sorted().filter { now[$0] != recorded[$0] }
+                let found = changed.map { "\($0): \(now[$0] ?? "(removed)")" }.joined(separator: ", ")
+                if let adopted = external.adoptions[object], adopted.value == found, adopted.spec == fingerprint { continue }
+                _ = addDrift(object, text: "the tags Capstan wrote on v\(number) were edited outside Capstan (\(found))", found: found,
+                             expected: changed.map { "\($0): \(recorded[$0] ?? "(none)")" }.joined(separator: ", "), spec: fingerprint,
+                             revertible: true)
+            } else if !versions.contains(where: { $0.number == number }) {
+                if let adopted = external.adoptions[object], adopted.value == "deleted", adopted.spec == fingerprint { continue }
+                let own = recorded[ExternalSlice.fingerprintTag] == fingerprint
+                let text = "v\(number), which Capstan registered, was deleted outside Capstan" + (own && policy.drift == .revert
+                    ? "; it is registered again from its run (as a new version: MLflow never reuses a number)"
+                    : "; MLflow never reuses a version number")
+                _ = addDrift(object, text: text, found: "deleted", expected: "v\(number)", spec: fingerprint, revertible: false)
+            }
+        }
+    }
+
+    /// Adds the entry `policy.drift` asks for; false under revert for drift that is reverted by
+    /// another entry (`revertible: false`: an alias move, or nothing Capstan can put back).
+    mutating func addDrift(_ object: DriftObject, text: String, found: String, expected: String?, spec: String, revertible: Bool) -> Bool {
+        let detail = RegistryDriftDetail(object: object, found: found, expected: expected, adoption: DriftAdoption(value: found, spec: spec))
+        let id = "\(name)/drift/\(object.key)"
+        switch policy.drift {
+        case .revert:
+            if revertible {
+                entries.append(PlanEntry(id: id, action: .revertDrift, name: name,
+                                         reason: "\(text); policy.drift is revert: Capstan puts its tags back",
+                                         detail: .registryDrift(detail)))
+                return true
+            }
+            // Nothing to put back for versions others made, nor for a deleted version: reported.
+            if case .alias = object { return false }
+            entries.append(PlanEntry(id: id, action: .drift, name: name, reason: "\(text); reported (policy.drift is revert)",
+                                     detail: .registryDrift(detail)))
+            return true
+        case .alert:
+            entries.append(PlanEntry(id: id, action: .drift, name: name,
+                                     reason: "\(text); policy.drift is alert: reported only", detail: .registryDrift(detail)))
+            return true
+        case .adopt:
+            entries.append(PlanEntry(id: id, action: .adoptDrift, name: name,
+                                     reason: "\(text); policy.drift is adopt: Capstan takes it as it is and stops reporting it until the spec changes",
+                                     detail: .registryDrift(detail)))
+            return true
         }
     }
 
@@ -524,5 +636,33 @@ private struct ModelPlanner {
             id: "\(name)/archive", action: .archiveVersions, name: name,
             reason: "retention keeps the newest \(keep) version\(keep == 1 ? "" : "s"); versions an alias holds or a Deployment uses are kept",
             dependsOn: aliasMoves, detail: .archiveVersions(ArchiveDetail(versions: numbers, keepVersions: keep))))
+    }
+}
+
+/// One model's part of `RegistrySnapshot.external`.
+struct ExternalSlice {
+    static let fingerprintTag = "capstan.fingerprint"
+
+    var aliasesSet: [String: Int?]
+    var recordedVersions: [Int: [String: String]]
+    var adoptions: [DriftObject: DriftAdoption]
+    var foreign: [Int]
+    var tags: [Int: [String: String]]
+
+    init(_ state: ExternalRegistryState, model: String) {
+        aliasesSet = state.ledger.aliases[model] ?? [:]
+        recordedVersions = state.ledger.versions[model] ?? [:]
+        adoptions = state.ledger.adoptions[model] ?? [:]
+        foreign = state.foreignVersions[model] ?? []
+        tags = state.versionTags[model] ?? [:]
+    }
+
+    /// Versions Capstan registered that the registry no longer holds: number and fingerprint.
+    func deletedVersions(present: [ModelVersion]) -> [(number: Int, fingerprint: String)] {
+        recordedVersions.compactMap { number, recorded in
+            guard tags[number] == nil, !present.contains(where: { $0.number == number }),
+                  let fingerprint = recorded[Self.fingerprintTag] else { return nil }
+            return (number, fingerprint)
+        }
     }
 }

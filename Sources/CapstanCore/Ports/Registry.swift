@@ -313,13 +313,95 @@ public struct RegistrySnapshot: Hashable, Sendable {
     /// numbers a version only when it registers its artifacts (MLflow). Empty for the embedded
     /// registry, whose versions are numbered when their training starts.
     public var attempts: [String: [TrainingAttemptRecord]]
+    /// For a registry others write too (MLflow): what Capstan recorded of its own changes there,
+    /// and what the registry holds that Capstan did not make, so that the planner sees changes
+    /// made behind Capstan's back (drift). Nil for the embedded registry, which only Capstan
+    /// writes.
+    public var external: ExternalRegistryState?
 
     public init(models: [RegisteredModel], versions: [String: [ModelVersion]], aliases: [String: [String: Int]],
-                attempts: [String: [TrainingAttemptRecord]] = [:]) {
+                attempts: [String: [TrainingAttemptRecord]] = [:], external: ExternalRegistryState? = nil) {
         self.models = models
         self.versions = versions
         self.aliases = aliases
         self.attempts = attempts
+        self.external = external
+    }
+}
+
+/// A registry that others write too, as one snapshot saw it against Capstan's ledger.
+public struct ExternalRegistryState: Hashable, Sendable {
+    /// What Capstan did there (kept in Capstan's state).
+    public var ledger: RegistryLedger
+    /// Model → versions without `capstan.fingerprint` (made by someone else), by number.
+    public var foreignVersions: [String: [Int]]
+    /// Model → number → Capstan's tags as the registry holds them now, on versions Capstan made.
+    public var versionTags: [String: [Int: [String: String]]]
+
+    public init(ledger: RegistryLedger, foreignVersions: [String: [Int]] = [:], versionTags: [String: [Int: [String: String]]] = [:]) {
+        self.ledger = ledger
+        self.foreignVersions = foreignVersions
+        self.versionTags = versionTags
+    }
+}
+
+/// Capstan's record of its own changes in a registry others write too (MLflow).
+public struct RegistryLedger: Hashable, Sendable {
+    /// Model → alias → the version Capstan last pointed it at (nil: Capstan deleted it).
+    public var aliases: [String: [String: Int?]]
+    /// Model → number → the Capstan tags Capstan last wrote on the version it registered.
+    public var versions: [String: [Int: [String: String]]]
+    /// Model → drift accepted under `policy.drift: adopt`.
+    public var adoptions: [String: [DriftObject: DriftAdoption]]
+
+    public init(aliases: [String: [String: Int?]] = [:], versions: [String: [Int: [String: String]]] = [:],
+                adoptions: [String: [DriftObject: DriftAdoption]] = [:]) {
+        self.aliases = aliases
+        self.versions = versions
+        self.adoptions = adoptions
+    }
+}
+
+/// What drifted in a registry: an alias, the versions someone else added, or a version Capstan
+/// made (edited or deleted). Its `key` is how the ledger stores it.
+public enum DriftObject: Hashable, Sendable, Codable, CustomStringConvertible {
+    case alias(String)
+    case foreignVersions
+    case version(Int)
+
+    public var key: String {
+        switch self {
+        case .alias(let a): return "alias:\(a)"
+        case .foreignVersions: return "foreign-versions"
+        case .version(let n): return "version:\(n)"
+        }
+    }
+
+    public init?(key: String) {
+        if key == "foreign-versions" { self = .foreignVersions; return }
+        if key.hasPrefix("alias:") { self = .alias(String(key.dropFirst(6))); return }
+        if key.hasPrefix("version:"), let n = Int(key.dropFirst(8)) { self = .version(n); return }
+        return nil
+    }
+
+    public var description: String {
+        switch self {
+        case .alias(let a): return "alias \(a)"
+        case .foreignVersions: return "versions made outside Capstan"
+        case .version(let n): return "v\(n)"
+        }
+    }
+}
+
+/// A drift taken as it is (`policy.drift: adopt`): what was found, for which spec. It stops
+/// being reported while the registry still shows `value` and the spec is `spec`.
+public struct DriftAdoption: Hashable, Sendable, Codable {
+    public var value: String
+    public var spec: String
+
+    public init(value: String, spec: String) {
+        self.value = value
+        self.spec = spec
     }
 }
 
@@ -494,14 +576,20 @@ public struct AliasMove: Hashable, Sendable, Codable {
     }
 }
 
-/// Where Capstan keeps the history of the aliases of a registry that keeps none (MLflow): in its
-/// state store, so that `capstan history` answers "which version was champion at time T".
-public protocol AliasHistory: Sendable {
+/// Where Capstan keeps its record of a registry others write too (MLflow), in its own state:
+/// the history of the aliases it moved ("which version was champion at time T"; MLflow keeps
+/// none), the tags it wrote on the versions it registered, and the drift it adopted.
+public protocol RegistryLedgerStore: Sendable {
     func record(_ move: AliasMove) async throws
     /// Every move of the model's aliases (of one alias when given), oldest first.
     func moves(of model: String, alias: String?) async throws -> [AliasMove]
     /// The version `alias` pointed at, at `time` (ms since the epoch), if any.
     func holder(_ alias: String, of model: String, at time: Int64) async throws -> Int?
+    /// The tags Capstan wrote on a version it registered (replacing what was recorded).
+    func recordVersion(model: String, number: Int, tags: [String: String]) async throws
+    func adopt(model: String, object: DriftObject, _ adoption: DriftAdoption) async throws
+    /// The whole ledger, for a snapshot.
+    func ledger() async throws -> RegistryLedger
 }
 
 /// Why a registry call was refused. Distinct cases so callers (the planner, the CLI) can react.
@@ -514,6 +602,8 @@ public enum RegistryError: Error, Sendable, Equatable, CustomStringConvertible {
     case notValidated(model: String, number: Int, status: VersionStatus)
     /// Archived versions are never aliased.
     case archived(model: String, number: Int)
+    /// A drift entry for a registry that only Capstan writes (a plan made against another registry).
+    case noDrift(model: String)
 
     public var description: String {
         switch self {
@@ -525,6 +615,8 @@ public enum RegistryError: Error, Sendable, Equatable, CustomStringConvertible {
             return "version \(n) of model '\(m)' is \(s.rawValue), not validated; aliases point only at validated versions"
         case .archived(let m, let n):
             return "version \(n) of model '\(m)' is archived (beyond retention); aliases never point at archived versions"
+        case .noDrift(let m):
+            return "model '\(m)' is in a registry only Capstan writes, where nothing drifts; make a new plan"
         }
     }
 }
@@ -579,6 +671,14 @@ public protocol Registry: Sendable {
     func finishTraining(_ claim: TrainingClaim, _ result: TrainingResult, directory: String?) async throws -> ModelVersion
     /// Records a failed training, whose retry backoff starts at `time`.
     func failTraining(_ claim: TrainingClaim, logTail: String, at time: Int64) async throws
+
+    /// Takes a drift as it is (`policy.drift: adopt`): it is not reported again while the
+    /// registry shows the same and the spec does not change. Only for registries others write
+    /// too (`RegistrySnapshot.external`).
+    func adoptDrift(model: String, object: DriftObject, _ adoption: DriftAdoption) async throws
+    /// Puts back the tags Capstan last wrote on a version it made, edited outside Capstan
+    /// (`policy.drift: revert`).
+    func restoreVersion(model: String, number: Int) async throws
 }
 
 extension Registry {
@@ -612,6 +712,15 @@ extension Registry {
         return try await updateVersion(model: claim.model, number: number, VersionUpdate(
             status: .trained, metrics: result.metrics, artifactDigest: result.artifactDigest,
             artifactLocation: result.artifactLocation, logTail: ""))
+    }
+
+    /// Only Capstan writes the embedded registry: nothing drifts there.
+    public func adoptDrift(model: String, object: DriftObject, _ adoption: DriftAdoption) async throws {
+        throw RegistryError.noDrift(model: model)
+    }
+
+    public func restoreVersion(model: String, number: Int) async throws {
+        throw RegistryError.noDrift(model: model)
     }
 
     /// The embedded way: the claimed version becomes `failed`, with the log's last lines.
