@@ -6,10 +6,11 @@ import GRDB
 import Testing
 
 @Suite struct StateDatabaseTests {
-    static let tables = ["alias_history", "aliases", "audit_log", "capstan_meta", "conditions", "endpoints", "input_hashes", "journal",
+    static let tables = ["alias_history", "aliases", "audit_log", "capstan_meta", "conditions", "drift_adoptions", "endpoints",
+                         "external_versions", "input_hashes", "journal",
                          "lock_generations", "locks", "models", "passes", "quarantine", "registry_generation", "rollouts", "versions"]
 
-    /// Checks everything the migrations (`v1`…`v5`) leave behind.
+    /// Checks everything the migrations (`v1`…`v6`) leave behind.
     func expectInitialized(_ database: StateDatabase) throws {
         try database.pool.read { db in
             let tables = try String.fetchAll(db, sql: """
@@ -20,7 +21,7 @@ import Testing
             #expect(try Int32.fetchOne(db, sql: "PRAGMA application_id") == 0x4341_5053)
             #expect(try Int.fetchOne(db, sql: "PRAGMA user_version") == 6)
             #expect(try String.fetchOne(db, sql: "SELECT value FROM capstan_meta WHERE key = 'application'") == "capstan")
-            #expect(try String.fetchOne(db, sql: "SELECT value FROM capstan_meta WHERE key = 'schema_version'") == "5")
+            #expect(try String.fetchOne(db, sql: "SELECT value FROM capstan_meta WHERE key = 'schema_version'") == "6")
             #expect(try String.fetchAll(db, sql: "SELECT identifier FROM grdb_migrations") == ["v1", "v2", "v3", "v4", "v5", "v6"])
         }
     }
@@ -208,9 +209,9 @@ import Testing
         try database.pool.write { db in
             try insertModel(db, "churn")
             switch kind {
-            case .unknownMigration: try db.execute(sql: "INSERT INTO grdb_migrations (identifier) VALUES ('v6')")
-            case .higherUserVersion: try db.execute(sql: "PRAGMA user_version = 6")
-            case .higherMetaVersion: try db.execute(sql: "UPDATE capstan_meta SET value = '6' WHERE key = 'schema_version'")
+            case .unknownMigration: try db.execute(sql: "INSERT INTO grdb_migrations (identifier) VALUES ('v7')")
+            case .higherUserVersion: try db.execute(sql: "PRAGMA user_version = 7")
+            case .higherMetaVersion: try db.execute(sql: "UPDATE capstan_meta SET value = '7' WHERE key = 'schema_version'")
             }
         }
         try database.close()
@@ -218,11 +219,11 @@ import Testing
 
         let error = #expect(throws: StoreError.self) { try StateDatabase(stateDirectory: temp.path) }
         #expect(error?.code == .newerDatabase)
-        #expect(error?.message.contains("database schema version 6") == true)
-        #expect(error?.message.contains("supports schema version 5") == true)
+        #expect(error?.message.contains("database schema version 7") == true)
+        #expect(error?.message.contains("supports schema version 6") == true)
         #expect(error?.message.contains(database.path) == true)
         if kind == .unknownMigration {
-            #expect(error?.message.contains("migrations unknown to this build: v6") == true)
+            #expect(error?.message.contains("migrations unknown to this build: v7") == true)
         }
         #expect(try fileBytes(database.path) == before)
     }

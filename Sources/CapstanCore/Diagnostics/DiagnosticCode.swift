@@ -33,8 +33,6 @@ public enum DiagnosticCode: String, Sendable, Codable, CaseIterable {
     case invalidName = "invalid-name"
     case duplicateObject = "duplicate-object"
     case misplacedConfig = "misplaced-config"
-    /// A backend the schema knows but this build does not provide yet.
-    case unsupportedBackend = "unsupported-backend"
 
     // References
     case unknownModel = "unknown-model"
