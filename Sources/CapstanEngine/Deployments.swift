@@ -216,6 +216,23 @@ struct DeploymentPhase: Sendable {
         return notes
     }
 
+    /// A version's files the artifact store lacks (trained by another Capstan, or its store
+    /// emptied), from the registry's copy (MLflow): downloaded, stored, and checked against the
+    /// digest the version was registered with. A registry that keeps no copy leaves the store's
+    /// error to `open`.
+    func fetch(model: String, number: Int, digest: String) async throws {
+        let staging = "\(context.workFolder)/downloads/\(model)-v\(number)-\(UUID().uuidString.lowercased())"
+        defer { try? FileManager.default.removeItem(atPath: staging) }
+        try WorkFiles.makeFolder((staging as NSString).deletingLastPathComponent)
+        guard try await context.registry.downloadArtifact(model: model, number: number, into: staging) else { return }
+        let stored = try await context.artifacts.store(directory: staging, scrubber: .none)
+        guard stored.digest == digest else {
+            throw ReconcileFailure(.terminal, .artifactChanged,
+                                   "the files of v\(number) of \(model) in the registry hash to \(stored.digest), not to \(digest), the digest it was registered with; they were changed after registration and will not be served. Retrain the version, or restore its files")
+        }
+        context.events(.note("downloaded the files of v\(number) of \(model) from the registry into the artifact store (\(digest))"))
+    }
+
     /// The concrete backends: each version's commit materialized for its serving code, its
     /// artifact verified, the model's `serve` settings.
     func backendSpecs(_ backends: [BackendWeight], model: String, serve: ServeSpec) async throws -> [BackendSpec] {
@@ -226,6 +243,9 @@ struct DeploymentPhase: Sendable {
             }
             guard let digest = version.artifactDigest else {
                 throw ReconcileFailure(.stalled, .notServable, "v\(b.version) of \(model) has no artifact to serve")
+            }
+            if !(await context.artifacts.holds(digest: digest)) {
+                try await fetch(model: model, number: b.version, digest: digest)
             }
             let modelDir = try await context.artifacts.open(digest: digest)
             guard let commit = version.commit, commit.utf8.count == 40 else {

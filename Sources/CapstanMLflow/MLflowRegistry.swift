@@ -497,6 +497,26 @@ public final class MLflowRegistry: Registry {
         try await ledger.holder(alias, of: model, at: time)
     }
 
+    // MARK: Artifacts
+
+    /// The version's files, through the server's artifact proxy.
+    public func downloadArtifact(model: String, number: Int, into folder: String) async throws -> Bool {
+        guard let v = try await client.modelVersion(name: model, version: number) else {
+            throw RegistryError.versionNotFound(model: model, number: number)
+        }
+        guard let source = v.source else {
+            throw MLflowRegistryError(message: "version \(number) of '\(model)' has no source in MLflow; its files cannot be downloaded")
+        }
+        let location: MLflowArtifactLocation
+        do {
+            location = try MLflowArtifactLocation(artifactURI: source)
+        } catch {
+            throw MLflowRegistryError(message: "version \(number) of '\(model)' has its files at \(source), which the MLflow server does not serve through its artifact proxy (\(error)); Capstan downloads only mlflow-artifacts: sources")
+        }
+        _ = try await client.downloadArtifacts(from: location, into: folder)
+        return true
+    }
+
     // MARK: Drift
 
     public func adoptDrift(model: String, object: DriftObject, _ adoption: DriftAdoption) async throws {

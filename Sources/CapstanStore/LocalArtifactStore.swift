@@ -54,6 +54,12 @@ public struct LocalArtifactStore: ArtifactStore {
         try await Blocking.run { try storeBlocking(directory: directory, scrubber: scrubber) }
     }
 
+    public func holds(digest: String) async -> Bool {
+        guard let path = try? path(for: digest) else { return false }
+        var isFolder: ObjCBool = false
+        return FileManager.default.fileExists(atPath: path, isDirectory: &isFolder) && isFolder.boolValue
+    }
+
     /// The stored folder of `digest`, after checking that its contents still match.
     public func open(digest: String) async throws -> String {
         try await Blocking.run { try openBlocking(digest: digest) }

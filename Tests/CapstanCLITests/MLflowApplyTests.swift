@@ -148,6 +148,43 @@ import Testing
         #expect(history.stdout.contains("move-alias"), "\(history.stdout)")
     }
 
+    /// Another Capstan (a fresh state folder: an empty artifact store) serves the versions it
+    /// finds in MLflow: their files are downloaded through the artifact proxy, checked against
+    /// their digest, and served; nothing is trained again.
+    @Test func aVersionIsServedFromMLflowsFilesByAnotherCapstan() async throws {
+        let server = try await MLflowServer.shared()
+        let temp = try TempDir()
+        let model = Self.uniqueName("served")
+        let agent = try ServeApplyTests.Agent(state: temp.sub("agent").path, log: temp.sub("agent.log"))
+        defer { agent.stop() }
+        // Trained by one Capstan whose serving layer is elsewhere: MLflow has v1 and champion on it.
+        let repo = try Self.repository(temp, server: server, model: model)
+        let trainer = try CLI.run(["apply", "--repo", repo.path, "--state-dir", temp.sub("trainer").path])
+        #expect(trainer.stdout.contains("\(model): train done: v1 trained"), "\(trainer.stdout)")
+        try ServeApplyTests.edit(repo, "capstan.yaml") { $0.replacingOccurrences(of: "http://127.0.0.1:7070", with: "http://127.0.0.1:\(agent.admin)") }
+        try repo.commit("serve with the agent")
+        let state = temp.sub("server-side").path
+
+        // Files changed in MLflow after registration are never served.
+        let source = try #require(((try await Self.inventory(server, model))["versions"] as? [[String: Any]])?.first?["source"] as? String)
+        let file = server.directory + "/artifacts/" + String(source.dropFirst("mlflow-artifacts:/".count)) + "/model.json"
+        let original = try String(contentsOfFile: file, encoding: .utf8)
+        try "tampered".write(toFile: file, atomically: true, encoding: .utf8)
+        let refused = try CLI.run(["apply", "--repo", repo.path, "--state-dir", state])
+        #expect(refused.status != 0)
+        #expect(refused.stdout.contains("were changed after registration and will not be served"), "\(refused.stdout)")
+        #expect(agent.predict().0 != 200, "nothing serves the tampered files")
+
+        try original.write(toFile: file, atomically: true, encoding: .utf8)
+        let serving = try CLI.run(["apply", "--repo", repo.path, "--state-dir", state])
+        #expect(serving.status == 0, "\(serving.stdout)\n\(serving.stderr)")
+        #expect(!serving.stdout.contains("train done"), "nothing is trained again: \(serving.stdout)")
+        #expect(serving.stderr.contains("downloaded the files of v1 of \(model) from the registry"), "\(serving.stderr)")
+        var polls = 0
+        while agent.predict().0 != 200 && polls < 200 { usleep(100_000); polls += 1 }
+        #expect(agent.predict() == (200, "1"))
+    }
+
     @Test func aFailedTrainingIsAFailedRunAndNoVersion() async throws {
         let server = try await MLflowServer.shared()
         let temp = try TempDir()

@@ -9,6 +9,9 @@ public protocol ArtifactStore: Sendable {
     /// A local folder holding the artifact `digest`, checked against the digest (an artifact
     /// changed in place is refused, never used).
     func open(digest: String) async throws -> String
+
+    /// Whether the store has a folder for `digest` (not checked against it: `open` does that).
+    func holds(digest: String) async -> Bool
 }
 
 public struct StoredArtifact: Hashable, Sendable {

@@ -679,6 +679,10 @@ public protocol Registry: Sendable {
     /// Puts back the tags Capstan last wrote on a version it made, edited outside Capstan
     /// (`policy.drift: revert`).
     func restoreVersion(model: String, number: Int) async throws
+    /// Downloads the files of a version into `folder` (which must not exist) when the registry
+    /// keeps them (MLflow's artifact store); false when it keeps none (the embedded registry:
+    /// Capstan's artifact store is the only copy).
+    func downloadArtifact(model: String, number: Int, into folder: String) async throws -> Bool
 }
 
 extension Registry {
@@ -722,6 +726,8 @@ extension Registry {
     public func restoreVersion(model: String, number: Int) async throws {
         throw RegistryError.noDrift(model: model)
     }
+
+    public func downloadArtifact(model: String, number: Int, into folder: String) async throws -> Bool { false }
 
     /// The embedded way: the claimed version becomes `failed`, with the log's last lines.
     public func failTraining(_ claim: TrainingClaim, logTail: String, at time: Int64) async throws {
