@@ -169,7 +169,7 @@ let package = Package(
         // cooperative threads while they wait for real processes, and would starve its deadlines.
         .testTarget(name: "CapstanControllerTests", dependencies: ["CapstanController"]),
         .testTarget(name: "CapstanCLITests", dependencies: [
-            "CapstanCLI", "capstan", "capstan-bench", "CapstanTestSupport", "CapstanStore", "CapstanCore", "CapstanEngine",
+            "CapstanCLI", "capstan", "capstan-bench", "CapstanTestSupport", "CapstanStore", "CapstanCore", "CapstanEngine", "CapstanServer",
             .product(name: "Crypto", package: "swift-crypto"), .product(name: "GRDB", package: "GRDB.swift"),
         ], resources: [.copy("GoldenPlans")]),
     ],

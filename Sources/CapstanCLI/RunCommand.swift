@@ -52,6 +52,11 @@ struct RunCommand: AsyncParsableCommand {
         valueName: "name"))
     var webhookSecretEnv: String?
 
+    @Option(name: .customLong("mlflow-webhook-secret-env"), help: ArgumentHelp(
+        "Accept POST /hooks/mlflow from MLflow's registry webhooks (MLflow 3.3 or later) signed with the secret in this environment variable: an alias moved in MLflow starts a pass at once.",
+        valueName: "name"))
+    var mlflowWebhookSecretEnv: String?
+
     @Option(name: .customLong("api-token-env"), help: ArgumentHelp(
         "Accept POST /api/v1/reconcile with 'Authorization: Bearer <token>', the token in this environment variable.",
         valueName: "name"))
@@ -105,7 +110,7 @@ struct RunCommand: AsyncParsableCommand {
                 throw ValidationError(problem)
             }
         }
-        for name in [webhookSecretEnv, apiTokenEnv, adminTokenEnv].compactMap({ $0 }) + notifyWebhookEnv + notifySlackEnv where !Names.isEnvName(name) {
+        for name in [webhookSecretEnv, apiTokenEnv, adminTokenEnv, mlflowWebhookSecretEnv].compactMap({ $0 }) + notifyWebhookEnv + notifySlackEnv where !Names.isEnvName(name) {
             throw ValidationError("'\(name)' is not an environment variable name")
         }
         guard Logger.Level(rawValue: logLevel) != nil else {
@@ -152,7 +157,8 @@ struct RunCommand: AsyncParsableCommand {
         timing.shutdownGrace = .milliseconds(try ManifestDuration.option(shutdownGrace, "--shutdown-grace").milliseconds)
         let httpConfiguration = ControllerHTTPConfiguration(
             webhookSecret: try Self.secret(webhookSecretEnv, option: "--webhook-secret-env"),
-            apiToken: try Self.secret(apiTokenEnv, option: "--api-token-env"))
+            apiToken: try Self.secret(apiTokenEnv, option: "--api-token-env"),
+            mlflowWebhookSecret: try Self.secret(mlflowWebhookSecretEnv, option: "--mlflow-webhook-secret-env"))
         let adminToken = try Self.secret(adminTokenEnv, option: "--admin-token-env")
         let httpAddress = try Self.address(http, "--http")
         var targets: [NotificationTarget] = []

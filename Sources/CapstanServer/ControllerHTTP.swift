@@ -39,12 +39,15 @@ public struct ControllerHTTPConfiguration: Sendable {
     public var webhookSecret: String?
     /// The bearer token of `POST /api/v1/reconcile`; nil disables that route (403 with a message).
     public var apiToken: String?
+    /// The secret of MLflow's registry webhooks (`POST /hooks/mlflow`); nil disables them.
+    public var mlflowWebhookSecret: String?
     /// The largest webhook or API body read (larger ones get 413 and trigger nothing).
     public var bodyLimit = 1 << 20
 
-    public init(webhookSecret: String? = nil, apiToken: String? = nil) {
+    public init(webhookSecret: String? = nil, apiToken: String? = nil, mlflowWebhookSecret: String? = nil) {
         self.webhookSecret = webhookSecret
         self.apiToken = apiToken
+        self.mlflowWebhookSecret = mlflowWebhookSecret
     }
 }
 
@@ -57,6 +60,8 @@ public struct ControllerHTTPConfiguration: Sendable {
 ///     GET  /api/v1/status      the JSON of `capstan status --format json`
 ///     POST /api/v1/reconcile   202, a pass as soon as possible (Authorization: Bearer <token>)
 ///     POST /hooks/git          202, a pass as soon as possible (signed: see WebhookAuthenticator)
+///     POST /hooks/mlflow       202, a pass as soon as possible (MLflow's registry webhooks, signed:
+///                              see MLflowWebhookAuthenticator)
 public struct ControllerHTTP: HTTPResponder {
     public typealias Context = BasicRequestContext
 
@@ -64,6 +69,7 @@ public struct ControllerHTTP: HTTPResponder {
     let metrics: ControllerMetrics
     let configuration: ControllerHTTPConfiguration
     let webhooks: WebhookAuthenticator?
+    let mlflowWebhooks: MLflowWebhookAuthenticator?
     let tokenDigest: [UInt8]?
     let logger: Logger
 
@@ -72,6 +78,7 @@ public struct ControllerHTTP: HTTPResponder {
         self.metrics = metrics
         self.configuration = configuration
         self.webhooks = configuration.webhookSecret.map(WebhookAuthenticator.init(secret:))
+        self.mlflowWebhooks = configuration.mlflowWebhookSecret.map { MLflowWebhookAuthenticator(secret: $0) }
         self.tokenDigest = configuration.apiToken.map { Array(SHA256.hash(data: Data($0.utf8))) }
         self.logger = logger
     }
@@ -118,6 +125,9 @@ public struct ControllerHTTP: HTTPResponder {
         case "/hooks/git":
             guard method == .post else { return Self.methodNotAllowed(method, path, allow: "POST") }
             return await webhook(request)
+        case "/hooks/mlflow":
+            guard method == .post else { return Self.methodNotAllowed(method, path, allow: "POST") }
+            return await mlflowWebhook(request)
         default:
             return Self.json(.notFound, ["error": "no route \(path); see docs/controller.md for the controller's routes"])
         }
@@ -181,6 +191,56 @@ public struct ControllerHTTP: HTTPResponder {
             // The payload is not trusted for anything: the pass fetches the ref itself.
             return Self.json(.accepted, ["status": "a pass starts as soon as the current one (if any) ends"])
         }
+    }
+
+    /// An MLflow registry event (an alias moved, a version created or tagged): a pass at once, so
+    /// that drift is handled within a second. The payload only names the event in the log; the
+    /// pass reads MLflow itself.
+    private func mlflowWebhook(_ request: Request) async -> Response {
+        guard let mlflowWebhooks else {
+            metrics.recordWebhook(accepted: false)
+            logger.warning("refused an MLflow webhook: they are disabled (no --mlflow-webhook-secret-env)")
+            return Self.json(.unauthorized, ["error": "MLflow webhooks are disabled: start capstan run with --mlflow-webhook-secret-env NAME, NAME holding the webhook's secret"])
+        }
+        if let length = request.headers[.contentLength].flatMap(Int.init), length > configuration.bodyLimit {
+            metrics.recordWebhook(accepted: false)
+            return Self.json(.contentTooLarge, ["error": "the payload is larger than \(configuration.bodyLimit) bytes; nothing was triggered"])
+        }
+        let buffer: ByteBuffer
+        do {
+            buffer = try await request.body.collect(upTo: configuration.bodyLimit)
+        } catch {
+            metrics.recordWebhook(accepted: false)
+            return Self.json(.contentTooLarge, ["error": "the payload is larger than \(configuration.bodyLimit) bytes; nothing was triggered"])
+        }
+        let bytes = Array(buffer.readableBytesView)
+        let headers = request.headers
+        switch mlflowWebhooks.verify(body: bytes, header: { name in HTTPField.Name(name).flatMap { headers[$0] } }) {
+        case .rejected(let reason):
+            metrics.recordWebhook(accepted: false)
+            logger.warning("refused an MLflow webhook: \(reason)")
+            return Self.json(.unauthorized, ["error": reason + "; nothing was triggered"])
+        case .duplicate(let delivery):
+            logger.info("MLflow webhook delivered again; ignored", metadata: ["delivery": "\(delivery)"])
+            return Self.json(.ok, ["status": "already received"])
+        case .accepted:
+            metrics.recordWebhook(accepted: true)
+            let event = Self.mlflowEvent(bytes)
+            guard backend.requestPass(why: "mlflow webhook" + (event.map { " (\($0))" } ?? "")) else {
+                return Self.json(.serviceUnavailable, ["error": "the controller is shutting down"])
+            }
+            return Self.json(.accepted, ["status": "a pass starts as soon as the current one (if any) ends"])
+        }
+    }
+
+    /// `model_version_alias.created`, from a signed payload's `entity` and `action` (for the log
+    /// only; kept short and plain).
+    static func mlflowEvent(_ body: [UInt8]) -> String? {
+        guard let object = try? JSONSerialization.jsonObject(with: Data(body)) as? [String: Any],
+              let entity = object["entity"] as? String, let action = object["action"] as? String else { return nil }
+        let text = "\(entity).\(action)"
+        guard text.count <= 80, text.allSatisfy({ $0.isLetter || $0.isNumber || $0 == "_" || $0 == "." }) else { return nil }
+        return text
     }
 
     static func text(_ status: HTTPResponse.Status, _ text: String) -> Response {

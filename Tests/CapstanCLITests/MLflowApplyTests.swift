@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+import CapstanServer
 @testable import CapstanTestSupport
 
 /// `capstan apply` with `registry: {mlflow: …}` against a real `mlflow server` on 127.0.0.1 (one
@@ -335,6 +336,62 @@ import Testing
         #expect((now["runs"] as? [[String: Any]])?.count == 1)
         #expect((now["versions"] as? [[String: Any]])?.map { $0["version"] as? Int } == [2])
         #expect(now["aliases"] as? [String: Int] == ["champion": 2])
+    }
+
+    /// `capstan run` with MLflow's registry webhook: champion moved in MLflow starts a pass at
+    /// once, which reverts it; unsigned, forged and replayed deliveries start nothing.
+    @Test func anAliasMovedInMLflowIsRevertedByThePassItsWebhookStarts() async throws {
+        let server = try await MLflowServer.shared()
+        let temp = try TempDir()
+        let model = Self.uniqueName("hooked")
+        let repo = try Self.repository(temp, server: server, model: model)
+        let secret = "mlflow-hook-\(UUID().uuidString)"
+        let controller = try ControllerTests.RunningController(
+            repo: repo.path, state: temp.sub("state").path, log: temp.sub("run.log"),
+            arguments: ["--interval", "1h", "--resync", "1h", "--mlflow-webhook-secret-env", "MLFLOW_HOOK_SECRET"],
+            environment: ["MLFLOW_HOOK_SECRET": secret])
+        func passes() -> [[String: Any]] { controller.logLines.filter { $0["msg"] as? String == "pass finished" } }
+        #expect(ControllerTests.eventually(within: 90) { passes().count == 1 }, "no first pass: \(controller.logText)")
+        #expect((try await Self.inventory(server, model))["aliases"] as? [String: Int] == ["champion": 1])
+
+        // Not MLflow's, or not now: 401, and no pass.
+        let body = Array(#"{"entity": "model_version_alias", "action": "created", "data": {}}"#.utf8)
+        let signer = MLflowWebhookAuthenticator(secret: secret)
+        let forger = MLflowWebhookAuthenticator(secret: "guess")
+        #expect(controller.request("POST", "/hooks/mlflow", body: Data(body)).0 == 401)
+        #expect(controller.request("POST", "/hooks/mlflow", body: Data(body), headers: forger.headers(for: body)).0 == 401)
+        let stale = signer.headers(for: body, timestamp: Int64(Date().timeIntervalSince1970) - 3600)
+        #expect(controller.request("POST", "/hooks/mlflow", body: Data(body), headers: stale).0 == 401)
+        #expect(controller.request("POST", "/hooks/mlflow", body: Data(#"{"tampered": 1}"#.utf8), headers: signer.headers(for: body)).0 == 401)
+        usleep(1_500_000)
+        #expect(passes().count == 1, "a refused delivery started a pass")
+        #expect(!controller.logText.contains(secret))
+
+        // MLflow's own webhook: someone moves champion to a version made by hand.
+        let port = controller.http
+        _ = try await server.python("""
+            import sys, time
+            from mlflow import MlflowClient
+            c = MlflowClient()
+            name, url, secret = sys.argv[1], sys.argv[2], sys.argv[3]
+            c.create_webhook(name=name, url=url, events=["model_version_alias.created"], secret=secret)
+            v1 = c.get_model_version(name, "1")
+            c.create_model_version(name, v1.source, run_id=v1.run_id)
+            time.sleep(1.5)  # the server reads its webhooks again after MLFLOW_WEBHOOK_CACHE_TTL
+            c.set_registered_model_alias(name, "champion", "2")
+            """, [model, "http://127.0.0.1:\(port)/hooks/mlflow", secret])
+        let moved = Date()
+        #expect(ControllerTests.eventually(within: 30) { passes().count >= 2 }, "the webhook started no pass: \(controller.logText)")
+        let started = controller.logLines.filter { $0["msg"] as? String == "pass started" }.last
+        #expect((started?["trigger"] as? String)?.hasPrefix("mlflow webhook (model_version_alias.created)") == true, "\(String(describing: started))")
+        let formatter = ISO8601DateFormatter()
+        formatter.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
+        if let ts = started?["ts"] as? String, let at = formatter.date(from: ts) {
+            #expect(at.timeIntervalSince(moved) < 1.0, "the pass started \(at.timeIntervalSince(moved)) s after the alias moved")
+        }
+        let now = try await Self.inventory(server, model)
+        #expect(now["aliases"] as? [String: Int] == ["champion": 1], "the drift was reverted: \(now)")
+        #expect(controller.stop() == 0)
     }
 
     @Test func aWrongTokenIsRefusedWithoutShowingIt() async throws {

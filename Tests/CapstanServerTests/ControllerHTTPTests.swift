@@ -112,3 +112,51 @@ import Testing
         #expect(line.contains(" warning state locked holder=\"capstan apply (alice)\" pid=42\n"))
     }
 }
+
+@Suite struct MLflowWebhookAuthenticatorTests {
+    let body = Array(#"{"entity": "model_version_alias", "action": "created"}"#.utf8)
+    let now: Int64 = 1_800_000_000
+
+    func header(_ headers: [String: String]) -> (String) -> String? {
+        let lower = Dictionary(uniqueKeysWithValues: headers.map { ($0.key.lowercased(), $0.value) })
+        return { lower[$0] }
+    }
+
+    /// The signature MLflow computes (mlflow/webhooks/delivery.py): base64 of
+    /// HMAC-SHA256(secret, "<delivery id>.<timestamp>.<payload>"), prefixed `v1,`.
+    @Test func acceptsMLflowsSignatureOnce() {
+        let auth = MLflowWebhookAuthenticator(secret: "whsec-test")
+        let headers = auth.headers(for: body, delivery: "d-1", timestamp: now)
+        let mac = HMAC<SHA256>.authenticationCode(for: Array("d-1.\(now).".utf8) + body, using: SymmetricKey(data: Data("whsec-test".utf8)))
+        #expect(headers["X-MLflow-Signature"] == "v1," + Data(mac).base64EncodedString())
+        #expect(auth.verify(body: body, now: now + 10, header: header(headers)) == .accepted(deliveryID: "d-1"))
+        // The same delivery again (a retry, or a replay within the tolerance): not a second pass.
+        #expect(auth.verify(body: body, now: now + 20, header: header(headers)) == .duplicate(deliveryID: "d-1"))
+    }
+
+    @Test func refusesWhatMLflowWouldNotSend() {
+        let auth = MLflowWebhookAuthenticator(secret: "whsec-test")
+        let good = auth.headers(for: body, delivery: "d-2", timestamp: now)
+        var noID = good
+        noID["X-MLflow-Delivery-Id"] = nil
+        var otherID = good
+        otherID["X-MLflow-Delivery-Id"] = "d-3"
+        var badForm = good
+        badForm["X-MLflow-Signature"] = "sha256=00"
+        for headers in [[:], noID, otherID, badForm, MLflowWebhookAuthenticator(secret: "guess").headers(for: body, delivery: "d-2", timestamp: now)] {
+            guard case .rejected = auth.verify(body: body, now: now, header: header(headers)) else {
+                Issue.record("accepted \(headers)")
+                continue
+            }
+        }
+        guard case .rejected(let reason) = auth.verify(body: body, now: now + 301, header: header(good)) else {
+            Issue.record("a delivery older than the tolerance was accepted")
+            return
+        }
+        #expect(reason.contains("replay"))
+        guard case .rejected = auth.verify(body: Array("{}".utf8), now: now, header: header(good)) else {
+            Issue.record("a changed body was accepted")
+            return
+        }
+    }
+}

@@ -128,6 +128,11 @@ final class MLflowServer: Sendable {
             let port = try freePort()
             var environment = ProcessInfo.processInfo.environment
             environment["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
+            // Registry webhooks to a controller on 127.0.0.1 over plain HTTP (MLflow's defaults
+            // allow only https to public addresses), read again within a second of a change.
+            environment["MLFLOW_WEBHOOK_ALLOWED_SCHEMES"] = "http,https"
+            environment["MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS"] = "true"
+            environment["MLFLOW_WEBHOOK_CACHE_TTL"] = "1"
             environment["PYTHONUNBUFFERED"] = "1"
             for key in ["MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_TOKEN", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"] {
                 environment[key] = nil
