@@ -77,13 +77,13 @@ PY
   [ "$trains" = "$n" ] || die "the plan against the empty server trains $trains models, expected $n"
 
   t0=$(date +%s)
-  "$venv/bin/python3" - "$url" "$dir/plan-empty.json" "$n" <<'PY'
+  "$venv/bin/python3" - "$url" "$dir/plan-empty.json" "$n" >"$dir/seed.log" 2>&1 <<'PY' || { tail -5 "$dir/seed.log" >&2; die "seeding MLflow failed"; }
 import json, sys
 from concurrent.futures import ThreadPoolExecutor
 from mlflow import MlflowClient
 url, plan, n = sys.argv[1], sys.argv[2], sys.argv[3]
 c = MlflowClient(url)
-entries = [e for e in json.load(open(plan))["entries"] if e["action"] == "train"]
+entries = [e for e in json.load(open(plan))["changes"] if e["action"] == "train"]
 def seed(e):
     name, fp = e["name"], e["fingerprint"]
     c.create_registered_model(name, tags={"capstan.managed": "true"})

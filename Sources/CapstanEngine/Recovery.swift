@@ -30,7 +30,22 @@ struct Recovery {
                    context.runner.stopLeftovers(processGroup: pgid, marker: (name: runMarker, value: run.run)) {
                     note += "; stopped its leftover training processes (process group \(pgid))"
                 }
-                if let model = entry.subject.model { missed += try await missedTrainingEvents(model: model, run) }
+                if let model = entry.subject.model {
+                    if let trained = run.trained, run.version == nil, let registryRun = run.registryRun {
+                        // Trained, but its registration failed: registered now, without training
+                        // again. A registry still failing fails the pass and keeps the entry.
+                        let claim = TrainingClaim(model: model, fingerprint: run.fingerprint, attempt: run.attempt, run: registryRun)
+                        let local = await context.artifacts.holds(digest: trained.artifactDigest)
+                            ? try await context.artifacts.open(digest: trained.artifactDigest) : nil
+                        let version = try await registry.finishTraining(claim, trained, directory: local)
+                        missed.append(Training.trainedEvent(context, name: model, number: version.number, commit: run.commit,
+                                                            artifact: trained.artifactDigest, metrics: trained.metrics,
+                                                            reason: "registered after an interrupted pass, without training again"))
+                        note += "; registered v\(version.number) from the training it had finished"
+                    } else {
+                        missed += try await missedTrainingEvents(model: model, run)
+                    }
+                }
             case .validationCommand(let step)?:
                 if let pgid = step.processGroup,
                    context.runner.stopLeftovers(processGroup: pgid, marker: (name: runMarker, value: step.run)) {

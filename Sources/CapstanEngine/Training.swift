@@ -313,7 +313,7 @@ struct Training {
         try await context.commit(claimed)
         if let trained = claim.trained {
             // An earlier attempt trained and stored its artifact; only its registration is left.
-            return try await finish(claim, trained, directory: nil, journalID: journalID,
+            return try await finish(claim, trained, directory: nil, journalID: journalID, run: journaled,
                                     took: "registered the artifact an interrupted pass had trained")
         }
 
@@ -418,7 +418,7 @@ struct Training {
         // Cleaned while the entry is still open: a crash meanwhile leaves it to recovery.
         workspace.clean()
         return try await finish(claim, TrainingResult(metrics: metrics, artifactDigest: stored.digest, artifactLocation: stored.location),
-                                directory: stored.location, journalID: journalID,
+                                directory: stored.location, journalID: journalID, run: journaled,
                                 took: "trained in \(ManifestDuration.format(result.durationMilliseconds))")
     }
 
@@ -427,7 +427,7 @@ struct Training {
     /// registry is transient: what was trained is kept (the artifact store holds it, and MLflow
     /// the run that names it) and the next pass registers it without training again.
     func finish(_ claim: TrainingClaim, _ trained: TrainingResult, directory: String?, journalID: Int64,
-                took: String) async throws -> (Int?, EntryOutcome) {
+                run journaled: TrainingRun, took: String) async throws -> (Int?, EntryOutcome) {
         let version: ModelVersion
         do {
             var local = directory
@@ -437,7 +437,16 @@ struct Training {
             let failure = Failures.classify(error)
             if failure.reason == .leaseLost { throw error }
             var changes = StateChanges("close journal entry \(journalID)")
-            changes.failJournal(journalID, JournalClosing(interrupted: true, error: failure.message))
+            if claim.number == nil, claim.run != nil, failure.failureClass == .transient {
+                // What was trained is kept in the entry, left open: recovery registers it first
+                // thing next pass, before anything is planned (the registry's run cannot say it yet).
+                var kept = journaled
+                kept.trained = trained
+                changes = StateChanges("keep the training of journal entry \(journalID) for recovery")
+                changes.updateJournal(journalID, .training(kept))
+            } else {
+                changes.failJournal(journalID, JournalClosing(interrupted: true, error: failure.message))
+            }
             // The embedded registry leaves the version `training` (the next pass trains it again);
             // a registry that numbers versions when it registers them keeps the trained run.
             let next = claim.number == nil ? "the next pass registers it without training again" : "the next pass trains it again"

@@ -1,4 +1,7 @@
 import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
 import Testing
 import CapstanServer
 @testable import CapstanTestSupport
@@ -392,6 +395,114 @@ import CapstanServer
         let now = try await Self.inventory(server, model)
         #expect(now["aliases"] as? [String: Int] == ["champion": 1], "the drift was reverted: \(now)")
         #expect(controller.stop() == 0)
+    }
+
+    /// An `mlflow server` of the test's own, killed (SIGKILL, its whole process group) and started
+    /// again on the same port and store.
+    final class OwnServer {
+        let directory: String
+        let port: UInt16
+        let mlflow: String
+        var process: Process?
+        var url: String { "http://127.0.0.1:\(port)" }
+
+        init(_ temp: TempDir) throws {
+            directory = temp.sub("mlflow").path
+            try FileManager.default.createDirectory(atPath: directory + "/artifacts", withIntermediateDirectories: true)
+            port = try Ports.free()
+            mlflow = (try MLflowServer.findPython() as NSString).deletingLastPathComponent + "/mlflow"
+        }
+
+        func start() throws {
+            let process = Process()
+            process.executableURL = URL(fileURLWithPath: mlflow)
+            process.arguments = ["server", "--host", "127.0.0.1", "--port", String(port), "--workers", "1",
+                                 "--backend-store-uri", "sqlite:///\(directory)/mlflow.db", "--artifacts-destination", directory + "/artifacts"]
+            var environment = ProcessInfo.processInfo.environment
+            environment["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
+            process.environment = environment
+            let logPath = directory + "/server.log"
+            if !FileManager.default.fileExists(atPath: logPath) { FileManager.default.createFile(atPath: logPath, contents: nil) }
+            let log = try FileHandle(forWritingTo: URL(fileURLWithPath: logPath))
+            log.seekToEndOfFile()
+            process.standardOutput = log
+            process.standardError = log
+            process.standardInput = FileHandle.nullDevice
+            try process.run()
+            self.process = process
+            var polls = 0
+            while !Ports.accepts(port) && polls < 1800 && process.isRunning { usleep(100_000); polls += 1 }
+            guard Ports.accepts(port) else { throw FixtureError("mlflow server did not start on \(port)") }
+            // Listening comes a little before answering.
+            usleep(500_000)
+        }
+
+        /// SIGKILL to the server and its uvicorn worker (every process started with this port).
+        func kill() {
+            _ = try? Shell.run("pkill", ["-9", "-f", "port \(port) "])
+            process?.waitUntilExit()
+            process = nil
+            var polls = 0
+            while Ports.accepts(port) && polls < 100 { usleep(50_000); polls += 1 }
+        }
+
+        deinit { kill() }
+    }
+
+    /// MLflow killed while a training runs: the pass ends with a transient failure naming the
+    /// server, nothing is marked failed, and once the server is back the next pass registers the
+    /// version from the training that finished, without training again and without a second run.
+    @Test func theServerKilledMidPassAndRestartedLeavesNoDuplicate() async throws {
+        let temp = try TempDir()
+        let server = try OwnServer(temp)
+        try server.start()
+        let model = Self.uniqueName("restarted")
+        let shared = try await MLflowServer.shared()
+        let repo = try Self.repository(temp, server: shared, model: model, registry: "{url: \"\(server.url)\"}")
+        let marker = temp.sub("training-started").path
+        try ServeApplyTests.edit(repo, "models/churn/train.py") {
+            "import os, time\nopen(\"\(marker)\", \"w\").close()\ntime.sleep(4)\n" + $0
+        }
+        try repo.commit("a slow training")
+        let state = temp.sub("state").path
+
+        let apply = Process()
+        apply.executableURL = CLI.binary
+        apply.arguments = ["apply", "--repo", repo.path, "--state-dir", state]
+        var environment = ProcessInfo.processInfo.environment
+        environment["NO_COLOR"] = "1"
+        apply.environment = environment
+        let out = Pipe()
+        apply.standardOutput = out
+        apply.standardError = out
+        try apply.run()
+        var polls = 0
+        while !FileManager.default.fileExists(atPath: marker) && polls < 600 { usleep(50_000); polls += 1 }
+        #expect(FileManager.default.fileExists(atPath: marker), "the training never started")
+        server.kill()
+        let text = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        apply.waitUntilExit()
+        #expect(apply.terminationStatus != 0)
+        #expect(text.contains(server.url), "the failure names the server: \(text)")
+        #expect(text.contains("registers it without training again"), "\(text)")
+
+        try server.start()
+        let resumed = try CLI.run(["apply", "--repo", repo.path, "--state-dir", state])
+        #expect(resumed.status == 0, "\(resumed.stdout)\n\(resumed.stderr)")
+        #expect(!resumed.stdout.contains("trained on"), "the training ran again: \(resumed.stdout)")
+        #expect(resumed.stdout.contains("champion: unset → v1"), "\(resumed.stdout)")
+        let inventory = try await Self.judge(shared, """
+            import json, sys
+            from mlflow import MlflowClient
+            c = MlflowClient(sys.argv[2])
+            name = sys.argv[1]
+            runs = c.search_runs([c.get_experiment_by_name("capstan/" + name).experiment_id])
+            print(json.dumps({"runs": [r.info.status for r in runs],
+                              "versions": [int(v.version) for v in c.search_model_versions(f"name = '{name}'")]}))
+            """, [model, server.url])
+        #expect(inventory["runs"] as? [String] == ["FINISHED"])
+        #expect(inventory["versions"] as? [Int] == [1])
+        server.kill()
     }
 
     @Test func aWrongTokenIsRefusedWithoutShowingIt() async throws {

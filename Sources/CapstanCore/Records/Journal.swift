@@ -52,10 +52,15 @@ public struct TrainingRun: Hashable, Sendable, Codable {
     public var failure: AuditEvent?
     /// The registry's id of the attempt (the MLflow run), once claimed.
     public var registryRun: String?
+    /// What the training produced, when registering it failed transiently (a registry that
+    /// numbers versions when it registers them): the entry stays open, and recovery registers
+    /// it without training again.
+    public var trained: TrainingResult?
 
     public init(fingerprint: String, commit: String, run: String, attempt: Int, version: Int? = nil, resumes: Int? = nil,
-                processGroup: Int32? = nil, failure: AuditEvent? = nil, registryRun: String? = nil) {
+                processGroup: Int32? = nil, failure: AuditEvent? = nil, registryRun: String? = nil, trained: TrainingResult? = nil) {
         self.registryRun = registryRun
+        self.trained = trained
         self.fingerprint = fingerprint
         self.commit = commit
         self.run = run
@@ -67,7 +72,7 @@ public struct TrainingRun: Hashable, Sendable, Codable {
     }
 
     enum CodingKeys: String, CodingKey {
-        case fingerprint, commit, run, attempt, version, resumes, processGroup = "pgid", failure, registryRun
+        case fingerprint, commit, run, attempt, version, resumes, processGroup = "pgid", failure, registryRun, trained
     }
 }
 
