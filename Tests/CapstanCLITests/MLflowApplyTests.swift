@@ -1,7 +1,11 @@
 import Foundation
+#if canImport(FoundationNetworking)
+import FoundationNetworking
+#endif
 #if canImport(Glibc)
 import Glibc
 #endif
+import Synchronization
 import Testing
 import CapstanServer
 @testable import CapstanTestSupport
@@ -503,6 +507,88 @@ import CapstanServer
         #expect(inventory["runs"] as? [String] == ["FINISHED"])
         #expect(inventory["versions"] as? [Int] == [1])
         server.kill()
+    }
+
+    /// examples/mlflow-sklearn as a user runs it: a scikit-learn model saved as an MLflow model,
+    /// registered in MLflow, served by `mlflow models serve` through the serving agent, and a
+    /// better version rolled out by canary; MLflow's own client loads champion.
+    @Test func theSklearnExampleTrainsServesAndRollsOutACanary() async throws {
+        let server = try await MLflowServer.shared()
+        let temp = try TempDir()
+        // The Python that has mlflow and scikit-learn, first on PATH (as the example's README says).
+        let bin = (try MLflowServer.findPython() as NSString).deletingLastPathComponent
+        let path = ["PATH": bin + ":" + (ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin")]
+        let agent = try ServeApplyTests.Agent(state: temp.sub("agent").path, log: temp.sub("agent.log"), environment: path)
+        defer { agent.stop() }
+        let model = Self.uniqueName("churn-sklearn")
+        let repo = try GitRepo(at: temp.sub("repo"))
+        let example = CLI.packageRoot.appendingPathComponent("examples/mlflow-sklearn")
+        for file in try FileManager.default.subpathsOfDirectory(atPath: example.path) {
+            var isDir: ObjCBool = false
+            _ = FileManager.default.fileExists(atPath: example.appendingPathComponent(file).path, isDirectory: &isDir)
+            if isDir.boolValue { continue }
+            try repo.write(file, try String(contentsOf: example.appendingPathComponent(file), encoding: .utf8)
+                .replacingOccurrences(of: "http://127.0.0.1:5000", with: server.url)
+                .replacingOccurrences(of: "http://127.0.0.1:7070", with: "http://127.0.0.1:\(agent.admin)")
+                .replacingOccurrences(of: "name: churn-sklearn\n", with: "name: \(model)\n")
+                .replacingOccurrences(of: "model: churn-sklearn\n", with: "model: \(model)\n")
+                .replacingOccurrences(of: "pause: 10s", with: "pause: 2s")
+                .replacingOccurrences(of: "minRequests: 20", with: "minRequests: 5"))
+        }
+        try repo.commit("the scikit-learn example")
+        let state = temp.sub("state").path
+
+        func predict() -> (Int, String?) {
+            var request = URLRequest(url: URL(string: "http://127.0.0.1:\(agent.gateway)/churn-prod/invocations")!)
+            request.httpMethod = "POST"
+            request.setValue("application/json", forHTTPHeaderField: "Content-Type")
+            request.httpBody = Data(#"{"dataframe_records": [{"tenure_months": 3, "monthly_charges": 99.5, "support_calls": 4}]}"#.utf8)
+            let result = Mutex<(Int, String?)>((0, nil))
+            let done = DispatchSemaphore(value: 0)
+            URLSession.shared.dataTask(with: request) { data, response, _ in
+                let http = response as? HTTPURLResponse
+                let body = data.map { String(decoding: $0, as: UTF8.self) } ?? ""
+                result.withLock { $0 = (http?.statusCode == 200 && body.contains("predictions") ? 200 : http?.statusCode ?? 0,
+                                        http?.value(forHTTPHeaderField: "X-Capstan-Version")) }
+                done.signal()
+            }.resume()
+            _ = done.wait(timeout: .now() + 20)
+            return result.withLock { $0 }
+        }
+
+        let first = try CLI.run(["apply", "--repo", repo.path, "--state-dir", state], environment: path)
+        #expect(first.status == 0, "\(first.stdout)\n\(first.stderr)")
+        #expect(first.stdout.contains("\(model): train done: v1 trained"), "\(first.stdout)")
+        var polls = 0
+        while predict().0 != 200 && polls < 300 { usleep(200_000); polls += 1 }
+        #expect(predict() == (200, "1"), "\((try? String(contentsOf: agent.log, encoding: .utf8))?.suffix(3000) ?? "")")
+
+        // Fewer trees do better here: v2 passes its gates and rolls out by canary.
+        try ServeApplyTests.edit(repo, "models/churn/model.yaml") { $0.replacingOccurrences(of: "n_estimators: 50,", with: "n_estimators: 20,") }
+        try repo.commit("20 trees")
+        var results: [CLI.Result] = []
+        for _ in 0..<60 {
+            for _ in 0..<8 { _ = predict() }
+            let r = try CLI.run(["apply", "--repo", repo.path, "--state-dir", state], environment: path)
+            results.append(r)
+            if r.stdout.contains("churn-prod: promote done") || r.status != 0 { break }
+            usleep(300_000)
+        }
+        let text = results.map(\.stdout).joined()
+        #expect(text.contains("start-rollout done"), "\(text)\n\(results.last?.stderr ?? "")")
+        #expect(text.contains("churn-prod: promote done"), "\(text)")
+        #expect(predict() == (200, "2"))
+
+        // MLflow's own client loads and runs what champion holds.
+        let judged = try await Self.judge(server, """
+            import json, sys
+            import mlflow.pyfunc, pandas as pd
+            model = mlflow.pyfunc.load_model(f"models:/{sys.argv[1]}@champion")
+            out = model.predict(pd.DataFrame([{"tenure_months": 3.0, "monthly_charges": 99.5, "support_calls": 4.0}]))
+            print(json.dumps({"predictions": [int(x) for x in out]}))
+            """, [model])
+        #expect((judged["predictions"] as? [Int])?.count == 1)
+        #expect((try await Self.inventory(server, model))["aliases"] as? [String: Int] == ["champion": 2])
     }
 
     @Test func aWrongTokenIsRefusedWithoutShowingIt() async throws {

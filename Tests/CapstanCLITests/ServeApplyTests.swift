@@ -17,12 +17,13 @@ import Testing
         let admin: UInt16
         let log: URL
 
-        init(state: String, log: URL, gateway: UInt16? = nil, admin: UInt16? = nil) throws {
+        init(state: String, log: URL, gateway: UInt16? = nil, admin: UInt16? = nil, environment: [String: String] = [:]) throws {
             self.gateway = try gateway ?? Ports.free()
             self.admin = try admin ?? Ports.free()
             self.log = log
             process.executableURL = CLI.binary
             process.arguments = ["serve", "--gateway", "127.0.0.1:\(self.gateway)", "--admin", "127.0.0.1:\(self.admin)", "--state-dir", state]
+            if !environment.isEmpty { process.environment = ProcessInfo.processInfo.environment.merging(environment) { _, new in new } }
             _ = FileManager.default.createFile(atPath: log.path, contents: nil)
             let handle = try FileHandle(forWritingTo: log)
             process.standardOutput = handle
