@@ -430,8 +430,12 @@ struct Training {
                 run journaled: TrainingRun, took: String) async throws -> (Int?, EntryOutcome) {
         let version: ModelVersion
         do {
+            // The files, when this machine's artifact store has them (a registry that has them
+            // already, such as MLflow after the upload, needs none).
             var local = directory
-            if local == nil { local = try await context.artifacts.open(digest: trained.artifactDigest) }
+            if local == nil, await context.artifacts.holds(digest: trained.artifactDigest) {
+                local = try await context.artifacts.open(digest: trained.artifactDigest)
+            }
             version = try await registry.finishTraining(claim, trained, directory: local)
         } catch {
             let failure = Failures.classify(error)
@@ -449,12 +453,21 @@ struct Training {
             }
             // The embedded registry leaves the version `training` (the next pass trains it again);
             // a registry that numbers versions when it registers them keeps the trained run.
-            let next = claim.number == nil ? "the next pass registers it without training again" : "the next pass trains it again"
+            let next: String
+            if claim.number != nil {
+                next = "the next pass trains it again"
+            } else if failure.failureClass == .transient {
+                next = "the next pass registers it without training again"
+            } else if case .waiting = failure.failureClass {
+                next = "its run is marked failed, and it is trained again after the retry backoff"
+            } else {
+                next = "the next pass looks at it again once that is fixed"
+            }
             changes.record(context.event(subject(claim), .interrupted, commit: plan.commit,
-                                         reason: "\(failure.message); \(claim.label) is not marked failed, and \(next)"))
+                                         reason: "\(failure.message); \(claim.label) was trained, and \(next)"))
             try? await context.commit(changes)
             return (claim.number, .failed(ReconcileFailure(failure.failureClass, failure.reason,
-                                                           "\(claim.label): \(failure.message). It is not marked failed; \(next)")))
+                                                           "\(claim.label): \(failure.message). It was trained; \(next)")))
         }
         Failpoint.hit("train.after-trained")
         var finished = StateChanges("record the end of journal entry \(journalID)")

@@ -149,7 +149,8 @@ public final class MLflowRegistry: Registry {
         let experimentIDs = try await capstanExperiments()
         guard !experimentIDs.isEmpty else { return [:] }
         var runs: [MLflowRun] = []
-        // runs/search takes at most 100 experiments per request.
+        // 100 experiments per search: Capstan's bound, which keeps each request (and the SQL IN
+        // list the server builds from it) small; MLflow sets none.
         for start in stride(from: 0, to: experimentIDs.count, by: 100) {
             let ids = Array(experimentIDs[start..<min(start + 100, experimentIDs.count)])
             runs += try await client.searchRuns(experimentIDs: ids, filter: "attributes.status != 'FINISHED'")
