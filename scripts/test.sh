@@ -42,7 +42,16 @@ failed=()
 for dir in Tests/*Tests; do
   target="$(basename "$dir")"
   printf '\n=== %s ===\n' "$target"
-  swift test --skip-build --filter "^$target\\." || failed+=("$target")
+  if [[ $target == CapstanCLITests ]]; then
+    # The MLflow suite in a process of its own, after the rest: it starts a shared mlflow server
+    # (off the cooperative pool, for seconds) while the other CLI tests would be starting and
+    # reaping processes of their own at the same moment, which stalled a run once.
+    swift test --skip-build --filter "^$target\\." --skip MLflowApplyTests || failed+=("$target")
+    printf '\n=== %s (MLflowApplyTests) ===\n' "$target"
+    swift test --skip-build --filter "^$target\\.MLflowApplyTests" || failed+=("$target/MLflowApplyTests")
+  else
+    swift test --skip-build --filter "^$target\\." || failed+=("$target")
+  fi
 done
 if [[ ${#failed[@]} -gt 0 ]]; then
   printf '\nfailed: %s\n' "${failed[*]}"

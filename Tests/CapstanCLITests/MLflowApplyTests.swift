@@ -319,6 +319,37 @@ import CapstanServer
         }
     }
 
+    /// An alias Capstan manages, deleted in MLflow, is drift: put back under revert, reported
+    /// under alert. Aliases Capstan never set are left alone, even when the spec does not name them.
+    @Test(arguments: ["revert", "alert"])
+    func aDeletedAliasIsDrift(policy: String) async throws {
+        let server = try await MLflowServer.shared()
+        let temp = try TempDir()
+        let state = temp.sub("state").path
+        let model = Self.uniqueName("alias-\(policy)")
+        let repo = try Self.repository(temp, server: server, model: model, drift: policy)
+        #expect(try CLI.run(["apply", "--repo", repo.path, "--state-dir", state]).status == 0)
+        _ = try await server.python("""
+            import sys
+            from mlflow import MlflowClient
+            c = MlflowClient()
+            c.delete_registered_model_alias(sys.argv[1], "champion")
+            c.set_registered_model_alias(sys.argv[1], "notebook-pick", "1")
+            """, [model])
+        let plan = try CLI.run(["plan", "--repo", repo.path, "--state-dir", state])
+        #expect(plan.stdout.contains("alias champion was deleted outside Capstan (Capstan had set it to v1)"), "\(plan.stdout)")
+        #expect(!plan.stdout.contains("notebook-pick"), "an alias Capstan never set is not Capstan's: \(plan.stdout)")
+        let apply = try CLI.run(["apply", "--repo", repo.path, "--state-dir", state])
+        #expect(apply.status == 0, "\(apply.stdout)\n\(apply.stderr)")
+        let aliases = (try await Self.inventory(server, model))["aliases"] as? [String: Int]
+        if policy == "revert" {
+            #expect(aliases == ["champion": 1, "notebook-pick": 1])
+        } else {
+            #expect(aliases == ["notebook-pick": 1])
+            #expect(apply.stdout.contains("policy.drift is alert: reported only") || plan.stdout.contains("policy.drift is alert: reported only"))
+        }
+    }
+
     /// A version Capstan registered, deleted in MLflow, is registered again from its run (a new
     /// number: MLflow never reuses one) without training again.
     @Test func aDeletedVersionIsRegisteredAgainFromItsRun() async throws {
@@ -406,6 +437,7 @@ import CapstanServer
     final class OwnServer {
         let directory: String
         let port: UInt16
+        let python: String
         let mlflow: String
         var process: Process?
         var url: String { "http://127.0.0.1:\(port)" }
@@ -414,19 +446,23 @@ import CapstanServer
             directory = temp.sub("mlflow").path
             try FileManager.default.createDirectory(atPath: directory + "/artifacts", withIntermediateDirectories: true)
             port = try Ports.free()
-            mlflow = (try MLflowServer.findPython() as NSString).deletingLastPathComponent + "/mlflow"
+            python = try MLflowServer.findPython()
+            mlflow = (python as NSString).deletingLastPathComponent + "/mlflow"
         }
 
         func start() throws {
             let process = Process()
-            process.executableURL = URL(fileURLWithPath: mlflow)
-            process.arguments = ["server", "--host", "127.0.0.1", "--port", String(port), "--workers", "1",
+            // Through Python, which closes the descriptors it was spawned with beyond 0–2 (another
+            // test's pipe, open at that moment, would otherwise never see its end) and execs the server.
+            process.executableURL = URL(fileURLWithPath: python)
+            process.arguments = ["-c", "import os, sys; os.closerange(3, os.sysconf('SC_OPEN_MAX')); os.execv(sys.argv[1], sys.argv[1:])",
+                                 mlflow, "server", "--host", "127.0.0.1", "--port", String(port), "--workers", "1",
                                  "--backend-store-uri", "sqlite:///\(directory)/mlflow.db", "--artifacts-destination", directory + "/artifacts"]
             var environment = ProcessInfo.processInfo.environment
             environment["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
             process.environment = environment
             let logPath = directory + "/server.log"
-            if !FileManager.default.fileExists(atPath: logPath) { FileManager.default.createFile(atPath: logPath, contents: nil) }
+            if !FileManager.default.fileExists(atPath: logPath) { _ = FileManager.default.createFile(atPath: logPath, contents: nil) }
             let log = try FileHandle(forWritingTo: URL(fileURLWithPath: logPath))
             log.seekToEndOfFile()
             process.standardOutput = log
