@@ -452,11 +452,8 @@ import CapstanServer
 
         func start() throws {
             let process = Process()
-            // Through Python, which closes the descriptors it was spawned with beyond 0–2 (another
-            // test's pipe, open at that moment, would otherwise never see its end) and execs the server.
-            process.executableURL = URL(fileURLWithPath: python)
-            process.arguments = ["-c", "import os, sys; os.closerange(3, os.sysconf('SC_OPEN_MAX')); os.execv(sys.argv[1], sys.argv[1:])",
-                                 mlflow, "server", "--host", "127.0.0.1", "--port", String(port), "--workers", "1",
+            process.executableURL = URL(fileURLWithPath: mlflow)
+            process.arguments = ["server", "--host", "127.0.0.1", "--port", String(port), "--workers", "1",
                                  "--backend-store-uri", "sqlite:///\(directory)/mlflow.db", "--artifacts-destination", directory + "/artifacts"]
             var environment = ProcessInfo.processInfo.environment
             environment["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"

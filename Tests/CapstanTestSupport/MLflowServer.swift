@@ -246,10 +246,6 @@ final class MLflowServer: Sendable {
     /// waits for end-of-file on stdin and stops the group and removes the folder.
     private static let guardScript = #"""
         import os, signal, subprocess, sys, threading, time, urllib.request, shutil
-        # Descriptors another test's child held open at the moment this guard was spawned (the
-        # write end of a pipe whose reader waits for end-of-file) are not this guard's to keep:
-        # it lives as long as the test process.
-        os.closerange(3, os.sysconf("SC_OPEN_MAX"))
 
         folder, health, command = sys.argv[1], sys.argv[2], sys.argv[3:]
         # Children of a test inherit the test thread's signal mask; the server must see SIGTERM.
