@@ -35,7 +35,7 @@ else
 fi
 [[ $seconds =~ ^[0-9]+$ && $seconds -gt 0 ]] || { echo "SECONDS must be a positive whole number" >&2; exit 64; }
 
-flags=(--scratch-path "$scratch" -Xswiftc -sanitize=fuzzer,address -Xswiftc -DFUZZING)
+flags=(--scratch-path "$scratch" --disable-index-store -Xswiftc -sanitize=fuzzer,address -Xswiftc -DFUZZING)
 mkdir -p "$scratch"
 build_start=$(date +%s)
 for target in "${targets[@]}"; do
