@@ -233,6 +233,26 @@ struct DeploymentPhase: Sendable {
         context.events(.note("downloaded the files of v\(number) of \(model) from the registry into the artifact store (\(digest))"))
     }
 
+    /// The files of a version registered outside Capstan (a registry-only model's, in MLflow),
+    /// which no digest vouches for yet: downloaded into the artifact store, and their digest
+    /// recorded on the version, so that the files served from then on are these (a later change
+    /// in the registry is refused like any changed artifact).
+    func fetchRegistered(model: String, number: Int) async throws -> String {
+        let staging = "\(context.workFolder)/downloads/\(model)-v\(number)-\(UUID().uuidString.lowercased())"
+        defer { try? FileManager.default.removeItem(atPath: staging) }
+        try WorkFiles.makeFolder((staging as NSString).deletingLastPathComponent)
+        guard try await context.registry.downloadArtifact(model: model, number: number, into: staging) else {
+            throw ReconcileFailure(.stalled, .notServable, "v\(number) of \(model) has no artifact to serve")
+        }
+        let stored = try await context.artifacts.store(directory: staging, scrubber: .none)
+        // Killed before this, the next pass downloads them again: nothing to journal.
+        _ = try await context.registry.updateVersion(model: model, number: number, VersionUpdate(artifactDigest: stored.digest))
+        await context.record(.version(model: model, number: number), .recordArtifact, commit: commit, after: .string(stored.digest),
+                             reason: "files registered outside Capstan, downloaded from the registry to serve them")
+        context.events(.note("downloaded the files of v\(number) of \(model) from the registry into the artifact store (\(stored.digest)) and recorded their digest"))
+        return stored.digest
+    }
+
     /// The concrete backends: each version's commit materialized for its serving code, its
     /// artifact verified, the model's `serve` settings.
     func backendSpecs(_ backends: [BackendWeight], model: String, serve: ServeSpec) async throws -> [BackendSpec] {
@@ -241,14 +261,20 @@ struct DeploymentPhase: Sendable {
             guard let version = try await context.registry.version(of: model, number: b.version) else {
                 throw ReconcileFailure(.stalled, .pinnedVersionMissing, "model \(model) has no v\(b.version)")
             }
-            guard let digest = version.artifactDigest else {
-                throw ReconcileFailure(.stalled, .notServable, "v\(b.version) of \(model) has no artifact to serve")
-            }
-            if !(await context.artifacts.holds(digest: digest)) {
-                try await fetch(model: model, number: b.version, digest: digest)
+            let digest: String
+            if let known = version.artifactDigest {
+                digest = known
+                if !(await context.artifacts.holds(digest: digest)) {
+                    try await fetch(model: model, number: b.version, digest: digest)
+                }
+            } else {
+                digest = try await fetchRegistered(model: model, number: b.version)
             }
             let modelDir = try await context.artifacts.open(digest: digest)
-            guard let commit = version.commit, commit.utf8.count == 40 else {
+            // A version registered outside Capstan was not trained at a commit: the serving code
+            // is the commit's being reconciled.
+            let commit = version.commit ?? self.commit
+            guard commit.utf8.count == 40 else {
                 throw ReconcileFailure(.stalled, .notServable, "v\(b.version) of \(model) records no commit to serve its code from")
             }
             let workdir = try await servingFolder(model: model, version: b.version, commit: commit, workdir: serve.workdir)

@@ -72,7 +72,7 @@ struct ModelPipeline: Sendable {
         // An outcome's message may quote what a step returned (its output, metrics, file
         // names): the steps scrub what they quote, and every message is scrubbed once more
         // here, where it leaves the model's pipeline for the output, the log and the state.
-        let scrubber = model.map { StepEnvironment.scrubber(spec: $0.manifest.spec.train, reconciler: context.environment) } ?? .none
+        let scrubber = model.map { StepEnvironment.scrubber(spec: $0.manifest.spec.stepSettings, reconciler: context.environment) } ?? .none
         var outcomes: [String: EntryOutcome] = [:]
         var produced: [String: Int] = [:]
         for entry in Self.ordered(entries) {

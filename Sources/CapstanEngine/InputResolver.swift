@@ -120,14 +120,19 @@ public final class InputResolver: Sendable {
         } else {
             missing = Array(models.indices)
         }
-        let identities = try await identities(of: missing.map { models[$0].spec.train.inputs }, revision: revision,
+        let identities = try await identities(of: missing.map { models[$0].spec.train?.inputs ?? [] }, revision: revision,
                                               manifestFiles: manifestFiles, dataRoots: manifests.configSpec.dataRoots, hasher: hasher,
                                               changes: changes)
         resolved.add(missing.count, ordering: .relaxed)
         if out.isEmpty { out.reserveCapacity(models.count) }
         for (i, inputs) in zip(missing, identities) {
-            let training = TrainingDescription(spec: models[i].spec.train, inputs: inputs)
-            let model = DesiredModel(manifest: models[i], training: training, fingerprint: Fingerprint.of(training))
+            let model: DesiredModel
+            if let train = models[i].spec.train {
+                let training = TrainingDescription(spec: train, inputs: inputs)
+                model = DesiredModel(manifest: models[i], training: training, fingerprint: Fingerprint.of(training))
+            } else {
+                model = DesiredModel(registryOnly: models[i])
+            }
             if out.count == models.count { out[i] = model } else { out.append(model) }
         }
         lastModels.withLock { $0 = (revision.tree, manifestFiles, out) }
@@ -138,7 +143,7 @@ public final class InputResolver: Sendable {
     /// repository (identified by content, which moves without a commit), or one of its
     /// repository inputs is, or holds, a changed file.
     static func dependsOnChanges(_ model: ModelManifest, _ changes: SourceChanges) -> Bool {
-        for input in model.spec.train.inputs {
+        for input in model.spec.train?.inputs ?? [] {
             switch input {
             case .external: return true
             case .repository(let path):

@@ -14,7 +14,7 @@ private func systemRead(_ fd: Int32, _ buffer: UnsafeMutableRawPointer, _ count:
 /// A metrics file Capstan cannot use. Its message names the file, says why and what to write
 /// instead; whatever it quotes from the file has been scrubbed of secrets and has its control
 /// characters escaped.
-struct MetricsFileError: Error, CustomStringConvertible {
+public struct MetricsFileError: Error, CustomStringConvertible {
     enum Code: String, Sendable {
         case missing, unreadable, notARegularFile, tooLarge, notAnObject, invalidName, duplicateName, secretInName, notANumber
     }
@@ -25,7 +25,7 @@ struct MetricsFileError: Error, CustomStringConvertible {
     /// The errno of a failed system call.
     var cause: Int32?
 
-    var description: String { message }
+    public var description: String { message }
 }
 
 /// The metrics file a step writes (`$CAPSTAN_METRICS_FILE`): one JSON object, UTF-8, at most
@@ -34,11 +34,11 @@ struct MetricsFileError: Error, CustomStringConvertible {
 ///
 /// It is read without following a symlink and only when it is a regular file (a FIFO is never
 /// opened for a blocking read, a device never read from), at most 1 MiB + 1 bytes.
-enum MetricsFile {
+public enum MetricsFile {
     static let limit = 1 << 20
     static let example = #"{"accuracy": 0.93}"#
 
-    static func read(_ path: String, required: Bool, scrubber: SecretScrubber) throws -> [String: Double] {
+    public static func read(_ path: String, required: Bool, scrubber: SecretScrubber) throws -> [String: Double] {
         guard let data = try load(path, required: required) else { return [:] }
         return try parse(data, path: path, scrubber: scrubber)
     }

@@ -90,7 +90,7 @@ public struct PlanCache: Sendable {
     /// repository or a URI with a declared version.
     static func isCommitDetermined(_ desired: DesiredState) -> Bool {
         desired.models.allSatisfy { model in
-            model.manifest.spec.train.inputs.allSatisfy { input in
+            (model.manifest.spec.train?.inputs ?? []).allSatisfy { input in
                 if case .external = input { return false }
                 return true
             }

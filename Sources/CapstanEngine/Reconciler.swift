@@ -237,7 +237,7 @@ public final class Reconciler: Sendable {
     /// without a commit.
     static func hasExternalInputs(_ manifests: ManifestSet) -> Bool {
         manifests.models.contains { model in
-            model.spec.train.inputs.contains { if case .external = $0 { return true } else { return false } }
+            (model.spec.train?.inputs ?? []).contains { if case .external = $0 { return true } else { return false } }
         }
     }
 
@@ -468,17 +468,21 @@ public final class Reconciler: Sendable {
         var registryUnchanged: Bool { read.generation != nil && read.generation == prepared.generation }
         // What the first round made possible (archiving a version an alias just left, a `latest`
         // move to a version just validated) is done in the same pass, so that a second apply
-        // right after has nothing to do. Only bookkeeping entries; never a training.
+        // right after has nothing to do. Only bookkeeping entries; never a training. The gates
+        // of a registry-only model's versions (metrics only, no command) count as bookkeeping:
+        // a model it has just taken over in MLflow shows its versions only once registered.
         var followUps: [PlanEntry] = []
         let bookkeeping: Set<PlanAction> = [.moveAlias, .deleteAlias, .archiveVersions, .updateModel]
+        let registryOnly = Set(desired.models.filter(\.isRegistryOnly).map(\.name))
         // A model with a failed entry gets no follow-ups (its failure is for the next pass to
         // look at); the others do.
         var failedModels = Set<String>()
         for entry in modelEntries.entries where outcomes[entry.id]?.isFailure == true { failedModels.insert(entry.name) }
-        for round in 1...2 where !registryUnchanged {
+        for round in 1...3 where !registryUnchanged {
             let next = planAgain(afterModels, read)
             let entries = next.entries.filter { entry in
-                bookkeeping.contains(entry.action) && !failedModels.contains(entry.name)
+                (bookkeeping.contains(entry.action) || (entry.action == .validate && registryOnly.contains(entry.name)))
+                    && !failedModels.contains(entry.name)
                     && entry.dependsOn.allSatisfy { id in next.entries.first { $0.id == id } == nil }
             }
             if entries.isEmpty { break }

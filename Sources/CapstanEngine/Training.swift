@@ -223,7 +223,7 @@ enum StepEnvironment {
     static func checkLengths(_ models: [DesiredModel], reconciler: [String: String]) throws(ShortSecrets) {
         var problems: [ShortSecrets.Problem] = []
         for model in models {
-            for (name, source) in model.manifest.spec.train.secretEnv.sorted(by: { $0.key < $1.key }) {
+            for (name, source) in model.manifest.spec.stepSettings.secretEnv.sorted(by: { $0.key < $1.key }) {
                 if let value = reconciler[source], value.count < SecretScrubber.minimumLength {
                     problems.append(.init(model: model.name, name: name, source: source, length: value.count))
                 }
@@ -250,7 +250,7 @@ struct Training {
 
     var registry: any Registry { context.registry }
     var name: String { model.name }
-    var spec: TrainSpec { model.manifest.spec.train }
+    var spec: TrainSpec { model.manifest.spec.stepSettings }
 
     /// The exit status a training uses to say "not now" (sysexits.h EX_TEMPFAIL).
     static let temporaryFailureStatus: Int32 = 75

@@ -19,16 +19,20 @@ struct Validation {
         guard version.status == .trained else {
             return .skipped("v\(number) is \(version.status.rawValue), not waiting for validation")
         }
-        guard let digest = version.artifactDigest else {
+        // A changed artifact blocks the version's use: it is never validated from altered files.
+        // A version registered outside Capstan (registry-only model) may have no digest yet:
+        // its gates read only its metrics, and its files are checked when they are downloaded.
+        var artifact: String?
+        if let digest = version.artifactDigest {
+            artifact = try await context.artifacts.open(digest: digest)
+        } else if !model.isRegistryOnly {
             return .failed(ReconcileFailure(.terminal, .artifactChanged, "v\(number) has no artifact; it cannot be validated"))
         }
-        // A changed artifact blocks the version's use: it is never validated from altered files.
-        let artifact = try await context.artifacts.open(digest: digest)
 
         let spec = model.manifest.spec.validate
         var metrics = version.metrics
         var results: [GateResult] = []
-        if let spec, let command = spec.command {
+        if let spec, let command = spec.command, let artifact {
             let (result, extra) = try await runCommand(command, spec: spec, version: version, artifact: artifact)
             results.append(result)
             metrics.merge(extra) { _, new in new }
@@ -56,6 +60,9 @@ struct Validation {
             Failpoint.hit("validate.after-update")
         }
         if passed { return .done("v\(number) validated: \(summary)") }
+        // A version registered outside Capstan that fails the gates is kept from the aliases:
+        // Capstan did its job, nothing needs fixing in Git.
+        if model.isRegistryOnly { return .done("v\(number) rejected (registered outside Capstan; no alias will point at it): \(summary)") }
         return .failed(ReconcileFailure(.terminal, .gateFailed, "v\(number) rejected: \(summary)"))
     }
 
@@ -67,7 +74,7 @@ struct Validation {
     /// the next pass, as for a training.
     func runCommand(_ command: [String], spec: ValidateSpec, version: ModelVersion, artifact: String) async throws -> (GateResult, [String: Double]) {
         let gate = "command \(command.joined(separator: " "))"
-        let train = model.manifest.spec.train
+        let train = model.manifest.spec.stepSettings
         let workspace = StepWorkspace(workFolder: context.workFolder, model: name, version: version.number, label: "validate")
         let runID = UUID().uuidString.lowercased()
         let store = context.store
@@ -96,7 +103,7 @@ struct Validation {
 
     func runStep(_ command: [String], gate: String, spec: ValidateSpec, version: ModelVersion, artifact: String,
                     workspace: StepWorkspace, workdir: String, run base: StepRun, journalID: Int64) async throws -> (GateResult, [String: Double]) {
-        let train = model.manifest.spec.train
+        let train = model.manifest.spec.stepSettings
         let store = context.store
         let paths = StepWorkspace.paths(workdir: workdir, inputs: train.inputs)
         let sources = try await StepWorkspace.Sources.locate(paths, commit: plan.commit, source: context.source)

@@ -125,6 +125,15 @@ extension MLflowClient {
         }
     }
 
+    /// Where the version's files are stored (`model-versions/get-download-uri`): its `source`
+    /// resolved, for example `models:/m-…` (MLflow 3's logged models) or `runs:/<run>/model` to
+    /// the `mlflow-artifacts:` location the server proxies.
+    public func downloadURI(name: String, version: Int) async throws -> String {
+        struct Answer: Decodable { var artifact_uri: String }
+        return try await get("model-versions/get-download-uri", [("name", name), ("version", String(version))], as: Answer.self,
+                             operation: "get where the files of version \(version) of '\(name)' are").artifact_uri
+    }
+
     /// Sets the version's description; returns the version.
     @discardableResult
     public func updateModelVersion(name: String, version: Int, description: String) async throws -> MLflowModelVersion {

@@ -14,7 +14,9 @@ import Synchronization
 ///   (`RegistrySnapshot.attempts`).
 /// - Capstan's state of a version is in its tags: `capstan.fingerprint`, `capstan.status`
 ///   (`trained`, `validated`, `rejected`), `capstan.gates`, `capstan.metrics`, … Versions
-///   without `capstan.fingerprint` were not made by Capstan and are left out.
+///   without `capstan.fingerprint` were not made by Capstan: drift for a model Capstan trains,
+///   left as they are; the versions of a registry-only model (no `spec.train`), which Capstan
+///   judges on their run's metrics and then tags with its verdict.
 /// - Registered models Capstan manages carry `capstan.managed = true`; others are not read.
 /// - MLflow keeps no history of aliases: Capstan's state does, with the tags Capstan wrote on
 ///   its versions and the drift it adopted (`RegistryLedgerStore`). What Capstan decides from is
@@ -120,12 +122,15 @@ public final class MLflowRegistry: Registry {
         var external = ExternalRegistryState(ledger: record)
         for v in try await client.searchModelVersions(filter: nil, pageSize: 10_000) where names.contains(v.name) {
             let tags = v.tags.dictionary
-            guard tags[Tag.fingerprint] != nil || record.versions[v.name]?[v.version] != nil else {
+            let recorded = record.versions[v.name]?[v.version]
+            if tags[Tag.fingerprint] != nil || recorded != nil {
+                external.versionTags[v.name, default: [:]][v.version] = Self.capstanTags(tags)
+            } else {
+                // Made outside Capstan and never judged by it: drift for a model Capstan trains, a
+                // candidate for a registry-only one (judged on its run's metrics).
                 external.foreignVersions[v.name, default: []].append(v.version)
-                continue
             }
-            external.versionTags[v.name, default: [:]][v.version] = Self.capstanTags(tags)
-            if let version = Self.version(v, recorded: record.versions[v.name]?[v.version]) {
+            if let version = try await mapped(v, recorded: recorded) {
                 versions[v.name, default: []].append(version)
             }
         }
@@ -226,13 +231,28 @@ public final class MLflowRegistry: Registry {
 
     public func versions(of model: String) async throws -> [ModelVersion] {
         let recorded = try await ledger.ledger().versions[model] ?? [:]
-        return try await client.searchModelVersions(filter: try MLflowFilter.name(equals: model))
-            .compactMap { Self.version($0, recorded: recorded[$0.version]) }.sorted { $0.number < $1.number }
+        var out: [ModelVersion] = []
+        for v in try await client.searchModelVersions(filter: try MLflowFilter.name(equals: model)) {
+            if let version = try await mapped(v, recorded: recorded[v.version]) { out.append(version) }
+        }
+        return out.sorted { $0.number < $1.number }
     }
 
     public func version(of model: String, number: Int) async throws -> ModelVersion? {
         guard let v = try await client.modelVersion(name: model, version: number) else { return nil }
-        return Self.version(v, recorded: try await ledger.ledger().versions[model]?[number])
+        return try await mapped(v, recorded: try await ledger.ledger().versions[model]?[number])
+    }
+
+    /// `version(_:recorded:run:)`, with the metrics and params of its run for a version made
+    /// outside Capstan that Capstan has not judged (one request; a judged one carries the
+    /// metrics it was judged on in `capstan.metrics`).
+    func mapped(_ v: MLflowModelVersion, recorded: [String: String]?) async throws -> ModelVersion? {
+        var run: MLflowRun?
+        if v.tags.dictionary[Tag.fingerprint] == nil, recorded?[Tag.metrics] == nil, v.status == .ready,
+           let id = v.runID, !id.isEmpty {
+            run = try await client.run(id: id)
+        }
+        return Self.version(v, recorded: recorded, run: run)
     }
 
     public func version(of model: String, fingerprint: String) async throws -> ModelVersion? {
@@ -301,10 +321,9 @@ public final class MLflowRegistry: Registry {
         guard let current = try await client.modelVersion(name: model, version: number) else {
             throw RegistryError.versionNotFound(model: model, number: number)
         }
+        // A version made outside Capstan is changed only for a registry-only model, whose
+        // versions the planner judges (its verdict, and the digest of its files once downloaded).
         let known = try await ledger.ledger().versions[model]?[number]
-        guard current.tags.dictionary[Tag.fingerprint] != nil || known != nil else {
-            throw MLflowRegistryError(message: "version \(number) of '\(model)' was not made by Capstan (it has no \(Tag.fingerprint) tag); Capstan does not change it")
-        }
         var tags: [(String, String)] = []
         if let status = update.status { tags.append((Tag.status, status.rawValue)) }
         if let metrics = update.metrics, let text = Self.json(metrics) { tags.append((Tag.metrics, text)) }
@@ -317,24 +336,31 @@ public final class MLflowRegistry: Registry {
                 tags.append(("capstan.gate.\(i + 1)", String("\(r.passed ? "passed" : "failed"): \(r.gate): \(r.detail)".prefix(Self.maxVersionTagValue))))
             }
         }
+        if let digest = update.artifactDigest { tags.append((Tag.artifactDigest, digest)) }
         if let archivedAt = update.archivedAt { tags.append((Tag.archivedAt, String(archivedAt))) }
         if let attempts = update.attempts { tags.append((Tag.attempts, String(attempts))) }
         for (key, value) in (update.tags ?? [:]).sorted(by: { $0.key < $1.key }) { tags.append((key, value)) }
         for (key, value) in tags {
             try await client.setModelVersionTag(name: model, version: number, key: key, value: value)
         }
-        if let results = update.gateResults {
+        // The verdict in the description, unless someone else wrote one (a version registered
+        // outside Capstan keeps its author's).
+        if let results = update.gateResults, (current.description ?? "").isEmpty || current.description!.hasPrefix(Self.descriptionPrefix) {
             let summary = results.isEmpty ? "no gates" : results.map { "\($0.passed ? "✓" : "✗") \($0.gate): \($0.detail)" }.joined(separator: "\n")
             let status = results.allSatisfy(\.passed) ? "validated" : "rejected"
             _ = try await client.updateModelVersion(name: model, version: number,
-                                                    description: String("Capstan: \(status)\n\(summary)".prefix(Self.maxVersionTagValue)))
+                                                    description: String("\(Self.descriptionPrefix)\(status)\n\(summary)".prefix(Self.maxVersionTagValue)))
         }
-        // Metrics a validation command added are logged on the run too, where the UI shows them.
-        if let metrics = update.metrics, let run = current.runID, !metrics.isEmpty {
+        // Metrics a validation command added are logged on the run too, where the UI shows them
+        // (only those the run does not hold already).
+        if let metrics = update.metrics, let runID = current.runID, !runID.isEmpty, !metrics.isEmpty,
+           let run = try await client.run(id: runID) {
+            let held = run.data.metricValues
             let time = now()
-            try await client.logBatch(runID: run, metrics: metrics.sorted { $0.key < $1.key }.map {
-                MLflowMetric(key: $0.key, value: $0.value, timestamp: time)
-            })
+            let added = metrics.filter { held[$0.key] != $0.value }.sorted { $0.key < $1.key }
+            if !added.isEmpty {
+                try await client.logBatch(runID: runID, metrics: added.map { MLflowMetric(key: $0.key, value: $0.value, timestamp: time) })
+            }
         }
         guard let after = try await client.modelVersion(name: model, version: number) else {
             throw RegistryError.versionNotFound(model: model, number: number)
@@ -343,7 +369,7 @@ public final class MLflowRegistry: Registry {
         var recorded = known ?? Self.capstanTags(current.tags.dictionary)
         for (key, value) in tags where key.hasPrefix("capstan.") { recorded[key] = value }
         try await ledger.recordVersion(model: model, number: number, tags: recorded)
-        guard let updated = Self.version(after, recorded: recorded) else { throw RegistryError.versionNotFound(model: model, number: number) }
+        guard let updated = try await mapped(after, recorded: recorded) else { throw RegistryError.versionNotFound(model: model, number: number) }
         return updated
     }
 
@@ -505,14 +531,16 @@ public final class MLflowRegistry: Registry {
         guard let v = try await client.modelVersion(name: model, version: number) else {
             throw RegistryError.versionNotFound(model: model, number: number)
         }
-        guard let source = v.source else {
+        guard var source = v.source, !source.isEmpty else {
             throw MLflowRegistryError(message: "version \(number) of '\(model)' has no source in MLflow; its files cannot be downloaded")
         }
+        // `models:/m-…` (a logged model), `runs:/<run>/…`: where the server stores them.
+        if !source.hasPrefix("mlflow-artifacts:") { source = try await client.downloadURI(name: model, version: number) }
         let location: MLflowArtifactLocation
         do {
             location = try MLflowArtifactLocation(artifactURI: source)
         } catch {
-            throw MLflowRegistryError(message: "version \(number) of '\(model)' has its files at \(source), which the MLflow server does not serve through its artifact proxy (\(error)); Capstan downloads only mlflow-artifacts: sources")
+            throw MLflowRegistryError(message: "version \(number) of '\(model)' has its files at \(source), which the MLflow server does not serve through its artifact proxy (\(error)); Capstan downloads only what the server proxies (mlflow-artifacts:, the default of mlflow server)")
         }
         _ = try await client.downloadArtifacts(from: location, into: folder)
         return true
@@ -553,14 +581,31 @@ public final class MLflowRegistry: Registry {
                                createdAt: m.creationTimestamp ?? 0, updatedAt: m.lastUpdatedTimestamp ?? m.creationTimestamp ?? 0)
     }
 
-    /// A version Capstan made, as the port has it; nil for versions of others' making (no
-    /// fingerprint) and for a registration that failed.
-    static func version(_ v: MLflowModelVersion, recorded: [String: String]?) -> ModelVersion? {
+    /// The start of the description Capstan writes on a version it judged.
+    static let descriptionPrefix = "Capstan: "
+
+    /// A version as the port has it; nil for a registration that failed.
+    ///
+    /// A version made outside Capstan (no `capstan.fingerprint`: another pipeline, a notebook)
+    /// has the fingerprint `mlflow-run:<run>` (`mlflow-version:<n>` without a run) and no
+    /// commit; until Capstan judges it, it is `trained` once `READY` (`training` while
+    /// `PENDING_REGISTRATION`), with the metrics and params of `run`.
+    static func version(_ v: MLflowModelVersion, recorded: [String: String]?, run: MLflowRun? = nil) -> ModelVersion? {
         // Capstan's record when it has one (MLflow's tags may have been edited: that is drift).
         let tags = v.tags.dictionary.filter { !$0.key.hasPrefix("capstan.") }.merging(recorded ?? Self.capstanTags(v.tags.dictionary)) { _, r in r }
-        guard let fingerprint = tags[Tag.fingerprint], v.status != .failedRegistration else { return nil }
-        let status = tags[Tag.status].flatMap(VersionStatus.init(rawValue:)) ?? .trained
+        guard v.status != .failedRegistration else { return nil }
+        let fingerprint: String
+        let status: VersionStatus
+        if let own = tags[Tag.fingerprint] {
+            fingerprint = own
+            status = tags[Tag.status].flatMap(VersionStatus.init(rawValue:)) ?? .trained
+        } else {
+            fingerprint = v.runID.flatMap { $0.isEmpty ? nil : "mlflow-run:\($0)" } ?? "mlflow-version:\(v.version)"
+            status = v.status == .ready ? tags[Tag.status].flatMap(VersionStatus.init(rawValue:)) ?? .trained : .training
+        }
         let source = v.source
+        let runMetrics = run?.data.metricValues ?? [:]
+        let runParams = run.map { Dictionary($0.data.params.map { ($0.key, $0.value) }, uniquingKeysWith: { _, last in last }) } ?? [:]
         return ModelVersion(
             model: v.name, number: v.version, status: status, fingerprint: fingerprint, commit: tags[Tag.commit],
             artifactDigest: tags[Tag.artifactDigest], artifactLocation: source, logTail: nil,
@@ -571,8 +616,8 @@ public final class MLflowRegistry: Registry {
                 func decode<T: Decodable>(_ type: T.Type, _ key: String) -> T? {
                     tags[key].flatMap { try? decoder.decode(T.self, from: Data($0.utf8)) }
                 }
-                let params = (decode([String: String].self, Tag.params) ?? [:]).mapValues(ParamValue.string)
-                return VersionDetails(params: params, metrics: decode([String: Double].self, Tag.metrics) ?? [:],
+                let params = (decode([String: String].self, Tag.params) ?? runParams).mapValues(ParamValue.string)
+                return VersionDetails(params: params, metrics: decode([String: Double].self, Tag.metrics) ?? runMetrics,
                                       gateResults: decode([GateResult].self, Tag.gateResults) ?? [],
                                       tags: tags.filter { !isReserved($0.key) })
             })

@@ -221,6 +221,7 @@ enum Build {
 
     /// The spec, and for each typed input the index it was written at.
     static func model(_ n: YAMLNode?) -> (ModelSpec, [Int]) {
+        // No `train`: a registry-only model (`null` is an invalid value, reported by the schema).
         let t = n?["train"]
         var train = TrainSpec(command: Read.argv(t?["command"]) ?? [])
         train.workdir = Read.repoPath(t?["workdir"]) ?? ""
@@ -238,7 +239,7 @@ enum Build {
         train.secretEnv = Read.stringMap(t?["secretEnv"])
         train.timeout = Read.duration(t?["timeout"]) ?? TrainSpec.defaultTimeout
 
-        var spec = ModelSpec(description: Read.string(n?["description"]), train: train)
+        var spec = ModelSpec(description: Read.string(n?["description"]), train: t == nil ? nil : train)
         if let v = n?["validate"], v.mappingPairs != nil || v.isNull {
             var validate = ValidateSpec()
             for (k, g) in v["metrics"]?.mappingPairs ?? [] {

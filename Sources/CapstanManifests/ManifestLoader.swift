@@ -436,8 +436,8 @@ public struct ManifestLoader: Sendable {
         var paths: [String] = []
         paths.reserveCapacity(models.count * 3)
         for model in models {
-            for case .repository(let path) in model.spec.train.inputs { paths.append(path) }
-            for dir in [model.spec.train.workdir, model.spec.validate?.workdir, model.spec.serve?.workdir] {
+            for case .repository(let path) in model.spec.train?.inputs ?? [] { paths.append(path) }
+            for dir in [model.spec.train?.workdir, model.spec.validate?.workdir, model.spec.serve?.workdir] {
                 if let dir, !dir.isEmpty { paths.append(dir) }
             }
         }
@@ -451,7 +451,7 @@ public struct ManifestLoader: Sendable {
         for model in models {
             let origin = model.origin
             let train = model.spec.train
-            for (i, input) in train.inputs.enumerated() {
+            for (i, input) in (train?.inputs ?? []).enumerated() {
                 // Built only when there is something to report.
                 var field: String {
                     let item = origin.itemPath("spec.train.inputs", i)
@@ -483,7 +483,7 @@ public struct ManifestLoader: Sendable {
             // Only workdirs that were written and valid (the others were reported already; an
             // empty workdir is the root).
             let workdirs: [(String, String?)] = [
-                ("spec.train.workdir", train.workdir),
+                ("spec.train.workdir", train?.workdir),
                 ("spec.validate.workdir", model.spec.validate?.workdir),
                 ("spec.serve.workdir", model.spec.serve?.workdir),
             ]

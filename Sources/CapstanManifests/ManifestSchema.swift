@@ -207,14 +207,29 @@ public enum ManifestSchema {
 
     static let modelSpec = ObjectSchema(id: "ModelSpec", doc: "A registered model and how to produce its versions.", fields: [
         FieldSpec("description", .string(.any), doc: "What the model does, shown in status and the registry.", example: "Predicts churn in the next 30 days."),
-        FieldSpec("train", .object(train), required: true, doc: "The training step.", example: "{command: [python3, train.py]}"),
-        FieldSpec("validate", .object(validate), doc: "Validation gates. Without it every trained version is valid.", example: "{metrics: {accuracy: {min: 0.9}}}"),
+        FieldSpec("train", .object(train),
+                  doc: "The training step. Without it the model is registry-only: its versions are registered outside Capstan (another pipeline, a notebook, `capstan register`) and judged on their metrics by the gates.",
+                  example: "{command: [python3, train.py]}"),
+        FieldSpec("validate", .object(validate), doc: "Validation gates. Without it every version is valid.", example: "{metrics: {accuracy: {min: 0.9}}}"),
         FieldSpec("serve", .object(serve), doc: "How to serve a version. Required for models that a Deployment uses.", example: "{command: [python3, serve.py]}"),
         FieldSpec("aliases", .map(keys: .aliasName, values: .aliasTarget), default: "{}",
                   doc: "Alias → a version number (promotion by pull request) or `latest` (the newest validated version). Never part of the fingerprint.",
                   example: "{champion: 7, candidate: latest}"),
         FieldSpec("retention", .object(retention), doc: "Version retention. Without it, nothing is archived.", example: "{keepVersions: 10}"),
     ], check: { node, owner, ctx, path in
+        if node.mappingPairs != nil, node["train"] == nil {
+            // Registry-only: Capstan judges versions it did not make on their metrics only.
+            if let command = node["validate"]?["command"] {
+                ctx.error(.registryOnlyUnsupported,
+                          "\(path).validate.command is set, but the model has no \(path).train: Capstan does not run a validation command on versions registered outside Capstan (it judges them on their metrics)",
+                          command, length: 1, hint: "remove validate.command and gate on metrics the versions' runs record, or add spec.train so that Capstan trains the model")
+            }
+            if let retention = node["retention"] {
+                ctx.error(.registryOnlyUnsupported,
+                          "\(path).retention is set, but the model has no \(path).train: Capstan does not archive versions registered outside Capstan",
+                          retention, length: 1, hint: "remove retention (delete old versions with the registry's own tools), or add spec.train")
+            }
+        }
         guard let against = node["validate"]?["noRegressionAgainst"], let alias = against.scalar else { return }
         let declared = node["aliases"]?.mappingPairs?.compactMap { $0.key.scalar } ?? []
         if !declared.contains(alias) {

@@ -264,7 +264,7 @@ struct GoldenCase {
                 try await registry.upsertModel(name: model.name, description: spec.description, labels: model.manifest.metadata.labels)
                 let metrics = state.seedMetrics?[model.name] ?? ["accuracy": 0.91]
                 let v = try await registry.createVersion(NewVersion(model: model.name, fingerprint: model.fingerprint, commit: before.commit,
-                                                                    params: spec.train.params, status: .training, training: model.training))
+                                                                    params: spec.train?.params ?? [:], status: .training, training: model.training))
                 try await registry.updateVersion(model: model.name, number: v.number, VersionUpdate(
                     status: .trained, metrics: metrics, artifactDigest: Self.digest(model.name, v.number),
                     artifactLocation: "artifacts/\(Self.digest(model.name, v.number))", logTail: ""))
@@ -291,11 +291,11 @@ struct GoldenCase {
             switch v.commit {
             case nil: commit = specAt.commit
             case let ref? where ref.hasPrefix("@"): commit = try at(ref, for: what).commit
-            case let literal?: commit = literal
+            case let literal?: commit = literal.isEmpty ? nil : literal
             }
             let manifest = specAt.model(v.model)?.manifest ?? (before ?? after).model(v.model)?.manifest
             let created = try await registry.createVersion(NewVersion(model: v.model, fingerprint: fingerprint, commit: commit,
-                                                                      params: manifest?.spec.train.params ?? [:], status: .training,
+                                                                      params: manifest?.spec.train?.params ?? [:], status: .training,
                                                                       training: training))
             guard created.number == v.number else {
                 throw GoldenError("\(name): \(what): the registry numbered it v\(created.number); list versions in order, after the seeded ones")

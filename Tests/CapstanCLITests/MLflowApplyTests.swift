@@ -547,6 +547,90 @@ import CapstanServer
     /// examples/mlflow-sklearn as a user runs it: a scikit-learn model saved as an MLflow model,
     /// registered in MLflow, served by `mlflow models serve` through the serving agent, and a
     /// better version rolled out by canary; MLflow's own client loads champion.
+    /// A team that trains in notebooks: versions made with MLflow's Python client (plain files
+    /// from a run, and an `mlflow.sklearn.log_model` logged model), taken over by a Model without
+    /// `spec.train`, judged on their runs' metrics, promoted and served.
+    @Test func registryOnlyVersionsMadeWithThePythonClientAreJudgedPromotedAndServed() async throws {
+        let server = try await MLflowServer.shared()
+        let temp = try TempDir()
+        let model = Self.uniqueName("notebook")
+        let agent = try ServeApplyTests.Agent(state: temp.sub("agent").path, log: temp.sub("agent.log"))
+        defer { agent.stop() }
+        let repo = try Self.repository(temp, server: server, model: model, agent: agent)
+        try RegistryOnlyTests.registryOnly(repo)
+        let notebook = """
+            import json, sys
+            import mlflow
+            from mlflow import MlflowClient
+            name, kind, folder, accuracy = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
+            mlflow.set_experiment("notebooks/" + name)
+            client = MlflowClient()
+            with mlflow.start_run() as run:
+                mlflow.log_metrics({"accuracy": accuracy, "log_loss": 0.4})
+                if kind == "files":
+                    mlflow.log_artifacts(folder, "model")
+                else:
+                    from sklearn.linear_model import LogisticRegression
+                    mlflow.sklearn.log_model(LogisticRegression().fit([[0], [1]], [0, 1]), name="model")
+            if kind == "files":
+                try:
+                    client.create_registered_model(name)
+                except Exception:
+                    pass
+                v = client.create_model_version(name, source=f"{run.info.artifact_uri}/model", run_id=run.info.run_id)
+            else:
+                v = mlflow.register_model(f"runs:/{run.info.run_id}/model", name)
+            print(json.dumps({"version": int(v.version), "source": v.source}))
+            """
+        let v1 = try RegistryOnlyTests.trainElsewhere(repo, temp, "v1", epochs: 20, metrics: "{}")
+        let first = try await Self.judge(server, notebook, [model, "files", v1.artifact, "0.8"])
+        #expect(first["version"] as? Int == 1)
+        let second = try await Self.judge(server, notebook, [model, "sklearn", "-", "0.5"])
+        #expect((second["source"] as? String)?.hasPrefix("models:/") == true, "\(second)")
+
+        // One pass takes the registered model over, judges both versions and serves v1.
+        let state = temp.sub("state").path
+        let apply = try CLI.run(["apply", "--repo", repo.path, "--state-dir", state])
+        #expect(apply.status == 0, "\(apply.stdout)\n\(apply.stderr)")
+        #expect(apply.stdout.contains("\(model): validate done: v1 validated"), "\(apply.stdout)")
+        #expect(apply.stdout.contains("\(model): move-alias done: champion: unset → v1"), "\(apply.stdout)")
+        #expect(apply.stdout.contains("v2 rejected (registered outside Capstan; no alias will point at it): accuracy >= 0.65 (accuracy = 0.5)"),
+                "\(apply.stdout)")
+        #expect(apply.stderr.contains("downloaded the files of v1 of \(model) from the registry into the artifact store"), "\(apply.stderr)")
+        var polls = 0
+        while agent.predict().0 != 200 && polls < 200 { usleep(100_000); polls += 1 }
+        #expect(agent.predict() == (200, "1"))
+
+        // MLflow's client sees the alias and the verdicts; the versions keep their own runs.
+        let seen = try await Self.judge(server, """
+            import json, sys
+            from mlflow import MlflowClient
+            c = MlflowClient()
+            name = sys.argv[1]
+            v = {int(x.version): x for x in c.search_model_versions(f"name = '{name}'")}
+            print(json.dumps({"champion": int(c.get_model_version_by_alias(name, "champion").version),
+                              "status": {k: x.tags.get("capstan.status") for k, x in v.items()},
+                              "fingerprint": [k for k, x in v.items() if "capstan.fingerprint" in x.tags],
+                              "digest": v[1].tags.get("capstan.artifact_digest", "")}))
+            """, [model])
+        #expect(seen["champion"] as? Int == 1)
+        #expect(seen["status"] as? [String: String] == ["1": "validated", "2": "rejected"], "\(seen)")
+        #expect((seen["fingerprint"] as? [Int])?.isEmpty == true, "Capstan never claims a version it did not make")
+        #expect((seen["digest"] as? String)?.hasPrefix("sha256:") == true, "\(seen)")
+
+        let again = try CLI.run(["plan", "--repo", repo.path, "--state-dir", state])
+        #expect(again.stdout.contains("No changes."), "\(again.stdout)")
+
+        // A better notebook version rolls out by canary.
+        let v3 = try RegistryOnlyTests.trainElsewhere(repo, temp, "v3", epochs: 200, metrics: "{}")
+        #expect(try await Self.judge(server, notebook, [model, "files", v3.artifact, "0.9"])["version"] as? Int == 3)
+        let rollout = try ServeApplyTests.applyUntil(repo, state: state, agent: agent) { $0.stdout.contains("churn-prod: promote done") }
+        let text = rollout.map(\.stdout).joined()
+        #expect(text.contains("\(model): move-alias done: champion: v1 → v3"), "\(text)")
+        #expect(text.contains("churn-prod: promote done"), "\(text)")
+        #expect(agent.predict() == (200, "3"))
+    }
+
     @Test func theSklearnExampleTrainsServesAndRollsOutACanary() async throws {
         let server = try await MLflowServer.shared()
         let temp = try TempDir()

@@ -60,7 +60,7 @@ struct GitManifestSourceTests {
         let (result, _) = try await loadCommit(opened, "main", cache: cache)
         #expect(result.parsedFileCount == 1)
         #expect(result.fileCount == 3)
-        #expect(result.manifests.models.first?.spec.train.params["learning_rate"] != nil)
+        #expect(result.manifests.models.first?.spec.train?.params["learning_rate"] != nil)
         #expect(result.diagnostics.isEmpty)
     }
 

@@ -104,7 +104,7 @@ struct GitSourceRepositoryTests {
         #expect(revision.commit == third)
         let result = try await load(repository, revision)
         #expect(result.diagnostics.isEmpty, "\(result.diagnostics.map(\.message))")
-        #expect(result.manifests.models.first?.spec.train.params["learning_rate"] == .double(0.05))
+        #expect(result.manifests.models.first?.spec.train?.params["learning_rate"] == .double(0.05))
         #expect(await repository.opens == 1)
         #expect(try await repository.recoverDamagedMirror() == false)
         #expect(await repository.opens == 1)
@@ -322,7 +322,7 @@ extension Remote {
             #expect(fetched.summary == "second")
             #expect(try await repository.resolve(nil, fetch: false).commit == second, "the remote's default branch")
             let result = try await load(repository, fetched)
-            #expect(result.manifests.models.first?.spec.train.params["learning_rate"] == .double(0.3))
+            #expect(result.manifests.models.first?.spec.train?.params["learning_rate"] == .double(0.3))
             #expect(await repository.opens == 1)
             #expect(f.sourcesEntries.count == 1)
         }

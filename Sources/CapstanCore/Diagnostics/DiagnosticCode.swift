@@ -39,6 +39,8 @@ public enum DiagnosticCode: String, Sendable, Codable, CaseIterable {
     case undeclaredAlias = "undeclared-alias"
     case invalidAliasTarget = "invalid-alias-target"
     case versionOrAlias = "version-or-alias"
+    /// A setting a registry-only model (no `spec.train`) cannot have.
+    case registryOnlyUnsupported = "registry-only-unsupported"
 
     // Paths
     case emptyPath = "empty-path"

@@ -54,7 +54,7 @@ public enum DesiredStateDiff {
         var inputsByModel: [String: [String]] = [:]
         for model in headModels {
             var hits: [String] = []
-            for case .repository(let input) in model.spec.train.inputs
+            for case .repository(let input) in model.spec.train?.inputs ?? []
             where dataChanges.contains(where: { RepoPath.isInside($0, input) }) {
                 hits.append(input.isEmpty ? "." : input)
             }

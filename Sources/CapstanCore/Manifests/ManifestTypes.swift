@@ -248,7 +248,10 @@ public struct Policy: Hashable, Sendable, Codable {
 
 public struct ModelSpec: Hashable, Sendable, Codable {
     public var description: String?
-    public var train: TrainSpec
+    /// How Capstan trains the model's versions; nil for a registry-only model, whose versions are
+    /// registered outside Capstan (another pipeline, a notebook, `capstan register`) and judged
+    /// by Capstan on their metrics.
+    public var train: TrainSpec?
     public var validate: ValidateSpec?
     public var serve: ServeSpec?
     /// Aliases in the order they were written.
@@ -256,7 +259,7 @@ public struct ModelSpec: Hashable, Sendable, Codable {
     public var retention: RetentionSpec?
 
     public init(
-        description: String? = nil, train: TrainSpec, validate: ValidateSpec? = nil, serve: ServeSpec? = nil,
+        description: String? = nil, train: TrainSpec?, validate: ValidateSpec? = nil, serve: ServeSpec? = nil,
         aliases: [AliasPin] = [], retention: RetentionSpec? = nil
     ) {
         self.description = description
@@ -270,6 +273,13 @@ public struct ModelSpec: Hashable, Sendable, Codable {
     public func alias(named name: String) -> AliasPin? {
         aliases.first { $0.name == name }
     }
+
+    /// Whether Capstan does not train this model: its versions are registered outside Capstan.
+    public var isRegistryOnly: Bool { train == nil }
+
+    /// The training settings the model's steps run with (environment, secrets, workdir): none
+    /// (an empty command, no env, no secrets) for a registry-only model.
+    public var stepSettings: TrainSpec { train ?? TrainSpec(command: []) }
 }
 
 public struct TrainSpec: Hashable, Sendable, Codable {

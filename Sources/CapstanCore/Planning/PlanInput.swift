@@ -13,6 +13,17 @@ public struct DesiredModel: Hashable, Sendable {
     }
 
     public var name: String { manifest.metadata.name }
+
+    /// Whether Capstan does not train this model (`ModelSpec.isRegistryOnly`).
+    public var isRegistryOnly: Bool { manifest.spec.train == nil }
+
+    /// A registry-only model: nothing to train, so no training description and no fingerprint
+    /// (`fingerprint` is empty, which no version's fingerprint is).
+    public init(registryOnly manifest: ModelManifest) {
+        precondition(manifest.spec.train == nil, "a model with spec.train has a training fingerprint")
+        self.init(manifest: manifest, training: TrainingDescription(command: [], workdir: "", params: [:], env: [:], secretEnv: [], inputs: []),
+                  fingerprint: "")
+    }
 }
 
 /// The desired state of one commit, ready for the planner.

@@ -179,7 +179,15 @@ private struct ModelPlanner {
          aliases: [String: Int], external: ExternalSlice? = nil, deployed: Set<Int>, policy: Policy, now: Int64, options: PlanOptions) {
         self.desired = desired
         self.registered = registered
-        self.versions = versions
+        // In a registry others write too, versions of others' making that Capstan has not judged
+        // are drift for a model Capstan trains (`planVersionDrift`), and candidates for a
+        // registry-only one.
+        if let external, !desired.isRegistryOnly, !external.foreign.isEmpty {
+            let foreign = Set(external.foreign)
+            self.versions = versions.filter { !foreign.contains($0.number) }
+        } else {
+            self.versions = versions
+        }
         self.attempts = attempts
         self.external = external
         self.aliases = aliases
@@ -194,8 +202,12 @@ private struct ModelPlanner {
 
     mutating func plan() -> [PlanEntry] {
         planMetadata()
-        planTraining()
-        planStrayValidations()
+        if desired.isRegistryOnly {
+            planRegisteredVersions()
+        } else {
+            planTraining()
+            planStrayValidations()
+        }
         planAliases()
         planVersionDrift()
         planRetention()
@@ -336,7 +348,7 @@ private struct ModelPlanner {
             id: id, action: .train, name: name, reason: text, dependsOn: registerID.map { [$0] } ?? [],
             detail: .train(TrainDetail(fingerprint: desired.fingerprint, training: desired.training, reasons: reasons,
                                        version: version, attempt: attempt,
-                                       timeoutMilliseconds: spec.train.timeout.milliseconds))))
+                                       timeoutMilliseconds: (spec.train?.timeout ?? TrainSpec.defaultTimeout).milliseconds))))
         let validate = "\(name)/validate"
         validateID = validate
         entries.append(PlanEntry(
@@ -356,6 +368,35 @@ private struct ModelPlanner {
                 reason: "v\(v.number) was trained but not validated (an interrupted pass); running its gates",
                 dependsOn: dependencies(), detail: .validate(ValidateDetail(version: .number(v.number), gates: gates))))
         }
+    }
+
+    /// A registry-only model's versions that no pass has judged yet (registered since) get their
+    /// gates, evaluated on the metrics the registry holds for them (their run's, in MLflow).
+    mutating func planRegisteredVersions() {
+        for v in versions where v.status == .trained && v.archivedAt == nil {
+            let id = "\(name)/validate/v\(v.number)"
+            validateOthers[v.number] = id
+            entries.append(PlanEntry(
+                id: id, action: .validate, name: name, reason: registeredReason(v),
+                dependsOn: dependencies(), detail: .validate(ValidateDetail(version: .number(v.number), gates: gates))))
+        }
+    }
+
+    /// Why a registered version is judged, with the verdict it will get when the regression
+    /// alias is held by `holder` (nil: by its current holder).
+    func registeredReason(_ v: ModelVersion, holder: Int? = nil) -> String {
+        if gates.isEmpty { return "v\(v.number) was registered outside Capstan; the model has no gates, so it is valid as it is" }
+        let verdict = predictedVerdict(v, holder: holder)
+        return "v\(v.number) was registered outside Capstan; judging it on its metrics (" + (verdict.passed ? "it passes" : "it fails: \(verdict.failed)") + ")"
+    }
+
+    /// The verdict the gates give `version` on the metrics the registry holds for it, against
+    /// `holder` of the regression alias (nil: its current holder): what its validate entry finds.
+    func predictedVerdict(_ version: ModelVersion, holder number: Int? = nil) -> (passed: Bool, failed: String) {
+        let holder = (number ?? spec.validate?.noRegressionAgainst.flatMap { aliases[$0] }).flatMap { n in versions.first { $0.number == n } }
+        let results = Gates.evaluate(spec.validate, candidate: version.number, metrics: version.metrics, holder: holder)
+        let failed = results.filter { !$0.passed }.map { "\($0.gate): \($0.detail)" }.joined(separator: "; ")
+        return (failed.isEmpty, failed)
     }
 
     var gates: [String] { Planner.gateDescriptions(spec.validate) }
@@ -390,8 +431,15 @@ private struct ModelPlanner {
         if let alias = spec.validate?.noRegressionAgainst,
            let move = entries.first(where: { $0.id == "\(name)/alias/\(alias)" }),
            case .moveAlias(let detail) = move.detail, detail.to.number != nil {
-            for i in entries.indices where entries[i].action == .validate && !entries[i].dependsOn.contains(move.id) {
+            // Not the validation the move itself waits for (a registry-only model's `latest`).
+            for i in entries.indices where entries[i].action == .validate && !entries[i].dependsOn.contains(move.id)
+                && !move.dependsOn.contains(entries[i].id) {
                 entries[i].dependsOn.append(move.id)
+                // A registered version is judged against the alias's new holder: say so.
+                if desired.isRegistryOnly, case .validate(let v) = entries[i].detail, let n = v.version.number,
+                   let version = versions.first(where: { $0.number == n }) {
+                    entries[i].reason = registeredReason(version, holder: detail.to.number)
+                }
             }
             // Plan order is execution order: the move goes before the first entry that waits for it.
             if let from = entries.firstIndex(where: { $0.id == move.id }),
@@ -432,7 +480,9 @@ private struct ModelPlanner {
     mutating func planVersionDrift() {
         guard let external else { return }
         let fingerprint = desired.fingerprint
-        let foreign = external.foreign.sorted()
+        // A registry-only model's versions are all made outside Capstan, and deleting them is
+        // its owners' business: only the tags Capstan wrote are watched.
+        let foreign = desired.isRegistryOnly ? [] : external.foreign.sorted()
         if !foreign.isEmpty {
             let found = foreign.map { "v\($0)" }.joined(separator: ", ")
             let adopted = external.adoptions[.foreignVersions]
@@ -452,7 +502,7 @@ private struct ModelPlanner {
                 _ = addDrift(object, text: "the tags Capstan wrote on v\(number) were edited outside Capstan (\(found))", found: found,
                              expected: changed.map { "\($0): \(recorded[$0] ?? "(none)")" }.joined(separator: ", "), spec: fingerprint,
                              revertible: true)
-            } else if !versions.contains(where: { $0.number == number }) {
+            } else if !versions.contains(where: { $0.number == number }), !desired.isRegistryOnly {
                 if let adopted = external.adoptions[object], adopted.value == "deleted", adopted.spec == fingerprint { continue }
                 let own = recorded[ExternalSlice.fingerprintTag] == fingerprint
                 let text = "v\(number), which Capstan registered, was deleted outside Capstan" + (own && policy.drift == .revert
@@ -545,6 +595,11 @@ private struct ModelPlanner {
                     dependsOn: [validation],
                     detail: .moveAlias(AliasMoveDetail(alias: pin.name, target: pin.target, from: current, to: .number(number),
                                                        current: summary(current), candidate: VersionSummary(version)))))
+            } else if version.status == .training && desired.isRegistryOnly {
+                entries.append(PlanEntry(
+                    id: id, action: .wait, name: name,
+                    reason: "alias \(pin.name) is pinned to v\(number), which the registry has not finished registering",
+                    detail: .wait(WaitDetail(until: nil, version: number))))
             } else if version.status == .training && version.fingerprint != desired.fingerprint && options.applyInProgress == nil {
                 // Left `training` by a killed pass of another spec: only that spec trains it (a
                 // pass resumes the version of the spec it reconciles), so nothing ever will here.
@@ -571,6 +626,10 @@ private struct ModelPlanner {
     mutating func planLatest(_ pin: AliasPin) {
         let current = aliases[pin.name]
         let id = "\(name)/alias/\(pin.name)"
+        if desired.isRegistryOnly {
+            planRegisteredLatest(pin)
+            return
+        }
         let newest = Planner.latest(versions, fingerprint: desired.fingerprint)
         if let validateID, let produced = pendingVersion {
             // Moves to the newest validated version once this pass's candidate has been judged.
@@ -609,6 +668,48 @@ private struct ModelPlanner {
                                                current: summary(current), candidate: VersionSummary(newest)))))
     }
 
+    /// `latest` of a registry-only model: the newest version that passes the gates, whether it
+    /// was judged in an earlier pass or is judged in this one (then the move waits for it).
+    mutating func planRegisteredLatest(_ pin: AliasPin) {
+        let current = aliases[pin.name]
+        let id = "\(name)/alias/\(pin.name)"
+        let live = versions.filter { $0.archivedAt == nil }
+        let newest = live.filter { $0.status == .validated || ($0.status == .trained && predictedVerdict($0).passed) }
+            .max { $0.number < $1.number }
+        guard let newest else {
+            // A registered model Capstan takes over in this pass (in MLflow): its versions are
+            // read once it is Capstan's, and judged in this pass's follow-up rounds.
+            if registered == nil, external != nil {
+                entries.append(PlanEntry(
+                    id: id, action: .wait, name: name,
+                    reason: "alias \(pin.name) (latest) waits for the model to be taken over in this pass; its versions are judged then",
+                    dependsOn: dependencies(), detail: .wait(WaitDetail(until: nil, version: nil))))
+                return
+            }
+            let last = live.max { $0.number < $1.number }
+            let why: String
+            switch last?.status {
+            case nil: why = "the model has no versions in the registry yet; register one (with MLflow's client, or capstan register)"
+            case .training?: why = "v\(last!.number), the newest, is not ready in the registry yet"
+            default: why = "no version passes the model's gates (the newest is v\(last!.number))"
+            }
+            entries.append(PlanEntry(
+                id: id, action: .blocked, name: name, reason: "alias \(pin.name) (latest) has nothing to point at: \(why)",
+                detail: .blocked(BlockedDetail(alias: pin.name, version: last?.number, location: location("spec.aliases.\(pin.name)"),
+                                               code: .noValidatedVersion))))
+            return
+        }
+        guard current != newest.number else { return }
+        let judged = validateOthers[newest.number]
+        entries.append(PlanEntry(
+            id: id, action: .moveAlias, name: name,
+            reason: "\(pin.name) follows the newest registered version that passes the gates, v\(newest.number)"
+                + (judged == nil ? "" : " (it moves once v\(newest.number) has passed them in this pass)"),
+            dependsOn: judged.map { [$0] } ?? dependencies(),
+            detail: .moveAlias(AliasMoveDetail(alias: pin.name, target: .latest, from: current, to: .number(newest.number),
+                                               current: summary(current), candidate: VersionSummary(newest)))))
+    }
+
     /// The version this pass trains or validates for the desired fingerprint.
     var pendingVersion: VersionRef? {
         if let trainID { return .produced(by: trainID) }
@@ -619,7 +720,8 @@ private struct ModelPlanner {
     // MARK: Retention
 
     mutating func planRetention() {
-        guard let keep = spec.retention?.keepVersions else { return }
+        // Refused when loading for a registry-only model (its versions are others' to delete).
+        guard let keep = spec.retention?.keepVersions, !desired.isRegistryOnly else { return }
         // Never a version an alias holds or the spec pins, the one `latest` resolves to, or one a
         // Deployment pins or serves.
         var protected = Set(aliases.values).union(deployed)

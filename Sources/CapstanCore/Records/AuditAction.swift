@@ -16,6 +16,10 @@ public enum AuditAction: String, Hashable, Sendable, Codable, CaseIterable {
     case moveAlias = "move-alias"
     case deleteAlias = "delete-alias"
     case archiveVersions = "archive-versions"
+    /// A version registered outside Capstan: the digest of its files, once downloaded.
+    case recordArtifact = "record-artifact"
+    /// A version registered with `capstan register` (files and metrics made elsewhere).
+    case registerVersion = "register-version"
     /// A step or change that a stopped or killed pass left unfinished.
     case interrupted
     // Deployments.
