@@ -36,14 +36,8 @@ die() { echo "bench-mlflow-plan: $*" >&2; exit 1; }
 command -v jq >/dev/null || die "jq is missing (apt-get install jq)"
 export GIT_AUTHOR_NAME=bench GIT_AUTHOR_EMAIL=bench@example.com GIT_COMMITTER_NAME=bench GIT_COMMITTER_EMAIL=bench@example.com
 
-if [ -n "${CAPSTAN_BIN:-}" ]; then
-  bin=$CAPSTAN_BIN
-else
-  swift build -c release --product capstan >"$work/build.log" 2>&1 || { grep -E "error:" "$work/build.log" | head -5 >&2; die "release build failed"; }
-  cp "$(swift build -c release --show-bin-path)/capstan" "$work/capstan"
-  bin=$work/capstan
-fi
-echo "capstan: $bin, tree $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- Sources Package.swift 2>/dev/null || echo " + uncommitted changes")"
+. scripts/lib/bench.sh
+bench_binary "$work"
 echo "mlflow: $("$venv/bin/mlflow" --version 2>/dev/null | tail -1), SQLite store"
 echo "machine: $(nproc) cores, $(. /etc/os-release && echo "$PRETTY_NAME"), $(date -u +%Y-%m-%d)"
 

@@ -47,22 +47,8 @@ die() { echo "bench-plan: $*" >&2; exit 1; }
 [ -x /usr/bin/time ] || die "/usr/bin/time is missing (apt-get install time)"
 command -v jq >/dev/null || die "jq is missing (apt-get install jq)"
 
-if [ -n "${CAPSTAN_BIN:-}" ]; then
-  bin=$CAPSTAN_BIN
-  [ -x "$bin" ] || die "CAPSTAN_BIN=$bin is not an executable"
-  echo "capstan: $bin (CAPSTAN_BIN, not rebuilt)"
-else
-  if ! swift build -c release --product capstan >"$work/build.log" 2>&1; then
-    grep -E "error:" "$work/build.log" | head -5 >&2
-    die "swift build -c release --product capstan failed (set CAPSTAN_BIN to use a built binary)"
-  fi
-  tail -1 "$work/build.log"
-  built=$(swift build -c release --show-bin-path)/capstan
-  # A copy: the shared build folder may be relinked by another build while this runs.
-  cp "$built" "$work/capstan"
-  bin=$work/capstan
-  echo "capstan: $built (copied), tree $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- Sources Package.swift 2>/dev/null || echo " + uncommitted changes")"
-fi
+. "$root/scripts/lib/bench.sh"
+bench_binary "$work"
 echo "machine: $(nproc) cores, $(uname -m), $(. /etc/os-release && echo "$PRETTY_NAME"), $(date -u +%Y-%m-%d)"
 
 # dvc, from PyPI, in a venv.

@@ -230,7 +230,7 @@ public final class MLflowRegistry: Registry {
     }
 
     public func versions(of model: String) async throws -> [ModelVersion] {
-        let recorded = try await ledger.ledger().versions[model] ?? [:]
+        let recorded = try await ledger.recordedVersions(of: model)
         var out: [ModelVersion] = []
         for v in try await client.searchModelVersions(filter: try MLflowFilter.name(equals: model)) {
             if let version = try await mapped(v, recorded: recorded[v.version]) { out.append(version) }
@@ -240,7 +240,7 @@ public final class MLflowRegistry: Registry {
 
     public func version(of model: String, number: Int) async throws -> ModelVersion? {
         guard let v = try await client.modelVersion(name: model, version: number) else { return nil }
-        return try await mapped(v, recorded: try await ledger.ledger().versions[model]?[number])
+        return try await mapped(v, recorded: try await ledger.recordedTags(of: model, number: number))
     }
 
     /// `version(_:recorded:run:)`, with the metrics and params of its run for a version made
@@ -257,7 +257,7 @@ public final class MLflowRegistry: Registry {
 
     public func version(of model: String, fingerprint: String) async throws -> ModelVersion? {
         guard let v = try await mlflowVersion(of: model, fingerprint: fingerprint) else { return nil }
-        return Self.version(v, recorded: try await ledger.ledger().versions[model]?[v.version])
+        return Self.version(v, recorded: try await ledger.recordedTags(of: model, number: v.version))
     }
 
     func mlflowVersion(of model: String, fingerprint: String) async throws -> MLflowModelVersion? {
@@ -323,7 +323,7 @@ public final class MLflowRegistry: Registry {
         }
         // A version made outside Capstan is changed only for a registry-only model, whose
         // versions the planner judges (its verdict, and the digest of its files once downloaded).
-        let known = try await ledger.ledger().versions[model]?[number]
+        let known = try await ledger.recordedTags(of: model, number: number)
         var tags: [(String, String)] = []
         if let status = update.status { tags.append((Tag.status, status.rawValue)) }
         if let metrics = update.metrics, let text = Self.json(metrics) { tags.append((Tag.metrics, text)) }
@@ -460,7 +460,7 @@ public final class MLflowRegistry: Registry {
     /// The version once MLflow registered it, with its run ended. A failed registration fails the
     /// training (its run is marked failed, with MLflow's reason).
     func ready(_ version: MLflowModelVersion, run runID: String) async throws -> ModelVersion {
-        let recorded = try await ledger.ledger().versions[version.name]?[version.version]
+        let recorded = try await ledger.recordedTags(of: version.name, number: version.version)
         let registered: MLflowModelVersion
         do {
             registered = try await client.waitUntilReady(version, timeout: options.registrationTimeout)
@@ -554,7 +554,7 @@ public final class MLflowRegistry: Registry {
 
     /// Sets the tags Capstan recorded back on the version, and removes Capstan tags it did not write.
     public func restoreVersion(model: String, number: Int) async throws {
-        guard let recorded = try await ledger.ledger().versions[model]?[number] else {
+        guard let recorded = try await ledger.recordedTags(of: model, number: number) else {
             throw MLflowRegistryError(message: "Capstan has no record of the tags of version \(number) of '\(model)'; it cannot put them back")
         }
         guard let current = try await client.modelVersion(name: model, version: number) else {
@@ -587,7 +587,7 @@ public final class MLflowRegistry: Registry {
     /// A version as the port has it; nil for a registration that failed.
     ///
     /// A version made outside Capstan (no `capstan.fingerprint`: another pipeline, a notebook)
-    /// has the fingerprint `mlflow-run:<run>` (`mlflow-version:<n>` without a run) and no
+    /// has the fingerprint `run:<run id>` (`mlflow-version:<n>` without a run) and no
     /// commit; until Capstan judges it, it is `trained` once `READY` (`training` while
     /// `PENDING_REGISTRATION`), with the metrics and params of `run`.
     static func version(_ v: MLflowModelVersion, recorded: [String: String]?, run: MLflowRun? = nil) -> ModelVersion? {
@@ -600,7 +600,7 @@ public final class MLflowRegistry: Registry {
             fingerprint = own
             status = tags[Tag.status].flatMap(VersionStatus.init(rawValue:)) ?? .trained
         } else {
-            fingerprint = v.runID.flatMap { $0.isEmpty ? nil : "mlflow-run:\($0)" } ?? "mlflow-version:\(v.version)"
+            fingerprint = v.runID.flatMap { $0.isEmpty ? nil : "run:\($0)" } ?? "mlflow-version:\(v.version)"
             status = v.status == .ready ? tags[Tag.status].flatMap(VersionStatus.init(rawValue:)) ?? .trained : .training
         }
         let source = v.source

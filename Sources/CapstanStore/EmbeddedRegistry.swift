@@ -508,6 +508,18 @@ struct LedgerTables: RegistryLedgerStore {
         }
     }
 
+    func recordedVersions(of model: String) async throws -> [Int: [String: String]] {
+        try await registry.database.read("read the recorded tags of the versions of '\(model)'") { db in
+            var out: [Int: [String: String]] = [:]
+            let decoder = JSONDecoder()
+            for row in try Row.fetchAll(db, sql: "SELECT number, tags FROM external_versions WHERE model = ?", arguments: [model]) {
+                let text: String = row["tags"]
+                out[row["number"]] = (try? decoder.decode([String: String].self, from: Data(text.utf8))) ?? [:]
+            }
+            return out
+        }
+    }
+
     func ledger() async throws -> RegistryLedger {
         try await registry.database.read("read the registry ledger") { db in
             var ledger = RegistryLedger()

@@ -543,16 +543,12 @@ import Testing
         let gateway = try Ports.free(), admin = try Ports.free()
         let repo = try GitRepo(at: temp.sub("repo"))
         let example = CLI.packageRoot.appendingPathComponent("examples/quickstart")
-        for file in try FileManager.default.subpathsOfDirectory(atPath: example.path) {
-            var isDir: ObjCBool = false
-            _ = FileManager.default.fileExists(atPath: example.appendingPathComponent(file).path, isDirectory: &isDir)
-            if isDir.boolValue { continue }
-            let text = try String(contentsOf: example.appendingPathComponent(file), encoding: .utf8)
+        try repo.copy(example: example) { original in
+            return original
                 // Nothing listens there: with --serve, passes talk to the in-process agent.
                 .replacingOccurrences(of: "http://127.0.0.1:7070", with: "http://127.0.0.1:1")
                 .replacingOccurrences(of: "pause: 5s", with: "pause: 1s")
                 .replacingOccurrences(of: "minRequests: 20", with: "minRequests: 5")
-            try repo.write(file, text)
         }
         try repo.commit("quick start")
         let controller = try RunningController(

@@ -261,11 +261,8 @@ enum KillAnywhere {
         let database = state + "/capstan.db"
         let repo = try GitRepo(at: temp.sub("repo"))
         let example = CLI.packageRoot.appendingPathComponent("examples/quickstart")
-        for file in try FileManager.default.subpathsOfDirectory(atPath: example.path) {
-            var isDir: ObjCBool = false
-            _ = FileManager.default.fileExists(atPath: example.appendingPathComponent(file).path, isDirectory: &isDir)
-            if isDir.boolValue { continue }
-            let text = try String(contentsOf: example.appendingPathComponent(file), encoding: .utf8)
+        try repo.copy(example: example) { original in
+            return original
                 .replacingOccurrences(of: "http://127.0.0.1:7070", with: "http://127.0.0.1:1")
                 .replacingOccurrences(of: "pause: 5s", with: "pause: 1s")
                 .replacingOccurrences(of: "interval: 5s", with: "interval: 1s")
@@ -274,7 +271,6 @@ enum KillAnywhere {
                 .replacingOccurrences(of: "    noRegressionAgainst: champion\n    tolerance: {accuracy: 0.01}\n", with: "")
                 .replacingOccurrences(of: "accuracy: {min: 0.65}", with: "accuracy: {min: 0.1}")
                 .replacingOccurrences(of: "log_loss: {max: 0.6}", with: "log_loss: {max: 5}")
-            try repo.write(file, text)
         }
         try repo.commit("quick start")
         // Whatever happens, no model server of this scenario outlives it.

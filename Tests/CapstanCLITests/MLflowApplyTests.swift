@@ -19,11 +19,8 @@ import CapstanServer
                            registry: String? = nil, drift: String = "revert") throws -> GitRepo {
         let repo = try GitRepo(at: temp.sub("repo"))
         let example = CLI.packageRoot.appendingPathComponent("examples/quickstart")
-        for file in try FileManager.default.subpathsOfDirectory(atPath: example.path) {
-            var isDir: ObjCBool = false
-            _ = FileManager.default.fileExists(atPath: example.appendingPathComponent(file).path, isDirectory: &isDir)
-            if isDir.boolValue { continue }
-            var text = try String(contentsOf: example.appendingPathComponent(file), encoding: .utf8)
+        try repo.copy(example: example) { original in
+            var text = original
             text = text.replacingOccurrences(of: "    embedded: {}                     # SQLite registry in the state directory",
                                              with: "    mlflow: " + (registry ?? "{url: \"\(server.url)\"}"))
             if let agent { text = text.replacingOccurrences(of: "http://127.0.0.1:7070", with: "http://127.0.0.1:\(agent.admin)") }
@@ -31,7 +28,7 @@ import CapstanServer
                 .replacingOccurrences(of: "  name: churn\n", with: "  name: \(model)\n")
                 .replacingOccurrences(of: "  model: churn\n", with: "  model: \(model)\n")
                 .replacingOccurrences(of: "    drift: revert", with: "    drift: \(drift)")
-            try repo.write(file, text)
+            return text
         }
         try repo.commit("quick start on MLflow")
         return repo
@@ -642,17 +639,14 @@ import CapstanServer
         let model = Self.uniqueName("churn-sklearn")
         let repo = try GitRepo(at: temp.sub("repo"))
         let example = CLI.packageRoot.appendingPathComponent("examples/mlflow-sklearn")
-        for file in try FileManager.default.subpathsOfDirectory(atPath: example.path) {
-            var isDir: ObjCBool = false
-            _ = FileManager.default.fileExists(atPath: example.appendingPathComponent(file).path, isDirectory: &isDir)
-            if isDir.boolValue { continue }
-            try repo.write(file, try String(contentsOf: example.appendingPathComponent(file), encoding: .utf8)
+        try repo.copy(example: example) { original in
+            return original
                 .replacingOccurrences(of: "http://127.0.0.1:5000", with: server.url)
                 .replacingOccurrences(of: "http://127.0.0.1:7070", with: "http://127.0.0.1:\(agent.admin)")
                 .replacingOccurrences(of: "name: churn-sklearn\n", with: "name: \(model)\n")
                 .replacingOccurrences(of: "model: churn-sklearn\n", with: "model: \(model)\n")
                 .replacingOccurrences(of: "pause: 10s", with: "pause: 2s")
-                .replacingOccurrences(of: "minRequests: 20", with: "minRequests: 5"))
+                .replacingOccurrences(of: "minRequests: 20", with: "minRequests: 5")
         }
         try repo.commit("the scikit-learn example")
         let state = temp.sub("state").path
@@ -744,13 +738,10 @@ import CapstanServer
         let port = try Ports.free()
         let repo = try GitRepo(at: temp.sub("repo"))
         let example = CLI.packageRoot.appendingPathComponent("examples/quickstart")
-        for file in try FileManager.default.subpathsOfDirectory(atPath: example.path) {
-            var isDir: ObjCBool = false
-            _ = FileManager.default.fileExists(atPath: example.appendingPathComponent(file).path, isDirectory: &isDir)
-            if isDir.boolValue { continue }
-            try repo.write(file, try String(contentsOf: example.appendingPathComponent(file), encoding: .utf8).replacingOccurrences(
+        try repo.copy(example: example) { original in
+            return original.replacingOccurrences(
                 of: "    embedded: {}                     # SQLite registry in the state directory",
-                with: "    mlflow: {url: \"http://127.0.0.1:\(port)\", timeout: 2s}"))
+                with: "    mlflow: {url: \"http://127.0.0.1:\(port)\", timeout: 2s}")
         }
         try repo.commit("unreachable MLflow")
         let r = try CLI.run(["apply", "--repo", repo.path, "--state-dir", state])

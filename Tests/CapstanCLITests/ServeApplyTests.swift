@@ -64,15 +64,12 @@ import Testing
     static func repository(_ temp: TempDir, agent: Agent) throws -> GitRepo {
         let repo = try GitRepo(at: temp.sub("repo"))
         let example = CLI.packageRoot.appendingPathComponent("examples/quickstart")
-        for file in try FileManager.default.subpathsOfDirectory(atPath: example.path) {
-            var isDir: ObjCBool = false
-            _ = FileManager.default.fileExists(atPath: example.appendingPathComponent(file).path, isDirectory: &isDir)
-            if isDir.boolValue { continue }
-            var text = try String(contentsOf: example.appendingPathComponent(file), encoding: .utf8)
+        try repo.copy(example: example) { original in
+            var text = original
             text = text.replacingOccurrences(of: "http://127.0.0.1:7070", with: "http://127.0.0.1:\(agent.admin)")
             text = text.replacingOccurrences(of: "pause: 5s", with: "pause: 1s")
                 .replacingOccurrences(of: "minRequests: 20", with: "minRequests: 5")
-            try repo.write(file, text)
+            return text
         }
         try repo.commit("quick start")
         return repo

@@ -173,6 +173,18 @@ final class GitRepo {
         chmod(file.path, executable ? 0o755 : 0o644)
     }
 
+    /// Writes every file of the folder `example` (an example of the package) into the
+    /// repository, each file's text passed through `edit` first (the tests' ports, shorter
+    /// pauses, another model name). Does not commit.
+    func copy(example: URL, _ edit: (String) -> String = { $0 }) throws {
+        for file in try FileManager.default.subpathsOfDirectory(atPath: example.path) {
+            var isDir: ObjCBool = false
+            _ = FileManager.default.fileExists(atPath: example.appendingPathComponent(file).path, isDirectory: &isDir)
+            if isDir.boolValue { continue }
+            try write(file, edit(try String(contentsOf: example.appendingPathComponent(file), encoding: .utf8)))
+        }
+    }
+
     func symlink(_ path: String, to destination: String) throws {
         let file = url.appendingPathComponent(path)
         try FileManager.default.createDirectory(at: file.deletingLastPathComponent(), withIntermediateDirectories: true)

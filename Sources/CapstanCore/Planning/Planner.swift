@@ -274,22 +274,31 @@ private struct ModelPlanner {
             addTrain(version: existing.number, attempt: existing.attempts + 1,
                      reasons: [.resumeInterrupted(version: existing.number)], reason: nil)
         case .failed:
-            let delay = Planner.backoff(afterFailures: existing.attempts, policy: policy.retry)
-            let next = (existing.failedAt ?? existing.createdAt) + delay
-            if options.retryFailed || now >= next {
-                let attempt = existing.attempts + 1
-                addTrain(version: existing.number, attempt: attempt,
-                         reasons: [.retry(attempt: attempt, lastFailure: existing.logTail)],
-                         reason: options.retryFailed && now < next ? "retrying v\(existing.number) now (--retry-failed)" : nil)
-            } else {
-                waiting = true
-                let failures = existing.attempts == 1 ? "once" : "\(existing.attempts) times"
-                entries.append(PlanEntry(
-                    id: "\(name)/wait", action: .wait, name: name,
-                    reason: "training v\(existing.number) (fingerprint \(fingerprint.prefix(12))) failed \(failures); retrying after a backoff of \(ManifestDuration.format(delay)), or now with --retry-failed",
-                    detail: .wait(WaitDetail(until: next, version: existing.number, fingerprint: fingerprint,
-                                             lastFailure: existing.logTail))))
-            }
+            retryOrWait(version: existing.number, attempts: existing.attempts, failedAt: existing.failedAt ?? existing.createdAt,
+                        logTail: existing.logTail, label: "v\(existing.number)",
+                        described: "v\(existing.number) (fingerprint \(fingerprint.prefix(12)))")
+        }
+    }
+
+    /// A failed training of the desired fingerprint: trained again once its backoff is over (or
+    /// now, with `--retry-failed`), otherwise a wait entry that says until when.
+    /// - Parameters:
+    ///   - label: how the retry's reason names it (`v3`, `fingerprint 1a2b…`).
+    ///   - described: how the wait's reason names it.
+    mutating func retryOrWait(version: Int?, attempts: Int, failedAt: Int64, logTail: String?, label: String, described: String) {
+        let delay = Planner.backoff(afterFailures: attempts, policy: policy.retry)
+        let next = failedAt + delay
+        if options.retryFailed || now >= next {
+            let attempt = attempts + 1
+            addTrain(version: version, attempt: attempt, reasons: [.retry(attempt: attempt, lastFailure: logTail)],
+                     reason: options.retryFailed && now < next ? "retrying \(label) now (--retry-failed)" : nil)
+        } else {
+            waiting = true
+            let failures = attempts == 1 ? "once" : "\(attempts) times"
+            entries.append(PlanEntry(
+                id: "\(name)/wait", action: .wait, name: name,
+                reason: "training \(described) failed \(failures); retrying after a backoff of \(ManifestDuration.format(delay)), or now with --retry-failed",
+                detail: .wait(WaitDetail(until: next, version: version, fingerprint: desired.fingerprint, lastFailure: logTail))))
         }
     }
 
@@ -313,20 +322,8 @@ private struct ModelPlanner {
                         ? "the last training of \(label) stored its artifact but its version was not registered; registering it (the training does not run again)"
                         : nil)
         case .failed:
-            let delay = Planner.backoff(afterFailures: record.attempts, policy: policy.retry)
-            let next = (record.failedAt ?? record.startedAt) + delay
-            if options.retryFailed || now >= next {
-                let attempt = record.attempts + 1
-                addTrain(version: nil, attempt: attempt, reasons: [.retry(attempt: attempt, lastFailure: record.logTail)],
-                         reason: options.retryFailed && now < next ? "retrying \(label) now (--retry-failed)" : nil)
-            } else {
-                waiting = true
-                let failures = record.attempts == 1 ? "once" : "\(record.attempts) times"
-                entries.append(PlanEntry(
-                    id: "\(name)/wait", action: .wait, name: name,
-                    reason: "training \(label) failed \(failures); retrying after a backoff of \(ManifestDuration.format(delay)), or now with --retry-failed",
-                    detail: .wait(WaitDetail(until: next, version: nil, fingerprint: fingerprint, lastFailure: record.logTail))))
-            }
+            retryOrWait(version: nil, attempts: record.attempts, failedAt: record.failedAt ?? record.startedAt, logTail: record.logTail,
+                        label: label, described: label)
         }
     }
 

@@ -590,6 +590,16 @@ public protocol RegistryLedgerStore: Sendable {
     func adopt(model: String, object: DriftObject, _ adoption: DriftAdoption) async throws
     /// The whole ledger, for a snapshot.
     func ledger() async throws -> RegistryLedger
+    /// The tags Capstan recorded for the model's versions, by number (one model's part of
+    /// `ledger().versions`, without reading the rest).
+    func recordedVersions(of model: String) async throws -> [Int: [String: String]]
+}
+
+extension RegistryLedgerStore {
+    /// The tags Capstan recorded for one version, if any.
+    public func recordedTags(of model: String, number: Int) async throws -> [String: String]? {
+        try await recordedVersions(of: model)[number]
+    }
 }
 
 /// Why a registry call was refused. Distinct cases so callers (the planner, the CLI) can react.
