@@ -24,6 +24,34 @@ struct RepositoryOptions: ParsableArguments {
     @Option(name: .customLong("fetch-timeout"), help: ArgumentHelp("Give up on a fetch after this long (default 60s).", valueName: "duration"))
     var fetchTimeout: String = "60s"
 
+    @OptionGroup var git: GitCredentialOptions
+
+    var stateDirectory: String {
+        stateDir ?? ProcessInfo.processInfo.environment["CAPSTAN_STATE_DIR"].flatMap { $0.isEmpty ? nil : $0 } ?? ".capstan"
+    }
+
+    func validate() throws {
+        if case .failure = ManifestDuration.parse(fetchTimeout) {
+            throw ValidationError("--fetch-timeout '\(fetchTimeout)' is not a duration such as 30s or 2m")
+        }
+    }
+
+    func source(for repository: String) throws -> GitSource {
+        let location: RepositoryLocation
+        do {
+            location = try RepositoryLocation.parse(repository)
+        } catch {
+            throw CommandFailure(message: error.description, exitCode: ExitStatus.usage)
+        }
+        let timeout = (try? ManifestDuration.parse(fetchTimeout).get()).map { Double($0.milliseconds) / 1000 } ?? 60
+        return GitSource(location: location, options: GitSourceOptions(stateDirectory: stateDirectory, credentials: git.credentials,
+                                                                       fetchTimeout: max(1, timeout)))
+    }
+}
+
+/// How to authenticate to a Git remote: for the commands that fetch (`--repo`) and push
+/// (`promote`). Secrets are named by environment variable, never given on the command line.
+struct GitCredentialOptions: ParsableArguments {
     @Option(name: .customLong("git-token-env"), help: ArgumentHelp("Environment variable holding an HTTPS token.", valueName: "name"))
     var gitTokenEnv = "CAPSTAN_GIT_TOKEN"
 
@@ -39,35 +67,20 @@ struct RepositoryOptions: ParsableArguments {
     @Option(name: .customLong("known-hosts"), help: ArgumentHelp("known_hosts file for SSH host keys (default ~/.ssh/known_hosts).", valueName: "file"))
     var knownHosts: String?
 
-    var stateDirectory: String {
-        stateDir ?? ProcessInfo.processInfo.environment["CAPSTAN_STATE_DIR"].flatMap { $0.isEmpty ? nil : $0 } ?? ".capstan"
-    }
-
-    func validate() throws {
-        if case .failure = ManifestDuration.parse(fetchTimeout) {
-            throw ValidationError("--fetch-timeout '\(fetchTimeout)' is not a duration such as 30s or 2m")
-        }
-        for name in [gitTokenEnv, gitUsernameEnv, gitPasswordEnv] where !Names.isEnvName(name) {
-            throw ValidationError("'\(name)' is not an environment variable name")
-        }
-    }
-
-    func source(for repository: String) throws -> GitSource {
-        let location: RepositoryLocation
-        do {
-            location = try RepositoryLocation.parse(repository)
-        } catch {
-            throw CommandFailure(message: error.description, exitCode: ExitStatus.usage)
-        }
+    var credentials: GitCredentials {
         var credentials = GitCredentials()
         credentials.tokenEnv = gitTokenEnv
         credentials.usernameEnv = gitUsernameEnv
         credentials.passwordEnv = gitPasswordEnv
         credentials.sshKeyPath = sshKey
         credentials.knownHostsPath = knownHosts
-        let timeout = (try? ManifestDuration.parse(fetchTimeout).get()).map { Double($0.milliseconds) / 1000 } ?? 60
-        return GitSource(location: location, options: GitSourceOptions(stateDirectory: stateDirectory, credentials: credentials,
-                                                                       fetchTimeout: max(1, timeout)))
+        return credentials
+    }
+
+    func validate() throws {
+        for name in [gitTokenEnv, gitUsernameEnv, gitPasswordEnv] where !Names.isEnvName(name) {
+            throw ValidationError("'\(name)' is not an environment variable name")
+        }
     }
 }
 

@@ -54,6 +54,13 @@ public struct ResolvedRevision: Sendable, Equatable {
     public var commit: ObjectID
     public var tree: ObjectID
     public var summary: String
+
+    public init(ref: String, commit: ObjectID, tree: ObjectID, summary: String) {
+        self.ref = ref
+        self.commit = commit
+        self.tree = tree
+        self.summary = summary
+    }
 }
 
 /// Why a repository could not be read. Messages name the repository (without credentials) and

@@ -18,6 +18,8 @@ final class RemoteCallbackContext {
     /// The count (`LibGit2.lastConnection`) of the last connection that presented a TLS
     /// certificate: a later credentials request on it comes over https (for messages).
     var tlsConnection: UInt64?
+    /// What the operation is, for messages (`fetching`, `pushing to`).
+    var operation = "fetching"
 
     init(url: String, credentials: GitCredentials, timeout: TimeInterval) {
         self.url = url
@@ -25,6 +27,57 @@ final class RemoteCallbackContext {
         self.credentials = credentials
         self.deadline = Date().addingTimeInterval(timeout)
         self.origin = HTTPOrigin(url: url)
+    }
+
+    /// The callbacks of a remote operation (credentials, certificate and redirect checks, the
+    /// deadline), with this context as their payload: keep it alive while they may run.
+    func callbacks(operation: String) -> git_remote_callbacks {
+        var callbacks = git_remote_callbacks()
+        git_remote_init_callbacks(&callbacks, UInt32(GIT_REMOTE_CALLBACKS_VERSION))
+        callbacks.payload = Unmanaged.passUnretained(self).toOpaque()
+        callbacks.credentials = { out, _, usernameFromURL, allowed, payload in
+            let context = Unmanaged<RemoteCallbackContext>.fromOpaque(payload!).takeUnretainedValue()
+            return context.credential(out, usernameFromURL.map { String(cString: $0) }, allowed)
+        }
+        callbacks.certificate_check = { cert, valid, host, payload in
+            let context = Unmanaged<RemoteCallbackContext>.fromOpaque(payload!).takeUnretainedValue()
+            return context.checkCertificate(cert, valid: valid != 0, host: host.map { String(cString: $0) } ?? "")
+        }
+        callbacks.transfer_progress = { _, payload in
+            let context = Unmanaged<RemoteCallbackContext>.fromOpaque(payload!).takeUnretainedValue()
+            if Date() > context.deadline {
+                return context.fail(.network, "\(context.operation) \(context.shownURL) took longer than the timeout")
+            }
+            return 0
+        }
+        callbacks.push_transfer_progress = { _, _, _, payload in
+            let context = Unmanaged<RemoteCallbackContext>.fromOpaque(payload!).takeUnretainedValue()
+            if Date() > context.deadline {
+                return context.fail(.network, "\(context.operation) \(context.shownURL) took longer than the timeout")
+            }
+            return 0
+        }
+        callbacks.push_update_reference = { refname, status, payload in
+            let context = Unmanaged<RemoteCallbackContext>.fromOpaque(payload!).takeUnretainedValue()
+            if let status {
+                let ref = refname.map { String(cString: $0) } ?? "?"
+                return context.fail(.other, "the remote refused \(ref): \(String(cString: status))")
+            }
+            return 0
+        }
+        self.operation = operation
+        return callbacks
+    }
+
+    /// Throws the error of a failed libgit2 call, with the explanation a callback left.
+    func rethrow(_ rc: Int32, _ function: String, operation: String) throws(GitError) {
+        guard rc < 0 else { return }
+        var error = GitError.last(code: rc, function: function)
+        if let failure = failure ?? refusedRedirect() {
+            error = GitError(kind: failure.kind, code: rc, function: function, message: failure.message)
+        }
+        error.context = "\(operation) \(shownURL)"
+        throw error
     }
 
     func fail(_ kind: GitError.Kind, _ message: String) -> Int32 {
@@ -69,33 +122,9 @@ extension Repository {
         try check(git_remote_create_anonymous(&remote, pointer, url), "git_remote_create_anonymous")
         defer { git_remote_free(remote) }
 
-        var callbacks = git_remote_callbacks()
-        git_remote_init_callbacks(&callbacks, UInt32(GIT_REMOTE_CALLBACKS_VERSION))
-        callbacks.payload = Unmanaged.passUnretained(context).toOpaque()
-        callbacks.credentials = { out, _, usernameFromURL, allowed, payload in
-            let context = Unmanaged<RemoteCallbackContext>.fromOpaque(payload!).takeUnretainedValue()
-            return context.credential(out, usernameFromURL.map { String(cString: $0) }, allowed)
-        }
-        callbacks.certificate_check = { cert, valid, host, payload in
-            let context = Unmanaged<RemoteCallbackContext>.fromOpaque(payload!).takeUnretainedValue()
-            return context.checkCertificate(cert, valid: valid != 0, host: host.map { String(cString: $0) } ?? "")
-        }
-        callbacks.transfer_progress = { _, payload in
-            let context = Unmanaged<RemoteCallbackContext>.fromOpaque(payload!).takeUnretainedValue()
-            if Date() > context.deadline {
-                return context.fail(.network, "fetching \(context.shownURL) took longer than the timeout")
-            }
-            return 0
-        }
-
+        var callbacks = context.callbacks(operation: "fetching")
         func rethrow(_ rc: Int32, _ function: String) throws(GitError) {
-            guard rc < 0 else { return }
-            var error = GitError.last(code: rc, function: function)
-            if let failure = context.failure ?? context.refusedRedirect() {
-                error = GitError(kind: failure.kind, code: rc, function: function, message: failure.message)
-            }
-            error.context = "fetching \(context.shownURL)"
-            throw error
+            try context.rethrow(rc, function, operation: "fetching")
         }
 
         // No proxy (GIT_PROXY_NONE): every connection goes to the remote itself, which the

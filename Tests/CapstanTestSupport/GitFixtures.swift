@@ -369,8 +369,12 @@ final class GitDaemon {
     private(set) var port: UInt16 = 0
     private var process: Process?
 
-    init(base: URL) throws {
+    /// Whether clients may push (`git daemon --enable=receive-pack`).
+    let allowPush: Bool
+
+    init(base: URL, allowPush: Bool = false) throws {
         self.base = base
+        self.allowPush = allowPush
         try start()
     }
 
@@ -381,7 +385,8 @@ final class GitDaemon {
             // The daemon itself, not the `git` wrapper, so that stopping it stops the listener.
             p.executableURL = URL(fileURLWithPath: try GitDaemon.executable())
             p.arguments = ["--reuseaddr", "--base-path=\(base.path)", "--export-all",
-                           "--listen=127.0.0.1", "--port=\(port)", "--informative-errors", base.path]
+                           "--listen=127.0.0.1", "--port=\(port)", "--informative-errors"]
+                + (allowPush ? ["--enable=receive-pack"] : []) + [base.path]
             p.environment = ProcessInfo.processInfo.environment.merging(GitEnvironment.variables(time: 1_700_000_000)) { $1 }
             p.standardInput = FileHandle.nullDevice
             p.standardOutput = FileHandle.nullDevice
