@@ -77,14 +77,14 @@ struct PromoteCommand: AsyncParsableCommand {
         // The clone: on a branch, at the remote's head.
         let repository: GitRepository
         let head: (branch: String?, commit: ObjectID)
-        let url: String
+        let url: String, pushURL: String
         do {
             repository = try await GitRepository.open(at: repo)
             head = try await repository.head()
-            guard let found = try await repository.remoteURL(remote) else {
+            guard let found = try await repository.remoteURLs(remote) else {
                 throw CommandFailure(message: "\(repo) has no remote '\(remote)'; run capstan promote in a clone of the model repository (or name its remote with --remote)")
             }
-            url = found
+            (url, pushURL) = found
         } catch let failure as CommandFailure {
             throw failure
         } catch {
@@ -158,17 +158,24 @@ struct PromoteCommand: AsyncParsableCommand {
             throw CommandFailure(message: "\(manifest.origin.file): \(error); change the pin by hand")
         }
         let diff = Self.diff(file: manifest.origin.file, line: Int(position.line), before: before, after: after)
-        report.pullRequestURL = ForgeLink.pullRequest(remote: url, base: base, branch: report.branch)
+        report.pullRequestURL = ForgeLink.pullRequest(remote: pushURL, base: base, branch: report.branch)
 
         if !dryRun {
             do {
                 let commit = try await repository.commitFileChange(path: manifest.origin.file, bytes: after, parent: head.commit,
                                                                    branch: "refs/heads/\(report.branch)", message: report.commitMessage)
                 report.commit = commit.hex
-                try await repository.push(url: url, refspecs: ["+refs/heads/\(report.branch):refs/heads/\(report.branch)"],
-                                          credentials: git.credentials, timeout: seconds)
             } catch {
-                throw CommandFailure(message: "pushing \(report.branch) to \(shownURL): \(error)")
+                throw CommandFailure(message: "committing the change on \(report.branch) in \(repo): \(error)")
+            }
+            do {
+                // The branch is Capstan's: proposing again replaces it.
+                for warning in try await repository.push(url: pushURL, refspecs: ["+refs/heads/\(report.branch):refs/heads/\(report.branch)"],
+                                                         credentials: git.credentials, timeout: seconds) {
+                    Terminal.err("capstan: warning: \(warning)\n")
+                }
+            } catch {
+                throw CommandFailure(message: "\(error) (the branch \(report.branch) is committed in \(repo); run capstan promote again to push it)")
             }
         }
         switch format {
@@ -194,7 +201,7 @@ struct PromoteCommand: AsyncParsableCommand {
             } else if let link = report.pullRequestURL {
                 next = "Pushed \(report.branch) to \(remote). Open the pull request: \(link)"
             } else {
-                next = "Pushed \(report.branch) to \(remote) (\(shownURL)); open a pull request from it into \(base)."
+                next = "Pushed \(report.branch) to \(remote) (\(RepositoryLocation.redact(pushURL))); open a pull request from it into \(base)."
             }
             Terminal.err("capstan: \(next)\n")
         }

@@ -101,20 +101,29 @@ struct RegisterCommand: AsyncParsableCommand {
         let stored = try await artifacts.store(directory: artifact, scrubber: .none)
         // The files are the version's identity: the same files are one version.
         let fingerprint = stored.digest
-        if let existing = try await registry.version(of: model, fingerprint: fingerprint) {
-            guard existing.metrics == metrics else {
-                throw CommandFailure(message: "these files are v\(existing.number) of \(model) already, registered with other metrics; a version's metrics do not change (register changed files as a new version)")
-            }
-            return "These files are v\(existing.number) of \(model) already (\(existing.status.rawValue)); nothing changed."
-        }
         var created = false
-        if try await registry.model(named: model) == nil {
-            _ = try await registry.upsertModel(name: model, description: nil, labels: [:])
-            created = true
+        let version: ModelVersion
+        if let existing = try await registry.version(of: model, fingerprint: fingerprint) {
+            // A registration stopped between its two writes is finished; a finished one stays.
+            guard existing.status == .training else {
+                guard existing.metrics == metrics else {
+                    throw CommandFailure(message: "these files are v\(existing.number) of \(model) already, registered with other metrics; a version's metrics do not change (register changed files as a new version)")
+                }
+                return "These files are v\(existing.number) of \(model) already (\(existing.status.rawValue)); nothing changed."
+            }
+            version = existing
+        } else {
+            if try await registry.model(named: model) == nil {
+                _ = try await registry.upsertModel(name: model, description: nil, labels: [:])
+                created = true
+            }
+            // `training` until its metrics and files are recorded: a pass never judges a
+            // version whose metrics are not there yet.
+            version = try await registry.createVersion(NewVersion(model: model, fingerprint: fingerprint, params: params, status: .training))
         }
-        let version = try await registry.createVersion(NewVersion(model: model, fingerprint: fingerprint, params: params, status: .trained))
         _ = try await registry.updateVersion(model: model, number: version.number,
-                                             VersionUpdate(metrics: metrics, artifactDigest: stored.digest, artifactLocation: stored.location))
+                                             VersionUpdate(status: .trained, metrics: metrics, artifactDigest: stored.digest,
+                                                           artifactLocation: stored.location))
         let actor = ProcessInfo.processInfo.environment["USER"] ?? "capstan"
         var changes = StateChanges("record the registration of v\(version.number) of \(model)")
         changes.record(AuditEvent(at: Int64((Date().timeIntervalSince1970 * 1000).rounded(.down)), actor: actor, host: StateLock.localHostName(),

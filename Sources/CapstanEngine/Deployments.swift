@@ -118,7 +118,8 @@ struct DeploymentPhase: Sendable {
                 return .failed(ReconcileFailure(.stalled, .notServable, "model \(detail.model) has no spec.serve at \(commit.prefix(7)); add one to serve it"))
             }
             let spec = EndpointSpec(deployment: name, model: detail.model,
-                                    backends: try await backendSpecs(backends, model: detail.model, serve: serve))
+                                    backends: try await backendSpecs(backends, model: detail.model, serve: serve,
+                                                                      registryOnly: model.spec.isRegistryOnly))
             try await journaled(ServingChange(deployment: name, model: detail.model, applied: .set(backends), rollout: detail.rollout,
                                               quarantine: detail.quarantine, event: event)) {
                 try await serving.apply(spec)
@@ -237,7 +238,7 @@ struct DeploymentPhase: Sendable {
     /// which no digest vouches for yet: downloaded into the artifact store, and their digest
     /// recorded on the version, so that the files served from then on are these (a later change
     /// in the registry is refused like any changed artifact).
-    func fetchRegistered(model: String, number: Int) async throws -> String {
+    func fetchRegistered(model: String, number: Int, registryOnly: Bool) async throws -> String {
         let staging = "\(context.workFolder)/downloads/\(model)-v\(number)-\(UUID().uuidString.lowercased())"
         defer { try? FileManager.default.removeItem(atPath: staging) }
         try WorkFiles.makeFolder((staging as NSString).deletingLastPathComponent)
@@ -246,7 +247,9 @@ struct DeploymentPhase: Sendable {
         }
         let stored = try await context.artifacts.store(directory: staging, scrubber: .none)
         // Killed before this, the next pass downloads them again: nothing to journal.
-        _ = try await context.registry.updateVersion(model: model, number: number, VersionUpdate(artifactDigest: stored.digest))
+        var update = VersionUpdate(artifactDigest: stored.digest)
+        update.ofVersionMadeElsewhere = registryOnly
+        _ = try await context.registry.updateVersion(model: model, number: number, update)
         await context.record(.version(model: model, number: number), .recordArtifact, commit: commit, after: .string(stored.digest),
                              reason: "files registered outside Capstan, downloaded from the registry to serve them")
         context.events(.note("downloaded the files of v\(number) of \(model) from the registry into the artifact store (\(stored.digest)) and recorded their digest"))
@@ -255,7 +258,7 @@ struct DeploymentPhase: Sendable {
 
     /// The concrete backends: each version's commit materialized for its serving code, its
     /// artifact verified, the model's `serve` settings.
-    func backendSpecs(_ backends: [BackendWeight], model: String, serve: ServeSpec) async throws -> [BackendSpec] {
+    func backendSpecs(_ backends: [BackendWeight], model: String, serve: ServeSpec, registryOnly: Bool) async throws -> [BackendSpec] {
         var out: [BackendSpec] = []
         for b in backends {
             guard let version = try await context.registry.version(of: model, number: b.version) else {
@@ -268,7 +271,7 @@ struct DeploymentPhase: Sendable {
                     try await fetch(model: model, number: b.version, digest: digest)
                 }
             } else {
-                digest = try await fetchRegistered(model: model, number: b.version)
+                digest = try await fetchRegistered(model: model, number: b.version, registryOnly: registryOnly)
             }
             let modelDir = try await context.artifacts.open(digest: digest)
             // A version registered outside Capstan was not trained at a commit: the serving code

@@ -55,8 +55,9 @@ struct Validation {
                                   reason: summary)
         try await context.journaled(.validate(model: name, version: number), event: event) {
             Failpoint.hit("validate.before-update")
-            try await registry.updateVersion(model: name, number: number, VersionUpdate(
-                status: passed ? .validated : .rejected, metrics: metrics, gateResults: results))
+            var update = VersionUpdate(status: passed ? .validated : .rejected, metrics: metrics, gateResults: results)
+            update.ofVersionMadeElsewhere = model.isRegistryOnly
+            try await registry.updateVersion(model: name, number: number, update)
             Failpoint.hit("validate.after-update")
         }
         if passed { return .done("v\(number) validated: \(summary)") }

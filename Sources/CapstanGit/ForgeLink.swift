@@ -15,6 +15,10 @@ public enum ForgeLink {
     public static func web(remote: String) -> (forge: Forge, base: String)? {
         var host: Substring
         var path: Substring
+        // The web pages of an http(s) remote are at its scheme, host and port; those of an SSH
+        // remote at https on the host.
+        var web = "https"
+        var port = ""
         if let schemeEnd = remote.range(of: "://") {
             let scheme = remote[..<schemeEnd.lowerBound].lowercased()
             guard ["https", "http", "ssh", "git"].contains(scheme) else { return nil }
@@ -22,7 +26,12 @@ public enum ForgeLink {
             let authority = rest.prefix { $0 != "/" }
             path = rest.dropFirst(authority.count)
             host = authority.split(separator: "@").last ?? authority
-            if let colon = host.lastIndex(of: ":"), !host.hasPrefix("[") { host = host[..<colon] }
+            if let colon = host.lastIndex(of: ":"), !host.hasPrefix("[") {
+                if scheme == "http" || scheme == "https" { port = String(host[colon...]) }
+                host = host[..<colon]
+            }
+            if scheme == "http" { web = "http" }
+            if port == ":443" && web == "https" || port == ":80" && web == "http" { port = "" }
         } else if let colon = remote.firstIndex(of: ":"), !remote.hasPrefix("/") {
             // scp-like: git@host:owner/repo.git
             let authority = remote[..<colon]
@@ -41,7 +50,7 @@ public enum ForgeLink {
         else if name.contains("gitlab") { forge = .gitlab }
         else if name.contains("gitea") || name.contains("forgejo") || name == "codeberg.org" { forge = .gitea }
         else { return nil }
-        return (forge, "https://\(name)/" + parts.joined(separator: "/"))
+        return (forge, "\(web)://\(name)\(port)/" + parts.joined(separator: "/"))
     }
 
     /// The page that opens a pull (merge) request of `branch` into `base`, or nil.

@@ -7,9 +7,9 @@ extension GitRepository {
         try repository.head()
     }
 
-    /// The URL of the configured remote `name` (`origin`), if there is one.
-    public func remoteURL(_ name: String) throws -> String? {
-        try repository.remoteURL(name)
+    /// The fetch and push URLs of the configured remote `name` (`origin`), if there is one.
+    public func remoteURLs(_ name: String) throws -> (fetch: String, push: String)? {
+        try repository.remoteURLs(name)
     }
 
     /// Fetches `refspecs` from `url` (credentials as for every fetch); returns the warnings.
@@ -23,8 +23,8 @@ extension GitRepository {
         try repository.commitFileChange(path: path, bytes: bytes, parent: parent, branch: branch, message: message)
     }
 
-    /// Pushes `refspecs` to `url`.
-    public func push(url: String, refspecs: [String], credentials: GitCredentials, timeout: TimeInterval) throws {
+    /// Pushes `refspecs` to `url`; returns the warnings (credentials sent in clear text).
+    public func push(url: String, refspecs: [String], credentials: GitCredentials, timeout: TimeInterval) throws -> [String] {
         try repository.push(url: url, refspecs: refspecs, credentials: credentials, timeout: timeout)
     }
 }

@@ -20,14 +20,16 @@ extension Repository {
         return (name, ObjectID(target))
     }
 
-    /// The URL of a configured remote (`origin`), if the repository has it.
-    func remoteURL(_ name: String) throws(GitError) -> String? {
+    /// The fetch and push URLs of a configured remote (`origin`: `url`, and `pushurl` when set),
+    /// if the repository has it.
+    func remoteURLs(_ name: String) throws(GitError) -> (fetch: String, push: String)? {
         var remote: OpaquePointer?
         let rc = git_remote_lookup(&remote, pointer, name)
         if rc == GIT_ENOTFOUND.rawValue { return nil }
         try check(rc, "git_remote_lookup")
         defer { git_remote_free(remote) }
-        return git_remote_url(remote).map { String(cString: $0) }
+        guard let fetch = git_remote_url(remote).map({ String(cString: $0) }) else { return nil }
+        return (fetch, git_remote_pushurl(remote).map { String(cString: $0) } ?? fetch)
     }
 
     /// A commit whose tree is `parent`'s with the file at `path` (which must exist) holding
@@ -97,7 +99,7 @@ extension Repository {
 
     /// Pushes `refspecs` (`+refs/heads/b:refs/heads/b`; `:refs/heads/b` deletes) to `url` with an
     /// anonymous remote, authenticating as a fetch does. A ref the remote refuses is an error.
-    func push(url: String, refspecs: [String], credentials: GitCredentials, timeout: TimeInterval) throws(GitError) {
+    func push(url: String, refspecs: [String], credentials: GitCredentials, timeout: TimeInterval) throws(GitError) -> [String] {
         LibGit2.setNetworkTimeout(milliseconds: Int(timeout * 1000))
         LibGit2.resetEndpoints()
         defer { LibGit2.clearNetworkDeadline() }
@@ -120,5 +122,6 @@ extension Repository {
         }
         try context.rethrow(rc, "git_remote_push", operation: "pushing to")
         if let failure = context.failure { throw failure }
+        return context.warnings
     }
 }

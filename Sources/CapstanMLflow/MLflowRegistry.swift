@@ -324,6 +324,9 @@ public final class MLflowRegistry: Registry {
         // A version made outside Capstan is changed only for a registry-only model, whose
         // versions the planner judges (its verdict, and the digest of its files once downloaded).
         let known = try await ledger.recordedTags(of: model, number: number)
+        guard current.tags.dictionary[Tag.fingerprint] != nil || known != nil || update.ofVersionMadeElsewhere else {
+            throw MLflowRegistryError(message: "version \(number) of '\(model)' was not made by Capstan (it has no \(Tag.fingerprint) tag) and its model is trained by Capstan; Capstan does not change it")
+        }
         var tags: [(String, String)] = []
         if let status = update.status { tags.append((Tag.status, status.rawValue)) }
         if let metrics = update.metrics, let text = Self.json(metrics) { tags.append((Tag.metrics, text)) }
@@ -592,7 +595,11 @@ public final class MLflowRegistry: Registry {
     /// `PENDING_REGISTRATION`), with the metrics and params of `run`.
     static func version(_ v: MLflowModelVersion, recorded: [String: String]?, run: MLflowRun? = nil) -> ModelVersion? {
         // Capstan's record when it has one (MLflow's tags may have been edited: that is drift).
-        let tags = v.tags.dictionary.filter { !$0.key.hasPrefix("capstan.") }.merging(recorded ?? Self.capstanTags(v.tags.dictionary)) { _, r in r }
+        // A version made elsewhere that Capstan has no record of has no Capstan state, whatever
+        // `capstan.*` tags someone wrote on it: it is judged from its run like any other.
+        let madeByCapstan = v.tags.dictionary[Tag.fingerprint] != nil
+        let capstan = recorded ?? (madeByCapstan ? Self.capstanTags(v.tags.dictionary) : [:])
+        let tags = v.tags.dictionary.filter { !$0.key.hasPrefix("capstan.") }.merging(capstan) { _, r in r }
         guard v.status != .failedRegistration else { return nil }
         let fingerprint: String
         let status: VersionStatus
@@ -601,7 +608,18 @@ public final class MLflowRegistry: Registry {
             status = tags[Tag.status].flatMap(VersionStatus.init(rawValue:)) ?? .trained
         } else {
             fingerprint = v.runID.flatMap { $0.isEmpty ? nil : "run:\($0)" } ?? "mlflow-version:\(v.version)"
-            status = v.status == .ready ? tags[Tag.status].flatMap(VersionStatus.init(rawValue:)) ?? .trained : .training
+            if let judged = tags[Tag.status].flatMap(VersionStatus.init(rawValue:)) {
+                status = judged
+            } else if v.status != .ready {
+                status = .training
+            } else {
+                // Judged once its run is over: a run still going may log its evaluation later.
+                switch run?.info.status {
+                case .running?, .scheduled?: status = .training
+                case .failed?, .killed?: status = .failed
+                default: status = .trained
+                }
+            }
         }
         let source = v.source
         let runMetrics = run?.data.metricValues ?? [:]

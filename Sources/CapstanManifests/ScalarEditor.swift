@@ -10,30 +10,37 @@ public enum ScalarEditor {
 
     /// `bytes` with the plain scalar that starts at `line`:`column` (1-based; the column counts
     /// characters, as the YAML reader does) replaced by `replacement`. The scalar must read
-    /// `expected`: anything else (the file changed, a quoted or aliased value) is refused. An
-    /// anchor or tag before the value (`&pin 7`, `!!int 7`) is kept.
+    /// `expected`: anything else (the file changed, a quoted, anchored or aliased value) is
+    /// refused. A tag before the value (`!!int 7`) is kept.
     public static func replace(in bytes: [UInt8], line: Int, column: Int, expected: String, with replacement: String) throws(Refusal) -> [UInt8] {
         guard line >= 1, column >= 1 else { throw Refusal(message: "no position \(line):\(column)") }
-        // The start of the line.
+        // The start of the line. Line breaks are counted as the YAML reader (libyaml) counts
+        // them: CRLF, CR, LF, NEL, LS and PS.
         var offset = bytes.starts(with: [0xEF, 0xBB, 0xBF]) ? 3 : 0
         var current = 1
         while current < line {
-            guard let newline = bytes[offset...].firstIndex(of: UInt8(ascii: "\n")) else {
-                throw Refusal(message: "the file has no line \(line)")
+            guard offset < bytes.count else { throw Refusal(message: "the file has no line \(line)") }
+            if let length = breakLength(bytes, at: offset) {
+                offset += length
+                current += 1
+            } else {
+                offset += utf8Length(bytes[offset])
             }
-            offset = newline + 1
-            current += 1
         }
         // The column, in characters (UTF-8 sequences count once).
         for _ in 1..<column {
-            guard offset < bytes.count, bytes[offset] != UInt8(ascii: "\n") else {
+            guard offset < bytes.count, breakLength(bytes, at: offset) == nil else {
                 throw Refusal(message: "line \(line) has no column \(column)")
             }
             offset += utf8Length(bytes[offset])
         }
-        // Node properties before the value: an anchor and a tag, each followed by spaces.
-        while offset < bytes.count, bytes[offset] == UInt8(ascii: "&") || bytes[offset] == UInt8(ascii: "!") {
-            while offset < bytes.count, !isSpace(bytes[offset]), bytes[offset] != UInt8(ascii: "\n") { offset += 1 }
+        // An anchor is refused: the value may be shared by aliases elsewhere in the file (and the
+        // position of an alias is its anchor's). A tag before the value is kept.
+        if offset < bytes.count, bytes[offset] == UInt8(ascii: "&") {
+            throw Refusal(message: "the value at line \(line) carries a YAML anchor (&…) that other places may share; change it by hand")
+        }
+        while offset < bytes.count, bytes[offset] == UInt8(ascii: "!") {
+            while offset < bytes.count, !isSpace(bytes[offset]), breakLength(bytes, at: offset) == nil { offset += 1 }
             while offset < bytes.count, isSpace(bytes[offset]) { offset += 1 }
         }
         guard offset < bytes.count else { throw Refusal(message: "line \(line) ends before its value") }
@@ -55,6 +62,17 @@ public enum ScalarEditor {
     }
 
     static func isSpace(_ b: UInt8) -> Bool { b == UInt8(ascii: " ") || b == UInt8(ascii: "\t") }
+
+    /// The length of the line break at `i` (CRLF, CR, LF, NEL, LS, PS), or nil.
+    static func breakLength(_ bytes: [UInt8], at i: Int) -> Int? {
+        switch bytes[i] {
+        case UInt8(ascii: "\r"): return i + 1 < bytes.count && bytes[i + 1] == UInt8(ascii: "\n") ? 2 : 1
+        case UInt8(ascii: "\n"): return 1
+        case 0xC2 where i + 1 < bytes.count && bytes[i + 1] == 0x85: return 2
+        case 0xE2 where i + 2 < bytes.count && bytes[i + 1] == 0x80 && (bytes[i + 2] == 0xA8 || bytes[i + 2] == 0xA9): return 3
+        default: return nil
+        }
+    }
 
     /// Where a plain value in block or flow context ends (values here are numbers and words).
     static func isEnd(_ b: UInt8) -> Bool {

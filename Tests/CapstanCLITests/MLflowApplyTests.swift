@@ -626,6 +626,37 @@ import CapstanServer
         #expect(text.contains("\(model): move-alias done: champion: v1 → v3"), "\(text)")
         #expect(text.contains("churn-prod: promote done"), "\(text)")
         #expect(agent.predict() == (200, "3"))
+
+        // A version whose run is still going waits for its run to end; `capstan.*` tags written
+        // by hand on a version Capstan never judged decide nothing.
+        let unfinished = try await Self.judge(server, """
+            import json, sys
+            from mlflow import MlflowClient
+            name, folder = sys.argv[1], sys.argv[2]
+            c = MlflowClient()
+            exp = c.get_experiment_by_name("notebooks/" + name).experiment_id
+            running = c.create_run(exp)
+            c.log_metric(running.info.run_id, "accuracy", 0.99)
+            c.log_metric(running.info.run_id, "log_loss", 0.1)
+            c.log_artifacts(running.info.run_id, folder, "model")
+            v4 = c.create_model_version(name, source=f"{running.info.artifact_uri}/model", run_id=running.info.run_id)
+            done = c.create_run(exp)
+            c.log_metric(done.info.run_id, "accuracy", 0.3)
+            c.log_metric(done.info.run_id, "log_loss", 0.4)
+            c.log_artifacts(done.info.run_id, folder, "model")
+            c.set_terminated(done.info.run_id)
+            v5 = c.create_model_version(name, source=f"{done.info.artifact_uri}/model", run_id=done.info.run_id)
+            c.set_model_version_tag(name, v5.version, "capstan.status", "validated")
+            c.set_model_version_tag(name, v5.version, "capstan.metrics", '{"accuracy": 0.99, "log_loss": 0.1}')
+            print(json.dumps({"running": int(v4.version), "forged": int(v5.version)}))
+            """, [model, v3.artifact])
+        #expect(unfinished["running"] as? Int == 4 && unfinished["forged"] as? Int == 5, "\(unfinished)")
+        let later = try CLI.run(["apply", "--repo", repo.path, "--state-dir", state])
+        #expect(later.status == 0, "\(later.stdout)\n\(later.stderr)")
+        #expect(!later.stdout.contains("validate \(model) v4"), "a version whose run is running is not judged: \(later.stdout)")
+        #expect(later.stdout.contains("v5 rejected (registered outside Capstan; no alias will point at it): accuracy >= 0.65 (accuracy = 0.3)"),
+                "\(later.stdout)")
+        #expect(!later.stdout.contains("move-alias"), "\(later.stdout)")
     }
 
     @Test func theSklearnExampleTrainsServesAndRollsOutACanary() async throws {

@@ -15,6 +15,8 @@ struct ForgeLinkTests {
          "https://gitlab.example.com/acme/models/-/merge_requests/new?merge_request%5Bsource_branch%5D=capstan/promote/churn/champion-v7&merge_request%5Btarget_branch%5D=main"),
         ("https://codeberg.org/acme/models", "https://codeberg.org/acme/models/compare/main...capstan/promote/churn/champion-v7"),
         ("https://gitea.internal/acme/models.git", "https://gitea.internal/acme/models/compare/main...capstan/promote/churn/champion-v7"),
+        // A self-hosted forge keeps the scheme and port of an http(s) remote.
+        ("http://gitea.local:3000/acme/models.git", "http://gitea.local:3000/acme/models/compare/main...capstan/promote/churn/champion-v7"),
     ])
     func pullRequestPages(_ remote: String, _ expected: String) {
         let link = ForgeLink.pullRequest(remote: remote, base: "main", branch: "capstan/promote/churn/champion-v7")

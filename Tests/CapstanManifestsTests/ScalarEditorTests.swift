@@ -33,9 +33,10 @@ struct ScalarEditorTests {
         // Characters of several bytes before the value on its line (columns count characters).
         ("spec: {description: \"Prédit l’attrition — ✓\", aliases: {champion: 7}}\n", "7",
          "spec: {description: \"Prédit l’attrition — ✓\", aliases: {champion: 9}}\n"),
-        // An anchor and a tag before the value are kept.
-        ("spec:\n  aliases:\n    champion: &pin 7\n", "7", "spec:\n  aliases:\n    champion: &pin 9\n"),
+        // A tag before the value is kept.
         ("spec:\n  aliases:\n    champion: !!int 7\n", "7", "spec:\n  aliases:\n    champion: !!int 9\n"),
+        // A line break other than LF earlier in the file (NEL inside a comment) counts as libyaml counts it.
+        ("# caf\u{85}# é\nspec:\n  aliases:\n    champion: 7\n", "7", "# caf\u{85}# é\nspec:\n  aliases:\n    champion: 9\n"),
         // CRLF line breaks stay CRLF.
         ("spec:\r\n  aliases:\r\n    champion: 7\r\n    candidate: latest\r\n", "7",
          "spec:\r\n  aliases:\r\n    champion: 9\r\n    candidate: latest\r\n"),
@@ -61,6 +62,19 @@ struct ScalarEditorTests {
         } catch {
             #expect(error.message.contains("reads '7', not '6'"), "\(error)")
         }
+    }
+
+    /// The position of an alias is its anchor's: the shared value is never changed through a pin.
+    @Test func anchoredAndAliasedPinsAreRefused() throws {
+        let shared = Self.header + "spec:\n  retention: {keepVersions: &n 7}\n  aliases:\n    champion: *n\n"
+        do {
+            _ = try Self.edit(shared, expected: "7", to: "8")
+            Issue.record("a value shared through an anchor was edited")
+        } catch let refusal as ScalarEditor.Refusal {
+            #expect(refusal.message.contains("YAML anchor"), "\(refusal)")
+        }
+        let anchored = Self.header + "spec:\n  aliases:\n    champion: &pin 7\n"
+        #expect(throws: ScalarEditor.Refusal.self) { try Self.edit(anchored, expected: "7", to: "8") }
     }
 
     @Test func quotedAliasedAndMissingValuesAreRefused() throws {

@@ -362,7 +362,9 @@ private struct ModelPlanner {
             validateOthers[v.number] = id
             entries.append(PlanEntry(
                 id: id, action: .validate, name: name,
-                reason: "v\(v.number) was trained but not validated (an interrupted pass); running its gates",
+                reason: v.commit == nil
+                    ? "v\(v.number) was registered outside Capstan (capstan register); running its gates"
+                    : "v\(v.number) was trained but not validated (an interrupted pass); running its gates",
                 dependsOn: dependencies(), detail: .validate(ValidateDetail(version: .number(v.number), gates: gates))))
         }
     }

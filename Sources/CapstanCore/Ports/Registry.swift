@@ -283,6 +283,9 @@ public struct VersionUpdate: Hashable, Sendable {
     public var archivedAt: Int64?
     /// Set with a retry: the commit of the attempt (a retry may run at a later commit).
     public var commit: String?
+    /// The update is a registry-only model's verdict on, or the digest of, a version made outside
+    /// Capstan. A registry others write too refuses to change such a version otherwise.
+    public var ofVersionMadeElsewhere = false
 
     public init(status: VersionStatus? = nil, metrics: [String: Double]? = nil, artifactDigest: String? = nil,
                 artifactLocation: String? = nil, gateResults: [GateResult]? = nil, logTail: String? = nil,
