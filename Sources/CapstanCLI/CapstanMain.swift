@@ -14,7 +14,7 @@ public struct CapstanMain: AsyncParsableCommand {
             what they ask for and what the registry and serving layer hold.
             """,
         version: version,
-        subcommands: [ValidateCommand.self, DiffCommand.self, PlanCommand.self, ApplyCommand.self, RunCommand.self, ServeCommand.self, StatusCommand.self, HistoryCommand.self, RegisterCommand.self, PromoteCommand.self, UnlockCommand.self, SchemaCommand.self, InitCommand.self]
+        subcommands: [ValidateCommand.self, DiffCommand.self, PlanCommand.self, ApplyCommand.self, RunCommand.self, ServeCommand.self, StatusCommand.self, HistoryCommand.self, RegisterCommand.self, PromoteCommand.self, CardCommand.self, UnlockCommand.self, SchemaCommand.self, InitCommand.self]
     )
 
     public init() {}

@@ -71,6 +71,7 @@ final class AsyncGate<Value: Sendable>: Sendable {
 /// state store (the same documents as `capstan status` and `capstan history`).
 struct ControllerStatusBackend: ControllerBackend {
     let controller: Controller
+    let reconciler: Reconciler
     let store: SQLiteStateStore
     /// The registry the controller reconciles (the embedded one, or MLflow).
     let registry: any Registry
@@ -104,6 +105,14 @@ struct ControllerStatusBackend: ControllerBackend {
 
     func requestPass(why: String) -> Bool {
         controller.requestPass(why: why)
+    }
+
+    func card(model: String) async throws -> ModelCard? {
+        guard let manifests = reconciler.lastManifests, manifests.model(named: model) != nil,
+              !(try await registry.versions(of: model)).isEmpty else { return nil }
+        let source = reconciler.ports.source
+        return try await ModelCards(registry: registry, store: store, commit: { await source.commitRecord($0) })
+            .card(model: model, version: nil, manifests: manifests, now: Int64((Date().timeIntervalSince1970 * 1000).rounded(.down)))
     }
 }
 

@@ -199,7 +199,7 @@ struct RunCommand: AsyncParsableCommand {
             })
         services.append(.init(service: ControllerLoopService(controller: controller),
                               successTerminationBehavior: .gracefullyShutdownGroup, failureTerminationBehavior: .gracefullyShutdownGroup))
-        let backend = ControllerStatusBackend(controller: controller, store: store, registry: reconciler.ports.registry,
+        let backend = ControllerStatusBackend(controller: controller, reconciler: reconciler, store: store, registry: reconciler.ports.registry,
                                               stateDirectory: options.stateDirectory,
                                               repository: options.repo ?? ".", ref: options.ref, interval: interval)
         let httpLogger = logger

@@ -31,6 +31,9 @@ public final class Reconciler: Sendable {
     private let lastPlanned = Mutex<Planned?>(nil)
     /// The revision loaded last and what it gave: a next revision of the same shape patches it.
     private let lastLoaded = Mutex<(revision: SourceRevision, load: LoadResult)?>(nil)
+
+    /// The manifests of the last commit this reconciler read (the controller's model cards).
+    public var lastManifests: ManifestSet? { lastLoaded.withLock { $0?.load.manifests } }
     /// The registry digest (`ActualState.digest`) of one generation: computed once per generation.
     private let digestCache = Mutex<(generation: Int64, digest: String)?>(nil)
 

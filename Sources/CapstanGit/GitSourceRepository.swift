@@ -93,6 +93,12 @@ public actor GitSourceRepository: SourceRepository {
                                  repositoryName: displayName, entries: listing.walked, index: listing.index)
     }
 
+    public func commitRecord(_ commit: String) async -> ModelCard.Commit? {
+        guard let id = ObjectID(hex: commit), let kept = try? await repository(fetch: false),
+              let info = try? await kept.repository.commitInfo(id) else { return nil }
+        return ModelCard.Commit(id: commit, author: info.author, time: Int64(info.time.timeIntervalSince1970 * 1000), summary: info.summary)
+    }
+
     /// Compares the two trees (only the subtrees whose ids differ are read); the comparison
     /// is kept, so that reading the new tree's listing afterwards patches the old one.
     public func changes(from old: SourceRevision, to new: SourceRevision) async throws -> SourceChanges? {

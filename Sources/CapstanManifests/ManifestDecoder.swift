@@ -277,6 +277,10 @@ enum Build {
         if let keep = Read.int(n?["retention"]?["keepVersions"]), keep >= 1 {
             spec.retention = RetentionSpec(keepVersions: keep)
         }
+        if let c = n?["card"], c.mappingPairs != nil {
+            spec.card = CardSpec(owners: Read.stringList(c["owners"]), intendedUse: Read.string(c["intendedUse"]),
+                                 limitations: Read.string(c["limitations"]), ethicalConsiderations: Read.string(c["ethicalConsiderations"]))
+        }
         return (spec, inputIndices)
     }
 

@@ -205,6 +205,13 @@ public enum ManifestSchema {
                   doc: "Versions beyond the newest N are archived, except those an alias or deployment uses.", example: "10"),
     ])
 
+    static let card = ObjectSchema(id: "Card", doc: "What the model card (`capstan card`) says besides the records: who owns the model and what it is for. Never part of the fingerprint.", fields: [
+        FieldSpec("owners", .list(.string(.nonEmpty)), default: "[]", doc: "Who answers for the model (people, teams, addresses).", example: "[growth-ml@example.com]"),
+        FieldSpec("intendedUse", .string(.nonEmpty), doc: "What the model is for, and for whom.", example: "Rank accounts for retention offers."),
+        FieldSpec("limitations", .string(.nonEmpty), doc: "Where it is known to be weak or must not be used.", example: "Not trained on accounts younger than 30 days."),
+        FieldSpec("ethicalConsiderations", .string(.nonEmpty), doc: "Fairness, privacy and other concerns, and what is done about them.", example: "Age is not a feature; accuracy is gated per region."),
+    ])
+
     static let modelSpec = ObjectSchema(id: "ModelSpec", doc: "A registered model and how to produce its versions.", fields: [
         FieldSpec("description", .string(.any), doc: "What the model does, shown in status and the registry.", example: "Predicts churn in the next 30 days."),
         FieldSpec("train", .object(train),
@@ -216,6 +223,8 @@ public enum ManifestSchema {
                   doc: "Alias → a version number (promotion by pull request) or `latest` (the newest validated version). Never part of the fingerprint.",
                   example: "{champion: 7, candidate: latest}"),
         FieldSpec("retention", .object(retention), doc: "Version retention. Without it, nothing is archived.", example: "{keepVersions: 10}"),
+        FieldSpec("card", .object(card), doc: "The model card's own text: owners, intended use, limitations, ethical considerations.",
+                  example: "{owners: [growth-ml@example.com], intendedUse: Rank accounts for retention offers.}"),
     ], check: { node, owner, ctx, path in
         if node.mappingPairs != nil, node["train"] == nil {
             // Registry-only: Capstan judges versions it did not make on their metrics only.

@@ -31,6 +31,9 @@ public protocol ControllerBackend: Sendable {
     /// Asks for a pass as soon as possible (`why` says who asked: a webhook, the API). False when
     /// the controller is shutting down and takes no more work.
     func requestPass(why: String) -> Bool
+    /// The model card of the version the model's first alias holds (`GET /models/<name>/card`);
+    /// nil when the last commit read has no such Model or the registry none of its versions.
+    func card(model: String) async throws -> ModelCard?
 }
 
 /// The controller's HTTP settings.
@@ -58,6 +61,7 @@ public struct ControllerHTTPConfiguration: Sendable {
 ///     GET  /readyz             200 once the first pass finished and the source is reachable, else 503
 ///     GET  /metrics            Prometheus text
 ///     GET  /api/v1/status      the JSON of `capstan status --format json`
+///     GET  /models/<name>/card the model card of the version the model's first alias holds (HTML)
 ///     POST /api/v1/reconcile   202, a pass as soon as possible (Authorization: Bearer <token>)
 ///     POST /hooks/git          202, a pass as soon as possible (signed: see WebhookAuthenticator)
 ///     POST /hooks/mlflow       202, a pass as soon as possible (MLflow's registry webhooks, signed:
@@ -128,6 +132,18 @@ public struct ControllerHTTP: HTTPResponder {
         case "/hooks/mlflow":
             guard method == .post else { return Self.methodNotAllowed(method, path, allow: "POST") }
             return await mlflowWebhook(request)
+        case _ where path.hasPrefix("/models/") && path.hasSuffix("/card"):
+            guard method == .get || method == .head else { return Self.methodNotAllowed(method, path, allow: "GET, HEAD") }
+            let name = String(path.dropFirst("/models/".count).dropLast("/card".count))
+            do {
+                guard Names.dnsLabelProblem(name) == nil, let card = try await backend.card(model: name) else {
+                    return Self.text(.notFound, "no model card for '\(name)': the last commit read has no such Model, or the registry none of its versions\n")
+                }
+                return Response(status: .ok, headers: [.contentType: "text/html; charset=utf-8", .cacheControl: "no-store"],
+                                body: ResponseBody(byteBuffer: ByteBuffer(string: ModelCardPage.render(card))))
+            } catch {
+                return Self.text(.internalServerError, "cannot make the model card: \(error)\n")
+            }
         default:
             return Self.json(.notFound, ["error": "no route \(path); see docs/controller.md for the controller's routes"])
         }

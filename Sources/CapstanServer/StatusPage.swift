@@ -218,7 +218,7 @@ public enum StatusPage {
         let slug = PageFormat.slug(model.name)
         let keyMetric = MetricPlot.keyMetric(of: model)
         var out: Markup = "<article class=\"model\" id=\"model-\(slug)\" data-model=\"\(model.name)\">\n"
-        out += "<h3>\(model.name) \(conditionBadges(model.conditions))</h3>\n"
+        out += "<h3>\(model.name) \(conditionBadges(model.conditions)) <a class=\"card-link\" href=\"/models/\(model.name)/card\">model card</a></h3>\n"
         if let description = model.description, !description.isEmpty {
             out += "<p class=\"description\">\(description)</p>\n"
         }

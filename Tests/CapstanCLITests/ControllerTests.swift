@@ -484,6 +484,16 @@ import Testing
         #expect(page.stdout.contains("id=\"model-churn\""), "\(page.stdout.prefix(2000))")
         #expect(page.stdout.contains("<svg") && page.stdout.contains("id=\"plot-churn\""), "no metric plot")
         #expect(page.stdout.contains("http-equiv=\"refresh\""))
+        // The page links each model's card, which the controller serves from its last commit.
+        #expect(page.stdout.contains("href=\"/models/churn/card\""), "no model card link")
+        let card = try Shell.run("/usr/bin/timeout", ["60", chromium, "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                                                       "--user-data-dir=\(temp.sub("chromium").path)", "--dump-dom",
+                                                       "http://127.0.0.1:\(controller.http)/models/churn/card"])
+        #expect(card.status == 0, "chromium failed: \(card.stderr)")
+        #expect(card.stdout.contains("<h1>Model card: churn v1</h1>"), "\(card.stdout.prefix(2000))")
+        #expect(card.stdout.contains("<tr class=\"metric\"><td>accuracy</td><td class=\"num\">0.9</td></tr>"), "\(card.stdout.suffix(3000))")
+        #expect(controller.request("GET", "/models/nothing/card").0 == 404)
+        #expect(controller.request("POST", "/models/churn/card").0 == 405)
         #expect(controller.stop() == 0)
     }
 

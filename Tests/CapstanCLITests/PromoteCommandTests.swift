@@ -51,6 +51,14 @@ import Testing
         try ServeApplyTests.edit(clone, "models/churn/model.yaml") {
             $0.replacingOccurrences(of: "champion: latest", with: "champion: 1")
                 .replacingOccurrences(of: "epochs: 20,", with: "epochs: 200,")
+                .replacingOccurrences(of: "  aliases:\n", with: """
+                      card:
+                        owners: [growth-ml@example.com]
+                        intendedUse: Rank accounts for retention offers.
+                        limitations: Not trained on accounts younger than 30 days.
+                      aliases:
+
+                    """)
         }
         try clone.commit("pin champion to v1; train longer")
         try clone.git(["push", "-q", "origin", "main"])
@@ -115,11 +123,61 @@ import Testing
         #expect(text.contains("churn-prod: promote done"), "\(text)")
         #expect(s.agent.predict() == (200, "2"))
 
+        // The card of v2, the champion: what it is for, how it was made and judged, and its
+        // history with the pull request that carried the promotion.
+        let card = try CLI.run(["card", "churn", "--repo", s.remote, "--state-dir", s.state])
+        #expect(card.status == 0, "\(card.stderr)")
+        let parts = card.stdout.components(separatedBy: "\n## Serving\n")
+        try Self.compare(Self.normalized(parts[0]), expected: "card-churn-v2.md")
+        let serving = parts.count > 1 ? parts[1] : ""
+        #expect(serving.contains("churn-prod: start-rollout, 0% of the traffic"), "\(serving)")
+        #expect(serving.contains("churn-prod: advance-rollout, 10% of the traffic"), "\(serving)")
+        #expect(serving.contains("churn-prod: promote, 100% of the traffic"), "\(serving)")
+        let json = try CLI.run(["card", "churn", "2", "--repo", s.remote, "--state-dir", s.state, "--format", "json"])
+        let cardDocument = try #require(try JSONSerialization.jsonObject(with: Data(json.stdout.utf8)) as? [String: Any])
+        #expect(((cardDocument["card"] as? [String: Any])?["aliases"] as? [String]) == ["champion"], "\(json.stdout.prefix(400))")
+        let page = s.temp.sub("card.html").path
+        let html = try CLI.run(["card", "churn", "--repo", s.remote, "--state-dir", s.state, "--format", "html", "--out", page])
+        #expect(html.status == 0, "\(html.stderr)")
+        #expect(try String(contentsOfFile: page, encoding: .utf8).contains("<dd class=\"owners\">growth-ml@example.com</dd>"))
+        let missing = try CLI.run(["card", "churn", "9", "--repo", s.remote, "--state-dir", s.state])
+        #expect(missing.status == 1 && missing.stderr.contains("churn has no v9"), "\(missing.stderr)")
+
         // v1's case now carries its serving record: it served, then left the endpoint.
         let back = try s.promote(["--alias", "champion", "--version", "1", "--dry-run"])
         #expect(back.status == 0, "\(back.stderr)")
         #expect(back.stdout.contains("churn-prod: create-endpoint, v1 100% of the traffic"), "\(back.stdout)")
         #expect(back.stdout.contains("churn-prod: promote, v1 out of the endpoint"), "\(back.stdout)")
+    }
+
+    /// Times, commit ids, hashes, durations and the user in `capstan apply (user)` replaced by
+    /// placeholders: what is left is the same on every machine.
+    static func normalized(_ text: String) -> String {
+        var out = text
+        let rules: [(String, String)] = [
+            (#"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ"#, "<time>"),
+            (#"[0-9a-f]{64}"#, "<sha256>"),
+            (#"[0-9a-f]{40}"#, "<commit>"),
+            (#"`[0-9a-f]{10}`"#, "`<commit>`"),
+            (#"trained in [0-9.]+m?s"#, "trained in <duration>"),
+            (#"capstan apply \([^)]*\)"#, "capstan apply (<user>)"),
+        ]
+        for (pattern, replacement) in rules {
+            out = out.replacingOccurrences(of: pattern, with: replacement, options: .regularExpression)
+        }
+        return out
+    }
+
+    /// Compares with `Expected/<name>` beside this file (`CAPSTAN_UPDATE_GOLDEN=1` writes it).
+    static func compare(_ actual: String, expected name: String) throws {
+        let file = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("Expected/\(name)")
+        if ProcessInfo.processInfo.environment["CAPSTAN_UPDATE_GOLDEN"] == "1" {
+            try FileManager.default.createDirectory(at: file.deletingLastPathComponent(), withIntermediateDirectories: true)
+            try actual.write(to: file, atomically: true, encoding: .utf8)
+            return
+        }
+        let expected = try String(contentsOf: file, encoding: .utf8)
+        #expect(actual == expected, "\(name) differs; the card now reads:\n\(actual)")
     }
 
     @Test func promotionsThatCannotBeMadeAreRefusedAndPushNothing() throws {

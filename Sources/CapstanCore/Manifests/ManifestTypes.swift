@@ -257,10 +257,12 @@ public struct ModelSpec: Hashable, Sendable, Codable {
     /// Aliases in the order they were written.
     public var aliases: [AliasPin]
     public var retention: RetentionSpec?
+    /// What a model card says about the model besides its records (`capstan card`).
+    public var card: CardSpec?
 
     public init(
         description: String? = nil, train: TrainSpec?, validate: ValidateSpec? = nil, serve: ServeSpec? = nil,
-        aliases: [AliasPin] = [], retention: RetentionSpec? = nil
+        aliases: [AliasPin] = [], retention: RetentionSpec? = nil, card: CardSpec? = nil
     ) {
         self.description = description
         self.train = train
@@ -268,6 +270,7 @@ public struct ModelSpec: Hashable, Sendable, Codable {
         self.serve = serve
         self.aliases = aliases
         self.retention = retention
+        self.card = card
     }
 
     public func alias(named name: String) -> AliasPin? {
@@ -413,6 +416,21 @@ public struct AliasPin: Hashable, Sendable, Codable {
     public init(name: String, target: AliasTarget) {
         self.name = name
         self.target = target
+    }
+}
+
+/// The people-written part of a model card: who owns the model and what it is for.
+public struct CardSpec: Hashable, Sendable, Codable {
+    public var owners: [String]
+    public var intendedUse: String?
+    public var limitations: String?
+    public var ethicalConsiderations: String?
+
+    public init(owners: [String] = [], intendedUse: String? = nil, limitations: String? = nil, ethicalConsiderations: String? = nil) {
+        self.owners = owners
+        self.intendedUse = intendedUse
+        self.limitations = limitations
+        self.ethicalConsiderations = ethicalConsiderations
     }
 }
 

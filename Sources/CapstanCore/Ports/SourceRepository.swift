@@ -34,6 +34,10 @@ public protocol SourceRepository: Sendable {
     /// Called when reading `revision` found an object that cannot be read: a remote's mirror is
     /// thrown away and cloned again (true); a local repository is left as it is (false).
     func recoverDamagedMirror() async throws -> Bool
+
+    /// Who made `commit` (40 hex digits), when, and its title; nil when the repository does not
+    /// have it (model cards).
+    func commitRecord(_ commit: String) async -> ModelCard.Commit?
 }
 
 /// The files whose contents differ between two trees of the same shape
@@ -164,4 +168,7 @@ extension SourceRepository {
 
     /// A source that cannot write single paths: steps copy from the whole tree.
     public func materialize(commit: String, path: String) async throws -> MaterializedPath { .wholeTreeNeeded }
+
+    /// A source without commit records.
+    public func commitRecord(_ commit: String) async -> ModelCard.Commit? { nil }
 }

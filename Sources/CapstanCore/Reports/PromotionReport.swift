@@ -184,7 +184,8 @@ public struct PromotionReport: Hashable, Sendable, Codable {
     static func cell(_ text: String) -> String {
         text.replacingOccurrences(of: "\n", with: " ").replacingOccurrences(of: "|", with: "\\|")
     }
-    static func time(_ ms: Int64) -> String {
+    /// An ISO 8601 UTC time, to the second, of ms since the epoch.
+    public static func time(_ ms: Int64) -> String {
         let formatter = ISO8601DateFormatter()
         formatter.formatOptions = [.withInternetDateTime]
         return formatter.string(from: Date(timeIntervalSince1970: TimeInterval(ms) / 1000))
