@@ -82,9 +82,11 @@ enum Wiring {
     static func registryConfig(_ source: GitSourceRepository, ref: String?, fetch: Bool) async -> RegistryConfig {
         var revision = try? await source.resolve(ref, fetch: false)
         if revision == nil, fetch { revision = try? await source.resolve(ref, fetch: true) }
-        guard let revision, let manifests = try? await source.manifests(at: revision) else { return .embedded }
+        guard let revision else { return .embedded }
+        // The file alone: listing the tree would cost as much as loading the manifests, which a
+        // plan served from the plan cache never does.
         for name in ManifestLoader.configFileNames {
-            guard let file = try? await manifests.file(at: name), let bytes = try? await manifests.read(file) else { continue }
+            guard let bytes = try? await source.file(at: name, of: revision) else { continue }
             let decoded = ManifestDecoder().decode(bytes, file: name)
             for case .config(let config) in decoded.manifests { return config.spec.registry }
             return .embedded

@@ -93,6 +93,17 @@ public actor GitSourceRepository: SourceRepository {
                                  repositoryName: displayName, entries: listing.walked, index: listing.index)
     }
 
+    public func file(at path: String, of revision: SourceRevision) async throws -> [UInt8]? {
+        await enter()
+        defer { leave() }
+        let (_, tree) = try ids(of: revision)
+        let kept = try await repository(fetch: false)
+        guard let (id, kind) = try await kept.repository.entry(at: path, in: tree), kind == .blob || kind == .executable else { return nil }
+        // The bound of a manifest file (YAMLReader's 1 MiB): a larger one is not read here.
+        guard try await kept.repository.blobSize(id) <= 1 << 20 else { return nil }
+        return try await kept.repository.blob(id)
+    }
+
     public func commitRecord(_ commit: String) async -> ModelCard.Commit? {
         guard let id = ObjectID(hex: commit), let kept = try? await repository(fetch: false),
               let info = try? await kept.repository.commitInfo(id) else { return nil }

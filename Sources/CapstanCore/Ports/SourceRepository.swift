@@ -38,6 +38,11 @@ public protocol SourceRepository: Sendable {
     /// Who made `commit` (40 hex digits), when, and its title; nil when the repository does not
     /// have it (model cards).
     func commitRecord(_ commit: String) async -> ModelCard.Commit?
+
+    /// The bytes of the regular file at `path` (relative to the root) of `revision`, read on its
+    /// own without listing the tree; nil when there is no such file (the registry `capstan.yaml`
+    /// names, read before a pass is wired).
+    func file(at path: String, of revision: SourceRevision) async throws -> [UInt8]?
 }
 
 /// The files whose contents differ between two trees of the same shape
@@ -171,4 +176,11 @@ extension SourceRepository {
 
     /// A source without commit records.
     public func commitRecord(_ commit: String) async -> ModelCard.Commit? { nil }
+
+    /// A source that reads files only through its manifest source.
+    public func file(at path: String, of revision: SourceRevision) async throws -> [UInt8]? {
+        let manifests = try await manifests(at: revision)
+        guard let file = try await manifests.file(at: path) else { return nil }
+        return try await manifests.read(file)
+    }
 }
