@@ -649,10 +649,7 @@ private struct ModelPlanner {
             case .failed?: why = "v\(last!.number), the newest, failed to train"
             default: why = "the model has no validated version"
             }
-            entries.append(PlanEntry(
-                id: id, action: .blocked, name: name, reason: "alias \(pin.name) (latest) has nothing to point at: \(why)",
-                detail: .blocked(BlockedDetail(alias: pin.name, version: last?.number, location: location("spec.aliases.\(pin.name)"),
-                                               code: .noValidatedVersion))))
+            blockedLatest(pin, newest: last?.number, why: why)
             return
         }
         guard current != newest.number else { return }
@@ -665,6 +662,14 @@ private struct ModelPlanner {
             dependsOn: dependencies(),
             detail: .moveAlias(AliasMoveDetail(alias: pin.name, target: .latest, from: current, to: .number(newest.number),
                                                current: summary(current), candidate: VersionSummary(newest)))))
+    }
+
+    /// `latest` with nothing to point at, and why.
+    mutating func blockedLatest(_ pin: AliasPin, newest: Int?, why: String) {
+        entries.append(PlanEntry(
+            id: "\(name)/alias/\(pin.name)", action: .blocked, name: name, reason: "alias \(pin.name) (latest) has nothing to point at: \(why)",
+            detail: .blocked(BlockedDetail(alias: pin.name, version: newest, location: location("spec.aliases.\(pin.name)"),
+                                           code: .noValidatedVersion))))
     }
 
     /// `latest` of a registry-only model: the newest version that passes the gates, whether it
@@ -692,10 +697,7 @@ private struct ModelPlanner {
             case .training?: why = "v\(last!.number), the newest, is not ready in the registry yet"
             default: why = "no version passes the model's gates (the newest is v\(last!.number))"
             }
-            entries.append(PlanEntry(
-                id: id, action: .blocked, name: name, reason: "alias \(pin.name) (latest) has nothing to point at: \(why)",
-                detail: .blocked(BlockedDetail(alias: pin.name, version: last?.number, location: location("spec.aliases.\(pin.name)"),
-                                               code: .noValidatedVersion))))
+            blockedLatest(pin, newest: last?.number, why: why)
             return
         }
         guard current != newest.number else { return }
