@@ -146,12 +146,7 @@ extension Repository {
         options.prune = GIT_FETCH_PRUNE
         options.download_tags = GIT_REMOTE_DOWNLOAD_TAGS_NONE
         let rc: Int32 = withExtendedLifetime(context) {
-            var cStrings = refspecs.map { strdup($0) }
-            defer { cStrings.forEach { free($0) } }
-            return cStrings.withUnsafeMutableBufferPointer { buffer in
-                var array = git_strarray(strings: buffer.baseAddress, count: buffer.count)
-                return git_remote_fetch(remote, &array, &options, "capstan: fetch")
-            }
+            withStrArray(refspecs) { git_remote_fetch(remote, &$0, &options, "capstan: fetch") }
         }
         try rethrow(rc, "git_remote_fetch")
         return FetchResult(defaultBranch: defaultBranch, warnings: context.warnings)
@@ -329,5 +324,15 @@ extension RemoteCallbackContext {
         case .revoked:
             return fail(.hostKey, "the SSH host key of \(urlHost) is marked @revoked in \(path)")
         }
+    }
+}
+
+/// Runs `body` with `strings` as a `git_strarray` (refspecs), valid only during the call.
+func withStrArray<T>(_ strings: [String], _ body: (inout git_strarray) -> T) -> T {
+    var cStrings = strings.map { strdup($0) }
+    defer { cStrings.forEach { free($0) } }
+    return cStrings.withUnsafeMutableBufferPointer { buffer in
+        var array = git_strarray(strings: buffer.baseAddress, count: buffer.count)
+        return body(&array)
     }
 }

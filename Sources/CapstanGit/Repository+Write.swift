@@ -113,12 +113,7 @@ extension Repository {
         // No proxy, as for fetches: credentials go only to the remote itself.
         git_proxy_options_init(&options.proxy_opts, UInt32(GIT_PROXY_OPTIONS_VERSION))
         let rc: Int32 = withExtendedLifetime(context) {
-            var cStrings = refspecs.map { strdup($0) }
-            defer { cStrings.forEach { free($0) } }
-            return cStrings.withUnsafeMutableBufferPointer { buffer in
-                var array = git_strarray(strings: buffer.baseAddress, count: buffer.count)
-                return git_remote_push(remote, &array, &options)
-            }
+            withStrArray(refspecs) { git_remote_push(remote, &$0, &options) }
         }
         try context.rethrow(rc, "git_remote_push", operation: "pushing to")
         if let failure = context.failure { throw failure }
