@@ -35,10 +35,10 @@ struct PromoteCommand: AsyncParsableCommand {
     @Flag(name: .long, help: "Promote the newest validated version newer than the alias's holder (not archived, not quarantined).")
     var candidate = false
 
-    @Option(name: .long, help: ArgumentHelp("The clone (a work tree) to propose from (default: the current folder).", valueName: "path"))
+    @Option(name: .long, help: ArgumentHelp("The clone (a work tree) to propose from.", valueName: "path"))
     var repo: String = "."
 
-    @Option(name: .long, help: ArgumentHelp("The remote to push to (default origin).", valueName: "name"))
+    @Option(name: .long, help: ArgumentHelp("The remote to push to.", valueName: "name"))
     var remote: String = "origin"
 
     @Flag(name: .customLong("dry-run"), help: "Print the change and the pull request's body; commit and push nothing.")
@@ -47,7 +47,7 @@ struct PromoteCommand: AsyncParsableCommand {
     @Option(name: .long, help: "text (the pull request's body, Markdown) or json.")
     var format: Format = .text
 
-    @Option(name: .customLong("timeout"), help: ArgumentHelp("Give up on the fetch or the push after this long (default 60s).", valueName: "duration"))
+    @Option(name: .customLong("timeout"), help: ArgumentHelp("Give up on the fetch or the push after this long.", valueName: "duration"))
     var timeout: String = "60s"
 
     @OptionGroup var git: GitCredentialOptions
